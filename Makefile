@@ -1,0 +1,77 @@
+# infra: PostgreSQL extension (PGXS) and the infra-bridge daemon.
+#
+#   make / make install    build and install infra.so and infra-bridge
+#   make deps              install every system package and test tool
+#   make test              deps, build, install, then every test against a
+#                          throwaway PostgreSQL cluster and a real Kafka broker
+#   make run / make stop   a sandbox: PostgreSQL with infra preloaded + Kafka
+#   make bench             benchmarks under test/bench/
+
+EXTENSION = infra
+MODULE_big = infra
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+DATA = $(wildcard sql/infra--*.sql)
+PGFILEDESC = "infra - in-database infrastructure"
+
+PG_CONFIG ?= pg_config
+PG_CPPFLAGS = -I$(srcdir)/src
+# Our own sources build warnings-free or not at all.
+PG_CFLAGS = -Werror
+SHLIB_LINK =
+
+# Tests are run by test/run.sh, not by PGXS's installcheck.
+EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)
+
+# ---------------------------------------------------------------------------
+# infra-bridge: a standalone daemon, built with the server's compiler flags.
+BRIDGE_SRCS = $(sort $(wildcard bridge/*.c))
+BRIDGE_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -O2 -g -Wall -Wextra \
+	-Wno-unused-parameter -Werror -I$(shell $(PG_CONFIG) --includedir)
+BRIDGE_LIBS = -lrdkafka -linih -L$(shell $(PG_CONFIG) --libdir) -lpq
+
+all: bridge/infra-bridge
+
+bridge/infra-bridge: $(BRIDGE_SRCS) $(wildcard bridge/*.h)
+	$(CC) $(BRIDGE_CFLAGS) -o $@ $(BRIDGE_SRCS) $(BRIDGE_LIBS)
+
+install: install-bridge
+install-bridge: bridge/infra-bridge
+	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(INSTALL_PROGRAM) bridge/infra-bridge '$(DESTDIR)$(bindir)/infra-bridge'
+
+uninstall: uninstall-bridge
+uninstall-bridge:
+	rm -f '$(DESTDIR)$(bindir)/infra-bridge'
+
+# ---------------------------------------------------------------------------
+# Test helpers built from C: the librdkafka mock cluster host.
+test/mock/mock_cluster: test/mock/mock_cluster.c
+	$(CC) -std=c99 -D_POSIX_C_SOURCE=200809L -O1 -g -Wall -Wextra -Werror \
+		-o $@ $< -lrdkafka
+
+# ---------------------------------------------------------------------------
+# Project targets.
+.PHONY: deps test run stop bench install-bridge uninstall-bridge
+
+deps:
+	test/deps.sh
+
+test: deps
+	$(MAKE) all test/mock/mock_cluster
+	$(MAKE) install
+	test/run.sh
+
+run:
+	$(MAKE) all
+	$(MAKE) install
+	test/sandbox.sh start
+
+stop:
+	test/sandbox.sh stop
+
+bench: all
+	$(MAKE) install
+	test/bench/run.sh

@@ -1,0 +1,23 @@
+/*-------------------------------------------------------------------------
+ *
+ * infra.h
+ *		Names shared by every module of the infra extension.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef INFRA_H
+#define INFRA_H
+
+#include "compat.h"
+
+/* Version of the SQL API and of the library; infra.control must agree. */
+#define INFRA_VERSION "1.0"
+
+/* Name used for GUC prefix, LWLock tranche and log messages. */
+#define INFRA_NAME "infra"
+
+/* Module entry points called by _PG_init, in this order. */
+extern void InfraShmemInit(void);
+extern void InfraWorkerInit(void);
+
+#endif							/* INFRA_H */

@@ -1,0 +1,722 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *		The infra background worker and its status in shared memory.
+ *
+ * The postmaster starts one "infra worker" per database named in
+ * infra.database.  A worker connects to its database, waits until
+ * CREATE EXTENSION infra has happened there, and then serves: later modules
+ * (the Kafka producer, the OTLP exporter) do their work from its loop.  It
+ * sleeps on its latch with no timeout: backends wake it at commit through
+ * InfraWorkerWakeAtCommit(), and CREATE/DROP EXTENSION wake it through the
+ * object access hook, so an idle worker costs nothing.
+ *
+ * A database that does not exist makes the connection attempt FATAL.  The
+ * slot remembers that, and the next incarnation connects to no database,
+ * waits with exponential backoff until the database appears, and exits so
+ * the postmaster starts it afresh; it never crash-loops.
+ *
+ * Locking: each slot has a spinlock guarding all its fields.  The worker owns
+ * its slot and is its only writer once running; backends only read it (to
+ * fill infra.worker_status, or to fetch the latch to set).  No palloc or
+ * ereport happens with a spinlock held: readers copy the slot out first.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/objectaccess.h"
+#include "catalog/pg_database.h"
+#include "catalog/pg_extension.h"
+#include "commands/dbcommands.h"
+#include "commands/extension.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/spin.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+#include "utils/varlena.h"
+
+#include "infra.h"
+#include "shmem.h"
+#include "worker.h"
+
+PG_FUNCTION_INFO_V1(infra_worker_status);
+PGDLLEXPORT void InfraWorkerMain(Datum main_arg);
+
+/* Longest last_error kept, in bytes. */
+#define INFRA_WORKER_ERROR_LEN 256
+
+typedef struct InfraWorkerSlot
+{
+	slock_t		mutex;
+	char		database[NAMEDATALEN];
+	pid_t		pid;			/* 0 when not running */
+	Oid			database_oid;	/* InvalidOid until connected */
+	Latch	   *latch;			/* the running worker's latch */
+	InfraWorkerState state;
+	bool		probe_database; /* last connection attempt did not return */
+	int			connect_failures;	/* in a row, drives the backoff */
+	TimestampTz started_at;
+	TimestampTz last_reload;
+	TimestampTz last_error_at;
+	char		last_error[INFRA_WORKER_ERROR_LEN];
+} InfraWorkerSlot;
+
+typedef struct InfraWorkerShared
+{
+	int			nslots;
+	InfraWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
+} InfraWorkerShared;
+
+char	   *infra_database = NULL;
+
+/*
+ * A value of infra.database that the check hook rejected.  PostgreSQL only
+ * warns and keeps the default for a bad value in postgresql.conf; infra
+ * refuses to start instead of serving a database nobody asked for.
+ */
+static char *rejected_database = NULL;
+static char rejected_detail[128];
+
+/* Databases parsed from infra.database in the postmaster. */
+static char worker_databases[INFRA_MAX_DATABASES][NAMEDATALEN];
+static int	worker_ndatabases = 0;
+
+static InfraWorkerShared *worker_shared = NULL;
+
+/* Backend-local: a committed transaction should wake this database's worker. */
+static bool wake_at_commit = false;
+
+/* Backend-local: a committed CREATE DATABASE should wake waiting workers. */
+static bool wake_probers_at_commit = false;
+
+static object_access_hook_type prev_object_access_hook = NULL;
+
+/* The running worker's own slot. */
+static InfraWorkerSlot *my_slot = NULL;
+
+static bool InfraDatabaseCheckHook(char **newval, void **extra, GucSource source);
+static int	InfraParseDatabases(const char *value, char names[][NAMEDATALEN]);
+static Size InfraWorkerShmemSize(void);
+static void InfraWorkerShmemInit(void *segment, bool found, LWLockPadded *locks);
+static void InfraWorkerXactCallback(XactEvent event, void *arg);
+static void InfraWorkerObjectAccess(ObjectAccessType access, Oid classId,
+									Oid objectId, int subId, void *arg);
+static void InfraWorkerSetState(InfraWorkerState state);
+static void InfraWorkerRecordError(const char *message);
+static void InfraWorkerDetach(int code, Datum arg);
+static void InfraWorkerProbeDatabase(void);
+static bool InfraWorkerExtensionPresent(void);
+static void InfraWorkerLoop(void);
+static long InfraWorkerBackoffMs(int failures);
+static const char *InfraWorkerStateName(InfraWorkerState state);
+
+/*
+ * Define infra.database, reserve the worker's shared memory and register one
+ * worker per listed database.
+ */
+void
+InfraWorkerInit(void)
+{
+	int			i;
+
+	/* PostgreSQL allows restart-only settings only while preloading. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomStringVariable("infra.database",
+							   "Databases the infra worker serves, comma-separated.",
+							   "One worker is started per database; an empty list starts none.",
+							   &infra_database,
+							   "postgres",
+							   PGC_POSTMASTER,
+							   0,
+							   InfraDatabaseCheckHook, NULL, NULL);
+
+	if (rejected_database != NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid value for parameter \"infra.database\": \"%s\"",
+						rejected_database),
+				 errdetail("%s", rejected_detail),
+				 errhint("List existing database names separated by commas, each once, in postgresql.conf.")));
+
+	worker_ndatabases = InfraParseDatabases(infra_database, worker_databases);
+
+	{
+		InfraShmemSegment seg = {
+			.name = "infra worker status",
+			.size = InfraWorkerShmemSize,
+			.nlocks = 0,
+			.init = InfraWorkerShmemInit,
+			.pointer = (void **) &worker_shared,
+		};
+
+		InfraShmemRegister(&seg);
+	}
+
+	for (i = 0; i < worker_ndatabases; i++)
+	{
+		BackgroundWorker worker;
+
+		memset(&worker, 0, sizeof(worker));
+		worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+			BGWORKER_BACKEND_DATABASE_CONNECTION;
+		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
+		worker.bgw_restart_time = INFRA_WORKER_RESTART_SECONDS;
+		snprintf(worker.bgw_library_name, BGW_MAXLEN, "infra");
+		snprintf(worker.bgw_function_name, BGW_MAXLEN, "InfraWorkerMain");
+		snprintf(worker.bgw_name, BGW_MAXLEN, "infra worker for database %s",
+				 worker_databases[i]);
+		snprintf(worker.bgw_type, BGW_MAXLEN, "infra worker");
+		worker.bgw_main_arg = Int32GetDatum(i);
+		RegisterBackgroundWorker(&worker);
+	}
+
+	RegisterXactCallback(InfraWorkerXactCallback, NULL);
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = InfraWorkerObjectAccess;
+}
+
+/*
+ * Split infra.database into names; returns how many, or -1 with a GUC error
+ * detail set when the list is malformed.
+ */
+static int
+InfraParseDatabases(const char *value, char names[][NAMEDATALEN])
+{
+	char	   *raw = pstrdup(value);
+	List	   *list = NIL;
+	ListCell   *lc;
+	int			n = 0;
+
+	if (!SplitGUCList(raw, ',', &list))
+	{
+		GUC_check_errdetail("Expected database names separated by commas, none of them empty.");
+		return -1;
+	}
+	foreach(lc, list)
+	{
+		const char *name = (const char *) lfirst(lc);
+		int			i;
+
+		if (strlen(name) >= NAMEDATALEN)
+		{
+			GUC_check_errdetail("Database name \"%s\" is longer than %d bytes.",
+								name, NAMEDATALEN - 1);
+			return -1;
+		}
+		if (n >= INFRA_MAX_DATABASES)
+		{
+			GUC_check_errdetail("At most %d databases can be listed.",
+								INFRA_MAX_DATABASES);
+			return -1;
+		}
+		for (i = 0; i < n; i++)
+		{
+			if (strcmp(names[i], name) == 0)
+			{
+				GUC_check_errdetail("Database \"%s\" is listed twice.", name);
+				return -1;
+			}
+		}
+		strlcpy(names[n++], name, NAMEDATALEN);
+	}
+	list_free(list);
+	pfree(raw);
+	return n;
+}
+
+/*
+ * check_hook for infra.database: reject what would start no sensible worker.
+ */
+static bool
+InfraDatabaseCheckHook(char **newval, void **extra, GucSource source)
+{
+	char		names[INFRA_MAX_DATABASES][NAMEDATALEN];
+
+	if (*newval == NULL)
+		return true;
+	if (InfraParseDatabases(*newval, names) >= 0)
+		return true;
+	if (process_shared_preload_libraries_in_progress)
+	{
+		rejected_database = MemoryContextStrdup(TopMemoryContext, *newval);
+		strlcpy(rejected_detail, GUC_check_errdetail_string ? GUC_check_errdetail_string : "",
+				sizeof(rejected_detail));
+	}
+	return false;
+}
+
+static Size
+InfraWorkerShmemSize(void)
+{
+	return add_size(offsetof(InfraWorkerShared, slots),
+					mul_size(Max(worker_ndatabases, 1), sizeof(InfraWorkerSlot)));
+}
+
+static void
+InfraWorkerShmemInit(void *segment, bool found, LWLockPadded *locks)
+{
+	InfraWorkerShared *shared = (InfraWorkerShared *) segment;
+	int			i;
+
+	if (found)
+		return;
+	memset(shared, 0, InfraWorkerShmemSize());
+	shared->nslots = worker_ndatabases;
+	for (i = 0; i < worker_ndatabases; i++)
+	{
+		SpinLockInit(&shared->slots[i].mutex);
+		strlcpy(shared->slots[i].database, worker_databases[i], NAMEDATALEN);
+		shared->slots[i].state = INFRA_WORKER_STOPPED;
+	}
+}
+
+/*
+ * Ask for this database's worker to be woken when the current transaction
+ * commits.  Nothing happens if it aborts.  Cheap: only a flag until commit.
+ */
+void
+InfraWorkerWakeAtCommit(void)
+{
+	wake_at_commit = true;
+}
+
+/*
+ * At commit, set the latch of the worker serving this database.
+ */
+static void
+InfraWorkerXactCallback(XactEvent event, void *arg)
+{
+	int			i;
+
+	switch (event)
+	{
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+			break;
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+			wake_at_commit = false;
+			wake_probers_at_commit = false;
+			return;
+		default:
+			return;
+	}
+	if ((!wake_at_commit && !wake_probers_at_commit) || worker_shared == NULL)
+		return;
+
+	for (i = 0; i < worker_shared->nslots; i++)
+	{
+		InfraWorkerSlot *slot = &worker_shared->slots[i];
+		Latch	   *latch = NULL;
+
+		SpinLockAcquire(&slot->mutex);
+		if (slot->pid != 0 &&
+			((wake_at_commit && slot->database_oid == MyDatabaseId) ||
+			 (wake_probers_at_commit &&
+			  slot->state == INFRA_WORKER_WAITING_FOR_DATABASE)))
+			latch = slot->latch;
+		SpinLockRelease(&slot->mutex);
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+	wake_at_commit = false;
+	wake_probers_at_commit = false;
+}
+
+/*
+ * CREATE or DROP EXTENSION in this database may start or stop what the
+ * worker serves, and CREATE DATABASE may create one a worker waits for:
+ * wake them at commit so they look again.
+ */
+static void
+InfraWorkerObjectAccess(ObjectAccessType access, Oid classId, Oid objectId,
+						int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+
+	if (classId == ExtensionRelationId &&
+		(access == OAT_POST_CREATE || access == OAT_DROP))
+		InfraWorkerWakeAtCommit();
+	if (classId == DatabaseRelationId && access == OAT_POST_CREATE)
+		wake_probers_at_commit = true;
+}
+
+/*
+ * Worker-side: change the state shown in infra.worker_status and in
+ * pg_stat_activity.query.
+ */
+static void
+InfraWorkerSetState(InfraWorkerState state)
+{
+	char		activity[NAMEDATALEN + 64];
+
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->state = state;
+	SpinLockRelease(&my_slot->mutex);
+
+	switch (state)
+	{
+		case INFRA_WORKER_WAITING_FOR_DATABASE:
+			snprintf(activity, sizeof(activity),
+					 "waiting for database \"%s\" to exist", my_slot->database);
+			break;
+		case INFRA_WORKER_WAITING_FOR_EXTENSION:
+			snprintf(activity, sizeof(activity),
+					 "waiting for CREATE EXTENSION infra");
+			break;
+		default:
+			snprintf(activity, sizeof(activity), "%s",
+					 InfraWorkerStateName(state));
+			break;
+	}
+	pgstat_report_activity(STATE_IDLE, activity);
+}
+
+static void
+InfraWorkerRecordError(const char *message)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	SpinLockAcquire(&my_slot->mutex);
+	strlcpy(my_slot->last_error, message, INFRA_WORKER_ERROR_LEN);
+	my_slot->last_error_at = now;
+	SpinLockRelease(&my_slot->mutex);
+}
+
+/*
+ * on_shmem_exit: the slot no longer has a process behind it.
+ */
+static void
+InfraWorkerDetach(int code, Datum arg)
+{
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->pid = 0;
+	my_slot->latch = NULL;
+	my_slot->state = INFRA_WORKER_STOPPED;
+	SpinLockRelease(&my_slot->mutex);
+}
+
+/* 1 s, 2 s, 4 s ... capped at INFRA_WORKER_MAX_BACKOFF_MS. */
+static long
+InfraWorkerBackoffMs(int failures)
+{
+	long		ms = 1000;
+
+	while (--failures > 0 && ms < INFRA_WORKER_MAX_BACKOFF_MS)
+		ms *= 2;
+	return Min(ms, INFRA_WORKER_MAX_BACKOFF_MS);
+}
+
+/*
+ * The last attempt to connect to our database failed (FATAL, so it could not
+ * be caught).  Connect to no database, wait with backoff until ours exists,
+ * then exit so the postmaster restarts us into a normal connection.
+ */
+static void
+InfraWorkerProbeDatabase(void)
+{
+	int			failures;
+	int			attempt = 0;
+	char		message[INFRA_WORKER_ERROR_LEN];
+
+	BackgroundWorkerInitializeConnection(NULL, NULL, 0);
+	InfraWorkerSetState(INFRA_WORKER_WAITING_FOR_DATABASE);
+
+	SpinLockAcquire(&my_slot->mutex);
+	failures = my_slot->connect_failures;
+	SpinLockRelease(&my_slot->mutex);
+
+	for (;;)
+	{
+		bool		exists;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending)
+			proc_exit(1);
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+
+		StartTransactionCommand();
+		exists = OidIsValid(get_database_oid(my_slot->database, true));
+		CommitTransactionCommand();
+		if (exists)
+			break;
+
+		if (attempt == 0)
+		{
+			snprintf(message, sizeof(message),
+					 "database \"%s\" named in infra.database does not exist",
+					 my_slot->database);
+			InfraWorkerRecordError(message);
+			ereport(LOG,
+					(errcode(ERRCODE_UNDEFINED_DATABASE),
+					 errmsg("%s", message),
+					 errhint("Create the database, or change infra.database and restart the server; the worker checks again with backoff up to %d seconds.",
+							 INFRA_WORKER_MAX_BACKOFF_MS / 1000)));
+		}
+
+		/* CREATE DATABASE sets our latch at commit; the timeout is a fallback. */
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 InfraWorkerBackoffMs(++attempt), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+
+	/*
+	 * The database was there all along, yet connecting failed (it may not
+	 * allow connections): back off by the count of failures in a row.
+	 */
+	if (attempt == 0 && failures > 1)
+	{
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 InfraWorkerBackoffMs(failures), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+
+	ereport(LOG,
+			(errmsg("infra worker: database \"%s\" is available, reconnecting",
+					my_slot->database)));
+	proc_exit(1);
+}
+
+/*
+ * Is CREATE EXTENSION infra in effect in our database?
+ */
+static bool
+InfraWorkerExtensionPresent(void)
+{
+	bool		present;
+
+	StartTransactionCommand();
+	present = OidIsValid(get_extension_oid(INFRA_NAME, true));
+	CommitTransactionCommand();
+	return present;
+}
+
+/*
+ * Sleep on the latch, look at what changed, serve; forever.
+ */
+static void
+InfraWorkerLoop(void)
+{
+	MemoryContext loop_context;
+	sigjmp_buf	local_sigjmp_buf;
+	volatile bool serving = false;
+	volatile bool announced_wait = false;
+
+	loop_context = AllocSetContextCreate(TopMemoryContext,
+										 "infra worker loop",
+										 ALLOCSET_DEFAULT_SIZES);
+
+	/*
+	 * An ERROR in the loop lands here: record it for infra.worker_status,
+	 * clean up and go on after a pause rather than exit and lose our state.
+	 */
+	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
+	{
+		ErrorData  *edata;
+
+		HOLD_INTERRUPTS();
+		MemoryContextSwitchTo(loop_context);
+		edata = CopyErrorData();
+		EmitErrorReport();
+		AbortCurrentTransaction();
+		FlushErrorState();
+		InfraWorkerRecordError(edata->message);
+		MemoryContextReset(loop_context);
+		RESUME_INTERRUPTS();
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1000,
+						 PG_WAIT_EXTENSION);
+	}
+	PG_exception_stack = &local_sigjmp_buf;
+
+	for (;;)
+	{
+		bool		present;
+
+		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending)
+			break;
+		if (ConfigReloadPending)
+		{
+			TimestampTz now = GetCurrentTimestamp();
+
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			SpinLockAcquire(&my_slot->mutex);
+			my_slot->last_reload = now;
+			SpinLockRelease(&my_slot->mutex);
+			ereport(LOG,
+					(errmsg("infra worker for database \"%s\" reloaded its configuration",
+							my_slot->database)));
+		}
+
+		MemoryContextSwitchTo(loop_context);
+		present = InfraWorkerExtensionPresent();
+		if (present && !serving)
+		{
+			InfraWorkerSetState(INFRA_WORKER_RUNNING);
+			ereport(LOG,
+					(errmsg("infra worker serving database \"%s\"",
+							my_slot->database)));
+			announced_wait = false;
+		}
+		else if (!present && !announced_wait)
+		{
+			InfraWorkerSetState(INFRA_WORKER_WAITING_FOR_EXTENSION);
+			ereport(LOG,
+					(errmsg("infra worker waiting for CREATE EXTENSION infra in database \"%s\"",
+							my_slot->database)));
+			announced_wait = true;
+		}
+		serving = present;
+
+		/* Serving modules do their work here as they are added. */
+
+		MemoryContextReset(loop_context);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/*
+ * Entry point of every infra worker; main_arg is its slot number.
+ */
+void
+InfraWorkerMain(Datum main_arg)
+{
+	int			index = DatumGetInt32(main_arg);
+	bool		probe;
+	TimestampTz now;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
+	BackgroundWorkerUnblockSignals();
+
+	if (worker_shared == NULL || index < 0 || index >= worker_shared->nslots)
+		elog(FATAL, "infra worker started without its shared memory slot");
+	my_slot = &worker_shared->slots[index];
+
+	now = GetCurrentTimestamp();
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->pid = MyProcPid;
+	my_slot->latch = MyLatch;
+	my_slot->started_at = now;
+	my_slot->state = INFRA_WORKER_STARTING;
+	probe = my_slot->probe_database;
+	if (!probe)
+	{
+		/* Assume failure: a FATAL inside the connect cannot be caught. */
+		my_slot->probe_database = true;
+		my_slot->connect_failures++;
+	}
+	SpinLockRelease(&my_slot->mutex);
+	before_shmem_exit(InfraWorkerDetach, (Datum) 0);
+
+	if (probe)
+	{
+		SpinLockAcquire(&my_slot->mutex);
+		my_slot->probe_database = false;
+		SpinLockRelease(&my_slot->mutex);
+		InfraWorkerProbeDatabase();
+	}
+
+	BackgroundWorkerInitializeConnection(my_slot->database, NULL, 0);
+
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->probe_database = false;
+	my_slot->connect_failures = 0;
+	my_slot->database_oid = MyDatabaseId;
+	SpinLockRelease(&my_slot->mutex);
+	pgstat_report_appname("infra worker");
+
+	InfraWorkerLoop();
+
+	ereport(LOG,
+			(errmsg("infra worker for database \"%s\" shutting down",
+					my_slot->database)));
+
+	/*
+	 * Exit code 1 so that a pg_terminate_backend() by a DBA is followed by a
+	 * restart; at server shutdown the postmaster restarts nothing anyway.
+	 */
+	proc_exit(1);
+}
+
+static const char *
+InfraWorkerStateName(InfraWorkerState state)
+{
+	switch (state)
+	{
+		case INFRA_WORKER_STOPPED:
+			return "stopped";
+		case INFRA_WORKER_STARTING:
+			return "starting";
+		case INFRA_WORKER_WAITING_FOR_DATABASE:
+			return "waiting_for_database";
+		case INFRA_WORKER_WAITING_FOR_EXTENSION:
+			return "waiting_for_extension";
+		case INFRA_WORKER_RUNNING:
+			return "running";
+	}
+	return "unknown";
+}
+
+/*
+ * infra.worker_status(): one row per configured database.
+ */
+Datum
+infra_worker_status(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			i;
+
+	InfraShmemRequire("infra.worker_status()");
+	InitMaterializedSRF(fcinfo, 0);
+
+	for (i = 0; i < worker_shared->nslots; i++)
+	{
+		InfraWorkerSlot copy;
+		Datum		values[7];
+		bool		nulls[7];
+
+		SpinLockAcquire(&worker_shared->slots[i].mutex);
+		memcpy(&copy, &worker_shared->slots[i], sizeof(copy));
+		SpinLockRelease(&worker_shared->slots[i].mutex);
+
+		memset(nulls, 0, sizeof(nulls));
+		values[0] = Int32GetDatum(copy.pid);
+		nulls[0] = copy.pid == 0;
+		values[1] = CStringGetTextDatum(copy.database);
+		values[2] = CStringGetTextDatum(InfraWorkerStateName(copy.state));
+		values[3] = TimestampTzGetDatum(copy.started_at);
+		nulls[3] = copy.started_at == 0;
+		values[4] = TimestampTzGetDatum(copy.last_reload);
+		nulls[4] = copy.last_reload == 0;
+		values[5] = CStringGetTextDatum(copy.last_error);
+		nulls[5] = copy.last_error[0] == '\0';
+		values[6] = TimestampTzGetDatum(copy.last_error_at);
+		nulls[6] = copy.last_error_at == 0;
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}

@@ -1,0 +1,35 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.h
+ *		The infra background worker: one per database in infra.database.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef INFRA_WORKER_H
+#define INFRA_WORKER_H
+
+/* Databases one server can list in infra.database. */
+#define INFRA_MAX_DATABASES 16
+
+/* Seconds the postmaster waits before restarting a worker that exited. */
+#define INFRA_WORKER_RESTART_SECONDS 2
+
+/* Longest pause between two checks for a database that does not exist. */
+#define INFRA_WORKER_MAX_BACKOFF_MS (60 * 1000)
+
+/* GUC */
+extern char *infra_database;
+
+/* What a worker is doing, as shown by infra.worker_status. */
+typedef enum InfraWorkerState
+{
+	INFRA_WORKER_STOPPED = 0,
+	INFRA_WORKER_STARTING,
+	INFRA_WORKER_WAITING_FOR_DATABASE,
+	INFRA_WORKER_WAITING_FOR_EXTENSION,
+	INFRA_WORKER_RUNNING
+} InfraWorkerState;
+
+extern void InfraWorkerWakeAtCommit(void);
+
+#endif							/* INFRA_WORKER_H */

@@ -1,0 +1,91 @@
+# InfraTest: helpers shared by infra's TAP tests.
+#
+# Nodes are PostgreSQL::Test::Cluster instances with infra preloaded; the
+# Kafka helpers drive the broker that test/run.sh started (INFRA_KAFKA_DIR),
+# so that fault tests can stop, kill, pause and resume a real broker.
+package InfraTest;
+
+use strict;
+use warnings;
+
+use Exporter 'import';
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+
+our @EXPORT = qw(infra_node worker_pid wait_until kafka_bootstrap kafka_ctl
+  slurp_log_since src_path);
+
+# Path of a file in the test copy of the source tree.
+sub src_path
+{
+	my ($rel) = @_;
+	my $src = $ENV{INFRA_SRC} // die "INFRA_SRC is not set: run through test/run.sh\n";
+	return "$src/$rel";
+}
+
+# infra_node(NAME, preload => 1, conf => "extra lines"): an initialised,
+# not yet started node.
+sub infra_node
+{
+	my ($name, %opts) = @_;
+	my $preload = $opts{preload} // 1;
+	my $node = PostgreSQL::Test::Cluster->new($name);
+	$node->init;
+	$node->append_conf('postgresql.conf',
+		"shared_preload_libraries = 'infra'\n") if $preload;
+	$node->append_conf('postgresql.conf', "max_worker_processes = 24\n");
+	$node->append_conf('postgresql.conf', $opts{conf}) if $opts{conf};
+	return $node;
+}
+
+# Pid of the infra worker serving DATABASE, from pg_stat_activity
+# (empty string when none runs).  Queries go to the "postgres" database.
+sub worker_pid
+{
+	my ($node, $database) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' "
+		  . "AND datname = '$database'");
+}
+
+# wait_until(CODE, TIMEOUT_SECONDS): poll CODE every 100 ms until it returns
+# true; returns whether it did within the timeout.
+sub wait_until
+{
+	my ($code, $timeout) = @_;
+	my $deadline = time() + ($timeout // 60);
+	while (time() < $deadline)
+	{
+		return 1 if $code->();
+		usleep(100_000);
+	}
+	return 0;
+}
+
+# The log of NODE from byte OFFSET on.
+sub slurp_log_since
+{
+	my ($node, $offset) = @_;
+	return substr(slurp_file($node->logfile), $offset // 0);
+}
+
+# host:port of the test broker.
+sub kafka_bootstrap
+{
+	my $b = $ENV{INFRA_KAFKA_BOOTSTRAP}
+	  // die "INFRA_KAFKA_BOOTSTRAP is not set: run through test/run.sh\n";
+	return $b;
+}
+
+# kafka_ctl(start|stop|kill|pause|resume|status): drive the test broker;
+# returns true when the command succeeded.
+sub kafka_ctl
+{
+	my ($cmd) = @_;
+	my $dir = $ENV{INFRA_KAFKA_DIR} // die "INFRA_KAFKA_DIR is not set\n";
+	return system(src_path('test/kafka/broker.sh'), $cmd, $dir) == 0;
+}
+
+1;

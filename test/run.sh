@@ -1,0 +1,132 @@
+#!/usr/bin/env bash
+# Run every test of infra: pg_regress (sql/ + expected/), isolation specs
+# (test/specs/ + test/expected/) and TAP (test/t/), against a throwaway
+# PostgreSQL cluster with infra preloaded and a real Kafka broker, both
+# started here and stopped at the end.  Exits non-zero on any failure and
+# ends with each runner's summary.
+#
+# As root (CI), the tests run as the unprivileged user $INFRA_TEST_USER in a
+# copy of the test files under /tmp.  INFRA_KEEP=1 keeps the work directory.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/lib.sh"
+
+if [ "${1:-}" != --inner ]; then
+	top=$(cd "$here/.." && pwd)
+	ensure_test_user
+	work=$(mktemp -d /tmp/infra-test.XXXXXX)
+	mkdir -p "$work/src"
+	cp -r "$top/sql" "$top/expected" "$top/test" "$work/src/"
+	if [ "$(id -u)" = 0 ]; then
+		chown -R "$INFRA_TEST_USER" "$work"
+	fi
+	chmod 755 "$work"
+	as_test_user env INFRA_CACHE="$INFRA_CACHE" PG_CONFIG="$PG_CONFIG" \
+		bash "$work/src/test/run.sh" --inner "$work"
+	rc=$?
+	if [ $rc = 0 ] && [ -z "${INFRA_KEEP:-}" ]; then
+		rm -rf "$work"
+	else
+		echo "work directory kept: $work"
+	fi
+	exit $rc
+fi
+
+work=$2
+src=$work/src
+summary=$work/summary
+: >"$summary"
+passed=0
+failed=0
+
+teardown() {
+	"$src/test/pgcluster.sh" stop "$work/pg" >/dev/null 2>&1
+	"$src/test/kafka/broker.sh" stop "$work/kafka" >/dev/null 2>&1
+}
+trap teardown EXIT
+
+# count_results FILE PASS_REGEX FAIL_REGEX: add a runner's per-test results.
+count_results() {
+	local p f
+	p=$(grep -cE "$2" "$1")
+	f=$(grep -cE "$3" "$1")
+	passed=$((passed + p))
+	failed=$((failed + f))
+}
+
+say "starting a Kafka $KAFKA_VERSION broker"
+"$src/test/kafka/broker.sh" start "$work/kafka" || exit 1
+export INFRA_KAFKA_DIR=$work/kafka
+INFRA_KAFKA_BOOTSTRAP=$("$src/test/kafka/broker.sh" bootstrap "$work/kafka")
+export INFRA_KAFKA_BOOTSTRAP
+say "Kafka broker at $INFRA_KAFKA_BOOTSTRAP"
+
+say "starting PostgreSQL with infra preloaded"
+"$src/test/pgcluster.sh" start "$work/pg" \
+	"infra.database=postgres,infra_isolation" || exit 1
+port=$("$src/test/pgcluster.sh" port "$work/pg")
+export PGHOST=$work/pg/sock PGPORT=$port PGUSER=postgres
+"$PG_BINDIR/createdb" contrib_regression || exit 1
+"$PG_BINDIR/createdb" infra_isolation || exit 1
+
+say "pg_regress"
+regress_tests=$(cd "$src/sql" && ls *.sql | grep -v -- -- | sed 's/\.sql$//' | sort)
+# shellcheck disable=SC2086
+"$PG_PGXS_DIR/test/regress/pg_regress" --inputdir="$src" \
+	--outputdir="$work/regress" --bindir="$PG_BINDIR" --use-existing \
+	--dbname=contrib_regression $regress_tests 2>&1 | tee "$work/regress.out"
+regress_rc=${PIPESTATUS[0]}
+[ -f "$work/regress/regression.diffs" ] && cat "$work/regress/regression.diffs"
+count_results "$work/regress.out" '\.\.\. ok' '\.\.\. (FAILED|failed)'
+grep -E 'tests? (passed|failed)|failed \(ignored\)' "$work/regress.out" |
+	sed 's/^ *//; s/^/pg_regress: /' >>"$summary"
+
+say "isolation"
+iso_tests=$(cd "$src/test/specs" && ls *.spec | sed 's/\.spec$//' | sort)
+# shellcheck disable=SC2086
+"$PG_PGXS_DIR/test/isolation/pg_isolation_regress" --inputdir="$src/test" \
+	--outputdir="$work/isolation" --bindir="$PG_BINDIR" --use-existing \
+	--dbname=infra_isolation $iso_tests 2>&1 | tee "$work/isolation.out"
+iso_rc=${PIPESTATUS[0]}
+[ -f "$work/isolation/regression.diffs" ] && cat "$work/isolation/regression.diffs"
+count_results "$work/isolation.out" '\.\.\. ok' '\.\.\. (FAILED|failed)'
+grep -E 'tests? (passed|failed)|failed \(ignored\)' "$work/isolation.out" |
+	sed 's/^ *//; s/^/isolation: /' >>"$summary"
+
+say "TAP"
+mkdir -p "$work/tap"
+(
+	cd "$src" &&
+		TESTDIR=$work/tap PATH="$PG_BINDIR:$PATH" \
+			PG_REGRESS="$PG_PGXS_DIR/test/regress/pg_regress" \
+			INFRA_SRC=$src PGHOST= PGPORT= PGUSER= \
+			prove -I "$PG_PGXS_DIR/test/perl" -I "$src/test/perl" \
+			${PROVE_FLAGS:-} test/t/*.pl
+) 2>&1 | tee "$work/tap.out"
+tap_rc=${PIPESTATUS[0]}
+# TAP counts assertions: prove's total, less failed ones; a script that died
+# without a plan counts as one more failure.
+tap_total=$(sed -n 's/^Files=[0-9]*, Tests=\([0-9]*\),.*/\1/p' "$work/tap.out")
+tap_failed=$(grep -oE 'Tests: [0-9]+ Failed: [0-9]+' "$work/tap.out" |
+	awk '{ n += $4 } END { print n + 0 }')
+tap_failed=$((tap_failed + $(grep -c 'No plan found in TAP output' "$work/tap.out")))
+passed=$((passed + ${tap_total:-0} - tap_failed))
+failed=$((failed + tap_failed))
+grep -E '^(All tests successful|Files=|Result:|Failed )' "$work/tap.out" |
+	sed 's/^/prove: /' >>"$summary"
+if [ "$tap_rc" != 0 ]; then
+	for f in "$work"/tap/tmp_check/log/*.log; do
+		[ -f "$f" ] || continue
+		echo "---- $f (last 40 lines)"
+		tail -n 40 "$f"
+	done
+fi
+
+teardown
+trap - EXIT
+
+echo
+say "summary"
+cat "$summary"
+echo "tests: $passed passed, $failed failed"
+[ "$regress_rc" = 0 ] && [ "$iso_rc" = 0 ] && [ "$tap_rc" = 0 ] && [ "$failed" = 0 ]
