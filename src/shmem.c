@@ -101,6 +101,9 @@ InfraShmemRequire(const char *function_name)
 			 errhint("Add infra to shared_preload_libraries in postgresql.conf and restart the server.")));
 }
 
+/*
+ * LWLocks all segments asked for: the size of infra's one tranche.
+ */
 static int
 InfraShmemTotalLocks(void)
 {

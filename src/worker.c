@@ -260,6 +260,9 @@ InfraDatabaseCheckHook(char **newval, void **extra, GucSource source)
 	return false;
 }
 
+/*
+ * One status slot per configured database.
+ */
 static Size
 InfraWorkerShmemSize(void)
 {
@@ -267,6 +270,9 @@ InfraWorkerShmemSize(void)
 					mul_size(Max(worker_ndatabases, 1), sizeof(InfraWorkerSlot)));
 }
 
+/*
+ * Fresh slots, named after infra.database, with no worker behind them yet.
+ */
 static void
 InfraWorkerShmemInit(void *segment, bool found, LWLockPadded *locks)
 {
@@ -388,6 +394,9 @@ InfraWorkerSetState(InfraWorkerState state)
 	pgstat_report_activity(STATE_IDLE, activity);
 }
 
+/*
+ * Worker-side: keep message as last_error for infra.worker_status.
+ */
 static void
 InfraWorkerRecordError(const char *message)
 {
@@ -662,6 +671,9 @@ InfraWorkerMain(Datum main_arg)
 	proc_exit(1);
 }
 
+/*
+ * The name of a state as infra.worker_status shows it.
+ */
 static const char *
 InfraWorkerStateName(InfraWorkerState state)
 {

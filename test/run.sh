@@ -69,29 +69,32 @@ export PGHOST=$work/pg/sock PGPORT=$port PGUSER=postgres
 "$PG_BINDIR/createdb" contrib_regression || exit 1
 "$PG_BINDIR/createdb" infra_isolation || exit 1
 
-say "pg_regress"
-regress_tests=$(cd "$src/sql" && ls *.sql | grep -v -- -- | sed 's/\.sql$//' | sort)
-# shellcheck disable=SC2086
-"$PG_PGXS_DIR/test/regress/pg_regress" --inputdir="$src" \
-	--outputdir="$work/regress" --bindir="$PG_BINDIR" --use-existing \
-	--dbname=contrib_regression $regress_tests 2>&1 | tee "$work/regress.out"
-regress_rc=${PIPESTATUS[0]}
-[ -f "$work/regress/regression.diffs" ] && cat "$work/regress/regression.diffs"
-count_results "$work/regress.out" '\.\.\. ok' '\.\.\. (FAILED|failed)'
-grep -E 'tests? (passed|failed)|failed \(ignored\)' "$work/regress.out" |
-	sed 's/^ *//; s/^/pg_regress: /' >>"$summary"
+# run_regress LABEL PROGRAM INPUTDIR DBNAME TEST...: one pg_regress-style
+# runner against the harness cluster; its diffs are shown on failure.
+run_regress() {
+	local label=$1 program=$2 inputdir=$3 dbname=$4 rc
+	shift 4
+	say "$label"
+	"$program" --inputdir="$inputdir" --outputdir="$work/$label" \
+		--bindir="$PG_BINDIR" --use-existing --dbname="$dbname" "$@" 2>&1 |
+		tee "$work/$label.out"
+	rc=${PIPESTATUS[0]}
+	[ -f "$work/$label/regression.diffs" ] && cat "$work/$label/regression.diffs"
+	count_results "$work/$label.out" '\.\.\. ok' '\.\.\. (FAILED|failed)'
+	grep -E 'tests? (passed|failed)|failed \(ignored\)' "$work/$label.out" |
+		sed "s/^ *//; s/^/$label: /" >>"$summary"
+	return "$rc"
+}
 
-say "isolation"
-iso_tests=$(cd "$src/test/specs" && ls *.spec | sed 's/\.spec$//' | sort)
-# shellcheck disable=SC2086
-"$PG_PGXS_DIR/test/isolation/pg_isolation_regress" --inputdir="$src/test" \
-	--outputdir="$work/isolation" --bindir="$PG_BINDIR" --use-existing \
-	--dbname=infra_isolation $iso_tests 2>&1 | tee "$work/isolation.out"
-iso_rc=${PIPESTATUS[0]}
-[ -f "$work/isolation/regression.diffs" ] && cat "$work/isolation/regression.diffs"
-count_results "$work/isolation.out" '\.\.\. ok' '\.\.\. (FAILED|failed)'
-grep -E 'tests? (passed|failed)|failed \(ignored\)' "$work/isolation.out" |
-	sed 's/^ *//; s/^/isolation: /' >>"$summary"
+# shellcheck disable=SC2046
+run_regress pg_regress "$PG_PGXS_DIR/test/regress/pg_regress" "$src" \
+	contrib_regression $(cd "$src/sql" && ls *.sql | grep -v -- -- | sed 's/\.sql$//' | sort)
+regress_rc=$?
+
+# shellcheck disable=SC2046
+run_regress isolation "$PG_PGXS_DIR/test/isolation/pg_isolation_regress" \
+	"$src/test" infra_isolation $(cd "$src/test/specs" && ls *.spec | sed 's/\.spec$//' | sort)
+iso_rc=$?
 
 say "TAP"
 mkdir -p "$work/tap"

@@ -14,7 +14,7 @@ use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 
-our @EXPORT = qw(infra_node worker_pid wait_until kafka_bootstrap kafka_ctl
+our @EXPORT = qw(infra_node worker_pid worker_status wait_until kafka_bootstrap kafka_ctl
   slurp_log_since src_path);
 
 # Path of a file in the test copy of the source tree.
@@ -48,6 +48,15 @@ sub worker_pid
 	return $node->safe_psql('postgres',
 		"SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' "
 		  . "AND datname = '$database'");
+}
+
+# COLUMN of infra.worker_status for DATABASE's worker, read from "postgres"
+# (where the test must have created the extension); '' for NULL.
+sub worker_status
+{
+	my ($node, $database, $column) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT $column FROM infra.worker_status WHERE database = '$database'");
 }
 
 # wait_until(CODE, TIMEOUT_SECONDS): poll CODE every 100 ms until it returns

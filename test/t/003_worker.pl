@@ -13,12 +13,7 @@ my $node = infra_node('worker', conf => "restart_after_crash = on\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION infra');
 
-sub status
-{
-	my ($column) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT $column FROM infra.worker_status WHERE database = 'postgres'");
-}
+sub status { return worker_status($node, 'postgres', $_[0]); }
 
 ok(wait_until(sub { status('state') eq 'running' }),
 	'worker reaches state running');

@@ -13,20 +13,14 @@ my $node = infra_node('workerdb', conf => "infra.database = 'postgres, latecomer
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION infra');
 
-sub latecomer
-{
-	my ($column) = @_;
-	return $node->safe_psql('postgres',
-		"SELECT $column FROM infra.worker_status WHERE database = 'latecomer'");
-}
+sub latecomer { return worker_status($node, 'latecomer', $_[0]); }
 
 ok(wait_until(sub { latecomer('state') eq 'waiting_for_database' }),
 	'worker for a missing database waits for it');
 is(latecomer('last_error'),
 	'database "latecomer" named in infra.database does not exist',
 	'worker_status says why');
-is($node->safe_psql('postgres',
-		"SELECT state FROM infra.worker_status WHERE database = 'postgres'"),
+is(worker_status($node, 'postgres', 'state'),
 	'running', 'the other database is served meanwhile');
 
 # Backoff, not a crash loop: over 8 s, a 2 s restart loop would make four
