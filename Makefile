@@ -25,6 +25,10 @@ EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# PGXS tracks no header dependencies without --enable-depend: rebuild every
+# object when any of our headers changes.
+$(OBJS): $(wildcard src/*.h)
+
 # ---------------------------------------------------------------------------
 # infra-bridge: a standalone daemon, built with the server's compiler flags.
 BRIDGE_SRCS = $(sort $(wildcard bridge/*.c))

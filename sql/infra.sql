@@ -14,7 +14,7 @@ SELECT pg_describe_object(classid, objid, objsubid) AS member
   FROM pg_depend
  WHERE refclassid = 'pg_extension'::regclass AND deptype = 'e'
    AND refobjid = (SELECT oid FROM pg_extension WHERE extname = 'infra')
- ORDER BY 1;
+   AND classid = 'pg_namespace'::regclass;
 
 -- One worker row per database in infra.database, in configuration order;
 -- the harness configures postgres and infra_isolation.

@@ -14,15 +14,18 @@
  */
 #include "postgres.h"
 
+#include "commands/trigger.h"
 #include "fmgr.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/inval.h"
 
 #include "infra.h"
 
 PG_MODULE_MAGIC;
 
 PG_FUNCTION_INFO_V1(infra_version);
+PG_FUNCTION_INFO_V1(infra_config_changed);
 
 /*
  * Library load: set up every module, then reserve the "infra." GUC prefix so
@@ -33,6 +36,7 @@ _PG_init(void)
 {
 	InfraShmemInit();
 	InfraWorkerInit();
+	InfraRateLimitInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }
@@ -44,4 +48,23 @@ Datum
 infra_version(PG_FUNCTION_ARGS)
 {
 	PG_RETURN_TEXT_P(cstring_to_text(INFRA_VERSION));
+}
+
+/*
+ * Statement trigger on infra's configuration tables (rate limiters,
+ * breakers, retry policies).  Backends cache those tables and drop the copy
+ * on a relcache invalidation, which DML alone does not send: send one.  It
+ * is transactional, so other backends see the change when it commits.
+ */
+Datum
+infra_config_changed(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("infra.config_changed() must be called as a trigger")));
+	CacheInvalidateRelcache(trigdata->tg_relation);
+	return PointerGetDatum(NULL);
 }

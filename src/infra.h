@@ -19,5 +19,6 @@
 /* Module entry points called by _PG_init, in this order. */
 extern void InfraShmemInit(void);
 extern void InfraWorkerInit(void);
+extern void InfraRateLimitInit(void);
 
 #endif							/* INFRA_H */

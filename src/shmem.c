@@ -128,7 +128,11 @@ InfraShmemRequest(void)
 		prev_shmem_request_hook();
 
 	for (i = 0; i < nsegments; i++)
+	{
 		total = add_size(total, MAXALIGN(segments[i].size()));
+		if (segments[i].extra)
+			total = add_size(total, segments[i].extra());
+	}
 	RequestAddinShmemSpace(total);
 
 	if (InfraShmemTotalLocks() > 0)
@@ -185,7 +189,8 @@ infra_shmem_segments(PG_FUNCTION_ARGS)
 		bool		nulls[3] = {false, false, false};
 
 		values[0] = CStringGetTextDatum(segments[i].name);
-		values[1] = Int64GetDatum((int64) segments[i].size());
+		values[1] = Int64GetDatum((int64) add_size(segments[i].size(),
+												   segments[i].extra ? segments[i].extra() : 0));
 		values[2] = Int32GetDatum(segments[i].nlocks);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}

@@ -26,6 +26,8 @@ typedef struct InfraShmemSegment
 {
 	const char *name;			/* shown in infra.shmem_segments */
 	Size		(*size) (void); /* called when MaxBackends is known */
+	Size		(*extra) (void);	/* more that init allocates itself, e.g.
+									 * with ShmemInitHash; may be NULL */
 	int			nlocks;			/* LWLocks in infra's tranche for it */
 	InfraShmemInitHook init;
 	void	  **pointer;		/* where the segment's address is stored */

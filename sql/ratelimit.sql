@@ -1,0 +1,113 @@
+--
+-- Rate limiting: GCRA semantics, throttle fields, named limiters, waits,
+-- reset, the view, and every bad input.  Periods are long (1 hour) where
+-- output must not depend on timing.
+--
+CREATE EXTENSION IF NOT EXISTS infra;
+SELECT infra.rate_limit_reset() >= 0 AS started_clean;
+
+-- Burst 3 at 1 per hour: three allowed at once, then denied.
+SELECT infra.rate_limit('rl:burst', 1, '1 hour', 3) FROM generate_series(1, 4);
+
+-- Burst defaults to rate.
+SELECT count(*) FILTER (WHERE infra.rate_limit('rl:default', 5, '1 hour'))
+  FROM generate_series(1, 8);
+
+-- throttle: limit, remaining, retry_after and reset_after.
+SELECT allowed, "limit", remaining,
+       retry_after = '0' AS no_wait,
+       reset_after BETWEEN '59 min' AND '1 hour' AS reset_in_an_hour
+  FROM infra.throttle('rl:throttle', 2, '2 hours', 2);
+SELECT allowed, "limit", remaining,
+       reset_after BETWEEN '119 min' AND '2 hours' AS reset_in_two_hours
+  FROM infra.throttle('rl:throttle', 2, '2 hours', 2);
+SELECT allowed, remaining,
+       retry_after BETWEEN '59 min' AND '1 hour' AS retry_in_an_hour
+  FROM infra.throttle('rl:throttle', 2, '2 hours', 2);
+
+-- cost 0 looks without consuming; cost > 1 consumes that much.
+SELECT allowed, remaining FROM infra.throttle('rl:cost', 10, '1 hour', 10, 0);
+SELECT allowed, remaining FROM infra.throttle('rl:cost', 10, '1 hour', 10, 7);
+SELECT allowed, remaining FROM infra.throttle('rl:cost', 10, '1 hour', 10, 4);
+SELECT allowed, remaining FROM infra.throttle('rl:cost', 10, '1 hour', 10, 3);
+SELECT allowed, remaining FROM infra.throttle('rl:cost', 10, '1 hour', 10, 0);
+
+-- Keys are independent.
+SELECT infra.rate_limit('rl:a', 1, '1 hour'), infra.rate_limit('rl:b', 1, '1 hour'),
+       infra.rate_limit('rl:a', 1, '1 hour');
+
+-- Refill is exact: at 10 per 100 ms, after 120 ms one more is allowed.
+SELECT count(*) FILTER (WHERE infra.rate_limit('rl:refill', 10, '100 ms', 1))
+  FROM generate_series(1, 3);
+SELECT pg_sleep(0.12);
+SELECT infra.rate_limit('rl:refill', 10, '100 ms', 1) AS refilled;
+
+-- rate_limit_wait: waits for the next slot, or refuses at once when the
+-- timeout cannot be met.
+SELECT infra.rate_limit('rl:wait', 1, '200 ms', 1);
+SELECT infra.rate_limit_wait('rl:wait', 1, '200 ms', 1, 1, '2 s') AS waited;
+SELECT infra.rate_limit_wait('rl:wait', 1, '1 hour', 1, 1, '10 ms') AS too_long;
+
+-- Named limiters come from infra.rate_limiters; changes apply at once.
+SELECT name, rate, per, burst FROM infra.rate_limiters ORDER BY name;
+SELECT infra.rate_limit('api');
+SELECT infra.rate_limit('api', cost => 19);
+SELECT infra.rate_limit('api', cost => 1) AS over_burst;
+INSERT INTO infra.rate_limiters (name, rate, per, burst) VALUES ('rl_named', 1, '1 hour', 2);
+SELECT infra.rate_limit('rl_named'), infra.rate_limit('rl_named'), infra.rate_limit('rl_named');
+UPDATE infra.rate_limiters SET burst = 5 WHERE name = 'rl_named';
+SELECT infra.rate_limit('rl_named') AS allowed_after_raise;
+-- A named limiter and a key of the same name are different limits.
+SELECT infra.rate_limit('rl_named', 1, '1 hour', 1) AS key_of_same_name;
+
+-- Two positional arguments match both forms: name the second one.
+SELECT infra.rate_limit('api', 2);
+
+-- The view: state and counters of every key (those whose numbers cannot
+-- move while the test runs: hour-long periods, no waits).
+SELECT kind, key, rate, per, burst, remaining, allowed_total, denied_total,
+       last_used > now() - interval '1 minute' AS recent
+  FROM infra.rate_limits
+ WHERE key LIKE 'rl%' AND per >= '1 hour' AND key <> 'rl:wait'
+ ORDER BY kind, key;
+
+-- Reset one key (it starts afresh), then all.
+SELECT infra.rate_limit_reset('rl:burst');
+SELECT infra.rate_limit('rl:burst', 1, '1 hour', 3) AS fresh_after_reset;
+SELECT infra.rate_limit_reset('rl:nothing-here');
+SELECT infra.rate_limit_reset() > 0 AS reset_all;
+SELECT count(*) FROM infra.rate_limits;
+
+-- Bad input: each a clear error.
+\set VERBOSITY default
+SELECT infra.rate_limit(NULL, 10, '1 s');
+SELECT infra.rate_limit('', 10, '1 s');
+SELECT infra.rate_limit(repeat('x', 200), 10, '1 s');
+SELECT infra.rate_limit('rl:bad', 0, '1 s');
+SELECT infra.rate_limit('rl:bad', -5, '1 s');
+SELECT infra.rate_limit('rl:bad', 10, '0 s');
+SELECT infra.rate_limit('rl:bad', 10, '-1 s');
+SELECT infra.rate_limit('rl:bad', 10, '1 month');
+SELECT infra.rate_limit('rl:bad', 10, NULL);
+SELECT infra.rate_limit('rl:bad', 10, '1 s', 0);
+SELECT infra.rate_limit('rl:bad', 10, '1 s', 5, 6);
+SELECT infra.rate_limit('rl:bad', 10, '1 s', 5, -1);
+SELECT infra.rate_limit_wait('rl:bad', 10, '1 s', 5, 1, NULL);
+SELECT infra.rate_limit_wait('rl:bad', 10, '1 s', 5, 1, '-1 s');
+SELECT infra.rate_limit('no_such_limiter');
+SELECT infra.rate_limit(NULL::text, cost => 1);
+SELECT infra.rate_limit('api', cost => 1000);
+INSERT INTO infra.rate_limiters (name, rate) VALUES ('rl_zero', 0);
+INSERT INTO infra.rate_limiters (name, rate, per) VALUES ('rl_month', 1, '1 mon');
+
+-- Privileges: applications may limit, not reconfigure or reset.
+CREATE ROLE rl_app;
+SET ROLE rl_app;
+SELECT infra.rate_limit('rl:app', 1, '1 hour');
+SELECT infra.rate_limit('api');
+UPDATE infra.rate_limiters SET rate = 1000000;
+SELECT infra.rate_limit_reset();
+SELECT count(*) FROM infra.rate_limits;
+RESET ROLE;
+DROP ROLE rl_app;
+DELETE FROM infra.rate_limiters WHERE name = 'rl_named';

@@ -1,0 +1,752 @@
+/*-------------------------------------------------------------------------
+ *
+ * ratelimit.c
+ *		Cluster-wide rate limits: GCRA in integer arithmetic, in shared memory.
+ *
+ * Each key has one "theoretical arrival time" (TAT), the generic cell rate
+ * algorithm's whole state.  A request of cost c at time now is allowed when
+ *
+ *		max(TAT, now) + c * T - burst * T <= now,		T = per / rate
+ *
+ * and then moves TAT to max(TAT, now) + c * T.  Times are kept on the
+ * monotonic clock in units of 1/rate nanosecond, so T is exactly per (in ns)
+ * and no fraction is ever rounded away, at any rate: 4 clients hammering a
+ * key of 1000/s with burst 100 for 10 s get exactly 100 + 10000 requests.
+ * 128-bit integers keep the products from overflowing.
+ *
+ * Keys live in a shared hash table of infra.rate_limit_max_keys entries,
+ * split in RATE_LIMIT_PARTITIONS partitions.
+ *
+ * Locking: a partition's LWLock is taken shared to find a key and exclusive
+ * only to insert one; the key's spinlock guards its state while it is read
+ * and updated.  Unrelated keys thus never wait for each other, and a key's
+ * own critical section is a few integer operations.  Eviction, needed only
+ * when the table is full, takes every partition lock exclusive (in order)
+ * and removes keys whose TAT is in the past: such a key has nothing to
+ * remember, since a fresh entry would behave the same.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "fmgr.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "storage/latch.h"
+#include "storage/lwlock.h"
+#include "storage/shmem.h"
+#include "storage/spin.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/hsearch.h"
+#include "utils/inval.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "clock.h"
+#include "infra.h"
+#include "ratelimit.h"
+#include "shmem.h"
+
+PG_FUNCTION_INFO_V1(infra_rate_limit);
+PG_FUNCTION_INFO_V1(infra_rate_limit_named);
+PG_FUNCTION_INFO_V1(infra_throttle);
+PG_FUNCTION_INFO_V1(infra_rate_limit_wait);
+PG_FUNCTION_INFO_V1(infra_rate_limit_reset);
+PG_FUNCTION_INFO_V1(infra_rate_limits);
+
+/* What a key is: given by the caller, or a named limiter's. */
+#define RATE_LIMIT_KIND_KEY		'k'
+#define RATE_LIMIT_KIND_LIMITER 'l'
+
+typedef struct RateLimitKey
+{
+	char		kind;
+	char		name[RATE_LIMIT_KEY_LEN];
+} RateLimitKey;
+
+typedef struct RateLimitEntry
+{
+	RateLimitKey key;			/* hash key, must be first */
+	slock_t		mutex;			/* guards everything below */
+	int32		rate;			/* last parameters used */
+	int32		burst;
+	int64		per_ns;
+	int128		tat;			/* in ns x rate on the monotonic clock */
+	int64		last_used_ns;
+	int64		allowed_total;
+	int64		denied_total;
+} RateLimitEntry;
+
+typedef struct RateLimitShared
+{
+	LWLockPadded *locks;		/* RATE_LIMIT_PARTITIONS of them */
+	pg_atomic_uint64 evictions;
+} RateLimitShared;
+
+/* Parameters of one call, checked. */
+typedef struct RateLimitArgs
+{
+	RateLimitKey key;
+	int32		rate;
+	int64		per_ns;
+	int32		burst;
+	int32		cost;
+} RateLimitArgs;
+
+/* What a call decided. */
+typedef struct RateLimitResult
+{
+	bool		allowed;
+	int32		remaining;
+	int64		retry_after_ns;
+	int64		reset_after_ns;
+} RateLimitResult;
+
+int			infra_rate_limit_max_keys = 10000;
+
+static RateLimitShared *rate_limit_shared = NULL;
+static HTAB *rate_limit_hash = NULL;
+
+/* Backend-local cache of infra.rate_limiters, dropped on any change to it. */
+typedef struct LimiterCacheEntry
+{
+	char		name[NAMEDATALEN];
+	int32		rate;
+	int64		per_ns;
+	int32		burst;
+} LimiterCacheEntry;
+
+static HTAB *limiter_cache = NULL;
+static Oid	limiter_table_oid = InvalidOid;
+
+static Size RateLimitShmemSize(void);
+static Size RateLimitHashSize(void);
+static void RateLimitShmemInit(void *segment, bool found, LWLockPadded *locks);
+static void RateLimitReadArgs(FunctionCallInfo fcinfo, RateLimitArgs *args);
+static void RateLimitCheckArgs(RateLimitArgs *args);
+static void RateLimitSetKey(RateLimitKey *key, char kind, text *name);
+static void RateLimitApply(const RateLimitArgs *args, RateLimitResult *result);
+static RateLimitEntry *RateLimitEnter(const RateLimitKey *key, uint32 hashcode,
+									  LWLock *lock);
+static int64 RateLimitEvictIdle(void);
+static void RateLimitDecide(RateLimitEntry *entry, const RateLimitArgs *args,
+							int64 now_ns, RateLimitResult *result);
+static void LimiterLookup(text *name, RateLimitArgs *args);
+static void LimiterCacheInvalidate(Datum arg, Oid relid);
+
+/*
+ * Define infra.rate_limit_max_keys and reserve the table.
+ */
+void
+InfraRateLimitInit(void)
+{
+	InfraShmemSegment seg = {
+		.name = "infra rate limits",
+		.size = RateLimitShmemSize,
+		.extra = RateLimitHashSize,
+		.nlocks = RATE_LIMIT_PARTITIONS,
+		.init = RateLimitShmemInit,
+		.pointer = (void **) &rate_limit_shared,
+	};
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+
+	DefineCustomIntVariable("infra.rate_limit_max_keys",
+							"Most rate-limit keys kept in shared memory.",
+							"Idle keys are evicted when room is needed.",
+							&infra_rate_limit_max_keys,
+							10000, 100, INT_MAX / 2,
+							PGC_POSTMASTER, 0,
+							NULL, NULL, NULL);
+	InfraShmemRegister(&seg);
+}
+
+static Size
+RateLimitShmemSize(void)
+{
+	return sizeof(RateLimitShared);
+}
+
+/*
+ * The hash table is allocated by ShmemInitHash next to the segment.
+ */
+static Size
+RateLimitHashSize(void)
+{
+	return hash_estimate_size(infra_rate_limit_max_keys, sizeof(RateLimitEntry));
+}
+
+/*
+ * Create the shared hash table, all of its entries allocated up front so
+ * that inserting never runs out of shared memory, only out of entries.
+ */
+static void
+RateLimitShmemInit(void *segment, bool found, LWLockPadded *locks)
+{
+	RateLimitShared *shared = (RateLimitShared *) segment;
+	HASHCTL		info;
+
+	if (!found)
+	{
+		shared->locks = locks;
+		pg_atomic_init_u64(&shared->evictions, 0);
+	}
+	memset(&info, 0, sizeof(info));
+	info.keysize = sizeof(RateLimitKey);
+	info.entrysize = sizeof(RateLimitEntry);
+	info.num_partitions = RATE_LIMIT_PARTITIONS;
+	rate_limit_hash = ShmemInitHash("infra rate limit keys",
+									infra_rate_limit_max_keys,
+									infra_rate_limit_max_keys,
+									&info,
+									HASH_ELEM | HASH_BLOBS | HASH_PARTITION |
+									HASH_FIXED_SIZE);
+}
+
+/*
+ * A key as stored: zero-padded, so that equal keys are equal bytes.
+ */
+static void
+RateLimitSetKey(RateLimitKey *key, char kind, text *name)
+{
+	int			len = VARSIZE_ANY_EXHDR(name);
+
+	if (len == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate limit key must not be empty"),
+				 errhint("Use a key naming what is limited, such as 'user:42'.")));
+	if (len >= RATE_LIMIT_KEY_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("rate limit key is too long (%d bytes)", len),
+				 errdetail("Keys are at most %d bytes.", RATE_LIMIT_KEY_LEN - 1),
+				 errhint("Hash long keys, for example with md5().")));
+	memset(key, 0, sizeof(*key));
+	key->kind = kind;
+	memcpy(key->name, VARDATA_ANY(name), len);
+}
+
+/*
+ * Argument checks shared by every entry point.
+ */
+static void
+RateLimitCheckArgs(RateLimitArgs *args)
+{
+	if (args->rate <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("rate must be positive, not %d", args->rate),
+				 errhint("Give the number of requests allowed per period.")));
+	if (args->burst <= 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("burst must be positive, not %d", args->burst),
+				 errhint("Omit burst (NULL) to make it equal to rate.")));
+	if (args->cost < 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cost must not be negative, not %d", args->cost),
+				 errhint("Use cost 0 to look at a limit without consuming it.")));
+	if (args->cost > args->burst)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("cost %d is larger than burst %d", args->cost, args->burst),
+				 errdetail("A request costing more than the burst could never be allowed."),
+				 errhint("Raise burst or split the request.")));
+}
+
+/*
+ * Arguments (key, rate, per, burst, cost) of the keyed functions.
+ */
+static void
+RateLimitReadArgs(FunctionCallInfo fcinfo, RateLimitArgs *args)
+{
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rate limit key must not be NULL"),
+				 errhint("Use a key naming what is limited, such as 'user:42'.")));
+	if (PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(4))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rate, per and cost must not be NULL"),
+				 errhint("Only burst may be NULL, meaning equal to rate.")));
+	RateLimitSetKey(&args->key, RATE_LIMIT_KIND_KEY, PG_GETARG_TEXT_PP(0));
+	args->rate = PG_GETARG_INT32(1);
+	args->per_ns = InfraIntervalToNs(PG_GETARG_INTERVAL_P(2), "per", false);
+	args->burst = PG_ARGISNULL(3) ? args->rate : PG_GETARG_INT32(3);
+	args->cost = PG_GETARG_INT32(4);
+	RateLimitCheckArgs(args);
+}
+
+/*
+ * GCRA on one entry; the caller holds its spinlock.  Pure integer code: no
+ * allocation, no error, as a spinlock requires.
+ */
+static void
+RateLimitDecide(RateLimitEntry *entry, const RateLimitArgs *args,
+				int64 now_ns, RateLimitResult *result)
+{
+	int128		now = (int128) now_ns * args->rate;
+	int128		period = args->per_ns;	/* T, in units of 1/rate ns */
+	int128		window = (int128) args->burst * period;
+	int128		tat;
+	int128		new_tat;
+	int128		basis;
+
+	/* A new rate changes the unit: carry the TAT over, rounding up. */
+	if (entry->rate != args->rate && entry->rate != 0)
+		entry->tat = (entry->tat * args->rate + entry->rate - 1) / entry->rate;
+
+	tat = Max(entry->tat, now);
+	new_tat = tat + (int128) args->cost * period;
+
+	if (args->cost == 0)
+		result->allowed = tat + period - window <= now;
+	else
+		result->allowed = new_tat - window <= now;
+
+	if (args->cost > 0)
+	{
+		if (result->allowed)
+		{
+			entry->tat = new_tat;
+			entry->allowed_total++;
+		}
+		else
+			entry->denied_total++;
+	}
+	entry->rate = args->rate;
+	entry->per_ns = args->per_ns;
+	entry->burst = args->burst;
+	entry->last_used_ns = now_ns;
+
+	basis = (result->allowed && args->cost > 0) ? new_tat : tat;
+	result->remaining = (int32) ((window - (basis - now)) / period);
+	result->retry_after_ns = result->allowed ? 0 :
+		(int64) ((new_tat - window - now + args->rate - 1) / args->rate);
+	result->reset_after_ns = (int64) ((basis - now + args->rate - 1) / args->rate);
+}
+
+/*
+ * Insert a key (the caller found none under its shared lock).  Returns the
+ * entry with the partition lock held exclusive: the caller decides on it
+ * under that lock, so an eviction cannot slip in between.
+ */
+static RateLimitEntry *
+RateLimitEnter(const RateLimitKey *key, uint32 hashcode, LWLock *lock)
+{
+	RateLimitEntry *entry;
+	bool		found;
+	int			attempt;
+
+	for (attempt = 0; attempt < 2; attempt++)
+	{
+		LWLockAcquire(lock, LW_EXCLUSIVE);
+		entry = (RateLimitEntry *) hash_search_with_hash_value(rate_limit_hash,
+															   key, hashcode,
+															   HASH_ENTER_NULL,
+															   &found);
+		if (entry != NULL)
+		{
+			if (!found)
+			{
+				SpinLockInit(&entry->mutex);
+				entry->rate = 0;
+				entry->burst = 0;
+				entry->per_ns = 0;
+				entry->tat = 0;
+				entry->last_used_ns = 0;
+				entry->allowed_total = 0;
+				entry->denied_total = 0;
+			}
+			return entry;
+		}
+		LWLockRelease(lock);
+		if (RateLimitEvictIdle() == 0)
+			break;
+	}
+	ereport(ERROR,
+			(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+			 errmsg("rate limit table is full (%d keys in use)",
+					infra_rate_limit_max_keys),
+			 errdetail("Every key is still limiting; none can be evicted."),
+			 errhint("Raise infra.rate_limit_max_keys and restart the server, or use fewer keys.")));
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
+ * Remove every key whose state says nothing: its TAT lies in the past.
+ * Returns how many were removed.
+ */
+static int64
+RateLimitEvictIdle(void)
+{
+	HASH_SEQ_STATUS scan;
+	RateLimitEntry *entry;
+	int64		now_ns = InfraMonotonicNs();
+	int64		evicted = 0;
+	int			i;
+
+	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
+		LWLockAcquire(&rate_limit_shared->locks[i].lock, LW_EXCLUSIVE);
+
+	hash_seq_init(&scan, rate_limit_hash);
+	while ((entry = hash_seq_search(&scan)) != NULL)
+	{
+		/* Exclusive partition locks: nobody else touches the entry. */
+		if (entry->tat <= (int128) now_ns * entry->rate)
+		{
+			hash_search(rate_limit_hash, &entry->key, HASH_REMOVE, NULL);
+			evicted++;
+		}
+	}
+
+	for (i = RATE_LIMIT_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&rate_limit_shared->locks[i].lock);
+
+	pg_atomic_fetch_add_u64(&rate_limit_shared->evictions, evicted);
+	return evicted;
+}
+
+/*
+ * Find or create the key and decide on the request.
+ */
+static void
+RateLimitApply(const RateLimitArgs *args, RateLimitResult *result)
+{
+	uint32		hashcode;
+	LWLock	   *lock;
+	RateLimitEntry *entry;
+
+	InfraShmemRequire("infra.rate_limit()");
+
+	hashcode = get_hash_value(rate_limit_hash, &args->key);
+	lock = &rate_limit_shared->locks[hashcode % RATE_LIMIT_PARTITIONS].lock;
+
+	LWLockAcquire(lock, LW_SHARED);
+	entry = (RateLimitEntry *) hash_search_with_hash_value(rate_limit_hash,
+														   &args->key, hashcode,
+														   HASH_FIND, NULL);
+	if (entry == NULL)
+	{
+		LWLockRelease(lock);
+		entry = RateLimitEnter(&args->key, hashcode, lock);
+	}
+
+	SpinLockAcquire(&entry->mutex);
+	RateLimitDecide(entry, args, InfraMonotonicNs(), result);
+	SpinLockRelease(&entry->mutex);
+
+	LWLockRelease(lock);
+}
+
+/*
+ * infra.rate_limit(key, rate, per, burst, cost): consume if allowed.
+ */
+Datum
+infra_rate_limit(PG_FUNCTION_ARGS)
+{
+	RateLimitArgs args;
+	RateLimitResult result;
+
+	RateLimitReadArgs(fcinfo, &args);
+	RateLimitApply(&args, &result);
+	PG_RETURN_BOOL(result.allowed);
+}
+
+/*
+ * infra.throttle(key, rate, per, burst, cost): the decision with what an
+ * HTTP layer needs for 429 responses and RateLimit headers.
+ */
+Datum
+infra_throttle(PG_FUNCTION_ARGS)
+{
+	RateLimitArgs args;
+	RateLimitResult result;
+	TupleDesc	tupdesc;
+	Datum		values[5];
+	bool		nulls[5] = {false, false, false, false, false};
+
+	RateLimitReadArgs(fcinfo, &args);
+	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "return type must be a row type");
+	RateLimitApply(&args, &result);
+
+	values[0] = BoolGetDatum(result.allowed);
+	values[1] = Int32GetDatum(args.burst);
+	values[2] = Int32GetDatum(result.remaining);
+	values[3] = IntervalPGetDatum(InfraNsToInterval(result.retry_after_ns));
+	values[4] = IntervalPGetDatum(InfraNsToInterval(result.reset_after_ns));
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(tupdesc),
+													  values, nulls)));
+}
+
+/*
+ * infra.rate_limit_wait(key, rate, per, burst, cost, timeout): sleep until
+ * allowed, or return false once the timeout cannot be met.  The sleep is a
+ * latch wait, so cancel and statement_timeout interrupt it.
+ */
+Datum
+infra_rate_limit_wait(PG_FUNCTION_ARGS)
+{
+	RateLimitArgs args;
+	RateLimitResult result;
+	int64		timeout_ns;
+	int64		deadline;
+
+	RateLimitReadArgs(fcinfo, &args);
+	if (PG_ARGISNULL(5))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("timeout must not be NULL"),
+				 errhint("Give the longest time to wait, such as '5 seconds'.")));
+	timeout_ns = InfraIntervalToNs(PG_GETARG_INTERVAL_P(5), "timeout", true);
+	deadline = InfraMonotonicNs() + timeout_ns;
+
+	for (;;)
+	{
+		int64		now_ns;
+		long		sleep_ms;
+
+		RateLimitApply(&args, &result);
+		if (result.allowed)
+			PG_RETURN_BOOL(true);
+		now_ns = InfraMonotonicNs();
+		if (now_ns + result.retry_after_ns > deadline)
+			PG_RETURN_BOOL(false);
+
+		/* Round up to whole milliseconds: early wakeups would just retry. */
+		sleep_ms = (long) ((result.retry_after_ns + 999999) / 1000000);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(sleep_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Drop the cached copy of infra.rate_limiters when it (or anything, for an
+ * invalidation of the whole relcache) changes.
+ */
+static void
+LimiterCacheInvalidate(Datum arg, Oid relid)
+{
+	if (limiter_cache != NULL &&
+		(relid == InvalidOid || relid == limiter_table_oid))
+	{
+		hash_destroy(limiter_cache);
+		limiter_cache = NULL;
+	}
+}
+
+/*
+ * Parameters of the named limiter, from infra.rate_limiters (cached until
+ * the table changes, so a named call costs a hash lookup).
+ */
+static void
+LimiterLookup(text *name_text, RateLimitArgs *args)
+{
+	static bool callback_registered = false;
+	char	   *name = text_to_cstring(name_text);
+	LimiterCacheEntry *cached;
+	bool		found;
+
+	if (strlen(name) >= NAMEDATALEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("rate limiter \"%s\" does not exist", name),
+				 errhint("Named limiters are rows of infra.rate_limiters.")));
+
+	if (!callback_registered)
+	{
+		CacheRegisterRelcacheCallback(LimiterCacheInvalidate, (Datum) 0);
+		callback_registered = true;
+	}
+	if (limiter_cache == NULL)
+	{
+		HASHCTL		info;
+
+		memset(&info, 0, sizeof(info));
+		info.keysize = NAMEDATALEN;
+		info.entrysize = sizeof(LimiterCacheEntry);
+		info.hcxt = TopMemoryContext;
+		limiter_cache = hash_create("infra rate limiter cache", 16, &info,
+									HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+		limiter_table_oid = get_relname_relid("rate_limiters",
+											  get_namespace_oid(INFRA_NAME, false));
+	}
+
+	cached = hash_search(limiter_cache, name, HASH_FIND, &found);
+	if (!found)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+		Datum		values[1];
+		bool		isnull;
+		LimiterCacheEntry fresh;
+		HeapTuple	tuple;
+		TupleDesc	desc;
+
+		values[0] = PointerGetDatum(name_text);
+		SPI_connect();
+		if (SPI_execute_with_args("SELECT rate, per, coalesce(burst, rate) "
+								  "FROM infra.rate_limiters WHERE name = $1",
+								  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read infra.rate_limiters");
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("rate limiter \"%s\" does not exist", name),
+					 errhint("Named limiters are rows of infra.rate_limiters; insert one or call infra.rate_limit(key, rate, per, burst).")));
+		tuple = SPI_tuptable->vals[0];
+		desc = SPI_tuptable->tupdesc;
+		memset(&fresh, 0, sizeof(fresh));
+		strlcpy(fresh.name, name, NAMEDATALEN);
+		fresh.rate = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+		fresh.per_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 2, &isnull)),
+										 "per", false);
+		fresh.burst = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+		SPI_finish();
+
+		/* The table may have been invalidated while we read it. */
+		if (limiter_cache == NULL)
+		{
+			args->rate = fresh.rate;
+			args->per_ns = fresh.per_ns;
+			args->burst = fresh.burst;
+			return;
+		}
+		cached = hash_search(limiter_cache, name, HASH_ENTER, NULL);
+		*cached = fresh;
+	}
+	args->rate = cached->rate;
+	args->per_ns = cached->per_ns;
+	args->burst = cached->burst;
+}
+
+/*
+ * infra.rate_limit(name, cost): a named limiter from infra.rate_limiters.
+ */
+Datum
+infra_rate_limit_named(PG_FUNCTION_ARGS)
+{
+	RateLimitArgs args;
+	RateLimitResult result;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("limiter name and cost must not be NULL"),
+				 errhint("Named limiters are rows of infra.rate_limiters.")));
+	RateLimitSetKey(&args.key, RATE_LIMIT_KIND_LIMITER, PG_GETARG_TEXT_PP(0));
+	LimiterLookup(PG_GETARG_TEXT_PP(0), &args);
+	args.cost = PG_GETARG_INT32(1);
+	RateLimitCheckArgs(&args);
+	RateLimitApply(&args, &result);
+	PG_RETURN_BOOL(result.allowed);
+}
+
+/*
+ * infra.rate_limit_reset(key): forget one key (both a key and a named
+ * limiter of that name), or every key when NULL.  Returns how many.
+ */
+Datum
+infra_rate_limit_reset(PG_FUNCTION_ARGS)
+{
+	HASH_SEQ_STATUS scan;
+	RateLimitEntry *entry;
+	RateLimitKey key;
+	int64		removed = 0;
+	int			i;
+
+	InfraShmemRequire("infra.rate_limit_reset()");
+	if (!PG_ARGISNULL(0))
+		RateLimitSetKey(&key, RATE_LIMIT_KIND_KEY, PG_GETARG_TEXT_PP(0));
+
+	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
+		LWLockAcquire(&rate_limit_shared->locks[i].lock, LW_EXCLUSIVE);
+	hash_seq_init(&scan, rate_limit_hash);
+	while ((entry = hash_seq_search(&scan)) != NULL)
+	{
+		if (PG_ARGISNULL(0) ||
+			memcmp(entry->key.name, key.name, RATE_LIMIT_KEY_LEN) == 0)
+		{
+			hash_search(rate_limit_hash, &entry->key, HASH_REMOVE, NULL);
+			removed++;
+		}
+	}
+	for (i = RATE_LIMIT_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&rate_limit_shared->locks[i].lock);
+
+	PG_RETURN_INT64(removed);
+}
+
+/*
+ * infra.rate_limits(): every key with its state, for the view.
+ */
+Datum
+infra_rate_limits(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HASH_SEQ_STATUS scan;
+	RateLimitEntry *entry;
+	int64		now_ns;
+	TimestampTz now;
+	int			i;
+
+	InfraShmemRequire("infra.rate_limits()");
+	InitMaterializedSRF(fcinfo, 0);
+
+	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
+		LWLockAcquire(&rate_limit_shared->locks[i].lock, LW_SHARED);
+	now_ns = InfraMonotonicNs();
+	now = GetCurrentTimestamp();
+
+	hash_seq_init(&scan, rate_limit_hash);
+	while ((entry = hash_seq_search(&scan)) != NULL)
+	{
+		RateLimitEntry copy;
+		RateLimitArgs peek;
+		RateLimitResult state;
+		Datum		values[9];
+		bool		nulls[9] = {false, false, false, false, false, false, false, false, false};
+
+		SpinLockAcquire(&entry->mutex);
+		copy = *entry;
+		SpinLockRelease(&entry->mutex);
+		if (copy.rate == 0)
+			continue;			/* inserted, never decided yet */
+
+		/* Look without consuming: cost 0 on a private copy. */
+		peek.key = copy.key;
+		peek.rate = copy.rate;
+		peek.per_ns = copy.per_ns;
+		peek.burst = copy.burst;
+		peek.cost = 0;
+		RateLimitDecide(&copy, &peek, now_ns, &state);
+
+		values[0] = CStringGetTextDatum(copy.key.kind == RATE_LIMIT_KIND_LIMITER ? "limiter" : "key");
+		values[1] = CStringGetTextDatum(copy.key.name);
+		values[2] = Int32GetDatum(copy.rate);
+		values[3] = IntervalPGetDatum(InfraNsToInterval(copy.per_ns));
+		values[4] = Int32GetDatum(copy.burst);
+		values[5] = Int32GetDatum(state.remaining);
+		values[6] = Int64GetDatum(copy.allowed_total);
+		values[7] = Int64GetDatum(copy.denied_total);
+		values[8] = TimestampTzGetDatum(InfraMonotonicToTimestamp(copy.last_used_ns, now_ns, now));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+
+	for (i = RATE_LIMIT_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&rate_limit_shared->locks[i].lock);
+	return (Datum) 0;
+}
