@@ -180,3 +180,233 @@ REVOKE ALL ON FUNCTION infra.rate_limits() FROM PUBLIC;
 REVOKE ALL ON infra.rate_limits FROM PUBLIC;
 GRANT SELECT ON infra.rate_limits TO pg_monitor;
 GRANT EXECUTE ON FUNCTION infra.rate_limits() TO pg_monitor;
+
+/* ---------------------------------------------------------------------------
+ * SQLSTATE patterns ('40001', '08%') used by breakers and retry policies.
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.sqlstate_patterns_valid(patterns text[])
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'infra_sqlstate_patterns_valid'
+LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION infra.sqlstate_patterns_valid(text[]) IS
+'True when every element is a SQLSTATE (''40001'') or a class pattern (''08%''); raises a clear error otherwise.';
+
+/* ---------------------------------------------------------------------------
+ * Circuit breakers (src/breaker.c): configured here, live state shared.
+ * ------------------------------------------------------------------------- */
+
+CREATE TABLE infra.circuit_breakers (
+    name text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 63),
+    window_kind text NOT NULL DEFAULT 'count' CHECK (window_kind IN ('count', 'time')),
+    window_size integer NOT NULL DEFAULT 100 CHECK (window_size BETWEEN 1 AND 1000),
+    minimum_calls integer NOT NULL DEFAULT 10 CHECK (minimum_calls >= 1),
+    failure_rate_threshold double precision NOT NULL DEFAULT 50
+        CHECK (failure_rate_threshold > 0 AND failure_rate_threshold <= 100),
+    slow_call_duration interval NOT NULL DEFAULT '5 seconds'
+        CHECK (slow_call_duration > '0' AND date_part('month', slow_call_duration) = 0
+               AND date_part('year', slow_call_duration) = 0),
+    slow_call_rate_threshold double precision NOT NULL DEFAULT 100
+        CHECK (slow_call_rate_threshold > 0 AND slow_call_rate_threshold <= 100),
+    open_duration interval NOT NULL DEFAULT '30 seconds'
+        CHECK (open_duration > '0' AND date_part('month', open_duration) = 0
+               AND date_part('year', open_duration) = 0),
+    half_open_permitted_calls integer NOT NULL DEFAULT 3
+        CHECK (half_open_permitted_calls BETWEEN 1 AND 1000),
+    half_open_max_wait interval NOT NULL DEFAULT '0'
+        CHECK (half_open_max_wait >= '0' AND date_part('month', half_open_max_wait) = 0
+               AND date_part('year', half_open_max_wait) = 0),
+    failure_sqlstates text[] NOT NULL DEFAULT '{}'
+        CHECK (infra.sqlstate_patterns_valid(failure_sqlstates)),
+    ignored_sqlstates text[] NOT NULL DEFAULT '{}'
+        CHECK (infra.sqlstate_patterns_valid(ignored_sqlstates)),
+    description text
+);
+
+COMMENT ON TABLE infra.circuit_breakers IS
+'Circuit breakers: window_size counts calls (count) or seconds (time); thresholds are percentages; failure_sqlstates empty means every error fails; ignored_sqlstates count neither way. Changes apply at commit.';
+
+CREATE TRIGGER circuit_breakers_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON infra.circuit_breakers
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.config_changed();
+
+INSERT INTO infra.circuit_breakers
+    (name, window_kind, window_size, minimum_calls, failure_rate_threshold,
+     slow_call_duration, slow_call_rate_threshold, open_duration,
+     half_open_permitted_calls, failure_sqlstates, ignored_sqlstates, description)
+VALUES
+    ('database', 'count', 100, 20, 50, '2 seconds', 80, '30 seconds', 5,
+     '{08%,53%,57P01,57P02,57P03,58%,40001,40P01,55P03,57014}', '{}',
+     'Calls to a database: connection, resource, crash and conflict errors count'),
+    ('kafka', 'time', 60, 10, 50, '5 seconds', 80, '60 seconds', 3,
+     '{}', '{}', 'Produce and admin calls to Kafka'),
+    ('network', 'count', 50, 10, 50, '5 seconds', 80, '30 seconds', 3,
+     '{}', '{}', 'HTTP and other network calls'),
+    ('vault', 'count', 20, 5, 50, '3 seconds', 80, '60 seconds', 2,
+     '{}', '{}', 'Calls to a secrets store');
+
+SELECT pg_catalog.pg_extension_config_dump('infra.circuit_breakers',
+    $$WHERE name NOT IN ('database', 'kafka', 'network', 'vault')$$);
+
+CREATE FUNCTION infra.breaker_allow(name text)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'infra_breaker_allow'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION infra.breaker_allow(text) IS
+'May a call go ahead? In half-open, takes a probe permit that belongs to this backend until breaker_success/breaker_failure, an abort, or exit.';
+
+CREATE FUNCTION infra.breaker_success(name text, duration interval DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_breaker_success'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+CREATE FUNCTION infra.breaker_failure(name text, sqlstate text DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_breaker_failure'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+CREATE FUNCTION infra.breaker_call(name text, sql text)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_breaker_call'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.breaker_call(text, text) IS
+'Run sql under the breaker: record success, slowness or failure (by SQLSTATE) and re-raise errors; when the breaker rejects the call, raise SQLSTATE IB001.';
+
+CREATE FUNCTION infra.breaker_force(name text, state text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_breaker_force'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION infra.breaker_reset(name text)
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_breaker_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION infra.circuit_breaker_states(
+    OUT name text,
+    OUT state text,
+    OUT since timestamptz,
+    OUT calls integer,
+    OUT failures integer,
+    OUT slow_calls integer,
+    OUT failure_rate double precision,
+    OUT slow_call_rate double precision,
+    OUT next_probe_at timestamptz,
+    OUT half_open_permits_in_use integer,
+    OUT rejected_total bigint,
+    OUT calls_total bigint)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_breaker_states'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+CREATE VIEW infra.circuit_breaker_state AS
+    SELECT c.name,
+           coalesce(s.state, 'closed') AS state,
+           s.since,
+           coalesce(s.calls, 0) AS calls,
+           coalesce(s.failures, 0) AS failures,
+           coalesce(s.slow_calls, 0) AS slow_calls,
+           s.failure_rate,
+           s.slow_call_rate,
+           s.next_probe_at,
+           coalesce(s.half_open_permits_in_use, 0) AS half_open_permits_in_use,
+           coalesce(s.rejected_total, 0) AS rejected_total,
+           coalesce(s.calls_total, 0) AS calls_total
+      FROM infra.circuit_breakers c
+      LEFT JOIN infra.circuit_breaker_states() s USING (name);
+
+COMMENT ON VIEW infra.circuit_breaker_state IS
+'Every configured breaker with its live, cluster-wide state; calls, failures and rates are those of the sliding window.';
+
+CREATE FUNCTION infra.circuit_breaker_events(
+    OUT seq bigint,
+    OUT name text,
+    OUT from_state text,
+    OUT to_state text,
+    OUT at timestamptz,
+    OUT reason text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_breaker_events'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+CREATE VIEW infra.circuit_breaker_events AS
+    SELECT * FROM infra.circuit_breaker_events();
+
+COMMENT ON VIEW infra.circuit_breaker_events IS
+'The most recent breaker state transitions (a ring of 256), oldest first.';
+
+REVOKE ALL ON infra.circuit_breakers FROM PUBLIC;
+GRANT SELECT ON infra.circuit_breakers TO PUBLIC;
+REVOKE ALL ON FUNCTION infra.breaker_force(text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.breaker_reset(text) FROM PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * Retry with backoff (src/retry.c).
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.backoff_delay(
+    attempt integer,
+    base interval DEFAULT '100 milliseconds',
+    cap interval DEFAULT '10 seconds',
+    strategy text DEFAULT 'full_jitter')
+RETURNS interval
+AS 'MODULE_PATHNAME', 'infra_backoff_delay'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION infra.backoff_delay(integer, interval, interval, text) IS
+'Delay before retrying after failed attempt number attempt (1 = first): none, exponential, full_jitter, equal_jitter or decorrelated; the cap applies before the random draw.';
+
+CREATE TABLE infra.retry_policies (
+    name text PRIMARY KEY CHECK (length(name) BETWEEN 1 AND 63),
+    max_attempts integer NOT NULL DEFAULT 3 CHECK (max_attempts BETWEEN 1 AND 100),
+    base interval NOT NULL DEFAULT '100 milliseconds'
+        CHECK (base >= '0' AND date_part('month', base) = 0 AND date_part('year', base) = 0),
+    cap interval NOT NULL DEFAULT '10 seconds'
+        CHECK (cap >= '0' AND date_part('month', cap) = 0 AND date_part('year', cap) = 0),
+    strategy text NOT NULL DEFAULT 'full_jitter'
+        CHECK (strategy IN ('none', 'exponential', 'full_jitter', 'equal_jitter', 'decorrelated')),
+    sqlstates text[] NOT NULL CHECK (infra.sqlstate_patterns_valid(sqlstates)),
+    description text
+);
+
+COMMENT ON TABLE infra.retry_policies IS
+'Retry policies for infra.retry and infra.retry_transaction: attempts in all, backoff, and the SQLSTATEs (or class patterns such as 08%) that are retried. Changes apply at commit.';
+
+CREATE TRIGGER retry_policies_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON infra.retry_policies
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.config_changed();
+
+INSERT INTO infra.retry_policies (name, max_attempts, base, cap, strategy, sqlstates, description) VALUES
+    ('database', 5, '50 milliseconds', '2 seconds', 'full_jitter',
+     '{40001,40P01,55P03,08%,57P01,53300}',
+     'Serialization failures, deadlocks, lock timeouts, lost connections'),
+    ('network', 5, '200 milliseconds', '10 seconds', 'full_jitter',
+     '{08%,57014,58%}', 'Network calls: connection errors and timeouts'),
+    ('kafka', 8, '100 milliseconds', '5 seconds', 'decorrelated',
+     '{08%,57014,53%}', 'Kafka produce and admin calls'),
+    ('vault', 3, '500 milliseconds', '5 seconds', 'equal_jitter',
+     '{08%,57014}', 'Calls to a secrets store');
+
+SELECT pg_catalog.pg_extension_config_dump('infra.retry_policies',
+    $$WHERE name NOT IN ('database', 'network', 'kafka', 'vault')$$);
+
+CREATE FUNCTION infra.retry(sql text, policy text DEFAULT 'database')
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_retry'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.retry(text, text) IS
+'Run sql, each attempt in a subtransaction, retrying the SQLSTATEs of the policy with its backoff; returns rows processed. The last error keeps its SQLSTATE.';
+
+CREATE PROCEDURE infra.retry_transaction(sql text, policy text DEFAULT 'database')
+AS 'MODULE_PATHNAME', 'infra_retry_transaction'
+LANGUAGE C;
+
+COMMENT ON PROCEDURE infra.retry_transaction(text, text) IS
+'Run sql, each attempt in its own transaction (committed on success), so serialization failures are retried correctly. Not inside BEGIN ... COMMIT.';
+
+REVOKE ALL ON infra.retry_policies FROM PUBLIC;
+GRANT SELECT ON infra.retry_policies TO PUBLIC;

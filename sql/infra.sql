@@ -61,3 +61,4 @@ DROP EXTENSION infra;
 SELECT count(*) FROM pg_namespace WHERE nspname = 'infra';
 CREATE EXTENSION infra;
 SELECT infra.version();
+DROP EXTENSION infra;

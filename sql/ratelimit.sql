@@ -3,7 +3,7 @@
 -- reset, the view, and every bad input.  Periods are long (1 hour) where
 -- output must not depend on timing.
 --
-CREATE EXTENSION IF NOT EXISTS infra;
+CREATE EXTENSION infra;
 SELECT infra.rate_limit_reset() >= 0 AS started_clean;
 
 -- Burst 3 at 1 per hour: three allowed at once, then denied.
@@ -111,3 +111,5 @@ SELECT count(*) FROM infra.rate_limits;
 RESET ROLE;
 DROP ROLE rl_app;
 DELETE FROM infra.rate_limiters WHERE name = 'rl_named';
+
+DROP EXTENSION infra;

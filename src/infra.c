@@ -37,6 +37,7 @@ _PG_init(void)
 	InfraShmemInit();
 	InfraWorkerInit();
 	InfraRateLimitInit();
+	InfraBreakerInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }

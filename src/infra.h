@@ -20,5 +20,6 @@
 extern void InfraShmemInit(void);
 extern void InfraWorkerInit(void);
 extern void InfraRateLimitInit(void);
+extern void InfraBreakerInit(void);
 
 #endif							/* INFRA_H */

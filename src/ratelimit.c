@@ -50,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "clock.h"
+#include "confcache.h"
 #include "infra.h"
 #include "ratelimit.h"
 #include "shmem.h"
@@ -123,8 +124,7 @@ typedef struct LimiterCacheEntry
 	int32		burst;
 } LimiterCacheEntry;
 
-static HTAB *limiter_cache = NULL;
-static Oid	limiter_table_oid = InvalidOid;
+static ConfigCache limiter_cache = {"rate_limiters", sizeof(LimiterCacheEntry)};
 
 static Size RateLimitShmemSize(void);
 static Size RateLimitHashSize(void);
@@ -139,7 +139,6 @@ static int64 RateLimitEvictIdle(void);
 static void RateLimitDecide(RateLimitEntry *entry, const RateLimitArgs *args,
 							int64 now_ns, RateLimitResult *result);
 static void LimiterLookup(text *name, RateLimitArgs *args);
-static void LimiterCacheInvalidate(Datum arg, Oid relid);
 
 /*
  * Define infra.rate_limit_max_keys and reserve the table.
@@ -535,64 +534,23 @@ infra_rate_limit_wait(PG_FUNCTION_ARGS)
 }
 
 /*
- * Drop the cached copy of infra.rate_limiters when it (or anything, for an
- * invalidation of the whole relcache) changes.
- */
-static void
-LimiterCacheInvalidate(Datum arg, Oid relid)
-{
-	if (limiter_cache != NULL &&
-		(relid == InvalidOid || relid == limiter_table_oid))
-	{
-		hash_destroy(limiter_cache);
-		limiter_cache = NULL;
-	}
-}
-
-/*
  * Parameters of the named limiter, from infra.rate_limiters (cached until
  * the table changes, so a named call costs a hash lookup).
  */
 static void
 LimiterLookup(text *name_text, RateLimitArgs *args)
 {
-	static bool callback_registered = false;
 	char	   *name = text_to_cstring(name_text);
 	LimiterCacheEntry *cached;
-	bool		found;
+	LimiterCacheEntry fresh;
+	uint64		generation;
 
-	if (strlen(name) >= NAMEDATALEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("rate limiter \"%s\" does not exist", name),
-				 errhint("Named limiters are rows of infra.rate_limiters.")));
-
-	if (!callback_registered)
-	{
-		CacheRegisterRelcacheCallback(LimiterCacheInvalidate, (Datum) 0);
-		callback_registered = true;
-	}
-	if (limiter_cache == NULL)
-	{
-		HASHCTL		info;
-
-		memset(&info, 0, sizeof(info));
-		info.keysize = NAMEDATALEN;
-		info.entrysize = sizeof(LimiterCacheEntry);
-		info.hcxt = TopMemoryContext;
-		limiter_cache = hash_create("infra rate limiter cache", 16, &info,
-									HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
-		limiter_table_oid = get_relname_relid("rate_limiters",
-											  get_namespace_oid(INFRA_NAME, false));
-	}
-
-	cached = hash_search(limiter_cache, name, HASH_FIND, &found);
-	if (!found)
+	cached = ConfigCacheGet(&limiter_cache, name, &generation);
+	if (cached == NULL)
 	{
 		Oid			argtypes[1] = {TEXTOID};
 		Datum		values[1];
 		bool		isnull;
-		LimiterCacheEntry fresh;
 		HeapTuple	tuple;
 		TupleDesc	desc;
 
@@ -617,16 +575,9 @@ LimiterLookup(text *name_text, RateLimitArgs *args)
 		fresh.burst = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
 		SPI_finish();
 
-		/* The table may have been invalidated while we read it. */
-		if (limiter_cache == NULL)
-		{
-			args->rate = fresh.rate;
-			args->per_ns = fresh.per_ns;
-			args->burst = fresh.burst;
-			return;
-		}
-		cached = hash_search(limiter_cache, name, HASH_ENTER, NULL);
-		*cached = fresh;
+		cached = ConfigCacheStore(&limiter_cache, &fresh, generation);
+		if (cached == NULL)
+			cached = &fresh;
 	}
 	args->rate = cached->rate;
 	args->per_ns = cached->per_ns;
