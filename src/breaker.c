@@ -170,7 +170,20 @@ typedef struct HeldPermit
 int			infra_breaker_max = 64;
 
 static BreakerShared *breaker_shared = NULL;
-static ConfigCache breaker_cache = {"circuit_breakers", sizeof(BreakerConfig)};
+static void BreakerRead(HeapTuple tuple, TupleDesc desc, void *entry);
+
+static ConfigCache breaker_cache = {
+	.table = "circuit_breakers",
+	.entrysize = sizeof(BreakerConfig),
+	.query = "SELECT window_kind = 'time', window_size, minimum_calls, "
+	"failure_rate_threshold, slow_call_duration, slow_call_rate_threshold, "
+	"open_duration, half_open_permitted_calls, half_open_max_wait, "
+	"failure_sqlstates, ignored_sqlstates "
+	"FROM infra.circuit_breakers WHERE name = $1",
+	.read = BreakerRead,
+	.what = "circuit breaker",
+	.hint = "Breakers are rows of infra.circuit_breakers; insert one to create it.",
+};
 
 static HeldPermit held[BREAKER_MAX_HELD_PERMITS];
 static int	nheld = 0;
@@ -297,69 +310,44 @@ BreakerSlotFor(const char *name)
 }
 
 /*
- * The configuration of a breaker, from the cache or infra.circuit_breakers,
- * copied into *cfg: the cache may be dropped by any invalidation, such as
- * one processed while breaker_call runs its statement.
+ * A row of infra.circuit_breakers, for the configuration cache; the slot is
+ * looked up (or assigned) once per cache fill.
+ */
+static void
+BreakerRead(HeapTuple tuple, TupleDesc desc, void *entry)
+{
+	BreakerConfig *cfg = (BreakerConfig *) entry;
+	bool		isnull;
+
+	cfg->time_window = DatumGetBool(SPI_getbinval(tuple, desc, 1, &isnull));
+	cfg->window_size = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
+	cfg->minimum_calls = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+	cfg->failure_rate_threshold = DatumGetFloat8(SPI_getbinval(tuple, desc, 4, &isnull));
+	cfg->slow_call_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 5, &isnull)),
+										  "slow_call_duration", false);
+	cfg->slow_call_rate_threshold = DatumGetFloat8(SPI_getbinval(tuple, desc, 6, &isnull));
+	cfg->open_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 7, &isnull)),
+									 "open_duration", false);
+	cfg->half_open_permitted = DatumGetInt32(SPI_getbinval(tuple, desc, 8, &isnull));
+	cfg->half_open_max_wait_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 9, &isnull)),
+												   "half_open_max_wait", true);
+	SqlstateListFromArray(DatumGetArrayTypeP(SPI_getbinval(tuple, desc, 10, &isnull)),
+						  "failure_sqlstates", &cfg->failure_states);
+	SqlstateListFromArray(DatumGetArrayTypeP(SPI_getbinval(tuple, desc, 11, &isnull)),
+						  "ignored_sqlstates", &cfg->ignored_states);
+	cfg->slot = BreakerSlotFor(cfg->name);
+}
+
+/*
+ * The configuration of a breaker, copied into *cfg: the cache may be
+ * dropped by any invalidation, such as one processed while breaker_call
+ * runs its statement.
  */
 static void
 BreakerLookup(const char *name, BreakerConfig *cfg)
 {
-	BreakerConfig *cached;
-	BreakerConfig fresh;
-	uint64		generation;
-
 	InfraShmemRequire("infra circuit breakers");
-	cached = ConfigCacheGet(&breaker_cache, name, &generation);
-	if (cached == NULL)
-	{
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		values[1];
-		bool		isnull;
-		HeapTuple	tuple;
-		TupleDesc	desc;
-
-		values[0] = CStringGetTextDatum(name);
-		SPI_connect();
-		if (SPI_execute_with_args("SELECT window_kind = 'time', window_size, minimum_calls, "
-								  "failure_rate_threshold, slow_call_duration, "
-								  "slow_call_rate_threshold, open_duration, "
-								  "half_open_permitted_calls, half_open_max_wait, "
-								  "failure_sqlstates, ignored_sqlstates "
-								  "FROM infra.circuit_breakers WHERE name = $1",
-								  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read infra.circuit_breakers");
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("circuit breaker \"%s\" does not exist", name),
-					 errhint("Breakers are rows of infra.circuit_breakers; insert one to create it.")));
-		tuple = SPI_tuptable->vals[0];
-		desc = SPI_tuptable->tupdesc;
-		memset(&fresh, 0, sizeof(fresh));
-		strlcpy(fresh.name, name, NAMEDATALEN);
-		fresh.time_window = DatumGetBool(SPI_getbinval(tuple, desc, 1, &isnull));
-		fresh.window_size = DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull));
-		fresh.minimum_calls = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-		fresh.failure_rate_threshold = DatumGetFloat8(SPI_getbinval(tuple, desc, 4, &isnull));
-		fresh.slow_call_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 5, &isnull)),
-											   "slow_call_duration", false);
-		fresh.slow_call_rate_threshold = DatumGetFloat8(SPI_getbinval(tuple, desc, 6, &isnull));
-		fresh.open_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 7, &isnull)),
-										  "open_duration", false);
-		fresh.half_open_permitted = DatumGetInt32(SPI_getbinval(tuple, desc, 8, &isnull));
-		fresh.half_open_max_wait_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 9, &isnull)),
-														"half_open_max_wait", true);
-		SqlstateListFromArray(DatumGetArrayTypeP(SPI_getbinval(tuple, desc, 10, &isnull)),
-							  "failure_sqlstates", &fresh.failure_states);
-		SqlstateListFromArray(DatumGetArrayTypeP(SPI_getbinval(tuple, desc, 11, &isnull)),
-							  "ignored_sqlstates", &fresh.ignored_states);
-		SPI_finish();
-		fresh.slot = BreakerSlotFor(name);
-		(void) ConfigCacheStore(&breaker_cache, &fresh, generation);
-		*cfg = fresh;
-		return;
-	}
-	*cfg = *cached;
+	ConfigCacheFetch(&breaker_cache, name, cfg);
 }
 
 /*

@@ -15,6 +15,9 @@
 #include "postgres.h"
 
 #include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -85,37 +88,53 @@ ConfigCacheOpen(ConfigCache *cache)
 }
 
 /*
- * The cached row for name, or NULL (then read the table and store it,
- * passing back *generation).
+ * Copy the configuration row "name" into *entry: from the cache, or read
+ * with the cache's query (and kept, unless the table was invalidated while
+ * it was read).  An unknown name is an error naming what is missing.
  */
-void *
-ConfigCacheGet(ConfigCache *cache, const char *name, uint64 *generation)
+void
+ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry)
 {
 	char		key[NAMEDATALEN];
+	void	   *cached = NULL;
+	uint64		generation;
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		values[1];
 
 	ConfigCacheOpen(cache);
-	*generation = cache->generation;
-	if (strlen(name) >= NAMEDATALEN)
-		return NULL;
-	memset(key, 0, sizeof(key));
-	strlcpy(key, name, NAMEDATALEN);
-	return hash_search(cache->hash, key, HASH_FIND, NULL);
-}
+	generation = cache->generation;
+	if (strlen(name) < NAMEDATALEN)
+	{
+		memset(key, 0, sizeof(key));
+		strlcpy(key, name, NAMEDATALEN);
+		cached = hash_search(cache->hash, key, HASH_FIND, NULL);
+	}
+	if (cached != NULL)
+	{
+		memcpy(entry, cached, cache->entrysize);
+		return;
+	}
 
-/*
- * Keep a row read from the table.  If the table was invalidated since
- * ConfigCacheGet, the row may already be stale: it is not kept, and the
- * caller's copy serves this one call.  Returns the cached entry or NULL.
- */
-void *
-ConfigCacheStore(ConfigCache *cache, const void *entry, uint64 generation)
-{
-	void	   *stored;
+	values[0] = CStringGetTextDatum(name);
+	SPI_connect();
+	if (SPI_execute_with_args(cache->query, 1, argtypes, values, NULL,
+							  true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not read infra.%s", cache->table);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("%s \"%s\" does not exist", cache->what, name),
+				 errhint("%s", cache->hint)));
+	memset(entry, 0, cache->entrysize);
+	strlcpy((char *) entry, name, NAMEDATALEN);
+	cache->read(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, entry);
+	SPI_finish();
 
-	if (generation != cache->generation)
-		return NULL;
-	ConfigCacheOpen(cache);
-	stored = hash_search(cache->hash, entry, HASH_ENTER, NULL);
-	memcpy(stored, entry, cache->entrysize);
-	return stored;
+	/* An invalidation while reading: the row may be stale, serve it once. */
+	if (generation == cache->generation)
+	{
+		ConfigCacheOpen(cache);
+		memcpy(hash_search(cache->hash, entry, HASH_ENTER, NULL), entry,
+			   cache->entrysize);
+	}
 }

@@ -22,8 +22,9 @@
  * and updated.  Unrelated keys thus never wait for each other, and a key's
  * own critical section is a few integer operations.  Eviction, needed only
  * when the table is full, takes every partition lock exclusive (in order)
- * and removes keys whose TAT is in the past: such a key has nothing to
- * remember, since a fresh entry would behave the same.
+ * and removes keys whose TAT is in the past (up to a tenth of the table):
+ * such a key has nothing to remember, since a fresh entry would behave the
+ * same.
  *
  *-------------------------------------------------------------------------
  */
@@ -124,7 +125,16 @@ typedef struct LimiterCacheEntry
 	int32		burst;
 } LimiterCacheEntry;
 
-static ConfigCache limiter_cache = {"rate_limiters", sizeof(LimiterCacheEntry)};
+static void LimiterRead(HeapTuple tuple, TupleDesc desc, void *entry);
+
+static ConfigCache limiter_cache = {
+	.table = "rate_limiters",
+	.entrysize = sizeof(LimiterCacheEntry),
+	.query = "SELECT rate, per, coalesce(burst, rate) FROM infra.rate_limiters WHERE name = $1",
+	.read = LimiterRead,
+	.what = "rate limiter",
+	.hint = "Named limiters are rows of infra.rate_limiters; insert one or call infra.rate_limit(key, rate, per, burst).",
+};
 
 static Size RateLimitShmemSize(void);
 static Size RateLimitHashSize(void);
@@ -384,8 +394,10 @@ RateLimitEnter(const RateLimitKey *key, uint32 hashcode, LWLock *lock)
 }
 
 /*
- * Remove every key whose state says nothing: its TAT lies in the past.
- * Returns how many were removed.
+ * Remove keys whose state says nothing (their TAT lies in the past), up to
+ * a tenth of the table: enough to amortise the pass, few enough that a
+ * working set close to the table's size is not thrown out whole.  Returns
+ * how many were removed.
  */
 static int64
 RateLimitEvictIdle(void)
@@ -394,6 +406,7 @@ RateLimitEvictIdle(void)
 	RateLimitEntry *entry;
 	int64		now_ns = InfraMonotonicNs();
 	int64		evicted = 0;
+	int64		enough = Max(infra_rate_limit_max_keys / 10, 1);
 	int			i;
 
 	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
@@ -406,7 +419,11 @@ RateLimitEvictIdle(void)
 		if (entry->tat <= (int128) now_ns * entry->rate)
 		{
 			hash_search(rate_limit_hash, &entry->key, HASH_REMOVE, NULL);
-			evicted++;
+			if (++evicted >= enough)
+			{
+				hash_seq_term(&scan);
+				break;
+			}
 		}
 	}
 
@@ -534,54 +551,33 @@ infra_rate_limit_wait(PG_FUNCTION_ARGS)
 }
 
 /*
- * Parameters of the named limiter, from infra.rate_limiters (cached until
- * the table changes, so a named call costs a hash lookup).
+ * A row of infra.rate_limiters, for the configuration cache.
  */
 static void
-LimiterLookup(text *name_text, RateLimitArgs *args)
+LimiterRead(HeapTuple tuple, TupleDesc desc, void *entry)
 {
-	char	   *name = text_to_cstring(name_text);
-	LimiterCacheEntry *cached;
-	LimiterCacheEntry fresh;
-	uint64		generation;
+	LimiterCacheEntry *limiter = (LimiterCacheEntry *) entry;
+	bool		isnull;
 
-	cached = ConfigCacheGet(&limiter_cache, name, &generation);
-	if (cached == NULL)
-	{
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		values[1];
-		bool		isnull;
-		HeapTuple	tuple;
-		TupleDesc	desc;
+	limiter->rate = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+	limiter->per_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 2, &isnull)),
+										"per", false);
+	limiter->burst = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
+}
 
-		values[0] = PointerGetDatum(name_text);
-		SPI_connect();
-		if (SPI_execute_with_args("SELECT rate, per, coalesce(burst, rate) "
-								  "FROM infra.rate_limiters WHERE name = $1",
-								  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read infra.rate_limiters");
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("rate limiter \"%s\" does not exist", name),
-					 errhint("Named limiters are rows of infra.rate_limiters; insert one or call infra.rate_limit(key, rate, per, burst).")));
-		tuple = SPI_tuptable->vals[0];
-		desc = SPI_tuptable->tupdesc;
-		memset(&fresh, 0, sizeof(fresh));
-		strlcpy(fresh.name, name, NAMEDATALEN);
-		fresh.rate = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
-		fresh.per_ns = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 2, &isnull)),
-										 "per", false);
-		fresh.burst = DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull));
-		SPI_finish();
+/*
+ * Parameters of the named limiter (cached until infra.rate_limiters
+ * changes, so a named call costs a hash lookup).
+ */
+static void
+LimiterLookup(text *name, RateLimitArgs *args)
+{
+	LimiterCacheEntry limiter;
 
-		cached = ConfigCacheStore(&limiter_cache, &fresh, generation);
-		if (cached == NULL)
-			cached = &fresh;
-	}
-	args->rate = cached->rate;
-	args->per_ns = cached->per_ns;
-	args->burst = cached->burst;
+	ConfigCacheFetch(&limiter_cache, text_to_cstring(name), &limiter);
+	args->rate = limiter.rate;
+	args->per_ns = limiter.per_ns;
+	args->burst = limiter.burst;
 }
 
 /*

@@ -75,12 +75,21 @@ typedef struct RetryPolicy
 	SqlstateList retry_on;
 } RetryPolicy;
 
-static ConfigCache policy_cache = {"retry_policies", sizeof(RetryPolicy)};
+static void RetryPolicyRead(HeapTuple tuple, TupleDesc desc, void *entry);
+
+static ConfigCache policy_cache = {
+	.table = "retry_policies",
+	.entrysize = sizeof(RetryPolicy),
+	.query = "SELECT max_attempts, base, cap, strategy, sqlstates "
+	"FROM infra.retry_policies WHERE name = $1",
+	.read = RetryPolicyRead,
+	.what = "retry policy",
+	.hint = "Policies are rows of infra.retry_policies.",
+};
 
 static BackoffStrategy BackoffStrategyFromName(const char *name);
 static int64 BackoffDelayUs(int attempt, int64 base_us, int64 cap_us,
 							BackoffStrategy strategy);
-static void RetryPolicyLookup(const char *name, RetryPolicy *policy);
 static void RetrySleep(const RetryPolicy *policy, int attempt);
 static void RetryGiveUp(ErrorData *edata, const RetryPolicy *policy,
 						int attempt, bool retryable);
@@ -182,53 +191,22 @@ infra_backoff_delay(PG_FUNCTION_ARGS)
 }
 
 /*
- * A retry policy, from the cache or infra.retry_policies, copied.
+ * A row of infra.retry_policies, for the configuration cache.
  */
 static void
-RetryPolicyLookup(const char *name, RetryPolicy *policy)
+RetryPolicyRead(HeapTuple tuple, TupleDesc desc, void *entry)
 {
-	RetryPolicy *cached;
-	uint64		generation;
+	RetryPolicy *policy = (RetryPolicy *) entry;
+	bool		isnull;
 
-	cached = ConfigCacheGet(&policy_cache, name, &generation);
-	if (cached == NULL)
-	{
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		values[1];
-		bool		isnull;
-		HeapTuple	tuple;
-		TupleDesc	desc;
-		RetryPolicy fresh;
-
-		values[0] = CStringGetTextDatum(name);
-		SPI_connect();
-		if (SPI_execute_with_args("SELECT max_attempts, base, cap, strategy, sqlstates "
-								  "FROM infra.retry_policies WHERE name = $1",
-								  1, argtypes, values, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read infra.retry_policies");
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("retry policy \"%s\" does not exist", name),
-					 errhint("Policies are rows of infra.retry_policies.")));
-		tuple = SPI_tuptable->vals[0];
-		desc = SPI_tuptable->tupdesc;
-		memset(&fresh, 0, sizeof(fresh));
-		strlcpy(fresh.name, name, NAMEDATALEN);
-		fresh.max_attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
-		fresh.base_us = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 2, &isnull)),
-										  "base", true) / NS_PER_US;
-		fresh.cap_us = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 3, &isnull)),
-										 "cap", true) / NS_PER_US;
-		fresh.strategy = BackoffStrategyFromName(TextDatumGetCString(SPI_getbinval(tuple, desc, 4, &isnull)));
-		SqlstateListFromArray(DatumGetArrayTypeP(SPI_getbinval(tuple, desc, 5, &isnull)),
-							  "sqlstates", &fresh.retry_on);
-		SPI_finish();
-		(void) ConfigCacheStore(&policy_cache, &fresh, generation);
-		*policy = fresh;
-		return;
-	}
-	*policy = *cached;
+	policy->max_attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 1, &isnull));
+	policy->base_us = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 2, &isnull)),
+										"base", true) / NS_PER_US;
+	policy->cap_us = InfraIntervalToNs(DatumGetIntervalP(SPI_getbinval(tuple, desc, 3, &isnull)),
+									   "cap", true) / NS_PER_US;
+	policy->strategy = BackoffStrategyFromName(TextDatumGetCString(SPI_getbinval(tuple, desc, 4, &isnull)));
+	SqlstateListFromArray(DatumGetArrayTypeP(SPI_getbinval(tuple, desc, 5, &isnull)),
+						  "sqlstates", &policy->retry_on);
 }
 
 /*
@@ -292,7 +270,7 @@ RetryArgs(FunctionCallInfo fcinfo, char **sql, RetryPolicy *policy)
 				 errmsg("retry policy name must not be NULL"),
 				 errhint("Policies are rows of infra.retry_policies.")));
 	*sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	RetryPolicyLookup(text_to_cstring(PG_GETARG_TEXT_PP(1)), policy);
+	ConfigCacheFetch(&policy_cache, text_to_cstring(PG_GETARG_TEXT_PP(1)), policy);
 }
 
 /*
