@@ -410,3 +410,101 @@ COMMENT ON PROCEDURE infra.retry_transaction(text, text) IS
 
 REVOKE ALL ON infra.retry_policies FROM PUBLIC;
 GRANT SELECT ON infra.retry_policies TO PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * Kafka (src/kafka.c, src/producer.c): the transactional outbox.
+ * ------------------------------------------------------------------------- */
+
+/*
+ * Messages committed and not yet acknowledged by Kafka.  WAL-logged: a crash
+ * loses nothing.  The id sequence is not cached per backend: kafka_send
+ * relies on ids growing in the order same-key senders commit.
+ */
+CREATE TABLE infra.kafka_outbox (
+    id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
+    topic text NOT NULL,
+    partition integer CHECK (partition >= 0),
+    key bytea,
+    value bytea,
+    headers jsonb,
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    attempts integer NOT NULL DEFAULT 0,
+    last_error text,
+    last_attempt_at timestamptz
+);
+
+COMMENT ON TABLE infra.kafka_outbox IS
+'Messages sent by committed transactions and not yet acknowledged by Kafka; the infra worker deletes each row once Kafka has it.';
+
+CREATE FUNCTION infra.kafka_send(
+    topic text,
+    value text,
+    key text DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    partition integer DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_kafka_send_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION infra.kafka_send(
+    topic text,
+    value bytea,
+    key text DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    partition integer DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_kafka_send_bytea'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+CREATE FUNCTION infra.kafka_send(
+    topic text,
+    value jsonb,
+    key text DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    partition integer DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_kafka_send_jsonb'
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
+
+COMMENT ON FUNCTION infra.kafka_send(text, text, text, jsonb, integer) IS
+'Queue a message for Kafka in this transaction: delivered (at least once, with header infra-msg-id) if and only if the transaction commits; per key in commit order. Returns the message id.';
+
+CREATE FUNCTION infra.kafka_flush(timeout interval DEFAULT '30 seconds')
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'infra_kafka_flush'
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.kafka_flush(interval) IS
+'Wait until every message committed before the call has been delivered; false if timeout passes first.';
+
+CREATE FUNCTION infra.kafka_stats(
+    OUT pending bigint,
+    OUT in_flight bigint,
+    OUT delivered_total bigint,
+    OUT failed_attempts_total bigint,
+    OUT oldest_pending_age interval,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT last_delivery_at timestamptz,
+    OUT broker_state text,
+    OUT last_batch_ms double precision,
+    OUT batches_total bigint)
+RETURNS record
+AS 'MODULE_PATHNAME', 'infra_kafka_stats'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+CREATE VIEW infra.kafka_stats AS
+    SELECT * FROM infra.kafka_stats();
+
+COMMENT ON VIEW infra.kafka_stats IS
+'The outbox backlog and the producer''s counters, last error and broker state.';
+
+REVOKE ALL ON infra.kafka_outbox FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_send(text, text, text, jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_send(text, bytea, text, jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_send(text, jsonb, text, jsonb, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_flush(interval) FROM PUBLIC;
+GRANT SELECT ON infra.kafka_stats TO pg_monitor;
+REVOKE ALL ON FUNCTION infra.kafka_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION infra.kafka_stats() TO pg_monitor;
+REVOKE ALL ON infra.kafka_stats FROM PUBLIC;

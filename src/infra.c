@@ -38,6 +38,7 @@ _PG_init(void)
 	InfraWorkerInit();
 	InfraRateLimitInit();
 	InfraBreakerInit();
+	InfraKafkaInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }

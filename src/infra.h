@@ -21,5 +21,6 @@ extern void InfraShmemInit(void);
 extern void InfraWorkerInit(void);
 extern void InfraRateLimitInit(void);
 extern void InfraBreakerInit(void);
+extern void InfraKafkaInit(void);
 
 #endif							/* INFRA_H */

@@ -49,6 +49,7 @@
 #include "utils/varlena.h"
 
 #include "infra.h"
+#include "kafka.h"
 #include "shmem.h"
 #include "worker.h"
 
@@ -560,6 +561,7 @@ InfraWorkerLoop(void)
 	for (;;)
 	{
 		bool		present;
+		long		timeout = -1;
 
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
@@ -580,6 +582,8 @@ InfraWorkerLoop(void)
 
 		MemoryContextSwitchTo(loop_context);
 		present = InfraWorkerExtensionPresent();
+		/* Committing left us in TopMemoryContext. */
+		MemoryContextSwitchTo(loop_context);
 		if (present && !serving)
 		{
 			InfraWorkerSetState(INFRA_WORKER_RUNNING);
@@ -598,13 +602,20 @@ InfraWorkerLoop(void)
 		}
 		serving = present;
 
-		/* Serving modules do their work here as they are added. */
+		/* The serving modules' work; each says how long it may sleep. */
+		if (present)
+			timeout = KafkaWorkerServe();
 
+		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_EXIT_ON_PM_DEATH, -1L,
-						 PG_WAIT_EXTENSION);
+		if (timeout == 0)
+			continue;
+		(void) WaitLatch(MyLatch,
+						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (timeout > 0 ? WL_TIMEOUT : 0),
+						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
+	KafkaWorkerShutdown();
 }
 
 /*

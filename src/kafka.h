@@ -1,0 +1,47 @@
+/*-------------------------------------------------------------------------
+ *
+ * kafka.h
+ *		kafka_send(): the transactional outbox and its producer.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef INFRA_KAFKA_H
+#define INFRA_KAFKA_H
+
+#include "storage/spin.h"
+
+/* Advisory lock class of kafka_send's per-key ordering locks ("INFK"). */
+#define KAFKA_ORDER_LOCK_CLASS 0x494E464B
+
+/* Longest error kept for kafka_stats. */
+#define KAFKA_ERROR_LEN 256
+
+/* GUCs */
+extern char *infra_kafka_brokers;
+extern char *infra_kafka_config;
+extern int	infra_kafka_batch_size;
+extern int	infra_kafka_linger_ms;
+
+/* Counters the producer keeps and kafka_stats shows. */
+typedef struct KafkaStats
+{
+	slock_t		mutex;
+	int64		delivered_total;
+	int64		failed_attempts_total;
+	int64		batches_total;
+	int64		in_flight;
+	TimestampTz last_delivery_at;
+	TimestampTz last_error_at;
+	char		last_error[KAFKA_ERROR_LEN];
+	char		broker_state[32];
+	double		produce_latency_ms; /* of the last batch, per message */
+} KafkaStats;
+
+extern KafkaStats *kafka_stats;
+
+/* Worker side (producer.c). */
+extern long KafkaWorkerServe(void);
+extern void KafkaWorkerShutdown(void);
+extern bool KafkaConfigValid(const char *value, char *errbuf, size_t errlen);
+
+#endif							/* INFRA_KAFKA_H */

@@ -1,0 +1,168 @@
+# kafka_send() against the real broker, verified from outside with kcat:
+# commit vs rollback, keys/headers/partition, per-key commit order across
+# concurrent transactions, nothing lost when the broker is SIGKILLed, the
+# worker is SIGKILLed or PostgreSQL crashes mid-stream, and a bad
+# infra.kafka_config refused while the producer keeps working.
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use InfraTest;
+
+my $bootstrap = kafka_bootstrap();
+my $node = infra_node('kafka', conf => "infra.kafka_brokers = '$bootstrap'\nrestart_after_crash = on\n");
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION infra');
+
+# consume(topic, expected_count): every message as [key, value, headers, partition].
+sub consume
+{
+	my ($topic) = @_;
+	my ($out, $err);
+	IPC::Run::run(
+		[ 'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
+		  '-f', '%k\t%s\t%h\t%p\n' ],
+		'>', \$out, '2>', \$err, IPC::Run::timeout(120));
+	return map { [ split /\t/, $_, -1 ] } split /\n/, $out;
+}
+
+sub flush_ok
+{
+	my ($seconds) = @_;
+	return $node->safe_psql('postgres', "SELECT infra.kafka_flush('$seconds s')") eq 't';
+}
+
+# --- commit vs rollback -----------------------------------------------------
+my $t = "infra_t_send_$$";
+$node->safe_psql('postgres', qq{
+BEGIN;
+SELECT infra.kafka_send('$t', 'one', 'k1', '{"origin": "test", "n": 1}');
+SELECT infra.kafka_send('$t', '{"two": 2}'::jsonb, 'k2');
+SELECT infra.kafka_send('$t', '\\x0001ff'::bytea, NULL, NULL, 0);
+COMMIT;
+BEGIN;
+SELECT infra.kafka_send('$t', 'rolled back', 'k1');
+ROLLBACK;
+});
+ok(flush_ok(60), 'kafka_flush sees the committed messages delivered');
+my @got = consume($t);
+is(scalar @got, 3, 'exactly the three committed messages arrive');
+is_deeply([ map { $_->[1] } @got[0, 1] ], [ 'one', '{"two": 2}' ], 'values, text and jsonb, in order');
+is($got[0][0], 'k1', 'the key is kept');
+like($got[0][2], qr/infra-msg-id=\d+\/\d+\/\d+/, 'infra-msg-id header present');
+like($got[0][2], qr/origin=test/, 'user headers are sent');
+like($got[0][2], qr/n=1/, 'non-string header values are sent as JSON');
+is($got[2][3], '0', 'an explicit partition is used');
+my ($pending, $delivered) = split /\|/, $node->safe_psql('postgres',
+	'SELECT pending, delivered_total FROM infra.kafka_stats');
+is($pending, '0', 'the outbox is empty once delivered');
+is($delivered, '3', 'kafka_stats counts the deliveries');
+
+# --- per-key commit order across concurrent transactions --------------------
+$t = "infra_t_order_$$";
+my ($in1, $out1, $in2, $out2) = ('', '', '', '');
+my $s1 = IPC::Run::start([ 'psql', '-XAtq', '-d', $node->connstr('postgres') ],
+	'<', \$in1, '>', \$out1, '2>', \$out1, IPC::Run::timeout(60));
+my $s2 = IPC::Run::start([ 'psql', '-XAtq', '-d', $node->connstr('postgres') ],
+	'<', \$in2, '>', \$out2, '2>', \$out2, IPC::Run::timeout(60));
+$in1 .= "BEGIN; SELECT infra.kafka_send('$t', 'a1', 'same');\n";
+$s1->pump until $out1 =~ /^\d+$/m;
+$in2 .= "BEGIN; SELECT infra.kafka_send('$t', 'b1', 'same'); COMMIT;\n";
+ok( wait_until(
+		sub {
+			$s2->pump_nb;
+			$node->safe_psql('postgres',
+				"SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted") eq '1';
+		},
+		30),
+	'a second sender of the same key waits for the first');
+$in1 .= "SELECT infra.kafka_send('$t', 'a2', 'same'); COMMIT;\n";
+$in1 .= "\\q\n";
+$s1->finish;
+$in2 .= "\\q\n";
+$s2->finish;
+ok(flush_ok(60), 'both transactions delivered');
+is_deeply([ map { $_->[1] } consume($t) ], [ 'a1', 'a2', 'b1' ],
+	'per key, messages arrive in commit order');
+
+# --- broker SIGKILLed while 10,000 messages flow ----------------------------
+$t = "infra_t_crash_$$";
+$node->safe_psql('postgres', qq{
+SELECT infra.kafka_send('$t', 'm' || i, 'k' || (i % 10))
+  FROM generate_series(1, 10000) i;
+});
+ok(wait_until(sub { $node->safe_psql('postgres', 'SELECT pending FROM infra.kafka_stats') < 10000 }, 60),
+	'delivery has started');
+ok(kafka_ctl('kill'), 'broker SIGKILLed mid-stream');
+sleep 2;
+like($node->safe_psql('postgres', 'SELECT pending > 0 FROM infra.kafka_stats'), qr/t/,
+	'messages wait in the outbox while the broker is down');
+ok(kafka_ctl('start'), 'broker restarted');
+ok(flush_ok(180), 'every message is delivered after the restart');
+my %value_of_id;
+my %values;
+my $conflicts = 0;
+for my $m (consume($t))
+{
+	my ($id) = $m->[2] =~ /infra-msg-id=([^,]+)/;
+	$conflicts++ if defined $value_of_id{$id} && $value_of_id{$id} ne $m->[1];
+	$value_of_id{$id} = $m->[1];
+	$values{ $m->[1] }++;
+}
+is(scalar(keys %values), 10000, 'all 10,000 messages arrived (none lost)');
+is(scalar(keys %value_of_id), 10000, 'with 10,000 distinct infra-msg-ids');
+is($conflicts, 0, 'every duplicate shares its infra-msg-id with its original');
+
+# --- worker SIGKILLed, then PostgreSQL crashed, mid-stream ------------------
+$t = "infra_t_pgcrash_$$";
+$node->safe_psql('postgres', qq{
+SELECT infra.kafka_send('$t', 'p' || i, 'k' || (i % 10)) FROM generate_series(1, 5000) i;
+});
+kill 'KILL', worker_pid($node, 'postgres');
+ok(wait_until(sub { my ($rc, $p) = $node->psql('postgres', 'SELECT pid FROM infra.worker_status');
+		$rc == 0 && $p ne '' }, 60), 'the worker is back after SIGKILL');
+$node->safe_psql('postgres', qq{
+SELECT infra.kafka_send('$t', 'p' || i, 'k' || (i % 10)) FROM generate_series(5001, 10000) i;
+});
+$node->stop('immediate');
+$node->start;
+ok(flush_ok(180), 'after a crash of PostgreSQL, every committed message is delivered');
+my %seen = map { $_->[1] => 1 } consume($t);
+is(scalar(keys %seen), 10000, 'none of the 10,000 is lost');
+
+# --- configuration ----------------------------------------------------------
+my ($rc, $out, $err) = $node->psql('postgres',
+	"ALTER SYSTEM SET infra.kafka_config = 'no.such.property=1'");
+isnt($rc, 0, 'an unknown librdkafka property is refused');
+like($err, qr/invalid value for parameter "infra\.kafka_config"/, 'naming the setting');
+like($err, qr/librdkafka refused property "no\.such\.property"/, 'and the property');
+# Secrets go in a file: PostgreSQL logs every changed setting on reload.
+my $props = $node->data_dir . '/kafka.properties';
+append_to_file($props, "# producer properties\nclient.id = infra-test\nsasl.password = s3cret\n");
+chmod 0600, $props;
+$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_config = '\@$props'");
+$node->reload;
+is($node->safe_psql('postgres', 'SHOW infra.kafka_config'), '(hidden)', 'the setting is never shown');
+$t = "infra_t_after_$$";
+$node->safe_psql('postgres', "SELECT infra.kafka_send('$t', 'still works')");
+ok(flush_ok(60), 'the producer works with the properties from the file');
+unlike(slurp_file($node->logfile), qr/s3cret/, 'the secret never reaches the log');
+($rc, $out, $err) = $node->psql('postgres',
+	"ALTER SYSTEM SET infra.kafka_config = '\@/nonexistent/kafka.properties'");
+like($err, qr/Cannot read file "\/nonexistent\/kafka\.properties"/, 'a missing properties file is refused');
+
+# --- bad input --------------------------------------------------------------
+($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send('bad topic', 'x')");
+like($err, qr/topic name "bad topic" contains the character " "/, 'invalid topic names are refused');
+($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send(NULL, 'x')");
+like($err, qr/topic must not be NULL/, 'NULL topic is refused');
+($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send('t', 'x', 'k', '[1]')");
+like($err, qr/headers must be a JSON object/, 'headers must be an object');
+($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send('t', 'x', partition => -1)");
+like($err, qr/partition must not be negative/, 'negative partitions are refused');
+
+$node->stop;
+done_testing();
