@@ -488,7 +488,8 @@ CREATE FUNCTION infra.kafka_stats(
     OUT last_delivery_at timestamptz,
     OUT broker_state text,
     OUT last_batch_ms double precision,
-    OUT batches_total bigint)
+    OUT batches_total bigint,
+    OUT dead_lettered_total bigint)
 RETURNS record
 AS 'MODULE_PATHNAME', 'infra_kafka_stats'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
@@ -499,7 +500,34 @@ CREATE VIEW infra.kafka_stats AS
 COMMENT ON VIEW infra.kafka_stats IS
 'The outbox backlog and the producer''s counters, last error and broker state.';
 
+/* Messages Kafka refused for good (too large, invalid topic, not authorised). */
+CREATE TABLE infra.kafka_dead_letters (
+    id bigint PRIMARY KEY,
+    topic text NOT NULL,
+    partition integer,
+    key bytea,
+    value bytea,
+    headers jsonb,
+    created_at timestamptz NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    attempts integer NOT NULL,
+    error text NOT NULL
+);
+
+COMMENT ON TABLE infra.kafka_dead_letters IS
+'Messages Kafka refused with an error no retry can cure, with the error; requeue with infra.kafka_retry_dead_letters().';
+
+CREATE FUNCTION infra.kafka_retry_dead_letters(topic text DEFAULT NULL, ids bigint[] DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_kafka_retry_dead_letters'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.kafka_retry_dead_letters(text, bigint[]) IS
+'Move dead letters (of one topic, or with these ids, or all) back to the outbox; returns how many.';
+
 REVOKE ALL ON infra.kafka_outbox FROM PUBLIC;
+REVOKE ALL ON infra.kafka_dead_letters FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_retry_dead_letters(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_send(text, text, text, jsonb, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_send(text, bytea, text, jsonb, integer) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_send(text, jsonb, text, jsonb, integer) FROM PUBLIC;
@@ -508,3 +536,64 @@ GRANT SELECT ON infra.kafka_stats TO pg_monitor;
 REVOKE ALL ON FUNCTION infra.kafka_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION infra.kafka_stats() TO pg_monitor;
 REVOKE ALL ON infra.kafka_stats FROM PUBLIC;
+
+/*
+ * Publish row changes: AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW
+ * EXECUTE FUNCTION infra.kafka_publish('topic' [, 'key_column']).  The key
+ * is that column, or the primary key's columns joined by commas.  Runs as
+ * the writer, who needs EXECUTE on infra.kafka_send.
+ */
+CREATE FUNCTION infra.kafka_publish()
+RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    topic text := TG_ARGV[0];
+    key_column text := TG_ARGV[1];
+    row_data jsonb;
+    message_key text;
+BEGIN
+    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER' THEN
+        RAISE EXCEPTION 'infra.kafka_publish() must be an AFTER ... FOR EACH ROW trigger'
+            USING ERRCODE = '39P01',
+                  HINT = 'CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ON t FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish(''topic'').';
+    END IF;
+    IF topic IS NULL THEN
+        RAISE EXCEPTION 'infra.kafka_publish() needs the topic as its first argument'
+            USING ERRCODE = '22023',
+                  HINT = 'EXECUTE FUNCTION infra.kafka_publish(''topic'', ''key_column'').';
+    END IF;
+    row_data := to_jsonb(CASE WHEN TG_OP = 'DELETE' THEN OLD ELSE NEW END);
+    IF key_column IS NOT NULL THEN
+        IF NOT row_data ? key_column THEN
+            RAISE EXCEPTION 'column "%" of infra.kafka_publish() does not exist in %.%',
+                key_column, TG_TABLE_SCHEMA, TG_TABLE_NAME
+                USING ERRCODE = '42703',
+                      HINT = 'Name a column of the table as the second argument, or omit it to use the primary key.';
+        END IF;
+        message_key := row_data ->> key_column;
+    ELSE
+        SELECT string_agg(row_data ->> a.attname, ',' ORDER BY array_position(i.indkey::int2[], a.attnum))
+          INTO message_key
+          FROM pg_catalog.pg_index i
+          JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+         WHERE i.indrelid = TG_RELID AND i.indisprimary;
+    END IF;
+    PERFORM infra.kafka_send(topic,
+        jsonb_build_object(
+            'op', lower(TG_OP),
+            'schema', TG_TABLE_SCHEMA,
+            'table', TG_TABLE_NAME,
+            'before', CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
+            'after', CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END,
+            'ts_ms', (extract(epoch FROM clock_timestamp()) * 1000)::bigint,
+            'txid', pg_current_xact_id()::text::bigint),
+        message_key);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION infra.kafka_publish() IS
+'Row trigger: send {op, schema, table, before, after, ts_ms, txid} to the topic given as first argument, keyed by the column given as second argument or the primary key; sent if and only if the transaction commits.';
+
+REVOKE ALL ON FUNCTION infra.kafka_publish() FROM PUBLIC;

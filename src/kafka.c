@@ -53,6 +53,7 @@ PG_FUNCTION_INFO_V1(infra_kafka_send_bytea);
 PG_FUNCTION_INFO_V1(infra_kafka_send_jsonb);
 PG_FUNCTION_INFO_V1(infra_kafka_flush);
 PG_FUNCTION_INFO_V1(infra_kafka_stats);
+PG_FUNCTION_INFO_V1(infra_kafka_retry_dead_letters);
 
 /* Kafka's own limit on topic names. */
 #define KAFKA_TOPIC_MAX 249
@@ -61,10 +62,24 @@ char	   *infra_kafka_brokers = NULL;
 char	   *infra_kafka_config = NULL;
 int			infra_kafka_batch_size = 1000;
 int			infra_kafka_linger_ms = 5;
+int			infra_kafka_max_pending = 1000000;
+int			infra_kafka_on_full = KAFKA_ON_FULL_ERROR;
+
+static const struct config_enum_entry on_full_options[] = {
+	{"error", KAFKA_ON_FULL_ERROR, false},
+	{"wait", KAFKA_ON_FULL_WAIT, false},
+	{NULL, 0, false}
+};
+
+/* Sends since this backend last measured the backlog. */
+#define KAFKA_PENDING_CHECK_EVERY 1000
+static int	sends_since_check = KAFKA_PENDING_CHECK_EVERY;
+static TransactionId checked_in_xact = InvalidTransactionId;
 
 KafkaStats *kafka_stats = NULL;
 
 static SPIPlanPtr insert_plan = NULL;
+static SPIPlanPtr backlog_plan = NULL;
 
 static Size KafkaShmemSize(void);
 static void KafkaShmemInit(void *segment, bool found, LWLockPadded *locks);
@@ -72,6 +87,7 @@ static bool KafkaConfigCheckHook(char **newval, void **extra, GucSource source);
 static const char *KafkaConfigShowHook(void);
 static void KafkaCheckTopic(const char *topic);
 static Datum KafkaSend(FunctionCallInfo fcinfo, bytea *value);
+static void KafkaCheckBacklog(void);
 
 /*
  * Define the Kafka settings and reserve the producer's counters.
@@ -114,6 +130,20 @@ InfraKafkaInit(void)
 							5, 0, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomIntVariable("infra.kafka_max_pending",
+							"Most messages the outbox may hold before kafka_send refuses or waits.",
+							NULL,
+							&infra_kafka_max_pending,
+							1000000, 1, INT_MAX,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomEnumVariable("infra.kafka_on_full",
+							 "What kafka_send does when the outbox holds infra.kafka_max_pending messages.",
+							 "error raises SQLSTATE 53400; wait sleeps until there is room (cancel and statement_timeout apply).",
+							 &infra_kafka_on_full,
+							 KAFKA_ON_FULL_ERROR, on_full_options,
+							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
 
 	InfraShmemRegister(&seg);
 }
@@ -198,6 +228,60 @@ KafkaCheckTopic(const char *topic)
 }
 
 /*
+ * Refuse (or wait) when the outbox is over infra.kafka_max_pending.  The
+ * backlog is bounded by max(id) - min(id) + 1, two index probes; it is
+ * measured at a transaction's first send and every 1000th after that, so a
+ * transaction may overshoot the bound by less than that.
+ */
+static void
+KafkaCheckBacklog(void)
+{
+	TransactionId xid = GetTopTransactionIdIfAny();
+
+	if (sends_since_check < KAFKA_PENDING_CHECK_EVERY &&
+		TransactionIdIsValid(xid) && xid == checked_in_xact)
+	{
+		sends_since_check++;
+		return;
+	}
+
+	for (;;)
+	{
+		bool		isnull;
+		int64		backlog;
+
+		if (backlog_plan == NULL)
+		{
+			SPIPlanPtr	plan = SPI_prepare("SELECT coalesce(max(id) - min(id) + 1, 0) FROM infra.kafka_outbox",
+										   0, NULL);
+
+			if (plan == NULL)
+				elog(ERROR, "could not prepare the outbox backlog query");
+			SPI_keepplan(plan);
+			backlog_plan = plan;
+		}
+		if (SPI_execute_plan(backlog_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not measure the outbox backlog");
+		backlog = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		if (backlog < infra_kafka_max_pending)
+			break;
+		if (infra_kafka_on_full == KAFKA_ON_FULL_ERROR)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+					 errmsg("Kafka outbox is full (" INT64_FORMAT " messages pending, infra.kafka_max_pending is %d)",
+							backlog, infra_kafka_max_pending),
+					 errdetail("Kafka has not acknowledged earlier messages; see infra.kafka_stats."),
+					 errhint("Retry later, raise infra.kafka_max_pending, or set infra.kafka_on_full = wait.")));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 100, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+	sends_since_check = 0;
+	checked_in_xact = xid;
+}
+
+/*
  * The common body of the kafka_send overloads: (topic, value, key, headers,
  * partition) with the value already as bytes.
  */
@@ -265,6 +349,7 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 	}
 
 	SPI_connect();
+	KafkaCheckBacklog();
 	if (insert_plan == NULL)
 	{
 		Oid			argtypes[5] = {TEXTOID, INT4OID, TEXTOID, BYTEAOID, JSONBOID};
@@ -281,6 +366,9 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 	}
 	if (SPI_execute_plan(insert_plan, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not insert into infra.kafka_outbox");
+	/* The first insert gave the transaction its id: remember the check. */
+	if (!TransactionIdIsValid(checked_in_xact) || sends_since_check == 0)
+		checked_in_xact = GetTopTransactionIdIfAny();
 	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 	SPI_finish();
 
@@ -378,8 +466,8 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	KafkaStats	copy;
-	Datum		values[11];
-	bool		nulls[11];
+	Datum		values[12];
+	bool		nulls[12];
 	bool		isnull;
 
 	InfraShmemRequire("infra.kafka_stats");
@@ -412,6 +500,7 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 	values[9] = Float8GetDatum(copy.produce_latency_ms);
 	nulls[9] = copy.batches_total == 0;
 	values[10] = Int64GetDatum(copy.batches_total);
+	values[11] = Int64GetDatum(copy.dead_lettered_total);
 	{
 		HeapTuple	tuple = heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls);
 		Datum		result = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);
@@ -419,4 +508,37 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 		SPI_finish();
 		PG_RETURN_DATUM(result);
 	}
+}
+
+/*
+ * infra.kafka_retry_dead_letters(topic, ids): put dead letters (of one
+ * topic, or these ids, or all) back into the outbox; returns how many.
+ */
+Datum
+infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
+{
+	Oid			argtypes[2] = {TEXTOID, INT8ARRAYOID};
+	Datum		values[2];
+	char		nulls[2] = {' ', ' '};
+	uint64		moved;
+
+	values[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
+	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
+	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
+	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+
+	SPI_connect();
+	if (SPI_execute_with_args("WITH back AS ("
+							  " DELETE FROM infra.kafka_dead_letters"
+							  " WHERE ($1 IS NULL OR topic = $1) AND ($2 IS NULL OR id = ANY ($2))"
+							  " RETURNING *)"
+							  " INSERT INTO infra.kafka_outbox (topic, partition, key, value, headers, created_at)"
+							  " SELECT topic, partition, key, value, headers, created_at FROM back ORDER BY id",
+							  2, argtypes, values, nulls, false, 0) != SPI_OK_INSERT)
+		elog(ERROR, "could not requeue dead letters");
+	moved = SPI_processed;
+	SPI_finish();
+	if (moved > 0)
+		InfraWorkerWakeAtCommit();
+	PG_RETURN_INT64((int64) moved);
 }

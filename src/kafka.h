@@ -21,6 +21,15 @@ extern char *infra_kafka_brokers;
 extern char *infra_kafka_config;
 extern int	infra_kafka_batch_size;
 extern int	infra_kafka_linger_ms;
+extern int	infra_kafka_max_pending;
+extern int	infra_kafka_on_full;
+
+/* infra.kafka_on_full */
+typedef enum KafkaOnFull
+{
+	KAFKA_ON_FULL_ERROR,
+	KAFKA_ON_FULL_WAIT
+} KafkaOnFull;
 
 /* Counters the producer keeps and kafka_stats shows. */
 typedef struct KafkaStats
@@ -28,6 +37,7 @@ typedef struct KafkaStats
 	slock_t		mutex;
 	int64		delivered_total;
 	int64		failed_attempts_total;
+	int64		dead_lettered_total;
 	int64		batches_total;
 	int64		in_flight;
 	TimestampTz last_delivery_at;

@@ -77,6 +77,7 @@ static void KafkaDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 static void KafkaErrorCallback(rd_kafka_t *rk, int err, const char *reason,
 							   void *opaque);
 static bool KafkaEnsureProducer(void);
+static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
 
@@ -194,6 +195,29 @@ KafkaErrorCallback(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
 	snprintf(last_client_error, sizeof(last_client_error), "%s: %s",
 			 rd_kafka_err2name((rd_kafka_resp_err_t) err), reason);
+}
+
+/*
+ * Errors no retry can cure: the message goes to infra.kafka_dead_letters
+ * and the rest of the outbox moves on.
+ */
+static bool
+KafkaErrorIsPermanent(rd_kafka_resp_err_t err)
+{
+	switch (err)
+	{
+		case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
+		case RD_KAFKA_RESP_ERR_TOPIC_EXCEPTION:
+		case RD_KAFKA_RESP_ERR__INVALID_ARG:
+		case RD_KAFKA_RESP_ERR_INVALID_RECORD:
+		case RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED:
+		case RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+		case RD_KAFKA_RESP_ERR_POLICY_VIOLATION:
+			return true;
+		default:
+			return false;
+	}
 }
 
 static void
@@ -359,8 +383,11 @@ KafkaWorkerServe(void)
 	int64		start_ns;
 	Datum	   *ok_ids;
 	Datum	   *bad_ids;
+	Datum	   *dead_ids;
+	Datum	   *dead_errors;
 	int			nok = 0;
 	int			nbad = 0;
+	int			ndead = 0;
 	char		first_error[KAFKA_ERROR_LEN] = "";
 	bool		more;
 
@@ -480,12 +507,21 @@ KafkaWorkerServe(void)
 
 	ok_ids = palloc(sizeof(Datum) * n);
 	bad_ids = palloc(sizeof(Datum) * n);
+	dead_ids = palloc(sizeof(Datum) * n);
+	dead_errors = palloc(sizeof(Datum) * n);
 	for (i = 0; i < n; i++)
 	{
 		if (!messages[i].reported)
 			continue;
 		if (messages[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
 			ok_ids[nok++] = Int64GetDatum(messages[i].id);
+		else if (KafkaErrorIsPermanent(messages[i].err))
+		{
+			dead_ids[ndead] = Int64GetDatum(messages[i].id);
+			dead_errors[ndead++] = CStringGetTextDatum(psprintf("%s: %s",
+																rd_kafka_err2name(messages[i].err),
+																rd_kafka_err2str(messages[i].err)));
+		}
 		else
 		{
 			bad_ids[nbad++] = Int64GetDatum(messages[i].id);
@@ -510,6 +546,27 @@ KafkaWorkerServe(void)
 								  1, argtypes, &arg, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not delete delivered messages");
 	}
+	if (ndead > 0)
+	{
+		Oid			argtypes[2] = {INT8ARRAYOID, TEXTARRAYOID};
+		Datum		args[2];
+
+		args[0] = PointerGetDatum(construct_array(dead_ids, ndead, INT8OID, 8, true, TYPALIGN_DOUBLE));
+		args[1] = PointerGetDatum(construct_array(dead_errors, ndead, TEXTOID, -1, false, TYPALIGN_INT));
+		if (SPI_execute_with_args("WITH dead AS ("
+								  " DELETE FROM infra.kafka_outbox o"
+								  " USING unnest($1::bigint[], $2::text[]) AS e(id, error)"
+								  " WHERE o.id = e.id RETURNING o.*, e.error)"
+								  " INSERT INTO infra.kafka_dead_letters"
+								  " (id, topic, partition, key, value, headers, created_at, attempts, error)"
+								  " SELECT id, topic, partition, key, value, headers, created_at,"
+								  " attempts + 1, error FROM dead",
+								  2, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not move messages to infra.kafka_dead_letters");
+		ereport(LOG,
+				(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
+						ndead, TextDatumGetCString(dead_errors[0]))));
+	}
 	if (nbad > 0)
 	{
 		Oid			argtypes[2] = {INT8ARRAYOID, TEXTOID};
@@ -532,6 +589,7 @@ KafkaWorkerServe(void)
 	kafka_stats->in_flight = 0;
 	kafka_stats->delivered_total += delivered;
 	kafka_stats->failed_attempts_total += nbad;
+	kafka_stats->dead_lettered_total += ndead;
 	kafka_stats->batches_total++;
 	kafka_stats->produce_latency_ms = (double) (InfraMonotonicNs() - start_ns) / 1e6;
 	if (delivered > 0)

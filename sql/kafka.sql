@@ -1,0 +1,104 @@
+--
+-- kafka_send and the outbox, without a broker: the harness cluster sets no
+-- infra.kafka_brokers, so messages stay in infra.kafka_outbox where their
+-- content can be checked.  Delivery itself is tested by TAP against a real
+-- broker (test/t/020_kafka_send.pl, 021_kafka_faults.pl).
+--
+CREATE EXTENSION infra;
+
+-- Committed sends are queued with their parts; rolled-back ones vanish.
+BEGIN;
+SELECT infra.kafka_send('orders', 'plain text', 'order-1');
+SELECT infra.kafka_send('orders', '{"total": 12.5}'::jsonb, 'order-2', '{"source": "regress"}');
+SELECT infra.kafka_send('orders', '\xdeadbeef'::bytea, NULL, NULL, 3);
+SELECT infra.kafka_send('orders', NULL::text, 'tombstone');
+COMMIT;
+BEGIN;
+SELECT infra.kafka_send('orders', 'never', 'order-1') IS NOT NULL AS queued;
+ROLLBACK;
+SELECT topic, partition, convert_from(key, 'UTF8') AS key, value, headers, attempts
+  FROM infra.kafka_outbox ORDER BY id;
+
+-- Without brokers, nothing is delivered: kafka_flush times out, the stats
+-- say why.
+SELECT infra.kafka_flush('50 ms');
+SELECT pending, in_flight, delivered_total, broker_state FROM infra.kafka_stats;
+SHOW infra.kafka_on_full;
+SHOW infra.kafka_max_pending;
+SHOW infra.kafka_config;
+
+-- The publish trigger: envelope for insert, update, delete, keyed by the
+-- primary key, or by a named column.
+DELETE FROM infra.kafka_outbox;
+CREATE TABLE customers (id int, region text, name text, PRIMARY KEY (region, id));
+CREATE TRIGGER customers_publish AFTER INSERT OR UPDATE OR DELETE ON customers
+    FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish('crm.customers');
+INSERT INTO customers VALUES (1, 'eu', 'Ada');
+UPDATE customers SET name = 'Ada L.' WHERE id = 1;
+DELETE FROM customers WHERE id = 1;
+SELECT topic, convert_from(key, 'UTF8') AS key,
+       convert_from(value, 'UTF8')::jsonb - 'ts_ms' - 'txid' AS envelope,
+       (convert_from(value, 'UTF8')::jsonb ->> 'txid')::bigint > 0 AS has_txid,
+       (convert_from(value, 'UTF8')::jsonb ->> 'ts_ms')::bigint > 0 AS has_ts
+  FROM infra.kafka_outbox ORDER BY id;
+DELETE FROM infra.kafka_outbox;
+CREATE TRIGGER customers_by_name AFTER INSERT ON customers
+    FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish('crm.names', 'name');
+INSERT INTO customers VALUES (2, 'us', 'Grace');
+SELECT topic, convert_from(key, 'UTF8') AS key FROM infra.kafka_outbox ORDER BY id;
+BEGIN;
+INSERT INTO customers VALUES (3, 'us', 'Rolled');
+ROLLBACK;
+SELECT count(*) AS after_rollback FROM infra.kafka_outbox;
+
+-- Dead letters go back to the outbox on request.
+INSERT INTO infra.kafka_dead_letters (id, topic, key, value, created_at, attempts, error)
+VALUES (1000, 'crm.names', 'k', 'v', now(), 1, 'MSG_SIZE_TOO_LARGE: Broker: Message size too large'),
+       (1001, 'other', 'k', 'v', now(), 1, 'TOPIC_AUTHORIZATION_FAILED: Broker: Topic authorization failed');
+SELECT infra.kafka_retry_dead_letters(topic => 'crm.names');
+SELECT topic, error FROM infra.kafka_dead_letters;
+SELECT infra.kafka_retry_dead_letters();
+SELECT count(*) AS dead_left FROM infra.kafka_dead_letters;
+SELECT topic, count(*) FROM infra.kafka_outbox GROUP BY topic ORDER BY topic;
+
+-- Bad input.
+SELECT infra.kafka_send(NULL, 'x');
+SELECT infra.kafka_send('', 'x');
+SELECT infra.kafka_send('.', 'x');
+SELECT infra.kafka_send('no spaces', 'x');
+SELECT infra.kafka_send(repeat('t', 250), 'x');
+SELECT infra.kafka_send('t', 'x', 'k', '["not", "an", "object"]');
+SELECT infra.kafka_send('t', 'x', partition => -1);
+SELECT infra.kafka_flush('-1 s');
+ALTER SYSTEM SET infra.kafka_config = 'no.such.property = 1';
+ALTER SYSTEM SET infra.kafka_config = 'acks';
+ALTER SYSTEM SET infra.kafka_config = '@/nonexistent/file';
+SET infra.kafka_on_full = 'block';
+CREATE TABLE no_pk (v int);
+CREATE TRIGGER no_topic AFTER INSERT ON no_pk FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish();
+INSERT INTO no_pk VALUES (1);
+DROP TRIGGER no_topic ON no_pk;
+CREATE TRIGGER bad_column AFTER INSERT ON no_pk FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish('t', 'nope');
+INSERT INTO no_pk VALUES (1);
+DROP TRIGGER bad_column ON no_pk;
+CREATE TRIGGER before_row BEFORE INSERT ON no_pk FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish('t');
+INSERT INTO no_pk VALUES (1);
+
+-- Privileges: sending needs a grant; the outbox is not writable directly.
+CREATE ROLE kafka_app;
+GRANT ALL ON customers TO kafka_app;
+SET ROLE kafka_app;
+SELECT infra.kafka_send('t', 'x');
+INSERT INTO infra.kafka_outbox (topic, value) VALUES ('t', 'x');
+INSERT INTO customers VALUES (4, 'eu', 'Denied');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION infra.kafka_send(text, jsonb, text, jsonb, integer) TO kafka_app;
+SET ROLE kafka_app;
+INSERT INTO customers VALUES (4, 'eu', 'Allowed');
+RESET ROLE;
+SELECT convert_from(key, 'UTF8') AS key FROM infra.kafka_outbox WHERE topic = 'crm.customers';
+
+DROP TABLE customers, no_pk;
+REVOKE ALL ON FUNCTION infra.kafka_send(text, jsonb, text, jsonb, integer) FROM kafka_app;
+DROP ROLE kafka_app;
+DROP EXTENSION infra;
