@@ -597,3 +597,166 @@ COMMENT ON FUNCTION infra.kafka_publish() IS
 'Row trigger: send {op, schema, table, before, after, ts_ms, txid} to the topic given as first argument, keyed by the column given as second argument or the primary key; sent if and only if the transaction commits.';
 
 REVOKE ALL ON FUNCTION infra.kafka_publish() FROM PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * Topic registry: <env>.<domain>.<entity>.v<version>, env from
+ * infra.environment (dev | staging | prod).
+ * ------------------------------------------------------------------------- */
+
+/*
+ * Kafka's rules and the naming convention; raises a clear error naming the
+ * rule that failed, returns true otherwise.
+ */
+CREATE FUNCTION infra.topic_validate(name text)
+RETURNS boolean
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+DECLARE
+    parts text[];
+BEGIN
+    IF length(name) NOT BETWEEN 1 AND 249 THEN
+        RAISE EXCEPTION 'topic name must have 1 to 249 characters, not %', length(name)
+            USING ERRCODE = '22023', HINT = 'Kafka limits topic names to 249 characters.';
+    END IF;
+    IF name IN ('.', '..') THEN
+        RAISE EXCEPTION 'topic name "%" is not allowed', name
+            USING ERRCODE = '22023', HINT = 'Kafka reserves "." and "..".';
+    END IF;
+    IF name !~ '^[a-zA-Z0-9._-]+$' THEN
+        RAISE EXCEPTION 'topic name "%" contains characters Kafka does not allow', name
+            USING ERRCODE = '22023', HINT = 'Kafka topic names use only letters, digits, ''.'', ''_'' and ''-''.';
+    END IF;
+    parts := string_to_array(name, '.');
+    IF array_length(parts, 1) <> 4 THEN
+        RAISE EXCEPTION 'topic name "%" does not follow <env>.<domain>.<entity>.v<version>', name
+            USING ERRCODE = '22023', HINT = 'Build names with infra.topic_name(domain, entity, version).';
+    END IF;
+    IF parts[1] NOT IN ('dev', 'staging', 'prod') THEN
+        RAISE EXCEPTION 'topic name "%" starts with unknown environment "%"', name, parts[1]
+            USING ERRCODE = '22023', HINT = 'The environment is one of dev, staging, prod.';
+    END IF;
+    IF parts[2] !~ '^[a-z0-9_-]+$' OR parts[3] !~ '^[a-z0-9_-]+$' THEN
+        RAISE EXCEPTION 'domain and entity of topic "%" must be lower-case letters, digits, ''_'' or ''-''', name
+            USING ERRCODE = '22023', HINT = 'For example dev.billing.invoice.v1.';
+    END IF;
+    IF parts[4] !~ '^v[1-9][0-9]{0,5}$' THEN
+        RAISE EXCEPTION 'topic name "%" must end with a version such as v1, not "%"', name, parts[4]
+            USING ERRCODE = '22023', HINT = 'Versions start at v1.';
+    END IF;
+    RETURN true;
+END
+$$;
+
+CREATE FUNCTION infra.topic_name(domain text, entity text, version integer DEFAULT 1,
+                                 env text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql STABLE PARALLEL SAFE
+AS $$
+DECLARE
+    result text;
+BEGIN
+    IF domain IS NULL OR entity IS NULL OR version IS NULL THEN
+        RAISE EXCEPTION 'domain, entity and version must not be NULL'
+            USING ERRCODE = '22004', HINT = 'Only env may be NULL, meaning infra.environment.';
+    END IF;
+    IF version < 1 THEN
+        RAISE EXCEPTION 'topic version must be 1 or more, not %', version
+            USING ERRCODE = '22023', HINT = 'Versions start at v1.';
+    END IF;
+    result := format('%s.%s.%s.v%s', coalesce(env, current_setting('infra.environment')),
+                     domain, entity, version);
+    PERFORM infra.topic_validate(result);
+    RETURN result;
+END
+$$;
+
+CREATE FUNCTION infra.topic_parse(name text,
+    OUT env text, OUT domain text, OUT entity text, OUT version integer)
+RETURNS record
+LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
+AS $$
+DECLARE
+    parts text[];
+BEGIN
+    PERFORM infra.topic_validate(name);
+    parts := string_to_array(name, '.');
+    env := parts[1];
+    domain := parts[2];
+    entity := parts[3];
+    version := substr(parts[4], 2)::integer;
+END
+$$;
+
+CREATE TABLE infra.topics (
+    name text PRIMARY KEY CHECK (infra.topic_validate(name)),
+    env text NOT NULL,
+    domain text NOT NULL,
+    entity text NOT NULL,
+    version integer NOT NULL,
+    partitions integer NOT NULL DEFAULT 1 CHECK (partitions BETWEEN 1 AND 10000),
+    replication_factor integer NOT NULL DEFAULT 1 CHECK (replication_factor BETWEEN 1 AND 32),
+    config jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(config) = 'object'),
+    description text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    broker_state text NOT NULL DEFAULT 'pending'
+);
+
+COMMENT ON TABLE infra.topics IS
+'Registered Kafka topics; the infra worker creates them on the broker and records the outcome in broker_state (pending, created, exists, or the error).';
+
+SELECT pg_catalog.pg_extension_config_dump('infra.topics', '');
+
+CREATE FUNCTION infra.topic_register(domain text, entity text, version integer DEFAULT 1,
+    partitions integer DEFAULT 1, replication_factor integer DEFAULT 1,
+    config jsonb DEFAULT '{}', description text DEFAULT NULL, env text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    topic text := infra.topic_name(domain, entity, version, env);
+    p record := infra.topic_parse(topic);
+BEGIN
+    IF partitions IS NULL OR partitions NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'partitions must be between 1 and 10000, not %', coalesce(partitions::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Partitions are the unit of parallelism of consumers.';
+    END IF;
+    IF replication_factor IS NULL OR replication_factor NOT BETWEEN 1 AND 32 THEN
+        RAISE EXCEPTION 'replication_factor must be between 1 and 32, not %', coalesce(replication_factor::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use at most the number of brokers.';
+    END IF;
+    INSERT INTO infra.topics (name, env, domain, entity, version, partitions,
+                              replication_factor, config, description)
+    VALUES (topic, p.env, p.domain, p.entity, p.version, partitions,
+            replication_factor, coalesce(config, '{}'), description);
+    PERFORM infra.kafka_wake_worker();
+    RETURN topic;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'topic "%" is already registered', topic
+        USING ERRCODE = '42710', HINT = 'Register a new version, or infra.topic_drop() it first.';
+END
+$$;
+
+CREATE FUNCTION infra.topic_exists(name text)
+RETURNS boolean
+LANGUAGE sql STABLE STRICT PARALLEL SAFE
+AS $$ SELECT EXISTS (SELECT FROM infra.topics t WHERE t.name = topic_exists.name) $$;
+
+CREATE FUNCTION infra.topic_drop(name text)
+RETURNS boolean
+LANGUAGE sql STRICT
+AS $$ WITH d AS (DELETE FROM infra.topics t WHERE t.name = topic_drop.name RETURNING 1)
+      SELECT EXISTS (SELECT FROM d) $$;
+
+COMMENT ON FUNCTION infra.topic_drop(text) IS
+'Remove a topic from the registry (the topic and its data stay on the broker); true if it was registered.';
+
+CREATE FUNCTION infra.kafka_wake_worker()
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_kafka_wake_worker'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+REVOKE ALL ON infra.topics FROM PUBLIC;
+GRANT SELECT ON infra.topics TO PUBLIC;
+REVOKE ALL ON FUNCTION infra.topic_register(text, text, integer, integer, integer, jsonb, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.topic_drop(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_wake_worker() FROM PUBLIC;

@@ -54,6 +54,7 @@ PG_FUNCTION_INFO_V1(infra_kafka_send_jsonb);
 PG_FUNCTION_INFO_V1(infra_kafka_flush);
 PG_FUNCTION_INFO_V1(infra_kafka_stats);
 PG_FUNCTION_INFO_V1(infra_kafka_retry_dead_letters);
+PG_FUNCTION_INFO_V1(infra_kafka_wake_worker);
 
 /* Kafka's own limit on topic names. */
 #define KAFKA_TOPIC_MAX 249
@@ -64,6 +65,15 @@ int			infra_kafka_batch_size = 1000;
 int			infra_kafka_linger_ms = 5;
 int			infra_kafka_max_pending = 1000000;
 int			infra_kafka_on_full = KAFKA_ON_FULL_ERROR;
+int			infra_environment = 0;
+bool		infra_kafka_require_registered_topics = false;
+
+static const struct config_enum_entry environment_options[] = {
+	{"dev", 0, false},
+	{"staging", 1, false},
+	{"prod", 2, false},
+	{NULL, 0, false}
+};
 
 static const struct config_enum_entry on_full_options[] = {
 	{"error", KAFKA_ON_FULL_ERROR, false},
@@ -143,6 +153,21 @@ InfraKafkaInit(void)
 							 &infra_kafka_on_full,
 							 KAFKA_ON_FULL_ERROR, on_full_options,
 							 PGC_USERSET, 0,
+							 NULL, NULL, NULL);
+
+	DefineCustomEnumVariable("infra.environment",
+							 "Environment prefix of topic names: dev, staging or prod.",
+							 NULL,
+							 &infra_environment,
+							 0, environment_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+	DefineCustomBoolVariable("infra.kafka_require_registered_topics",
+							 "Refuse kafka_send to topics not in infra.topics.",
+							 NULL,
+							 &infra_kafka_require_registered_topics,
+							 false,
+							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 
 	InfraShmemRegister(&seg);
@@ -349,6 +374,20 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 	}
 
 	SPI_connect();
+	if (infra_kafka_require_registered_topics)
+	{
+		Oid			argtypes[1] = {TEXTOID};
+
+		if (SPI_execute_with_args("SELECT FROM infra.topics WHERE name = $1",
+								  1, argtypes, &values[0], NULL, true, 1) != SPI_OK_SELECT)
+			elog(ERROR, "could not read infra.topics");
+		if (SPI_processed == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_OBJECT),
+					 errmsg("topic \"%s\" is not registered", topic),
+					 errdetail("infra.kafka_require_registered_topics is on."),
+					 errhint("Register it with infra.topic_register(domain, entity, version).")));
+	}
 	KafkaCheckBacklog();
 	if (insert_plan == NULL)
 	{
@@ -541,4 +580,15 @@ infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 	if (moved > 0)
 		InfraWorkerWakeAtCommit();
 	PG_RETURN_INT64((int64) moved);
+}
+
+/*
+ * infra.kafka_wake_worker(): have the worker look at its work (registered
+ * topics to create) when this transaction commits.
+ */
+Datum
+infra_kafka_wake_worker(PG_FUNCTION_ARGS)
+{
+	InfraWorkerWakeAtCommit();
+	PG_RETURN_VOID();
 }

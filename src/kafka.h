@@ -23,6 +23,8 @@ extern int	infra_kafka_batch_size;
 extern int	infra_kafka_linger_ms;
 extern int	infra_kafka_max_pending;
 extern int	infra_kafka_on_full;
+extern int	infra_environment;
+extern bool infra_kafka_require_registered_topics;
 
 /* infra.kafka_on_full */
 typedef enum KafkaOnFull

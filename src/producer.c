@@ -78,6 +78,7 @@ static void KafkaErrorCallback(rd_kafka_t *rk, int err, const char *reason,
 							   void *opaque);
 static bool KafkaEnsureProducer(void);
 static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
+static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
 
@@ -368,6 +369,139 @@ KafkaHeaders(int64 id, Jsonb *user_headers)
 }
 
 /*
+ * Create on the broker the topics of infra.topics still marked pending, with
+ * the Admin API, and record each outcome in broker_state.  A request that
+ * gets no answer leaves them pending for the next round.
+ */
+static void
+KafkaCreateRegisteredTopics(void)
+{
+	rd_kafka_NewTopic_t **topics;
+	rd_kafka_AdminOptions_t *options;
+	rd_kafka_queue_t *queue;
+	rd_kafka_event_t *event = NULL;
+	char		errbuf[512];
+	int64		deadline;
+	int			n;
+	int			i;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (SPI_execute("SELECT name, partitions, replication_factor, config FROM infra.topics "
+					"WHERE broker_state = 'pending' ORDER BY name LIMIT 100", true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "could not read infra.topics");
+	n = (int) SPI_processed;
+	if (n == 0)
+	{
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(round_context);
+		return;
+	}
+
+	topics = palloc0(sizeof(rd_kafka_NewTopic_t *) * n);
+	for (i = 0; i < n; i++)
+	{
+		HeapTuple	tuple = SPI_tuptable->vals[i];
+		TupleDesc	desc = SPI_tuptable->tupdesc;
+		bool		isnull;
+		char	   *name = TextDatumGetCString(SPI_getbinval(tuple, desc, 1, &isnull));
+		Jsonb	   *config = DatumGetJsonbP(SPI_getbinval(tuple, desc, 4, &isnull));
+		JsonbIterator *it;
+		JsonbValue	v;
+		JsonbIteratorToken tok;
+		char	   *key = NULL;
+
+		topics[i] = rd_kafka_NewTopic_new(name,
+										  DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull)),
+										  DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull)),
+										  errbuf, sizeof(errbuf));
+		if (topics[i] == NULL)
+			elog(ERROR, "could not describe topic \"%s\": %s", name, errbuf);
+		it = JsonbIteratorInit(&config->root);
+		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+		{
+			if (tok == WJB_KEY)
+				key = pnstrdup(v.val.string.val, v.val.string.len);
+			else if (tok == WJB_VALUE && key != NULL)
+			{
+				char	   *value;
+
+				if (v.type == jbvString)
+					value = pnstrdup(v.val.string.val, v.val.string.len);
+				else
+				{
+					Jsonb	   *one = JsonbValueToJsonb(&v);
+
+					value = JsonbToCString(NULL, &one->root, VARSIZE(one));
+				}
+				rd_kafka_NewTopic_set_config(topics[i], key, value);
+				key = NULL;
+			}
+		}
+	}
+
+	queue = rd_kafka_queue_new(producer);
+	options = rd_kafka_AdminOptions_new(producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+	rd_kafka_AdminOptions_set_request_timeout(options, 10000, errbuf, sizeof(errbuf));
+	rd_kafka_CreateTopics(producer, topics, n, options, queue);
+
+	deadline = InfraMonotonicNs() + 15 * NS_PER_SEC;
+	while (event == NULL && InfraMonotonicNs() < deadline && !ShutdownRequestPending)
+	{
+		event = rd_kafka_queue_poll(queue, 100);
+		CHECK_FOR_INTERRUPTS();
+	}
+
+	if (event != NULL && rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		const rd_kafka_CreateTopics_result_t *result = rd_kafka_event_CreateTopics_result(event);
+		const rd_kafka_topic_result_t **results;
+		size_t		nresults;
+		size_t		r;
+
+		results = rd_kafka_CreateTopics_result_topics(result, &nresults);
+		for (r = 0; r < nresults; r++)
+		{
+			rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[r]);
+			const char *state;
+			Oid			argtypes[2] = {TEXTOID, TEXTOID};
+			Datum		args[2];
+
+			if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+				state = "created";
+			else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+				state = "exists";
+			else
+				state = psprintf("error: %s: %s", rd_kafka_err2name(err),
+								 rd_kafka_topic_result_error_string(results[r]) ?
+								 rd_kafka_topic_result_error_string(results[r]) : rd_kafka_err2str(err));
+			args[0] = CStringGetTextDatum(rd_kafka_topic_result_name(results[r]));
+			args[1] = CStringGetTextDatum(state);
+			if (SPI_execute_with_args("UPDATE infra.topics SET broker_state = $2 WHERE name = $1",
+									  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not record the state of a topic");
+		}
+	}
+	else
+		KafkaRecordError(event ? rd_kafka_event_error_string(event) :
+						 "no answer from the broker to CreateTopics");
+
+	if (event)
+		rd_kafka_event_destroy(event);
+	rd_kafka_AdminOptions_destroy(options);
+	rd_kafka_queue_destroy(queue);
+	rd_kafka_NewTopic_destroy_array(topics, n);
+
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(round_context);
+}
+
+/*
  * One round: produce a batch of outbox rows and settle them.  Returns how
  * long the worker may sleep: -1 when the outbox is empty (until woken), 0
  * when more rows wait, or a backoff after failures.
@@ -399,6 +533,7 @@ KafkaWorkerServe(void)
 
 	if (!KafkaEnsureProducer())
 		return -1;
+	KafkaCreateRegisteredTopics();
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
