@@ -62,7 +62,7 @@ PG_FUNCTION_INFO_V1(infra_kafka_wake_worker);
 char	   *infra_kafka_brokers = NULL;
 char	   *infra_kafka_config = NULL;
 int			infra_kafka_batch_size = 1000;
-int			infra_kafka_linger_ms = 5;
+int			infra_kafka_linger_ms = 1;
 int			infra_kafka_max_pending = 1000000;
 int			infra_kafka_on_full = KAFKA_ON_FULL_ERROR;
 int			infra_environment = 0;
@@ -137,7 +137,7 @@ InfraKafkaInit(void)
 							"librdkafka linger.ms: how long the producer waits to fill a request.",
 							NULL,
 							&infra_kafka_linger_ms,
-							5, 0, 60000,
+							1, 0, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("infra.kafka_max_pending",
