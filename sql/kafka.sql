@@ -27,6 +27,59 @@ SHOW infra.kafka_on_full;
 SHOW infra.kafka_max_pending;
 SHOW infra.kafka_config;
 
+-- Savepoints: a rolled-back one takes its messages with it, a released one
+-- keeps them, also when nested.
+DELETE FROM infra.kafka_outbox;
+BEGIN;
+SELECT infra.kafka_send('sp', 'a') > 0 AS sent;
+SAVEPOINT s1;
+SELECT infra.kafka_send('sp', 'b') > 0 AS sent;
+ROLLBACK TO s1;
+SELECT infra.kafka_send('sp', 'c') > 0 AS sent;
+SAVEPOINT s2;
+SELECT infra.kafka_send('sp', 'd') > 0 AS sent;
+SAVEPOINT s3;
+SELECT infra.kafka_send('sp', 'e') > 0 AS sent;
+RELEASE s3;
+ROLLBACK TO s2;
+SAVEPOINT s4;
+SELECT infra.kafka_send('sp', 'f') > 0 AS sent;
+RELEASE s4;
+COMMIT;
+SELECT convert_from(value, 'UTF8') AS value FROM infra.kafka_outbox ORDER BY id;
+
+-- More messages than the backend buffers (1000) inside a savepoint that is
+-- rolled back: the outer messages survive, the inner ones do not.
+DELETE FROM infra.kafka_outbox;
+BEGIN;
+SELECT count(infra.kafka_send('sp', 'outer')) FROM generate_series(1, 700);
+SAVEPOINT inner_sp;
+SELECT count(infra.kafka_send('sp', 'inner')) FROM generate_series(1, 1500);
+ROLLBACK TO inner_sp;
+COMMIT;
+SELECT convert_from(value, 'UTF8') AS value, count(*) FROM infra.kafka_outbox GROUP BY 1;
+-- ... and when it is released, all of them are kept.
+DELETE FROM infra.kafka_outbox;
+BEGIN;
+SELECT count(infra.kafka_send('sp', 'outer')) FROM generate_series(1, 700);
+SAVEPOINT inner_sp;
+SELECT count(infra.kafka_send('sp', 'inner')) FROM generate_series(1, 1500);
+RELEASE inner_sp;
+COMMIT;
+SELECT convert_from(value, 'UTF8') AS value, count(*) FROM infra.kafka_outbox GROUP BY 1 ORDER BY 1;
+SELECT count(DISTINCT id) = count(*) AS unique_ids FROM infra.kafka_outbox;
+-- A buffer full of outer messages when a savepoint starts: it grows.
+DELETE FROM infra.kafka_outbox;
+BEGIN;
+SELECT count(infra.kafka_send('sp', 'outer')) FROM generate_series(1, 1000);
+SAVEPOINT inner_sp;
+SELECT count(infra.kafka_send('sp', 'inner')) FROM generate_series(1, 2500);
+ROLLBACK TO inner_sp;
+SELECT count(infra.kafka_send('sp', 'after')) FROM generate_series(1, 10);
+COMMIT;
+SELECT convert_from(value, 'UTF8') AS value, count(*) FROM infra.kafka_outbox GROUP BY 1 ORDER BY 1;
+DELETE FROM infra.kafka_outbox;
+
 -- The publish trigger: envelope for insert, update, delete, keyed by the
 -- primary key, or by a named column.
 DELETE FROM infra.kafka_outbox;

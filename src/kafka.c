@@ -4,10 +4,17 @@
  *		kafka_send(): messages to Kafka, sent if and only if the transaction
  *		commits.
  *
- * A backend never talks to Kafka.  kafka_send() inserts the message into
+ * A backend never talks to Kafka.  kafka_send() puts the message into
  * infra.kafka_outbox, a WAL-logged table, in the caller's transaction, and
  * asks for the worker of this database to be woken when that transaction
- * commits.  The worker (producer.c) produces the rows in id order with an
+ * commits.  To make a send cheap, messages are buffered in the backend and
+ * written with one set-based INSERT just before commit (or every
+ * KAFKA_SEND_BUFFER messages): the id comes from the outbox sequence at the
+ * call, so the returned id and the ordering are those of the call.  Each
+ * buffered message remembers its subtransaction: a rolled-back savepoint
+ * drops its messages, a released one hands them to its parent, and a flush
+ * inside a subtransaction writes only that subtransaction's messages (so
+ * that its rollback cannot take an outer level's messages with it).  The worker (producer.c) produces the rows in id order with an
  * idempotent producer and deletes each row only once Kafka acknowledged it:
  * a rolled-back message never existed, a committed one survives crashes of
  * the worker, the server or the broker, and is sent at least once.
@@ -28,7 +35,9 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
+#include "commands/sequence.h"
 #include "common/hashfn.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -39,7 +48,11 @@
 #include "storage/lock.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/array.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "clock.h"
@@ -61,7 +74,7 @@ PG_FUNCTION_INFO_V1(infra_kafka_wake_worker);
 
 char	   *infra_kafka_brokers = NULL;
 char	   *infra_kafka_config = NULL;
-int			infra_kafka_batch_size = 1000;
+int			infra_kafka_batch_size = 10000;
 int			infra_kafka_linger_ms = 1;
 int			infra_kafka_max_pending = 1000000;
 int			infra_kafka_on_full = KAFKA_ON_FULL_ERROR;
@@ -84,12 +97,40 @@ static const struct config_enum_entry on_full_options[] = {
 /* Sends since this backend last measured the backlog. */
 #define KAFKA_PENDING_CHECK_EVERY 1000
 static int	sends_since_check = KAFKA_PENDING_CHECK_EVERY;
-static TransactionId checked_in_xact = InvalidTransactionId;
 
 KafkaStats *kafka_stats = NULL;
 
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr backlog_plan = NULL;
+
+/* Messages buffered before they are written at once. */
+#define KAFKA_SEND_BUFFER 1000
+
+typedef struct BufferedMessage
+{
+	int64		id;
+	text	   *topic;
+	bool		has_partition;
+	int32		partition;
+	text	   *key;
+	bytea	   *value;
+	Jsonb	   *headers;
+	SubTransactionId subid;
+} BufferedMessage;
+
+/* In TopTransactionContext; reset at the end of every transaction. */
+static BufferedMessage *buffered = NULL;
+static int	nbuffered = 0;
+static int	buffer_capacity = 0;
+static Oid	outbox_sequence = InvalidOid;
+
+/*
+ * The role kafka_send runs as (SECURITY DEFINER: the extension's owner),
+ * remembered so that the pre-commit flush, which runs after kafka_send has
+ * returned, writes the outbox with the same rights.
+ */
+static Oid	outbox_writer = InvalidOid;
+static bool callbacks_registered = false;
 
 static Size KafkaShmemSize(void);
 static void KafkaShmemInit(void *segment, bool found, LWLockPadded *locks);
@@ -98,6 +139,10 @@ static const char *KafkaConfigShowHook(void);
 static void KafkaCheckTopic(const char *topic);
 static Datum KafkaSend(FunctionCallInfo fcinfo, bytea *value);
 static void KafkaCheckBacklog(void);
+static void KafkaFlushBuffer(bool all_levels);
+static void KafkaXactCallback(XactEvent event, void *arg);
+static void KafkaSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+								 SubTransactionId parentSubid, void *arg);
 
 /*
  * Define the Kafka settings and reserve the producer's counters.
@@ -127,10 +172,10 @@ InfraKafkaInit(void)
 							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
 							   KafkaConfigCheckHook, NULL, KafkaConfigShowHook);
 	DefineCustomIntVariable("infra.kafka_batch_size",
-							"Outbox rows the worker produces per batch.",
+							"Outbox rows the worker produces per round (at most 16 MB of keys and values).",
 							NULL,
 							&infra_kafka_batch_size,
-							1000, 1, 100000,
+							10000, 1, 100000,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("infra.kafka_linger_ms",
@@ -261,15 +306,14 @@ KafkaCheckTopic(const char *topic)
 static void
 KafkaCheckBacklog(void)
 {
-	TransactionId xid = GetTopTransactionIdIfAny();
-
-	if (sends_since_check < KAFKA_PENDING_CHECK_EVERY &&
-		TransactionIdIsValid(xid) && xid == checked_in_xact)
+	/* Reset to KAFKA_PENDING_CHECK_EVERY when a transaction ends. */
+	if (sends_since_check < KAFKA_PENDING_CHECK_EVERY)
 	{
 		sends_since_check++;
 		return;
 	}
 
+	SPI_connect();
 	for (;;)
 	{
 		bool		isnull;
@@ -302,8 +346,8 @@ KafkaCheckBacklog(void)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
+	SPI_finish();
 	sends_since_check = 0;
-	checked_in_xact = xid;
 }
 
 /*
@@ -317,7 +361,6 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 	Datum		values[5];
 	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
 	int64		id;
-	bool		isnull;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -373,11 +416,11 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 		values[4] = PointerGetDatum(headers);
 	}
 
-	SPI_connect();
 	if (infra_kafka_require_registered_topics)
 	{
 		Oid			argtypes[1] = {TEXTOID};
 
+		SPI_connect();
 		if (SPI_execute_with_args("SELECT FROM infra.topics WHERE name = $1",
 								  1, argtypes, &values[0], NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read infra.topics");
@@ -387,32 +430,224 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 					 errmsg("topic \"%s\" is not registered", topic),
 					 errdetail("infra.kafka_require_registered_topics is on."),
 					 errhint("Register it with infra.topic_register(domain, entity, version).")));
+		SPI_finish();
 	}
 	KafkaCheckBacklog();
-	if (insert_plan == NULL)
-	{
-		Oid			argtypes[5] = {TEXTOID, INT4OID, TEXTOID, BYTEAOID, JSONBOID};
-		SPIPlanPtr	plan;
 
-		plan = SPI_prepare("INSERT INTO infra.kafka_outbox (topic, partition, key, value, headers) "
-						   "VALUES ($1, $2, convert_to($3, 'UTF8'), $4, $5) RETURNING id",
-						   5, argtypes);
-		if (plan == NULL)
-			elog(ERROR, "could not prepare the outbox insert: %s",
-				 SPI_result_code_string(SPI_result));
-		SPI_keepplan(plan);
-		insert_plan = plan;
+	if (!callbacks_registered)
+	{
+		RegisterXactCallback(KafkaXactCallback, NULL);
+		RegisterSubXactCallback(KafkaSubXactCallback, NULL);
+		callbacks_registered = true;
 	}
-	if (SPI_execute_plan(insert_plan, values, nulls, false, 1) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not insert into infra.kafka_outbox");
-	/* The first insert gave the transaction its id: remember the check. */
-	if (!TransactionIdIsValid(checked_in_xact) || sends_since_check == 0)
-		checked_in_xact = GetTopTransactionIdIfAny();
-	id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	SPI_finish();
+	if (buffered == NULL)
+	{
+		/* The sequence is looked up per transaction: the extension may be recreated. */
+		outbox_sequence = get_relname_relid("kafka_outbox_id_seq",
+											get_namespace_oid(INFRA_NAME, false));
+		if (!OidIsValid(outbox_sequence))
+			elog(ERROR, "infra.kafka_outbox_id_seq does not exist");
+		buffered = MemoryContextAlloc(TopTransactionContext,
+									  sizeof(BufferedMessage) * KAFKA_SEND_BUFFER);
+		buffer_capacity = KAFKA_SEND_BUFFER;
+		nbuffered = 0;
+		outbox_writer = GetUserId();
+	}
+	if (nbuffered >= KAFKA_SEND_BUFFER)
+		KafkaFlushBuffer(false);
+
+	/*
+	 * Inside a savepoint, only its own messages can be written early; when
+	 * the buffer is full of an outer level's, it grows instead.
+	 */
+	if (nbuffered >= buffer_capacity)
+	{
+		buffer_capacity *= 2;
+		buffered = repalloc(buffered, sizeof(BufferedMessage) * buffer_capacity);
+	}
+
+	id = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(outbox_sequence)));
+	{
+		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+		BufferedMessage *m = &buffered[nbuffered++];
+
+		m->id = id;
+		m->topic = (text *) PG_DETOAST_DATUM_COPY(values[0]);
+		m->has_partition = nulls[1] != 'n';
+		m->partition = m->has_partition ? DatumGetInt32(values[1]) : 0;
+		m->key = nulls[2] == 'n' ? NULL : (text *) PG_DETOAST_DATUM_COPY(values[2]);
+		m->value = nulls[3] == 'n' ? NULL : (bytea *) PG_DETOAST_DATUM_COPY(values[3]);
+		m->headers = nulls[4] == 'n' ? NULL : (Jsonb *) PG_DETOAST_DATUM_COPY(values[4]);
+		m->subid = GetCurrentSubTransactionId();
+		MemoryContextSwitchTo(old);
+	}
 
 	InfraWorkerWakeAtCommit();
 	PG_RETURN_INT64(id);
+}
+
+/*
+ * Write buffered messages into the outbox with one INSERT.  all_levels at
+ * (pre-)commit; otherwise only the current subtransaction's messages, the
+ * others staying buffered.
+ */
+static void
+KafkaFlushBuffer(bool all_levels)
+{
+	SubTransactionId current = GetCurrentSubTransactionId();
+	Datum	   *ids, *topics, *partitions, *keys, *vals, *headers;
+	bool	   *pnulls, *knulls, *vnulls, *hnulls;
+	int			n = 0;
+	int			kept = 0;
+	int			i;
+	int			dims[1];
+	int			lbs[1] = {1};
+	Oid			argtypes[6] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	TEXTARRAYOID, BYTEAARRAYOID, JSONBARRAYOID};
+	Datum		args[6];
+	bool		pushed_snapshot = false;
+	Oid			save_user;
+	int			save_context;
+
+	if (buffered == NULL || nbuffered == 0)
+		return;
+	ids = palloc(sizeof(Datum) * nbuffered);
+	topics = palloc(sizeof(Datum) * nbuffered);
+	partitions = palloc(sizeof(Datum) * nbuffered);
+	keys = palloc(sizeof(Datum) * nbuffered);
+	vals = palloc(sizeof(Datum) * nbuffered);
+	headers = palloc(sizeof(Datum) * nbuffered);
+	pnulls = palloc(sizeof(bool) * nbuffered);
+	knulls = palloc(sizeof(bool) * nbuffered);
+	vnulls = palloc(sizeof(bool) * nbuffered);
+	hnulls = palloc(sizeof(bool) * nbuffered);
+
+	for (i = 0; i < nbuffered; i++)
+	{
+		BufferedMessage *m = &buffered[i];
+
+		if (!all_levels && m->subid != current)
+		{
+			buffered[kept++] = *m;
+			continue;
+		}
+		ids[n] = Int64GetDatum(m->id);
+		topics[n] = PointerGetDatum(m->topic);
+		partitions[n] = Int32GetDatum(m->partition);
+		pnulls[n] = !m->has_partition;
+		keys[n] = PointerGetDatum(m->key);
+		knulls[n] = m->key == NULL;
+		vals[n] = PointerGetDatum(m->value);
+		vnulls[n] = m->value == NULL;
+		headers[n] = PointerGetDatum(m->headers);
+		hnulls[n] = m->headers == NULL;
+		n++;
+	}
+	nbuffered = kept;
+	if (n == 0)
+		return;
+
+	dims[0] = n;
+	args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	args[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[2] = PointerGetDatum(construct_md_array(partitions, pnulls, 1, dims, lbs, INT4OID, 4, true, TYPALIGN_INT));
+	args[3] = PointerGetDatum(construct_md_array(keys, knulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_md_array(vals, vnulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_md_array(headers, hnulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
+
+	/* At pre-commit no snapshot is active any more; the INSERT needs one. */
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed_snapshot = true;
+	}
+	GetUserIdAndSecContext(&save_user, &save_context);
+	SetUserIdAndSecContext(outbox_writer, save_context |
+						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		SPI_connect();
+		if (insert_plan == NULL)
+		{
+			SPIPlanPtr	plan;
+
+			plan = SPI_prepare("INSERT INTO infra.kafka_outbox (id, topic, partition, key, value, headers) "
+							   "OVERRIDING SYSTEM VALUE "
+							   "SELECT i, t, p, convert_to(k, 'UTF8'), v, h "
+							   "FROM unnest($1, $2, $3, $4, $5, $6) AS m(i, t, p, k, v, h)",
+							   6, argtypes);
+			if (plan == NULL)
+				elog(ERROR, "could not prepare the outbox insert: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(plan);
+			insert_plan = plan;
+		}
+		if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not insert into infra.kafka_outbox");
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_context);
+	}
+	PG_END_TRY();
+	if (pushed_snapshot)
+		PopActiveSnapshot();
+}
+
+/*
+ * Write what is buffered before the transaction commits or prepares; forget
+ * it when the transaction ends either way.
+ */
+static void
+KafkaXactCallback(XactEvent event, void *arg)
+{
+	switch (event)
+	{
+		case XACT_EVENT_PRE_COMMIT:
+		case XACT_EVENT_PARALLEL_PRE_COMMIT:
+		case XACT_EVENT_PRE_PREPARE:
+			KafkaFlushBuffer(true);
+			break;
+		case XACT_EVENT_COMMIT:
+		case XACT_EVENT_PARALLEL_COMMIT:
+		case XACT_EVENT_ABORT:
+		case XACT_EVENT_PARALLEL_ABORT:
+		case XACT_EVENT_PREPARE:
+			/* The memory goes with TopTransactionContext. */
+			buffered = NULL;
+			nbuffered = 0;
+			sends_since_check = KAFKA_PENDING_CHECK_EVERY;
+			break;
+	}
+}
+
+/*
+ * A rolled-back savepoint drops its messages; a released one hands them to
+ * its parent.
+ */
+static void
+KafkaSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
+					 SubTransactionId parentSubid, void *arg)
+{
+	int			i;
+	int			kept = 0;
+
+	if (buffered == NULL)
+		return;
+	if (event == SUBXACT_EVENT_ABORT_SUB)
+	{
+		for (i = 0; i < nbuffered; i++)
+			if (buffered[i].subid != mySubid)
+				buffered[kept++] = buffered[i];
+		nbuffered = kept;
+	}
+	else if (event == SUBXACT_EVENT_COMMIT_SUB)
+	{
+		for (i = 0; i < nbuffered; i++)
+			if (buffered[i].subid == mySubid)
+				buffered[i].subid = parentSubid;
+	}
 }
 
 /*

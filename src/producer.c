@@ -47,6 +47,9 @@
 /* How long a message may wait for the broker before it counts as failed. */
 #define KAFKA_MESSAGE_TIMEOUT_MS "10000"
 
+/* Most key and value bytes one round reads (at least one row is read). */
+#define KAFKA_BATCH_BYTES (16 * 1024 * 1024)
+
 /* Backoff after a round with failures: 1 s doubling to 30 s. */
 #define KAFKA_RETRY_MIN_MS 1000
 #define KAFKA_RETRY_MAX_MS 30000
@@ -66,6 +69,18 @@ static rd_kafka_t *producer = NULL;
  * delivery reports, so it must outlive the SPI calls of the round.
  */
 static MemoryContext round_context = NULL;
+
+/* The worker's statements, planned once (per extension install). */
+typedef struct WorkerPlans
+{
+	SPIPlanPtr	pending_topics;
+	SPIPlanPtr	batch;
+	SPIPlanPtr	delete_delivered;
+	SPIPlanPtr	dead_letter;
+	SPIPlanPtr	record_failure;
+} WorkerPlans;
+
+static WorkerPlans plans;
 static char *producer_settings = NULL;	/* brokers + config it was built with */
 static int	failed_rounds = 0;
 static char last_client_error[KAFKA_ERROR_LEN];
@@ -78,6 +93,7 @@ static void KafkaErrorCallback(rd_kafka_t *rk, int err, const char *reason,
 							   void *opaque);
 static bool KafkaEnsureProducer(void);
 static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
+static SPIPlanPtr KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes);
 static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
@@ -369,6 +385,26 @@ KafkaHeaders(int64 id, Jsonb *user_headers)
 }
 
 /*
+ * A statement of the worker, prepared and kept on first use.  Plans follow
+ * the tables through the plan cache (DROP/CREATE EXTENSION included).
+ */
+static SPIPlanPtr
+KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
+{
+	if (*plan == NULL)
+	{
+		SPIPlanPtr	p = SPI_prepare(sql, nargs, argtypes);
+
+		if (p == NULL)
+			elog(ERROR, "could not prepare \"%s\": %s", sql,
+				 SPI_result_code_string(SPI_result));
+		SPI_keepplan(p);
+		*plan = p;
+	}
+	return *plan;
+}
+
+/*
  * Create on the broker the topics of infra.topics still marked pending, with
  * the Admin API, and record each outcome in broker_state.  A request that
  * gets no answer leaves them pending for the next round.
@@ -388,8 +424,10 @@ KafkaCreateRegisteredTopics(void)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	if (SPI_execute("SELECT name, partitions, replication_factor, config FROM infra.topics "
-					"WHERE broker_state = 'pending' ORDER BY name LIMIT 100", true, 0) != SPI_OK_SELECT)
+	if (SPI_execute_plan(KafkaPlan(&plans.pending_topics,
+								   "SELECT name, partitions, replication_factor, config FROM infra.topics "
+								   "WHERE broker_state = 'pending' ORDER BY name LIMIT 100", 0, NULL),
+						 NULL, NULL, true, 0) != SPI_OK_SELECT)
 		elog(ERROR, "could not read infra.topics");
 	n = (int) SPI_processed;
 	if (n == 0)
@@ -539,16 +577,25 @@ KafkaWorkerServe(void)
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	{
-		Datum		limit = Int32GetDatum(infra_kafka_batch_size + 1);
-		Oid			argtypes[1] = {INT4OID};
+		Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size),
+		Int64GetDatum(KAFKA_BATCH_BYTES)};
+		Oid			argtypes[2] = {INT4OID, INT8OID};
 
-		if (SPI_execute_with_args("SELECT id, topic, partition, key, value, headers "
-								  "FROM infra.kafka_outbox ORDER BY id LIMIT $1",
-								  1, argtypes, &limit, NULL, true, 0) != SPI_OK_SELECT)
+		/* Up to batch_size rows, stopping once KAFKA_BATCH_BYTES are read. */
+		if (SPI_execute_plan(KafkaPlan(&plans.batch,
+									   "SELECT id, topic, partition, key, value, headers FROM ("
+									   " SELECT o.*, sum(coalesce(octet_length(o.key), 0) +"
+									   "  coalesce(octet_length(o.value), 0)) OVER (ORDER BY o.id) AS upto,"
+									   "  coalesce(octet_length(o.key), 0) + coalesce(octet_length(o.value), 0) AS size"
+									   " FROM (SELECT * FROM infra.kafka_outbox ORDER BY id LIMIT $1) o) b"
+									   " WHERE upto - size < $2 ORDER BY id",
+									   2, argtypes),
+							 args, NULL, true, 0) != SPI_OK_SELECT)
 			elog(ERROR, "could not read infra.kafka_outbox");
 	}
-	n = (int) Min(SPI_processed, (uint64) infra_kafka_batch_size);
-	more = SPI_processed > (uint64) infra_kafka_batch_size;
+	n = (int) SPI_processed;
+	/* A full or byte-limited round may have left rows: look again at once. */
+	more = n > 0;
 	if (n == 0)
 	{
 		SPI_finish();
@@ -677,8 +724,10 @@ KafkaWorkerServe(void)
 		Oid			argtypes[1] = {INT8ARRAYOID};
 		Datum		arg = PointerGetDatum(construct_array(ok_ids, nok, INT8OID, 8, true, TYPALIGN_DOUBLE));
 
-		if (SPI_execute_with_args("DELETE FROM infra.kafka_outbox WHERE id = ANY ($1)",
-								  1, argtypes, &arg, NULL, false, 0) != SPI_OK_DELETE)
+		if (SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
+									   "DELETE FROM infra.kafka_outbox WHERE id = ANY ($1)",
+									   1, argtypes),
+							 &arg, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "could not delete delivered messages");
 	}
 	if (ndead > 0)
@@ -688,15 +737,17 @@ KafkaWorkerServe(void)
 
 		args[0] = PointerGetDatum(construct_array(dead_ids, ndead, INT8OID, 8, true, TYPALIGN_DOUBLE));
 		args[1] = PointerGetDatum(construct_array(dead_errors, ndead, TEXTOID, -1, false, TYPALIGN_INT));
-		if (SPI_execute_with_args("WITH dead AS ("
-								  " DELETE FROM infra.kafka_outbox o"
-								  " USING unnest($1::bigint[], $2::text[]) AS e(id, error)"
-								  " WHERE o.id = e.id RETURNING o.*, e.error)"
-								  " INSERT INTO infra.kafka_dead_letters"
-								  " (id, topic, partition, key, value, headers, created_at, attempts, error)"
-								  " SELECT id, topic, partition, key, value, headers, created_at,"
-								  " attempts + 1, error FROM dead",
-								  2, argtypes, args, NULL, false, 0) != SPI_OK_INSERT)
+		if (SPI_execute_plan(KafkaPlan(&plans.dead_letter,
+									   "WITH dead AS ("
+									   " DELETE FROM infra.kafka_outbox o"
+									   " USING unnest($1::bigint[], $2::text[]) AS e(id, error)"
+									   " WHERE o.id = e.id RETURNING o.*, e.error)"
+									   " INSERT INTO infra.kafka_dead_letters"
+									   " (id, topic, partition, key, value, headers, created_at, attempts, error)"
+									   " SELECT id, topic, partition, key, value, headers, created_at,"
+									   " attempts + 1, error FROM dead",
+									   2, argtypes),
+							 args, NULL, false, 0) != SPI_OK_INSERT)
 			elog(ERROR, "could not move messages to infra.kafka_dead_letters");
 		ereport(LOG,
 				(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
@@ -709,10 +760,12 @@ KafkaWorkerServe(void)
 
 		args[0] = PointerGetDatum(construct_array(bad_ids, nbad, INT8OID, 8, true, TYPALIGN_DOUBLE));
 		args[1] = CStringGetTextDatum(first_error);
-		if (SPI_execute_with_args("UPDATE infra.kafka_outbox SET attempts = attempts + 1, "
-								  "last_error = $2, last_attempt_at = clock_timestamp() "
-								  "WHERE id = ANY ($1)",
-								  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
+		if (SPI_execute_plan(KafkaPlan(&plans.record_failure,
+									   "UPDATE infra.kafka_outbox SET attempts = attempts + 1, "
+									   "last_error = $2, last_attempt_at = clock_timestamp() "
+									   "WHERE id = ANY ($1)",
+									   2, argtypes),
+							 args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not record failed messages");
 	}
 	SPI_finish();

@@ -669,6 +669,14 @@ InfraWorkerMain(Datum main_arg)
 	SpinLockRelease(&my_slot->mutex);
 	pgstat_report_appname("infra worker");
 
+	/*
+	 * The worker's own commits (deleting delivered outbox rows) need not wait
+	 * for the WAL flush: one lost in a crash only makes those rows be sent
+	 * again, with the same infra-msg-id, which at-least-once allows.  What
+	 * users commit keeps its own durability.
+	 */
+	SetConfigOption("synchronous_commit", "off", PGC_SUSET, PGC_S_OVERRIDE);
+
 	InfraWorkerLoop();
 
 	ereport(LOG,
