@@ -98,7 +98,14 @@ static const struct config_enum_entry on_full_options[] = {
 #define KAFKA_PENDING_CHECK_EVERY 1000
 static int	sends_since_check = KAFKA_PENDING_CHECK_EVERY;
 
-KafkaStats *kafka_stats = NULL;
+/* One entry per database whose worker produces; guarded by mutex to claim. */
+typedef struct KafkaShared
+{
+	slock_t		mutex;
+	KafkaStats	stats[INFRA_MAX_DATABASES];
+} KafkaShared;
+
+static KafkaShared *kafka_shared = NULL;
 
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr backlog_plan = NULL;
@@ -154,7 +161,7 @@ InfraKafkaInit(void)
 		.name = "infra kafka",
 		.size = KafkaShmemSize,
 		.init = KafkaShmemInit,
-		.pointer = (void **) &kafka_stats,
+		.pointer = (void **) &kafka_shared,
 	};
 
 	DefineCustomStringVariable("infra.kafka_brokers",
@@ -221,19 +228,45 @@ InfraKafkaInit(void)
 static Size
 KafkaShmemSize(void)
 {
-	return sizeof(KafkaStats);
+	return sizeof(KafkaShared);
 }
 
 static void
 KafkaShmemInit(void *segment, bool found, LWLockPadded *locks)
 {
-	KafkaStats *stats = (KafkaStats *) segment;
+	KafkaShared *shared = (KafkaShared *) segment;
+	int			i;
 
 	if (found)
 		return;
-	memset(stats, 0, sizeof(KafkaStats));
-	SpinLockInit(&stats->mutex);
-	strlcpy(stats->broker_state, "not started", sizeof(stats->broker_state));
+	memset(shared, 0, sizeof(KafkaShared));
+	SpinLockInit(&shared->mutex);
+	for (i = 0; i < INFRA_MAX_DATABASES; i++)
+		SpinLockInit(&shared->stats[i].mutex);
+}
+
+/*
+ * The counters of this database's producer; with claim, the worker takes a
+ * free entry for its database.  NULL when there is none.
+ */
+KafkaStats *
+KafkaStatsFor(Oid database_oid, bool claim)
+{
+	KafkaStats *found = NULL;
+	int			i;
+
+	SpinLockAcquire(&kafka_shared->mutex);
+	for (i = 0; i < INFRA_MAX_DATABASES && found == NULL; i++)
+		if (kafka_shared->stats[i].database_oid == database_oid)
+			found = &kafka_shared->stats[i];
+	for (i = 0; i < INFRA_MAX_DATABASES && found == NULL && claim; i++)
+		if (kafka_shared->stats[i].database_oid == InvalidOid)
+		{
+			found = &kafka_shared->stats[i];
+			found->database_oid = database_oid;
+		}
+	SpinLockRelease(&kafka_shared->mutex);
+	return found;
 }
 
 /*
@@ -748,9 +781,21 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
 
-	SpinLockAcquire(&kafka_stats->mutex);
-	memcpy(&copy, kafka_stats, sizeof(copy));
-	SpinLockRelease(&kafka_stats->mutex);
+	{
+		KafkaStats *mine = KafkaStatsFor(MyDatabaseId, false);
+
+		if (mine != NULL)
+		{
+			SpinLockAcquire(&mine->mutex);
+			memcpy(&copy, mine, sizeof(copy));
+			SpinLockRelease(&mine->mutex);
+		}
+		else
+		{
+			memset(&copy, 0, sizeof(copy));
+			strlcpy(copy.broker_state, "not started", sizeof(copy.broker_state));
+		}
+	}
 
 	memset(nulls, 0, sizeof(nulls));
 	SPI_connect();

@@ -33,10 +33,11 @@ typedef enum KafkaOnFull
 	KAFKA_ON_FULL_WAIT
 } KafkaOnFull;
 
-/* Counters the producer keeps and kafka_stats shows. */
+/* Counters the producer of one database keeps and kafka_stats shows. */
 typedef struct KafkaStats
 {
 	slock_t		mutex;
+	Oid			database_oid;	/* InvalidOid: entry unused */
 	int64		delivered_total;
 	int64		failed_attempts_total;
 	int64		dead_lettered_total;
@@ -49,7 +50,7 @@ typedef struct KafkaStats
 	double		produce_latency_ms; /* of the last batch, per message */
 } KafkaStats;
 
-extern KafkaStats *kafka_stats;
+extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);
 
 /* Worker side (producer.c). */
 extern long KafkaWorkerServe(void);

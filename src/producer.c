@@ -70,6 +70,9 @@ static rd_kafka_t *producer = NULL;
  */
 static MemoryContext round_context = NULL;
 
+/* This database's entry of the shared Kafka counters. */
+static KafkaStats *my_stats = NULL;
+
 /* The worker's statements, planned once (per extension install). */
 typedef struct WorkerPlans
 {
@@ -242,18 +245,18 @@ KafkaRecordError(const char *message)
 {
 	TimestampTz now = GetCurrentTimestamp();
 
-	SpinLockAcquire(&kafka_stats->mutex);
-	strlcpy(kafka_stats->last_error, message, KAFKA_ERROR_LEN);
-	kafka_stats->last_error_at = now;
-	SpinLockRelease(&kafka_stats->mutex);
+	SpinLockAcquire(&my_stats->mutex);
+	strlcpy(my_stats->last_error, message, KAFKA_ERROR_LEN);
+	my_stats->last_error_at = now;
+	SpinLockRelease(&my_stats->mutex);
 }
 
 static void
 KafkaSetState(const char *state)
 {
-	SpinLockAcquire(&kafka_stats->mutex);
-	strlcpy(kafka_stats->broker_state, state, sizeof(kafka_stats->broker_state));
-	SpinLockRelease(&kafka_stats->mutex);
+	SpinLockAcquire(&my_stats->mutex);
+	strlcpy(my_stats->broker_state, state, sizeof(my_stats->broker_state));
+	SpinLockRelease(&my_stats->mutex);
 }
 
 /*
@@ -566,6 +569,8 @@ KafkaWorkerServe(void)
 	if (round_context == NULL)
 		round_context = AllocSetContextCreate(TopMemoryContext, "infra kafka round",
 											  ALLOCSET_DEFAULT_SIZES);
+	if (my_stats == NULL)
+		my_stats = KafkaStatsFor(MyDatabaseId, true);
 	MemoryContextReset(round_context);
 	MemoryContextSwitchTo(round_context);
 
@@ -669,9 +674,9 @@ KafkaWorkerServe(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(round_context);
 
-	SpinLockAcquire(&kafka_stats->mutex);
-	kafka_stats->in_flight = n;
-	SpinLockRelease(&kafka_stats->mutex);
+	SpinLockAcquire(&my_stats->mutex);
+	my_stats->in_flight = n;
+	SpinLockRelease(&my_stats->mutex);
 
 	/* Wait for every report; stay responsive to shutdown and reload. */
 	for (;;)
@@ -773,18 +778,18 @@ KafkaWorkerServe(void)
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(round_context);
 
-	SpinLockAcquire(&kafka_stats->mutex);
-	kafka_stats->in_flight = 0;
-	kafka_stats->delivered_total += delivered;
-	kafka_stats->failed_attempts_total += nbad;
-	kafka_stats->dead_lettered_total += ndead;
-	kafka_stats->batches_total++;
-	kafka_stats->produce_latency_ms = (double) (InfraMonotonicNs() - start_ns) / 1e6;
+	SpinLockAcquire(&my_stats->mutex);
+	my_stats->in_flight = 0;
+	my_stats->delivered_total += delivered;
+	my_stats->failed_attempts_total += nbad;
+	my_stats->dead_lettered_total += ndead;
+	my_stats->batches_total++;
+	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - start_ns) / 1e6;
 	if (delivered > 0)
-		kafka_stats->last_delivery_at = GetCurrentTimestamp();
-	strlcpy(kafka_stats->broker_state, nbad == 0 ? "up" : "failing",
-			sizeof(kafka_stats->broker_state));
-	SpinLockRelease(&kafka_stats->mutex);
+		my_stats->last_delivery_at = GetCurrentTimestamp();
+	strlcpy(my_stats->broker_state, nbad == 0 ? "up" : "failing",
+			sizeof(my_stats->broker_state));
+	SpinLockRelease(&my_stats->mutex);
 
 	if (nbad > 0)
 	{
