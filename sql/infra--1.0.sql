@@ -495,7 +495,9 @@ AS 'MODULE_PATHNAME', 'infra_kafka_stats'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
 CREATE VIEW infra.kafka_stats AS
-    SELECT * FROM infra.kafka_stats();
+    SELECT s.*, b.state AS breaker_state
+      FROM infra.kafka_stats() s
+      LEFT JOIN infra.circuit_breaker_state b ON b.name = 'kafka';
 
 COMMENT ON VIEW infra.kafka_stats IS
 'The outbox backlog and the producer''s counters, last error and broker state.';

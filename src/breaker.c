@@ -347,7 +347,36 @@ static void
 BreakerLookup(const char *name, BreakerConfig *cfg)
 {
 	InfraShmemRequire("infra circuit breakers");
-	ConfigCacheFetch(&breaker_cache, name, cfg);
+	(void) ConfigCacheFetch(&breaker_cache, name, cfg, false);
+}
+
+/*
+ * For infra's own callers (the Kafka producer): may a call go ahead under
+ * the named breaker?  True when no such breaker is configured.
+ * *probe_in_ns tells a rejected caller when to come back (0: unknown).
+ */
+bool
+InfraBreakerAllow(const char *name, int64 *probe_in_ns)
+{
+	BreakerConfig cfg;
+
+	*probe_in_ns = 0;
+	if (!ConfigCacheFetch(&breaker_cache, name, &cfg, true))
+		return true;
+	return BreakerAllow(&cfg, probe_in_ns);
+}
+
+/*
+ * For infra's own callers: record the outcome of a call made under the
+ * named breaker, if it is configured.
+ */
+void
+InfraBreakerRecord(const char *name, bool failed)
+{
+	BreakerConfig cfg;
+
+	if (ConfigCacheFetch(&breaker_cache, name, &cfg, true))
+		BreakerRecord(&cfg, failed ? OUTCOME_FAILURE : OUTCOME_SUCCESS, false);
 }
 
 /*

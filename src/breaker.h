@@ -36,4 +36,7 @@ typedef enum BreakerStateKind
 	BREAKER_METRICS_ONLY
 } BreakerStateKind;
 
+extern bool InfraBreakerAllow(const char *name, int64 *probe_in_ns);
+extern void InfraBreakerRecord(const char *name, bool failed);
+
 #endif							/* INFRA_BREAKER_H */

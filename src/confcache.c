@@ -90,10 +90,12 @@ ConfigCacheOpen(ConfigCache *cache)
 /*
  * Copy the configuration row "name" into *entry: from the cache, or read
  * with the cache's query (and kept, unless the table was invalidated while
- * it was read).  An unknown name is an error naming what is missing.
+ * it was read).  An unknown name is an error naming what is missing, or
+ * with missing_ok a false return.
  */
-void
-ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry)
+bool
+ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
+				 bool missing_ok)
 {
 	char		key[NAMEDATALEN];
 	void	   *cached = NULL;
@@ -112,7 +114,7 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry)
 	if (cached != NULL)
 	{
 		memcpy(entry, cached, cache->entrysize);
-		return;
+		return true;
 	}
 
 	values[0] = CStringGetTextDatum(name);
@@ -120,6 +122,11 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry)
 	if (SPI_execute_with_args(cache->query, 1, argtypes, values, NULL,
 							  true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read infra.%s", cache->table);
+	if (SPI_processed == 0 && missing_ok)
+	{
+		SPI_finish();
+		return false;
+	}
 	if (SPI_processed == 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -137,4 +144,5 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry)
 		memcpy(hash_search(cache->hash, entry, HASH_ENTER, NULL), entry,
 			   cache->entrysize);
 	}
+	return true;
 }

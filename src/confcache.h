@@ -31,6 +31,7 @@ typedef struct ConfigCache
 	uint64		generation;		/* bumped by every invalidation */
 } ConfigCache;
 
-extern void ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry);
+extern bool ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
+							 bool missing_ok);
 
 #endif							/* INFRA_CONFCACHE_H */

@@ -40,6 +40,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "breaker.h"
 #include "clock.h"
 #include "infra.h"
 #include "kafka.h"
@@ -610,6 +611,25 @@ KafkaWorkerServe(void)
 		return -1;
 	}
 
+	/*
+	 * The "kafka" circuit breaker, when configured, guards delivery: a round
+	 * with work is one call.  While it is open the outbox waits (nothing is
+	 * lost); the round's outcome is recorded below.
+	 */
+	{
+		int64		probe_in_ns;
+
+		if (!InfraBreakerAllow("kafka", &probe_in_ns))
+		{
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			MemoryContextSwitchTo(round_context);
+			KafkaSetState("breaker open");
+			return probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
+		}
+	}
+
 	/* Produce while the rows are at hand: librdkafka copies the payloads. */
 	messages = MemoryContextAllocZero(round_context, sizeof(OutboxMessage) * n);
 	start_ns = InfraMonotonicNs();
@@ -775,6 +795,11 @@ KafkaWorkerServe(void)
 	}
 	SPI_finish();
 	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(round_context);
+
+	StartTransactionCommand();
+	InfraBreakerRecord("kafka", nbad > 0);
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(round_context);
 

@@ -574,7 +574,7 @@ LimiterLookup(text *name, RateLimitArgs *args)
 {
 	LimiterCacheEntry limiter;
 
-	ConfigCacheFetch(&limiter_cache, text_to_cstring(name), &limiter);
+	(void) ConfigCacheFetch(&limiter_cache, text_to_cstring(name), &limiter, false);
 	args->rate = limiter.rate;
 	args->per_ns = limiter.per_ns;
 	args->burst = limiter.burst;

@@ -270,7 +270,7 @@ RetryArgs(FunctionCallInfo fcinfo, char **sql, RetryPolicy *policy)
 				 errmsg("retry policy name must not be NULL"),
 				 errhint("Policies are rows of infra.retry_policies.")));
 	*sql = text_to_cstring(PG_GETARG_TEXT_PP(0));
-	ConfigCacheFetch(&policy_cache, text_to_cstring(PG_GETARG_TEXT_PP(1)), policy);
+	(void) ConfigCacheFetch(&policy_cache, text_to_cstring(PG_GETARG_TEXT_PP(1)), policy, false);
 }
 
 /*

@@ -43,3 +43,16 @@ ensure_test_user() {
 	id "$INFRA_TEST_USER" >/dev/null 2>&1 ||
 		useradd --system --create-home --shell /bin/bash "$INFRA_TEST_USER"
 }
+
+# new_workdir PREFIX: a fresh directory under /tmp that the test user owns
+# (the servers run as that user and write into it); prints its path.
+new_workdir() {
+	local dir
+	ensure_test_user
+	dir=$(mktemp -d "/tmp/$1.XXXXXX")
+	if [ "$(id -u)" = 0 ]; then
+		chown "$INFRA_TEST_USER" "$dir"
+	fi
+	chmod 755 "$dir"
+	echo "$dir"
+}

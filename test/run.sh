@@ -13,14 +13,12 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 if [ "${1:-}" != --inner ]; then
 	top=$(cd "$here/.." && pwd)
-	ensure_test_user
-	work=$(mktemp -d /tmp/infra-test.XXXXXX)
+	work=$(new_workdir infra-test)
 	mkdir -p "$work/src"
 	cp -r "$top/sql" "$top/expected" "$top/test" "$work/src/"
 	if [ "$(id -u)" = 0 ]; then
 		chown -R "$INFRA_TEST_USER" "$work"
 	fi
-	chmod 755 "$work"
 	as_test_user env INFRA_CACHE="$INFRA_CACHE" PG_CONFIG="$PG_CONFIG" \
 		bash "$work/src/test/run.sh" --inner "$work"
 	rc=$?

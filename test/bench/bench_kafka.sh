@@ -15,10 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 messages=${BENCH_MESSAGES:-100000}
 per_txn=1000
-ensure_test_user
-work=$(mktemp -d /tmp/infra-bench.XXXXXX)
-[ "$(id -u)" = 0 ] && chown "$INFRA_TEST_USER" "$work"
-chmod 755 "$work"
+work=$(new_workdir infra-bench)
 
 cleanup() {
 	as_test_user "$here/../pgcluster.sh" stop "$work/pg" >/dev/null 2>&1 || true

@@ -15,10 +15,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 seconds=${BENCH_SECONDS:-5}
 rounds=${BENCH_ROUNDS:-3}
 clients=4
-ensure_test_user
-work=$(mktemp -d /tmp/infra-bench.XXXXXX)
-[ "$(id -u)" = 0 ] && chown "$INFRA_TEST_USER" "$work"
-chmod 755 "$work"
+work=$(new_workdir infra-bench)
 
 cleanup() {
 	as_test_user "$here/../pgcluster.sh" stop "$work/pg" >/dev/null 2>&1 || true

@@ -2,7 +2,8 @@
 # broker refuses for good goes to infra.kafka_dead_letters with the broker's
 # error while the rest flows; a paused (SIGSTOP) broker fills the outbox up
 # to infra.kafka_max_pending, kafka_stats shows the backlog and the error,
-# and resuming drains it.
+# and resuming drains it; the "kafka" circuit breaker holds delivery back
+# while open.
 use strict;
 use warnings;
 
@@ -94,6 +95,24 @@ IPC::Run::run([ 'kcat', '-b', $bootstrap, '-C', '-t', $t, '-o', 'beginning', '-e
 my %got = map { $_ => 1 } split /\n/, $out;
 is(scalar(grep { $got{"p$_"} } 1 .. 200), 200, 'all 200 waiting messages arrive');
 ok($got{waited}, 'and the one that waited');
+
+# --- the "kafka" circuit breaker guards delivery ----------------------------
+$t = "infra_t_breaker_$$";
+$node->safe_psql('postgres', "SELECT infra.breaker_force('kafka', 'forced_open')");
+$node->safe_psql('postgres', "SELECT infra.kafka_send('$t', 'held ' || g) FROM generate_series(1, 5) g");
+ok( wait_until(
+		sub {
+			$node->safe_psql('postgres', 'SELECT broker_state FROM infra.kafka_stats') eq 'breaker open';
+		},
+		30),
+	'with the kafka breaker open the worker does not produce');
+is($node->safe_psql('postgres', 'SELECT pending || \'/\' || breaker_state FROM infra.kafka_stats'),
+	'5/forced_open', 'the messages wait, and kafka_stats shows the breaker');
+$node->safe_psql('postgres', "SELECT infra.breaker_reset('kafka')");
+ok(flush_ok(60), 'once the breaker closes, they are delivered');
+cmp_ok($node->safe_psql('postgres',
+		"SELECT calls_total FROM infra.circuit_breaker_state WHERE name = 'kafka'"),
+	'>', 0, 'delivery rounds are recorded as calls of the breaker');
 
 $node->stop;
 done_testing();
