@@ -391,9 +391,7 @@ static Datum
 KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 {
 	char	   *topic;
-	Datum		values[5];
-	char		nulls[5] = {' ', ' ', ' ', ' ', ' '};
-	int64		id;
+	BufferedMessage msg;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -402,60 +400,45 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 				 errhint("Give the Kafka topic to send to.")));
 	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	KafkaCheckTopic(topic);
-	values[0] = PG_GETARG_DATUM(0);
+	msg.topic = PG_GETARG_TEXT_PP(0);
 
-	if (PG_ARGISNULL(4))
-		nulls[1] = 'n';
-	else if (PG_GETARG_INT32(4) < 0)
+	msg.has_partition = !PG_ARGISNULL(4);
+	msg.partition = msg.has_partition ? PG_GETARG_INT32(4) : 0;
+	if (msg.partition < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("partition must not be negative, not %d", PG_GETARG_INT32(4)),
+				 errmsg("partition must not be negative, not %d", msg.partition),
 				 errhint("Omit partition (NULL) to let the key choose it.")));
-	else
-		values[1] = PG_GETARG_DATUM(4);
 
-	if (PG_ARGISNULL(2))
-		nulls[2] = 'n';
-	else
+	msg.key = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
+	if (msg.key != NULL)
 	{
-		text	   *key = PG_GETARG_TEXT_PP(2);
 		uint32		hash;
 
 		/* Same-key senders queue up here: id order becomes commit order. */
-		hash = hash_bytes((unsigned char *) VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)) ^
+		hash = hash_bytes((unsigned char *) VARDATA_ANY(msg.key), VARSIZE_ANY_EXHDR(msg.key)) ^
 			hash_bytes((unsigned char *) topic, strlen(topic));
 		DirectFunctionCall2(pg_advisory_xact_lock_int4,
 							Int32GetDatum(KAFKA_ORDER_LOCK_CLASS),
 							Int32GetDatum((int32) hash));
-		values[2] = PointerGetDatum(key);
 	}
+	msg.value = value;
 
-	if (value == NULL)
-		nulls[3] = 'n';
-	else
-		values[3] = PointerGetDatum(value);
-
-	if (PG_ARGISNULL(3))
-		nulls[4] = 'n';
-	else
-	{
-		Jsonb	   *headers = PG_GETARG_JSONB_P(3);
-
-		if (!JB_ROOT_IS_OBJECT(headers))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("headers must be a JSON object"),
-					 errhint("Give headers as {\"name\": \"value\", ...}.")));
-		values[4] = PointerGetDatum(headers);
-	}
+	msg.headers = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
+	if (msg.headers != NULL && !JB_ROOT_IS_OBJECT(msg.headers))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("headers must be a JSON object"),
+				 errhint("Give headers as {\"name\": \"value\", ...}.")));
 
 	if (infra_kafka_require_registered_topics)
 	{
 		Oid			argtypes[1] = {TEXTOID};
+		Datum		arg = PointerGetDatum(msg.topic);
 
 		SPI_connect();
 		if (SPI_execute_with_args("SELECT FROM infra.topics WHERE name = $1",
-								  1, argtypes, &values[0], NULL, true, 1) != SPI_OK_SELECT)
+								  1, argtypes, &arg, NULL, true, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read infra.topics");
 		if (SPI_processed == 0)
 			ereport(ERROR,
@@ -499,24 +482,26 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 		buffered = repalloc(buffered, sizeof(BufferedMessage) * buffer_capacity);
 	}
 
-	id = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(outbox_sequence)));
+	msg.id = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(outbox_sequence)));
+	msg.subid = GetCurrentSubTransactionId();
 	{
+		/* Keep copies for the end of the transaction. */
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
 		BufferedMessage *m = &buffered[nbuffered++];
 
-		m->id = id;
-		m->topic = (text *) PG_DETOAST_DATUM_COPY(values[0]);
-		m->has_partition = nulls[1] != 'n';
-		m->partition = m->has_partition ? DatumGetInt32(values[1]) : 0;
-		m->key = nulls[2] == 'n' ? NULL : (text *) PG_DETOAST_DATUM_COPY(values[2]);
-		m->value = nulls[3] == 'n' ? NULL : (bytea *) PG_DETOAST_DATUM_COPY(values[3]);
-		m->headers = nulls[4] == 'n' ? NULL : (Jsonb *) PG_DETOAST_DATUM_COPY(values[4]);
-		m->subid = GetCurrentSubTransactionId();
+		*m = msg;
+		m->topic = (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.topic));
+		if (msg.key)
+			m->key = (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.key));
+		if (msg.value)
+			m->value = (bytea *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.value));
+		if (msg.headers)
+			m->headers = (Jsonb *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.headers));
 		MemoryContextSwitchTo(old);
 	}
 
 	InfraWorkerWakeAtCommit();
-	PG_RETURN_INT64(id);
+	PG_RETURN_INT64(msg.id);
 }
 
 /*

@@ -411,7 +411,8 @@ KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 /*
  * Create on the broker the topics of infra.topics still marked pending, with
  * the Admin API, and record each outcome in broker_state.  A request that
- * gets no answer leaves them pending for the next round.
+ * gets no answer leaves them pending for the next round.  Runs in the
+ * caller's transaction and SPI connection (the round's batch read).
  */
 static void
 KafkaCreateRegisteredTopics(void)
@@ -425,9 +426,6 @@ KafkaCreateRegisteredTopics(void)
 	int			n;
 	int			i;
 
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
 	if (SPI_execute_plan(KafkaPlan(&plans.pending_topics,
 								   "SELECT name, partitions, replication_factor, config FROM infra.topics "
 								   "WHERE broker_state = 'pending' ORDER BY name LIMIT 100", 0, NULL),
@@ -435,13 +433,7 @@ KafkaCreateRegisteredTopics(void)
 		elog(ERROR, "could not read infra.topics");
 	n = (int) SPI_processed;
 	if (n == 0)
-	{
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(round_context);
 		return;
-	}
 
 	topics = palloc0(sizeof(rd_kafka_NewTopic_t *) * n);
 	for (i = 0; i < n; i++)
@@ -536,11 +528,6 @@ KafkaCreateRegisteredTopics(void)
 	rd_kafka_AdminOptions_destroy(options);
 	rd_kafka_queue_destroy(queue);
 	rd_kafka_NewTopic_destroy_array(topics, n);
-
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(round_context);
 }
 
 /*
@@ -577,11 +564,11 @@ KafkaWorkerServe(void)
 
 	if (!KafkaEnsureProducer())
 		return -1;
-	KafkaCreateRegisteredTopics();
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
+	KafkaCreateRegisteredTopics();
 	{
 		Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size),
 		Int64GetDatum(KAFKA_BATCH_BYTES)};
@@ -645,6 +632,7 @@ KafkaWorkerServe(void)
 		Jsonb	   *user_headers = NULL;
 		Datum		d;
 		rd_kafka_resp_err_t err;
+		rd_kafka_headers_t *headers;
 
 		messages[i].id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
 		topic = TextDatumGetCString(SPI_getbinval(tuple, desc, 2, &isnull));
@@ -661,10 +649,10 @@ KafkaWorkerServe(void)
 		if (!isnull)
 			user_headers = DatumGetJsonbP(d);
 
+		/* librdkafka owns the headers only once producev succeeds. */
+		headers = KafkaHeaders(messages[i].id, user_headers);
 		for (;;)
 		{
-			rd_kafka_headers_t *headers = KafkaHeaders(messages[i].id, user_headers);
-
 			err = rd_kafka_producev(producer,
 									RD_KAFKA_V_TOPIC(topic),
 									RD_KAFKA_V_PARTITION(partition),
@@ -678,10 +666,10 @@ KafkaWorkerServe(void)
 									RD_KAFKA_V_END);
 			if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
 				break;
-			rd_kafka_headers_destroy(headers);
 			if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
 			{
 				/* Refused locally (e.g. too large): reported like a failure. */
+				rd_kafka_headers_destroy(headers);
 				messages[i].reported = true;
 				messages[i].err = err;
 				break;
@@ -793,13 +781,9 @@ KafkaWorkerServe(void)
 							 args, NULL, false, 0) != SPI_OK_UPDATE)
 			elog(ERROR, "could not record failed messages");
 	}
+	InfraBreakerRecord("kafka", nbad > 0);
 	SPI_finish();
 	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(round_context);
-
-	StartTransactionCommand();
-	InfraBreakerRecord("kafka", nbad > 0);
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(round_context);
 

@@ -149,6 +149,8 @@ static int64 RateLimitEvictIdle(void);
 static void RateLimitDecide(RateLimitEntry *entry, const RateLimitArgs *args,
 							int64 now_ns, RateLimitResult *result);
 static void LimiterLookup(text *name, RateLimitArgs *args);
+static void RateLimitLockAll(LWLockMode mode);
+static void RateLimitUnlockAll(void);
 
 /*
  * Define infra.rate_limit_max_keys and reserve the table.
@@ -394,6 +396,27 @@ RateLimitEnter(const RateLimitKey *key, uint32 hashcode, LWLock *lock)
 }
 
 /*
+ * Every partition lock, in order (eviction, reset, the view).
+ */
+static void
+RateLimitLockAll(LWLockMode mode)
+{
+	int			i;
+
+	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
+		LWLockAcquire(&rate_limit_shared->locks[i].lock, mode);
+}
+
+static void
+RateLimitUnlockAll(void)
+{
+	int			i;
+
+	for (i = RATE_LIMIT_PARTITIONS - 1; i >= 0; i--)
+		LWLockRelease(&rate_limit_shared->locks[i].lock);
+}
+
+/*
  * Remove keys whose state says nothing (their TAT lies in the past), up to
  * a tenth of the table: enough to amortise the pass, few enough that a
  * working set close to the table's size is not thrown out whole.  Returns
@@ -407,10 +430,8 @@ RateLimitEvictIdle(void)
 	int64		now_ns = InfraMonotonicNs();
 	int64		evicted = 0;
 	int64		enough = Max(infra_rate_limit_max_keys / 10, 1);
-	int			i;
 
-	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
-		LWLockAcquire(&rate_limit_shared->locks[i].lock, LW_EXCLUSIVE);
+	RateLimitLockAll(LW_EXCLUSIVE);
 
 	hash_seq_init(&scan, rate_limit_hash);
 	while ((entry = hash_seq_search(&scan)) != NULL)
@@ -427,8 +448,7 @@ RateLimitEvictIdle(void)
 		}
 	}
 
-	for (i = RATE_LIMIT_PARTITIONS - 1; i >= 0; i--)
-		LWLockRelease(&rate_limit_shared->locks[i].lock);
+	RateLimitUnlockAll();
 
 	pg_atomic_fetch_add_u64(&rate_limit_shared->evictions, evicted);
 	return evicted;
@@ -613,14 +633,12 @@ infra_rate_limit_reset(PG_FUNCTION_ARGS)
 	RateLimitEntry *entry;
 	RateLimitKey key;
 	int64		removed = 0;
-	int			i;
 
 	InfraShmemRequire("infra.rate_limit_reset()");
 	if (!PG_ARGISNULL(0))
 		RateLimitSetKey(&key, RATE_LIMIT_KIND_KEY, PG_GETARG_TEXT_PP(0));
 
-	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
-		LWLockAcquire(&rate_limit_shared->locks[i].lock, LW_EXCLUSIVE);
+	RateLimitLockAll(LW_EXCLUSIVE);
 	hash_seq_init(&scan, rate_limit_hash);
 	while ((entry = hash_seq_search(&scan)) != NULL)
 	{
@@ -631,8 +649,7 @@ infra_rate_limit_reset(PG_FUNCTION_ARGS)
 			removed++;
 		}
 	}
-	for (i = RATE_LIMIT_PARTITIONS - 1; i >= 0; i--)
-		LWLockRelease(&rate_limit_shared->locks[i].lock);
+	RateLimitUnlockAll();
 
 	PG_RETURN_INT64(removed);
 }
@@ -648,13 +665,11 @@ infra_rate_limits(PG_FUNCTION_ARGS)
 	RateLimitEntry *entry;
 	int64		now_ns;
 	TimestampTz now;
-	int			i;
 
 	InfraShmemRequire("infra.rate_limits()");
 	InitMaterializedSRF(fcinfo, 0);
 
-	for (i = 0; i < RATE_LIMIT_PARTITIONS; i++)
-		LWLockAcquire(&rate_limit_shared->locks[i].lock, LW_SHARED);
+	RateLimitLockAll(LW_SHARED);
 	now_ns = InfraMonotonicNs();
 	now = GetCurrentTimestamp();
 
@@ -693,7 +708,6 @@ infra_rate_limits(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 
-	for (i = RATE_LIMIT_PARTITIONS - 1; i >= 0; i--)
-		LWLockRelease(&rate_limit_shared->locks[i].lock);
+	RateLimitUnlockAll();
 	return (Datum) 0;
 }

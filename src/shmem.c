@@ -76,15 +76,6 @@ InfraShmemRegister(const InfraShmemSegment *segment)
 }
 
 /*
- * True when infra's shared memory exists in this process.
- */
-bool
-InfraShmemReady(void)
-{
-	return shmem_ready;
-}
-
-/*
  * Raise the documented error for a function that needs shared memory in a
  * server where infra was not preloaded.
  */

@@ -34,7 +34,6 @@ typedef struct InfraShmemSegment
 } InfraShmemSegment;
 
 extern void InfraShmemRegister(const InfraShmemSegment *segment);
-extern bool InfraShmemReady(void);
 extern void InfraShmemRequire(const char *function_name);
 
 #endif							/* INFRA_SHMEM_H */
