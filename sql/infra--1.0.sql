@@ -417,24 +417,51 @@ GRANT SELECT ON infra.retry_policies TO PUBLIC;
 
 /*
  * Messages committed and not yet acknowledged by Kafka.  WAL-logged: a crash
- * loses nothing.  The id sequence is not cached per backend: kafka_send
- * relies on ids growing in the order same-key senders commit.
+ * loses nothing.  A transaction's messages are written as one row of
+ * parallel arrays (up to 1000 messages a row), so a send costs a fraction of
+ * a row insert; infra.kafka_outbox shows one row per message.  Message ids
+ * come from infra.kafka_outbox_id_seq, not cached per backend: kafka_send
+ * relies on ids growing in the order same-key senders commit.  first_id is
+ * always the row's smallest id (the worker rewrites partly delivered rows).
  */
-CREATE TABLE infra.kafka_outbox (
-    id bigint GENERATED ALWAYS AS IDENTITY (CACHE 1) PRIMARY KEY,
-    topic text NOT NULL,
-    partition integer CHECK (partition >= 0),
-    key bytea,
-    value bytea,
-    headers jsonb,
+CREATE SEQUENCE infra.kafka_outbox_id_seq CACHE 1;
+
+CREATE TABLE infra.kafka_outbox_batches (
+    first_id bigint PRIMARY KEY,
+    messages integer NOT NULL CHECK (messages > 0),
+    ids bigint[] NOT NULL,
+    topics text[] NOT NULL,
+    partitions integer[] NOT NULL,
+    keys bytea[] NOT NULL,
+    vals bytea[] NOT NULL,
+    headers jsonb[] NOT NULL,
     created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     attempts integer NOT NULL DEFAULT 0,
     last_error text,
-    last_attempt_at timestamptz
+    last_attempt_at timestamptz,
+    CHECK (cardinality(ids) = messages)
 );
 
-COMMENT ON TABLE infra.kafka_outbox IS
-'Messages sent by committed transactions and not yet acknowledged by Kafka; the infra worker deletes each row once Kafka has it.';
+/* Payloads are mostly unique: do not spend the commit on compressing them. */
+ALTER TABLE infra.kafka_outbox_batches
+    ALTER ids SET STORAGE EXTERNAL,
+    ALTER topics SET STORAGE EXTERNAL,
+    ALTER keys SET STORAGE EXTERNAL,
+    ALTER vals SET STORAGE EXTERNAL,
+    ALTER headers SET STORAGE EXTERNAL;
+
+COMMENT ON TABLE infra.kafka_outbox_batches IS
+'Messages sent by committed transactions and not yet acknowledged by Kafka, a transaction''s messages per row; read infra.kafka_outbox instead.';
+
+CREATE VIEW infra.kafka_outbox AS
+    SELECT m.id, m.topic, m.partition, m.key, m.value, m.headers,
+           b.created_at, b.attempts, b.last_error, b.last_attempt_at
+      FROM infra.kafka_outbox_batches b,
+           unnest(b.ids, b.topics, b.partitions, b.keys, b.vals, b.headers)
+               AS m(id, topic, partition, key, value, headers);
+
+COMMENT ON VIEW infra.kafka_outbox IS
+'Messages sent by committed transactions and not yet acknowledged by Kafka, one row each; the infra worker removes each once Kafka has it.';
 
 CREATE FUNCTION infra.kafka_send(
     topic text,
@@ -489,7 +516,9 @@ CREATE FUNCTION infra.kafka_stats(
     OUT broker_state text,
     OUT last_batch_ms double precision,
     OUT batches_total bigint,
-    OUT dead_lettered_total bigint)
+    OUT dead_lettered_total bigint,
+    OUT produce_latency_avg_ms double precision,
+    OUT produce_latency_p99_ms double precision)
 RETURNS record
 AS 'MODULE_PATHNAME', 'infra_kafka_stats'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
@@ -500,7 +529,7 @@ CREATE VIEW infra.kafka_stats AS
       LEFT JOIN infra.circuit_breaker_state b ON b.name = 'kafka';
 
 COMMENT ON VIEW infra.kafka_stats IS
-'The outbox backlog and the producer''s counters, last error and broker state.';
+'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic).';
 
 /* Messages Kafka refused for good (too large, invalid topic, not authorised). */
 CREATE TABLE infra.kafka_dead_letters (
@@ -528,6 +557,8 @@ COMMENT ON FUNCTION infra.kafka_retry_dead_letters(text, bigint[]) IS
 'Move dead letters (of one topic, or with these ids, or all) back to the outbox; returns how many.';
 
 REVOKE ALL ON infra.kafka_outbox FROM PUBLIC;
+REVOKE ALL ON infra.kafka_outbox_batches FROM PUBLIC;
+REVOKE ALL ON SEQUENCE infra.kafka_outbox_id_seq FROM PUBLIC;
 REVOKE ALL ON infra.kafka_dead_letters FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_retry_dead_letters(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_send(text, text, text, jsonb, integer) FROM PUBLIC;
@@ -762,3 +793,24 @@ GRANT SELECT ON infra.topics TO PUBLIC;
 REVOKE ALL ON FUNCTION infra.topic_register(text, text, integer, integer, integer, jsonb, text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.topic_drop(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_wake_worker() FROM PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * Trace context and correlation id of the session (src/tracing.c): set with
+ * SET infra.traceparent / SET infra.correlation_id; Kafka messages carry them.
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.traceparent()
+RETURNS text
+AS 'MODULE_PATHNAME', 'infra_traceparent'
+LANGUAGE C STABLE PARALLEL RESTRICTED;
+
+COMMENT ON FUNCTION infra.traceparent() IS
+'The session''s W3C traceparent (from SET infra.traceparent), or NULL.';
+
+CREATE FUNCTION infra.new_correlation_id()
+RETURNS text
+AS 'MODULE_PATHNAME', 'infra_new_correlation_id'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.new_correlation_id() IS
+'A new random correlation id (a UUID), made the session''s infra.correlation_id; returns it.';

@@ -18,6 +18,10 @@ SELECT infra.kafka_send('orders', 'never', 'order-1') IS NOT NULL AS queued;
 ROLLBACK;
 SELECT topic, partition, convert_from(key, 'UTF8') AS key, value, headers, attempts
   FROM infra.kafka_outbox ORDER BY id;
+-- A transaction's messages are one row of the batch table, ids in order.
+SELECT messages, first_id = ids[1] AS first_is_smallest,
+       ids = (SELECT array_agg(i ORDER BY i) FROM unnest(ids) i) AS ids_ascending
+  FROM infra.kafka_outbox_batches;
 
 -- Without brokers, nothing is delivered: kafka_flush times out, the stats
 -- say why.
@@ -29,7 +33,7 @@ SHOW infra.kafka_config;
 
 -- Savepoints: a rolled-back one takes its messages with it, a released one
 -- keeps them, also when nested.
-DELETE FROM infra.kafka_outbox;
+DELETE FROM infra.kafka_outbox_batches;
 BEGIN;
 SELECT infra.kafka_send('sp', 'a') > 0 AS sent;
 SAVEPOINT s1;
@@ -50,7 +54,7 @@ SELECT convert_from(value, 'UTF8') AS value FROM infra.kafka_outbox ORDER BY id;
 
 -- More messages than the backend buffers (1000) inside a savepoint that is
 -- rolled back: the outer messages survive, the inner ones do not.
-DELETE FROM infra.kafka_outbox;
+DELETE FROM infra.kafka_outbox_batches;
 BEGIN;
 SELECT count(infra.kafka_send('sp', 'outer')) FROM generate_series(1, 700);
 SAVEPOINT inner_sp;
@@ -59,7 +63,7 @@ ROLLBACK TO inner_sp;
 COMMIT;
 SELECT convert_from(value, 'UTF8') AS value, count(*) FROM infra.kafka_outbox GROUP BY 1;
 -- ... and when it is released, all of them are kept.
-DELETE FROM infra.kafka_outbox;
+DELETE FROM infra.kafka_outbox_batches;
 BEGIN;
 SELECT count(infra.kafka_send('sp', 'outer')) FROM generate_series(1, 700);
 SAVEPOINT inner_sp;
@@ -69,7 +73,7 @@ COMMIT;
 SELECT convert_from(value, 'UTF8') AS value, count(*) FROM infra.kafka_outbox GROUP BY 1 ORDER BY 1;
 SELECT count(DISTINCT id) = count(*) AS unique_ids FROM infra.kafka_outbox;
 -- A buffer full of outer messages when a savepoint starts: it grows.
-DELETE FROM infra.kafka_outbox;
+DELETE FROM infra.kafka_outbox_batches;
 BEGIN;
 SELECT count(infra.kafka_send('sp', 'outer')) FROM generate_series(1, 1000);
 SAVEPOINT inner_sp;
@@ -78,11 +82,11 @@ ROLLBACK TO inner_sp;
 SELECT count(infra.kafka_send('sp', 'after')) FROM generate_series(1, 10);
 COMMIT;
 SELECT convert_from(value, 'UTF8') AS value, count(*) FROM infra.kafka_outbox GROUP BY 1 ORDER BY 1;
-DELETE FROM infra.kafka_outbox;
+DELETE FROM infra.kafka_outbox_batches;
 
 -- The publish trigger: envelope for insert, update, delete, keyed by the
 -- primary key, or by a named column.
-DELETE FROM infra.kafka_outbox;
+DELETE FROM infra.kafka_outbox_batches;
 CREATE TABLE customers (id int, region text, name text, PRIMARY KEY (region, id));
 CREATE TRIGGER customers_publish AFTER INSERT OR UPDATE OR DELETE ON customers
     FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish('crm.customers');
@@ -94,7 +98,7 @@ SELECT topic, convert_from(key, 'UTF8') AS key,
        (convert_from(value, 'UTF8')::jsonb ->> 'txid')::bigint > 0 AS has_txid,
        (convert_from(value, 'UTF8')::jsonb ->> 'ts_ms')::bigint > 0 AS has_ts
   FROM infra.kafka_outbox ORDER BY id;
-DELETE FROM infra.kafka_outbox;
+DELETE FROM infra.kafka_outbox_batches;
 CREATE TRIGGER customers_by_name AFTER INSERT ON customers
     FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish('crm.names', 'name');
 INSERT INTO customers VALUES (2, 'us', 'Grace');
@@ -103,6 +107,35 @@ BEGIN;
 INSERT INTO customers VALUES (3, 'us', 'Rolled');
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM infra.kafka_outbox;
+
+-- The session's correlation id and trace context travel as headers; a
+-- header given by the caller wins.
+DELETE FROM infra.kafka_outbox_batches;
+SET infra.correlation_id = 'req-42';
+SET infra.traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+SELECT infra.traceparent();
+SELECT infra.kafka_send('ctx', 'a') > 0 AS sent;
+SELECT infra.kafka_send('ctx', 'b', headers => '{"correlation_id": "mine", "x": "1"}') > 0 AS sent;
+SELECT length(infra.new_correlation_id()) AS uuid_length;
+SELECT current_setting('infra.correlation_id') ~ '^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$' AS is_uuid_v4;
+RESET infra.correlation_id;
+RESET infra.traceparent;
+SELECT infra.traceparent() IS NULL AS no_trace;
+SELECT infra.kafka_send('ctx', 'c') > 0 AS sent;
+SELECT convert_from(value, 'UTF8') AS value, headers FROM infra.kafka_outbox ORDER BY id;
+-- Invalid trace context is ignored with a warning; a bad correlation id is refused.
+SET infra.traceparent = '00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01';
+SET infra.traceparent = '00-00000000000000000000000000000000-00f067aa0ba902b7-01';
+SET infra.traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01';
+SET infra.traceparent = 'ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01';
+SET infra.traceparent = '00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7';
+SET infra.traceparent = 'garbage';
+SELECT infra.traceparent() IS NULL AS still_none;
+SET infra.correlation_id = 'has space';
+SET infra.correlation_id = 'café';
+SELECT set_config('infra.correlation_id', repeat('x', 129), false);
+SHOW infra.correlation_id;
+DELETE FROM infra.kafka_outbox_batches;
 
 -- Dead letters go back to the outbox on request.
 INSERT INTO infra.kafka_dead_letters (id, topic, key, value, created_at, attempts, error)
@@ -142,7 +175,8 @@ CREATE ROLE kafka_app;
 GRANT ALL ON customers TO kafka_app;
 SET ROLE kafka_app;
 SELECT infra.kafka_send('t', 'x');
-INSERT INTO infra.kafka_outbox (topic, value) VALUES ('t', 'x');
+INSERT INTO infra.kafka_outbox_batches (first_id, messages, ids, topics, partitions, keys, vals, headers) VALUES (1, 1, ARRAY[1], ARRAY['t'], ARRAY[NULL::int], ARRAY[NULL::bytea], ARRAY['x'::bytea], ARRAY[NULL::jsonb]);
+SELECT count(*) FROM infra.kafka_outbox;
 INSERT INTO customers VALUES (4, 'eu', 'Denied');
 RESET ROLE;
 GRANT EXECUTE ON FUNCTION infra.kafka_send(text, jsonb, text, jsonb, integer) TO kafka_app;

@@ -39,6 +39,7 @@ _PG_init(void)
 	InfraRateLimitInit();
 	InfraBreakerInit();
 	InfraKafkaInit();
+	InfraTracingInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }

@@ -22,5 +22,6 @@ extern void InfraWorkerInit(void);
 extern void InfraRateLimitInit(void);
 extern void InfraBreakerInit(void);
 extern void InfraKafkaInit(void);
+extern void InfraTracingInit(void);
 
 #endif							/* INFRA_H */

@@ -4,20 +4,23 @@
  *		kafka_send(): messages to Kafka, sent if and only if the transaction
  *		commits.
  *
- * A backend never talks to Kafka.  kafka_send() puts the message into
- * infra.kafka_outbox, a WAL-logged table, in the caller's transaction, and
- * asks for the worker of this database to be woken when that transaction
- * commits.  To make a send cheap, messages are buffered in the backend and
- * written with one set-based INSERT just before commit (or every
- * KAFKA_SEND_BUFFER messages): the id comes from the outbox sequence at the
- * call, so the returned id and the ordering are those of the call.  Each
- * buffered message remembers its subtransaction: a rolled-back savepoint
- * drops its messages, a released one hands them to its parent, and a flush
- * inside a subtransaction writes only that subtransaction's messages (so
- * that its rollback cannot take an outer level's messages with it).  The worker (producer.c) produces the rows in id order with an
- * idempotent producer and deletes each row only once Kafka acknowledged it:
- * a rolled-back message never existed, a committed one survives crashes of
- * the worker, the server or the broker, and is sent at least once.
+ * A backend never talks to Kafka.  kafka_send() puts the message into the
+ * outbox, a WAL-logged table, in the caller's transaction, and asks for the
+ * worker of this database to be woken when that transaction commits.  To
+ * make a send cheap, messages are buffered in the backend and written just
+ * before commit (or every KAFKA_SEND_BUFFER messages or
+ * KAFKA_SEND_BUFFER_BYTES) as one row of infra.kafka_outbox_batches holding
+ * parallel arrays: one heap tuple and one index entry for up to a thousand
+ * messages.  The id comes from the outbox sequence at the call, so the
+ * returned id and the ordering are those of the call.  Each buffered message
+ * remembers its subtransaction: a rolled-back savepoint drops its messages,
+ * a released one hands them to its parent, and a flush inside a
+ * subtransaction writes only that subtransaction's messages (so that its
+ * rollback cannot take an outer level's messages with it).  The worker
+ * (producer.c) produces the messages in id order with an idempotent producer
+ * and removes each only once Kafka acknowledged it: a rolled-back message
+ * never existed, a committed one survives crashes of the worker, the server
+ * or the broker, and is sent at least once.
  *
  * Per key, messages reach Kafka in commit order.  Ids are allocated when a
  * row is inserted, not when its transaction commits, so two transactions
@@ -46,7 +49,9 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/lock.h"
+#include "mb/pg_wchar.h"
 #include "utils/builtins.h"
+#include "utils/fmgrprotos.h"
 #include "utils/guc.h"
 #include "utils/array.h"
 #include "utils/jsonb.h"
@@ -59,6 +64,7 @@
 #include "infra.h"
 #include "kafka.h"
 #include "shmem.h"
+#include "tracing.h"
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(infra_kafka_send_text);
@@ -110,8 +116,9 @@ static KafkaShared *kafka_shared = NULL;
 static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr backlog_plan = NULL;
 
-/* Messages buffered before they are written at once. */
+/* Messages (and key and value bytes) buffered before they are written at once. */
 #define KAFKA_SEND_BUFFER 1000
+#define KAFKA_SEND_BUFFER_BYTES (8 * 1024 * 1024)
 
 typedef struct BufferedMessage
 {
@@ -119,7 +126,7 @@ typedef struct BufferedMessage
 	text	   *topic;
 	bool		has_partition;
 	int32		partition;
-	text	   *key;
+	bytea	   *key;			/* UTF-8 */
 	bytea	   *value;
 	Jsonb	   *headers;
 	SubTransactionId subid;
@@ -129,6 +136,7 @@ typedef struct BufferedMessage
 static BufferedMessage *buffered = NULL;
 static int	nbuffered = 0;
 static int	buffer_capacity = 0;
+static Size buffered_bytes = 0;
 static Oid	outbox_sequence = InvalidOid;
 
 /*
@@ -145,7 +153,8 @@ static bool KafkaConfigCheckHook(char **newval, void **extra, GucSource source);
 static const char *KafkaConfigShowHook(void);
 static void KafkaCheckTopic(const char *topic);
 static Datum KafkaSend(FunctionCallInfo fcinfo, bytea *value);
-static void KafkaCheckBacklog(void);
+static void KafkaCheckBacklog(int64 my_id);
+static Jsonb *KafkaContextHeaders(Jsonb *user_headers);
 static void KafkaFlushBuffer(bool all_levels);
 static void KafkaXactCallback(XactEvent event, void *arg);
 static void KafkaSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
@@ -332,12 +341,14 @@ KafkaCheckTopic(const char *topic)
 
 /*
  * Refuse (or wait) when the outbox is over infra.kafka_max_pending.  The
- * backlog is bounded by max(id) - min(id) + 1, two index probes; it is
- * measured at a transaction's first send and every 1000th after that, so a
- * transaction may overshoot the bound by less than that.
+ * messages ahead of this one are at most the id just allocated minus the
+ * smallest pending id (one index probe; it counts messages of transactions
+ * still open, which may yet commit); it is measured at a transaction's first
+ * send and every 1000th after that, so a transaction may overshoot the bound
+ * by less than that.
  */
 static void
-KafkaCheckBacklog(void)
+KafkaCheckBacklog(int64 my_id)
 {
 	/* Reset to KAFKA_PENDING_CHECK_EVERY when a transaction ends. */
 	if (sends_since_check < KAFKA_PENDING_CHECK_EVERY)
@@ -351,18 +362,20 @@ KafkaCheckBacklog(void)
 	{
 		bool		isnull;
 		int64		backlog;
+		Datum		arg = Int64GetDatum(my_id);
 
 		if (backlog_plan == NULL)
 		{
-			SPIPlanPtr	plan = SPI_prepare("SELECT coalesce(max(id) - min(id) + 1, 0) FROM infra.kafka_outbox",
-										   0, NULL);
+			Oid			argtypes[1] = {INT8OID};
+			SPIPlanPtr	plan = SPI_prepare("SELECT coalesce($1 - min(first_id), 0) FROM infra.kafka_outbox_batches",
+										   1, argtypes);
 
 			if (plan == NULL)
 				elog(ERROR, "could not prepare the outbox backlog query");
 			SPI_keepplan(plan);
 			backlog_plan = plan;
 		}
-		if (SPI_execute_plan(backlog_plan, NULL, NULL, false, 1) != SPI_OK_SELECT)
+		if (SPI_execute_plan(backlog_plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not measure the outbox backlog");
 		backlog = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 		if (backlog < infra_kafka_max_pending)
@@ -381,6 +394,52 @@ KafkaCheckBacklog(void)
 	}
 	SPI_finish();
 	sends_since_check = 0;
+}
+
+/*
+ * The message's headers with the session's correlation_id and traceparent
+ * added; a header the caller gives by the same name wins.
+ */
+static Jsonb *
+KafkaContextHeaders(Jsonb *user_headers)
+{
+	const char *correlation_id = InfraCorrelationId();
+	const char *traceparent = InfraTraceparent();
+	JsonbParseState *state = NULL;
+	JsonbValue	k;
+	JsonbValue	v;
+	Jsonb	   *ours;
+
+	if (correlation_id == NULL && traceparent == NULL)
+		return user_headers;
+
+	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
+	k.type = jbvString;
+	v.type = jbvString;
+	if (correlation_id != NULL)
+	{
+		k.val.string.val = "correlation_id";
+		k.val.string.len = strlen(k.val.string.val);
+		v.val.string.val = (char *) correlation_id;
+		v.val.string.len = strlen(correlation_id);
+		pushJsonbValue(&state, WJB_KEY, &k);
+		pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	if (traceparent != NULL)
+	{
+		k.val.string.val = "traceparent";
+		k.val.string.len = strlen(k.val.string.val);
+		v.val.string.val = (char *) traceparent;
+		v.val.string.len = strlen(traceparent);
+		pushJsonbValue(&state, WJB_KEY, &k);
+		pushJsonbValue(&state, WJB_VALUE, &v);
+	}
+	ours = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+	if (user_headers == NULL)
+		return ours;
+	return DatumGetJsonbP(DirectFunctionCall2(jsonb_concat,
+											  JsonbPGetDatum(ours),
+											  JsonbPGetDatum(user_headers)));
 }
 
 /*
@@ -410,10 +469,19 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 				 errmsg("partition must not be negative, not %d", msg.partition),
 				 errhint("Omit partition (NULL) to let the key choose it.")));
 
-	msg.key = PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2);
-	if (msg.key != NULL)
+	msg.key = NULL;
+	if (!PG_ARGISNULL(2))
 	{
+		text	   *key = PG_GETARG_TEXT_PP(2);
 		uint32		hash;
+		char	   *utf8;
+
+		/* Kafka keys are bytes: the key's text in UTF-8. */
+		utf8 = pg_server_to_any(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), PG_UTF8);
+		if (utf8 == VARDATA_ANY(key))
+			msg.key = (bytea *) key;
+		else
+			msg.key = (bytea *) cstring_to_text(utf8);
 
 		/* Same-key senders queue up here: id order becomes commit order. */
 		hash = hash_bytes((unsigned char *) VARDATA_ANY(msg.key), VARSIZE_ANY_EXHDR(msg.key)) ^
@@ -430,6 +498,7 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("headers must be a JSON object"),
 				 errhint("Give headers as {\"name\": \"value\", ...}.")));
+	msg.headers = KafkaContextHeaders(msg.headers);
 
 	if (infra_kafka_require_registered_topics)
 	{
@@ -448,8 +517,6 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 					 errhint("Register it with infra.topic_register(domain, entity, version).")));
 		SPI_finish();
 	}
-	KafkaCheckBacklog();
-
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(KafkaXactCallback, NULL);
@@ -467,9 +534,10 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 									  sizeof(BufferedMessage) * KAFKA_SEND_BUFFER);
 		buffer_capacity = KAFKA_SEND_BUFFER;
 		nbuffered = 0;
+		buffered_bytes = 0;
 		outbox_writer = GetUserId();
 	}
-	if (nbuffered >= KAFKA_SEND_BUFFER)
+	if (nbuffered >= KAFKA_SEND_BUFFER || buffered_bytes >= KAFKA_SEND_BUFFER_BYTES)
 		KafkaFlushBuffer(false);
 
 	/*
@@ -484,6 +552,7 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 
 	msg.id = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(outbox_sequence)));
 	msg.subid = GetCurrentSubTransactionId();
+	KafkaCheckBacklog(msg.id);
 	{
 		/* Keep copies for the end of the transaction. */
 		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
@@ -492,9 +561,15 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 		*m = msg;
 		m->topic = (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.topic));
 		if (msg.key)
-			m->key = (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.key));
+		{
+			m->key = (bytea *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.key));
+			buffered_bytes += VARSIZE(m->key);
+		}
 		if (msg.value)
+		{
 			m->value = (bytea *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.value));
+			buffered_bytes += VARSIZE(m->value);
+		}
 		if (msg.headers)
 			m->headers = (Jsonb *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.headers));
 		MemoryContextSwitchTo(old);
@@ -505,9 +580,9 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 }
 
 /*
- * Write buffered messages into the outbox with one INSERT.  all_levels at
- * (pre-)commit; otherwise only the current subtransaction's messages, the
- * others staying buffered.
+ * Write buffered messages into the outbox as one row of
+ * infra.kafka_outbox_batches.  all_levels at (pre-)commit; otherwise only
+ * the current subtransaction's messages, the others staying buffered.
  */
 static void
 KafkaFlushBuffer(bool all_levels)
@@ -520,9 +595,9 @@ KafkaFlushBuffer(bool all_levels)
 	int			i;
 	int			dims[1];
 	int			lbs[1] = {1};
-	Oid			argtypes[6] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-	TEXTARRAYOID, BYTEAARRAYOID, JSONBARRAYOID};
-	Datum		args[6];
+	Oid			argtypes[8] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID};
+	Datum		args[8];
 	bool		pushed_snapshot = false;
 	Oid			save_user;
 	int			save_context;
@@ -549,6 +624,7 @@ KafkaFlushBuffer(bool all_levels)
 			buffered[kept++] = *m;
 			continue;
 		}
+		buffered_bytes -= (m->key ? VARSIZE(m->key) : 0) + (m->value ? VARSIZE(m->value) : 0);
 		ids[n] = Int64GetDatum(m->id);
 		topics[n] = PointerGetDatum(m->topic);
 		partitions[n] = Int32GetDatum(m->partition);
@@ -565,13 +641,16 @@ KafkaFlushBuffer(bool all_levels)
 	if (n == 0)
 		return;
 
+	/* Ids grow in call order: the first is the row's smallest. */
 	dims[0] = n;
-	args[0] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
-	args[1] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
-	args[2] = PointerGetDatum(construct_md_array(partitions, pnulls, 1, dims, lbs, INT4OID, 4, true, TYPALIGN_INT));
-	args[3] = PointerGetDatum(construct_md_array(keys, knulls, 1, dims, lbs, TEXTOID, -1, false, TYPALIGN_INT));
-	args[4] = PointerGetDatum(construct_md_array(vals, vnulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
-	args[5] = PointerGetDatum(construct_md_array(headers, hnulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
+	args[0] = ids[0];
+	args[1] = Int32GetDatum(n);
+	args[2] = PointerGetDatum(construct_array(ids, n, INT8OID, 8, true, TYPALIGN_DOUBLE));
+	args[3] = PointerGetDatum(construct_array(topics, n, TEXTOID, -1, false, TYPALIGN_INT));
+	args[4] = PointerGetDatum(construct_md_array(partitions, pnulls, 1, dims, lbs, INT4OID, 4, true, TYPALIGN_INT));
+	args[5] = PointerGetDatum(construct_md_array(keys, knulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
+	args[6] = PointerGetDatum(construct_md_array(vals, vnulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
+	args[7] = PointerGetDatum(construct_md_array(headers, hnulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
 
 	/* At pre-commit no snapshot is active any more; the INSERT needs one. */
 	if (!ActiveSnapshotSet())
@@ -589,11 +668,10 @@ KafkaFlushBuffer(bool all_levels)
 		{
 			SPIPlanPtr	plan;
 
-			plan = SPI_prepare("INSERT INTO infra.kafka_outbox (id, topic, partition, key, value, headers) "
-							   "OVERRIDING SYSTEM VALUE "
-							   "SELECT i, t, p, convert_to(k, 'UTF8'), v, h "
-							   "FROM unnest($1, $2, $3, $4, $5, $6) AS m(i, t, p, k, v, h)",
-							   6, argtypes);
+			plan = SPI_prepare("INSERT INTO infra.kafka_outbox_batches "
+							   "(first_id, messages, ids, topics, partitions, keys, vals, headers) "
+							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+							   8, argtypes);
 			if (plan == NULL)
 				elog(ERROR, "could not prepare the outbox insert: %s",
 					 SPI_result_code_string(SPI_result));
@@ -635,6 +713,7 @@ KafkaXactCallback(XactEvent event, void *arg)
 			/* The memory goes with TopTransactionContext. */
 			buffered = NULL;
 			nbuffered = 0;
+			buffered_bytes = 0;
 			sends_since_check = KAFKA_PENDING_CHECK_EVERY;
 			break;
 	}
@@ -656,8 +735,15 @@ KafkaSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 	if (event == SUBXACT_EVENT_ABORT_SUB)
 	{
 		for (i = 0; i < nbuffered; i++)
-			if (buffered[i].subid != mySubid)
-				buffered[kept++] = buffered[i];
+		{
+			BufferedMessage *m = &buffered[i];
+
+			if (m->subid != mySubid)
+				buffered[kept++] = *m;
+			else
+				buffered_bytes -= (m->key ? VARSIZE(m->key) : 0) +
+					(m->value ? VARSIZE(m->value) : 0);
+		}
 		nbuffered = kept;
 	}
 	else if (event == SUBXACT_EVENT_COMMIT_SUB)
@@ -719,7 +805,8 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 		InfraIntervalToNs(PG_GETARG_INTERVAL_P(0), "timeout", true);
 
 	SPI_connect();
-	if (SPI_execute("SELECT coalesce(max(id), 0) FROM infra.kafka_outbox", true, 1) != SPI_OK_SELECT)
+	/* Every row committed now has a first id up to this one. */
+	if (SPI_execute("SELECT coalesce(max(first_id), 0) FROM infra.kafka_outbox_batches", true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read infra.kafka_outbox");
 	last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
 
@@ -730,7 +817,7 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 		bool		pending;
 
 		/* Read committed: each query sees what the worker has deleted. */
-		if (SPI_execute_with_args("SELECT EXISTS (SELECT FROM infra.kafka_outbox WHERE id <= $1)",
+		if (SPI_execute_with_args("SELECT EXISTS (SELECT FROM infra.kafka_outbox_batches WHERE first_id <= $1)",
 								  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
 			elog(ERROR, "could not read infra.kafka_outbox");
 		pending = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
@@ -758,8 +845,8 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	KafkaStats	copy;
-	Datum		values[12];
-	bool		nulls[12];
+	Datum		values[14];
+	bool		nulls[14];
 	bool		isnull;
 
 	InfraShmemRequire("infra.kafka_stats");
@@ -784,7 +871,8 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 
 	memset(nulls, 0, sizeof(nulls));
 	SPI_connect();
-	if (SPI_execute("SELECT count(*), clock_timestamp() - min(created_at) FROM infra.kafka_outbox",
+	if (SPI_execute("SELECT coalesce(sum(messages), 0)::bigint, clock_timestamp() - min(created_at)"
+					" FROM infra.kafka_outbox_batches",
 					true, 1) != SPI_OK_SELECT)
 		elog(ERROR, "could not read infra.kafka_outbox");
 	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
@@ -805,6 +893,10 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 	nulls[9] = copy.batches_total == 0;
 	values[10] = Int64GetDatum(copy.batches_total);
 	values[11] = Int64GetDatum(copy.dead_lettered_total);
+	values[12] = Float8GetDatum(copy.latency_avg_ms);
+	nulls[12] = copy.latency_at == 0;
+	values[13] = Float8GetDatum(copy.latency_p99_ms);
+	nulls[13] = copy.latency_at == 0;
 	{
 		HeapTuple	tuple = heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls);
 		Datum		result = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);
@@ -832,15 +924,31 @@ infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
 
 	SPI_connect();
+	/* Back as one outbox row, with new ids in the order of the old ones. */
 	if (SPI_execute_with_args("WITH back AS ("
 							  " DELETE FROM infra.kafka_dead_letters"
 							  " WHERE ($1 IS NULL OR topic = $1) AND ($2 IS NULL OR id = ANY ($2))"
-							  " RETURNING *)"
-							  " INSERT INTO infra.kafka_outbox (topic, partition, key, value, headers, created_at)"
-							  " SELECT topic, partition, key, value, headers, created_at FROM back ORDER BY id",
-							  2, argtypes, values, nulls, false, 0) != SPI_OK_INSERT)
+							  " RETURNING *),"
+							  " renumbered AS ("
+							  " SELECT nextval('infra.kafka_outbox_id_seq') AS new_id, *"
+							  " FROM (SELECT * FROM back ORDER BY id) b)"
+							  " INSERT INTO infra.kafka_outbox_batches"
+							  " (first_id, messages, ids, topics, partitions, keys, vals, headers, created_at)"
+							  " SELECT min(new_id), count(*), array_agg(new_id ORDER BY new_id),"
+							  " array_agg(topic ORDER BY new_id), array_agg(partition ORDER BY new_id),"
+							  " array_agg(key ORDER BY new_id), array_agg(value ORDER BY new_id),"
+							  " array_agg(headers ORDER BY new_id), min(created_at)"
+							  " FROM renumbered HAVING count(*) > 0"
+							  " RETURNING messages",
+							  2, argtypes, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
 		elog(ERROR, "could not requeue dead letters");
-	moved = SPI_processed;
+	moved = 0;
+	if (SPI_processed > 0)
+	{
+		bool		isnull;
+
+		moved = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	}
 	SPI_finish();
 	if (moved > 0)
 		InfraWorkerWakeAtCommit();

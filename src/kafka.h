@@ -47,7 +47,10 @@ typedef struct KafkaStats
 	TimestampTz last_error_at;
 	char		last_error[KAFKA_ERROR_LEN];
 	char		broker_state[32];
-	double		produce_latency_ms; /* of the last batch, per message */
+	double		produce_latency_ms; /* of the last round, all of it */
+	double		latency_avg_ms; /* librdkafka statistics: queue + rtt */
+	double		latency_p99_ms;
+	TimestampTz latency_at;		/* when they were taken; 0: never */
 } KafkaStats;
 
 extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);

@@ -36,6 +36,7 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -51,19 +52,73 @@
 /* Most key and value bytes one round reads (at least one row is read). */
 #define KAFKA_BATCH_BYTES (16 * 1024 * 1024)
 
+/*
+ * librdkafka statistics every 5 s: the source of kafka_stats' produce
+ * latency.  While a producer exists the idle worker polls it this often.
+ */
+#define KAFKA_STATS_INTERVAL_MS "5000"
+#define KAFKA_IDLE_POLL_MS 5000
+
+/* Most topics whose handles (and metadata) the producer keeps. */
+#define KAFKA_MAX_KNOWN_TOPICS 10000
+
 /* Backoff after a round with failures: 1 s doubling to 30 s. */
 #define KAFKA_RETRY_MIN_MS 1000
 #define KAFKA_RETRY_MAX_MS 30000
 
-/* One outbox row on its way. */
+/* One outbox message on its way. */
 typedef struct OutboxMessage
 {
 	int64		id;
+	int			row;			/* its row in the round */
+	int			index;			/* its place in that row's arrays */
 	bool		reported;
+	bool		dead;
 	rd_kafka_resp_err_t err;
 } OutboxMessage;
 
+/* One row of infra.kafka_outbox_batches, unpacked. */
+typedef struct OutboxRow
+{
+	int64		first_id;
+	int			nmsgs;
+	Datum	   *ids;
+	Datum	   *topics;
+	Datum	   *partitions;
+	Datum	   *keys;
+	Datum	   *vals;
+	Datum	   *headers;
+	bool	   *pnulls;
+	bool	   *knulls;
+	bool	   *vnulls;
+	bool	   *hnulls;
+	TimestampTz created_at;
+	int			attempts;
+	bool	   *keep;			/* still in the outbox after this round */
+	bool		failed;			/* a message of it failed (retriably) */
+} OutboxRow;
+
 static rd_kafka_t *producer = NULL;
+
+/*
+ * Topics the producer has produced to, with their handles.  librdkafka looks
+ * up the metadata of a topic new to it on a one-second timer, which would
+ * hold up a topic's first messages that long; the worker asks for it at once
+ * instead (once per topic and producer) and keeps the handle.
+ */
+typedef struct KnownTopic
+{
+	char		name[256];		/* hash key; Kafka names have <= 249 chars */
+	rd_kafka_topic_t *rkt;
+} KnownTopic;
+
+static HTAB *known_topics = NULL;
+
+/*
+ * The latest statistics JSON from librdkafka (malloc'd), handed from the
+ * callback to the worker's code, which parses it outside librdkafka.
+ */
+static char *latest_stats = NULL;
 
 /*
  * Memory of one round.  The messages array is librdkafka's opaque for the
@@ -82,6 +137,7 @@ typedef struct WorkerPlans
 	SPIPlanPtr	delete_delivered;
 	SPIPlanPtr	dead_letter;
 	SPIPlanPtr	record_failure;
+	SPIPlanPtr	rewrite;
 } WorkerPlans;
 
 static WorkerPlans plans;
@@ -96,6 +152,9 @@ static void KafkaDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 static void KafkaErrorCallback(rd_kafka_t *rk, int err, const char *reason,
 							   void *opaque);
 static bool KafkaEnsureProducer(void);
+static int	KafkaStatsCallback(rd_kafka_t *rk, char *json, size_t json_len, void *opaque);
+static void KafkaAbsorbStats(void);
+static rd_kafka_topic_t *KafkaTopic(const char *name, bool *temporary);
 static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
 static SPIPlanPtr KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes);
 static void KafkaCreateRegisteredTopics(void);
@@ -296,6 +355,7 @@ KafkaEnsureProducer(void)
 		rd_kafka_conf_set(conf, "acks", "all", errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "linger.ms", linger, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "message.timeout.ms", KAFKA_MESSAGE_TIMEOUT_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "statistics.interval.ms", KAFKA_STATS_INTERVAL_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
 		!KafkaConfigApply(conf, infra_kafka_config ? infra_kafka_config : "", errbuf, sizeof(errbuf)))
 	{
 		rd_kafka_conf_destroy(conf);
@@ -308,6 +368,7 @@ KafkaEnsureProducer(void)
 	}
 	rd_kafka_conf_set_dr_msg_cb(conf, KafkaDeliveryReport);
 	rd_kafka_conf_set_error_cb(conf, KafkaErrorCallback);
+	rd_kafka_conf_set_stats_cb(conf, KafkaStatsCallback);
 
 	producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errbuf, sizeof(errbuf));
 	if (producer == NULL)
@@ -337,8 +398,22 @@ KafkaWorkerShutdown(void)
 	if (producer == NULL)
 		return;
 	(void) rd_kafka_flush(producer, 5000);
+	if (known_topics != NULL)
+	{
+		HASH_SEQ_STATUS status;
+		KnownTopic *t;
+
+		hash_seq_init(&status, known_topics);
+		while ((t = hash_seq_search(&status)) != NULL)
+			rd_kafka_topic_destroy(t->rkt);
+		hash_destroy(known_topics);
+		known_topics = NULL;
+	}
 	rd_kafka_destroy(producer);
 	producer = NULL;
+	if (latest_stats)
+		free(latest_stats);
+	latest_stats = NULL;
 	if (producer_settings)
 		pfree(producer_settings);
 	producer_settings = NULL;
@@ -531,23 +606,398 @@ KafkaCreateRegisteredTopics(void)
 }
 
 /*
- * One round: produce a batch of outbox rows and settle them.  Returns how
- * long the worker may sleep: -1 when the outbox is empty (until woken), 0
- * when more rows wait, or a backoff after failures.
+ * The producer's handle of a topic; the first time, its metadata is asked
+ * for and awaited (up to a second), so that its first messages go at once.
+ * Past KAFKA_MAX_KNOWN_TOPICS the handle is *temporary: the caller destroys
+ * it after use.
+ */
+static rd_kafka_topic_t *
+KafkaTopic(const char *name, bool *temporary)
+{
+	KnownTopic *t;
+	bool		found;
+
+	*temporary = false;
+	if (known_topics == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(((KnownTopic *) NULL)->name);
+		ctl.entrysize = sizeof(KnownTopic);
+		known_topics = hash_create("infra kafka topics", 64, &ctl, HASH_ELEM | HASH_STRINGS);
+	}
+	t = strlen(name) < sizeof(t->name) ? hash_search(known_topics, name, HASH_FIND, NULL) : NULL;
+	if (t != NULL)
+		return t->rkt;
+	if (strlen(name) >= sizeof(t->name) ||
+		hash_get_num_entries(known_topics) >= KAFKA_MAX_KNOWN_TOPICS)
+	{
+		*temporary = true;
+		return rd_kafka_topic_new(producer, name, NULL);
+	}
+	t = hash_search(known_topics, name, HASH_ENTER, &found);
+	t->rkt = rd_kafka_topic_new(producer, name, NULL);
+	{
+		const struct rd_kafka_metadata *md;
+
+		/* A failure here only means the usual, slower lookup. */
+		if (rd_kafka_metadata(producer, 0, t->rkt, &md, 1000) == RD_KAFKA_RESP_ERR_NO_ERROR)
+			rd_kafka_metadata_destroy(md);
+	}
+	return t->rkt;
+}
+
+/*
+ * stats_cb: keep the JSON for the worker (librdkafka frees it when we
+ * return 0).  It runs inside rd_kafka_poll() on the worker's thread, but
+ * parsing may raise an error, which must not unwind through librdkafka.
+ */
+static int
+KafkaStatsCallback(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
+{
+	char	   *copy = malloc(json_len + 1);
+
+	if (copy == NULL)
+		return 0;
+	memcpy(copy, json, json_len);
+	copy[json_len] = '\0';
+	if (latest_stats)
+		free(latest_stats);
+	latest_stats = copy;
+	return 0;
+}
+
+/* A number at path a.b in a JSON object; -1 when absent. */
+static double
+KafkaJsonNumber(JsonbContainer *object, const char *a, const char *b)
+{
+	JsonbValue *v;
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) a;
+	k.val.string.len = strlen(a);
+	v = findJsonbValueFromContainer(object, JB_FOBJECT, &k);
+	if (v == NULL || v->type != jbvBinary)
+		return -1;
+	k.val.string.val = (char *) b;
+	k.val.string.len = strlen(b);
+	v = findJsonbValueFromContainer(v->val.binary.data, JB_FOBJECT, &k);
+	if (v == NULL || v->type != jbvNumeric)
+		return -1;
+	return DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
+}
+
+/*
+ * Read the latest statistics into kafka_stats: the produce latency of the
+ * busiest broker, librdkafka's queueing (int_latency) plus the broker's
+ * round trip (rtt), average and 99th percentile over the last interval.
+ * Windows without requests leave the previous figures.
+ */
+static void
+KafkaAbsorbStats(void)
+{
+	char	   *json = latest_stats;
+
+	if (json == NULL || my_stats == NULL)
+		return;
+	latest_stats = NULL;
+	PG_TRY();
+	{
+		Jsonb	   *root = DatumGetJsonbP(DirectFunctionCall1(jsonb_in, CStringGetDatum(json)));
+		JsonbValue	k;
+		JsonbValue *brokers;
+		double		best_cnt = 0;
+		double		avg = 0;
+		double		p99 = 0;
+
+		k.type = jbvString;
+		k.val.string.val = "brokers";
+		k.val.string.len = strlen("brokers");
+		brokers = findJsonbValueFromContainer(&root->root, JB_FOBJECT, &k);
+		if (brokers != NULL && brokers->type == jbvBinary)
+		{
+			JsonbIterator *it = JsonbIteratorInit(brokers->val.binary.data);
+			JsonbValue	v;
+			JsonbIteratorToken tok;
+
+			/* Top-level values of "brokers" only: skip nested content. */
+			while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+			{
+				double		cnt;
+
+				if (tok != WJB_VALUE || v.type != jbvBinary)
+					continue;
+				cnt = KafkaJsonNumber(v.val.binary.data, "rtt", "cnt");
+				if (cnt <= best_cnt)
+					continue;
+				best_cnt = cnt;
+				avg = (Max(KafkaJsonNumber(v.val.binary.data, "int_latency", "avg"), 0) +
+					   Max(KafkaJsonNumber(v.val.binary.data, "rtt", "avg"), 0)) / 1000.0;
+				p99 = (Max(KafkaJsonNumber(v.val.binary.data, "int_latency", "p99"), 0) +
+					   Max(KafkaJsonNumber(v.val.binary.data, "rtt", "p99"), 0)) / 1000.0;
+			}
+		}
+		if (best_cnt > 0)
+		{
+			SpinLockAcquire(&my_stats->mutex);
+			my_stats->latency_avg_ms = avg;
+			my_stats->latency_p99_ms = p99;
+			my_stats->latency_at = GetCurrentTimestamp();
+			SpinLockRelease(&my_stats->mutex);
+		}
+	}
+	PG_CATCH();
+	{
+		/* Unreadable statistics only leave the figures as they were. */
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	free(json);
+}
+
+/*
+ * Deconstruct a one-dimensional array of a built-in type into the current
+ * memory context (a copy: the array may live in SPI's memory).
+ */
+static void
+KafkaUnpack(Datum array, Oid elemtype, Datum **elems, bool **nulls, int *n)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	bool	   *isnull;
+	int			count;
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(DatumGetArrayTypePCopy(array), elemtype, typlen, typbyval, typalign,
+					  elems, &isnull, &count);
+	if (nulls)
+		*nulls = isnull;
+	if (n)
+		*n = count;
+}
+
+static int
+KafkaMessageCmp(const void *a, const void *b)
+{
+	int64		x = ((const OutboxMessage *) a)->id;
+	int64		y = ((const OutboxMessage *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+static Datum
+KafkaArray(Datum *elems, bool *nulls, int n, Oid elemtype)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	return PointerGetDatum(construct_md_array(elems, nulls, 1, dims, lbs, elemtype,
+											  typlen, typbyval, typalign));
+}
+
+/*
+ * Settle a round in the outbox: rows whose messages all went (delivered or
+ * dead-lettered) are deleted, rows with some left are rewritten to hold only
+ * those (their first id moving up), rows whose messages all failed count an
+ * attempt; dead letters move to infra.kafka_dead_letters.
+ */
+static void
+KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
+			int ndead, const char *first_error)
+{
+	Datum	   *gone = palloc(sizeof(Datum) * nrows);
+	Datum	   *failed = palloc(sizeof(Datum) * nrows);
+	int			ngone = 0;
+	int			nfailed = 0;
+	int			i;
+	int			j;
+
+	for (i = 0; i < nrows; i++)
+	{
+		OutboxRow  *row = &rows[i];
+		int			kept = 0;
+
+		for (j = 0; j < row->nmsgs; j++)
+			kept += row->keep[j];
+		if (kept == 0)
+			gone[ngone++] = Int64GetDatum(row->first_id);
+		else if (kept == row->nmsgs)
+		{
+			if (row->failed)
+				failed[nfailed++] = Int64GetDatum(row->first_id);
+		}
+		else
+		{
+			Oid			argtypes[10] = {INT8OID, INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID,
+			INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TEXTOID};
+			Datum		args[10];
+			char		argnulls[10];
+			Datum	   *e[6];
+			bool	   *nl[6];
+			int			k;
+			int			m = 0;
+
+			for (k = 0; k < 6; k++)
+			{
+				e[k] = palloc(sizeof(Datum) * kept);
+				nl[k] = palloc0(sizeof(bool) * kept);
+			}
+			for (j = 0; j < row->nmsgs; j++)
+			{
+				if (!row->keep[j])
+					continue;
+				e[0][m] = row->ids[j];
+				e[1][m] = row->topics[j];
+				e[2][m] = row->partitions[j];
+				nl[2][m] = row->pnulls[j];
+				e[3][m] = row->keys[j];
+				nl[3][m] = row->knulls[j];
+				e[4][m] = row->vals[j];
+				nl[4][m] = row->vnulls[j];
+				e[5][m] = row->headers[j];
+				nl[5][m] = row->hnulls[j];
+				m++;
+			}
+			memset(argnulls, ' ', sizeof(argnulls));
+			args[0] = Int64GetDatum(row->first_id);
+			args[1] = e[0][0];
+			args[2] = Int32GetDatum(kept);
+			args[3] = KafkaArray(e[0], nl[0], kept, INT8OID);
+			args[4] = KafkaArray(e[1], nl[1], kept, TEXTOID);
+			args[5] = KafkaArray(e[2], nl[2], kept, INT4OID);
+			args[6] = KafkaArray(e[3], nl[3], kept, BYTEAOID);
+			args[7] = KafkaArray(e[4], nl[4], kept, BYTEAOID);
+			args[8] = KafkaArray(e[5], nl[5], kept, JSONBOID);
+			args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
+			argnulls[9] = row->failed ? ' ' : 'n';
+			if (SPI_execute_plan(KafkaPlan(&plans.rewrite,
+										   "UPDATE infra.kafka_outbox_batches SET first_id = $2, messages = $3,"
+										   " ids = $4, topics = $5, partitions = $6, keys = $7, vals = $8, headers = $9,"
+										   " attempts = attempts + ($10 IS NOT NULL)::int,"
+										   " last_error = coalesce($10, last_error),"
+										   " last_attempt_at = CASE WHEN $10 IS NULL THEN last_attempt_at ELSE clock_timestamp() END"
+										   " WHERE first_id = $1",
+										   10, argtypes),
+								 args, argnulls, false, 0) != SPI_OK_UPDATE)
+				elog(ERROR, "could not rewrite an outbox row");
+		}
+	}
+
+	if (ngone > 0)
+	{
+		Oid			argtypes[1] = {INT8ARRAYOID};
+		Datum		arg = KafkaArray(gone, NULL, ngone, INT8OID);
+
+		if (SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
+									   "DELETE FROM infra.kafka_outbox_batches WHERE first_id = ANY ($1)",
+									   1, argtypes),
+							 &arg, NULL, false, 0) != SPI_OK_DELETE)
+			elog(ERROR, "could not delete delivered messages");
+	}
+	if (nfailed > 0)
+	{
+		Oid			argtypes[2] = {INT8ARRAYOID, TEXTOID};
+		Datum		args[2];
+
+		args[0] = KafkaArray(failed, NULL, nfailed, INT8OID);
+		args[1] = CStringGetTextDatum(first_error);
+		if (SPI_execute_plan(KafkaPlan(&plans.record_failure,
+									   "UPDATE infra.kafka_outbox_batches SET attempts = attempts + 1, "
+									   "last_error = $2, last_attempt_at = clock_timestamp() "
+									   "WHERE first_id = ANY ($1)",
+									   2, argtypes),
+							 args, NULL, false, 0) != SPI_OK_UPDATE)
+			elog(ERROR, "could not record failed messages");
+	}
+	if (ndead > 0)
+	{
+		Oid			argtypes[9] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BYTEAARRAYOID,
+		BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
+		Datum		args[9];
+		Datum	   *e[9];
+		bool	   *nl[9];
+		int			k;
+		int			m = 0;
+		char	   *example = NULL;
+
+		for (k = 0; k < 9; k++)
+		{
+			e[k] = palloc(sizeof(Datum) * ndead);
+			nl[k] = palloc0(sizeof(bool) * ndead);
+		}
+		for (i = 0; i < n; i++)
+		{
+			OutboxMessage *msg = &messages[i];
+			OutboxRow  *row = &rows[msg->row];
+
+			if (!msg->dead)
+				continue;
+			j = msg->index;
+			e[0][m] = row->ids[j];
+			e[1][m] = row->topics[j];
+			e[2][m] = row->partitions[j];
+			nl[2][m] = row->pnulls[j];
+			e[3][m] = row->keys[j];
+			nl[3][m] = row->knulls[j];
+			e[4][m] = row->vals[j];
+			nl[4][m] = row->vnulls[j];
+			e[5][m] = row->headers[j];
+			nl[5][m] = row->hnulls[j];
+			e[6][m] = TimestampTzGetDatum(row->created_at);
+			e[7][m] = Int32GetDatum(row->attempts + 1);
+			e[8][m] = CStringGetTextDatum(psprintf("%s: %s", rd_kafka_err2name(msg->err),
+												   rd_kafka_err2str(msg->err)));
+			if (example == NULL)
+				example = TextDatumGetCString(e[8][m]);
+			m++;
+		}
+		args[0] = KafkaArray(e[0], nl[0], m, INT8OID);
+		args[1] = KafkaArray(e[1], nl[1], m, TEXTOID);
+		args[2] = KafkaArray(e[2], nl[2], m, INT4OID);
+		args[3] = KafkaArray(e[3], nl[3], m, BYTEAOID);
+		args[4] = KafkaArray(e[4], nl[4], m, BYTEAOID);
+		args[5] = KafkaArray(e[5], nl[5], m, JSONBOID);
+		args[6] = KafkaArray(e[6], nl[6], m, TIMESTAMPTZOID);
+		args[7] = KafkaArray(e[7], nl[7], m, INT4OID);
+		args[8] = KafkaArray(e[8], nl[8], m, TEXTOID);
+		if (SPI_execute_plan(KafkaPlan(&plans.dead_letter,
+									   "INSERT INTO infra.kafka_dead_letters"
+									   " (id, topic, partition, key, value, headers, created_at, attempts, error)"
+									   " SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+									   9, argtypes),
+							 args, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "could not move messages to infra.kafka_dead_letters");
+		ereport(LOG,
+				(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
+						ndead, example)));
+	}
+}
+
+/*
+ * One round: produce the oldest outbox messages and settle them.  Returns
+ * how long the worker may sleep: -1 (until woken) without a producer,
+ * KAFKA_IDLE_POLL_MS when the outbox is empty, 0 when more may wait, or a
+ * backoff after failures.
  */
 long
 KafkaWorkerServe(void)
 {
+	OutboxRow  *rows;
+	int			nrows = 0;
+	int			nincluded = 0;
 	OutboxMessage *messages;
-	int			n;
+	int			n = 0;
+	int			total = 0;
+	int64		cut = PG_INT64_MAX;
 	int			i;
 	int			outstanding;
-	int			delivered = 0;
 	int64		start_ns;
-	Datum	   *ok_ids;
-	Datum	   *bad_ids;
-	Datum	   *dead_ids;
-	Datum	   *dead_errors;
 	int			nok = 0;
 	int			nbad = 0;
 	int			ndead = 0;
@@ -564,6 +1014,8 @@ KafkaWorkerServe(void)
 
 	if (!KafkaEnsureProducer())
 		return -1;
+	rd_kafka_poll(producer, 0);
+	KafkaAbsorbStats();
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
@@ -574,28 +1026,37 @@ KafkaWorkerServe(void)
 		Int64GetDatum(KAFKA_BATCH_BYTES)};
 		Oid			argtypes[2] = {INT4OID, INT8OID};
 
-		/* Up to batch_size rows, stopping once KAFKA_BATCH_BYTES are read. */
+		/*
+		 * The oldest rows holding up to batch_size messages and
+		 * KAFKA_BATCH_BYTES (at least one row), plus the first row left out,
+		 * whose first id bounds what this round may produce.
+		 */
 		if (SPI_execute_plan(KafkaPlan(&plans.batch,
-									   "SELECT id, topic, partition, key, value, headers FROM ("
-									   " SELECT o.*, sum(coalesce(octet_length(o.key), 0) +"
-									   "  coalesce(octet_length(o.value), 0)) OVER (ORDER BY o.id) AS upto,"
-									   "  coalesce(octet_length(o.key), 0) + coalesce(octet_length(o.value), 0) AS size"
-									   " FROM (SELECT * FROM infra.kafka_outbox ORDER BY id LIMIT $1) o) b"
-									   " WHERE upto - size < $2 ORDER BY id",
+									   "SELECT first_id, included,"
+									   " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
+									   " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
+									   " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
+									   " created_at, attempts"
+									   " FROM (SELECT b.*,"
+									   "  sum(b.messages) OVER w - b.messages < $1 AND"
+									   "  sum(pg_column_size(b.keys) + pg_column_size(b.vals)) OVER w"
+									   "   - pg_column_size(b.keys) - pg_column_size(b.vals) < $2 AS included"
+									   "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id LIMIT $1 + 1) b"
+									   "  WINDOW w AS (ORDER BY b.first_id)) r"
+									   " ORDER BY first_id",
 									   2, argtypes),
 							 args, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read infra.kafka_outbox");
+			elog(ERROR, "could not read infra.kafka_outbox_batches");
 	}
-	n = (int) SPI_processed;
-	/* A full or byte-limited round may have left rows: look again at once. */
-	more = n > 0;
-	if (n == 0)
+	nrows = (int) SPI_processed;
+	if (nrows == 0)
 	{
 		SPI_finish();
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(round_context);
-		return -1;
+		/* Idle: come back to serve librdkafka's statistics and errors. */
+		return KAFKA_IDLE_POLL_MS;
 	}
 
 	/*
@@ -617,44 +1078,97 @@ KafkaWorkerServe(void)
 		}
 	}
 
-	/* Produce while the rows are at hand: librdkafka copies the payloads. */
-	messages = MemoryContextAllocZero(round_context, sizeof(OutboxMessage) * n);
-	start_ns = InfraMonotonicNs();
-	for (i = 0; i < n; i++)
+	/*
+	 * Unpack the rows into round memory: failed and deferred messages are
+	 * written back after SPI_finish.
+	 */
+	rows = MemoryContextAllocZero(round_context, sizeof(OutboxRow) * nrows);
+	for (i = 0; i < nrows; i++)
 	{
 		HeapTuple	tuple = SPI_tuptable->vals[i];
 		TupleDesc	desc = SPI_tuptable->tupdesc;
+		OutboxRow  *row = &rows[i];
 		bool		isnull;
-		char	   *topic;
-		int32		partition = RD_KAFKA_PARTITION_UA;
-		bytea	   *key = NULL;
-		bytea	   *value = NULL;
-		Jsonb	   *user_headers = NULL;
-		Datum		d;
+		MemoryContext old;
+
+		row->first_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
+		if (!DatumGetBool(SPI_getbinval(tuple, desc, 2, &isnull)))
+		{
+			/* Rows come in first_id order: the rest are left out too. */
+			cut = row->first_id;
+			break;
+		}
+		old = MemoryContextSwitchTo(round_context);
+		KafkaUnpack(SPI_getbinval(tuple, desc, 3, &isnull), INT8OID, &row->ids, NULL, &row->nmsgs);
+		KafkaUnpack(SPI_getbinval(tuple, desc, 4, &isnull), TEXTOID, &row->topics, NULL, NULL);
+		KafkaUnpack(SPI_getbinval(tuple, desc, 5, &isnull), INT4OID, &row->partitions, &row->pnulls, NULL);
+		KafkaUnpack(SPI_getbinval(tuple, desc, 6, &isnull), BYTEAOID, &row->keys, &row->knulls, NULL);
+		KafkaUnpack(SPI_getbinval(tuple, desc, 7, &isnull), BYTEAOID, &row->vals, &row->vnulls, NULL);
+		KafkaUnpack(SPI_getbinval(tuple, desc, 8, &isnull), JSONBOID, &row->headers, &row->hnulls, NULL);
+		row->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 9, &isnull));
+		row->attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 10, &isnull));
+		row->keep = palloc(sizeof(bool) * row->nmsgs);
+		MemoryContextSwitchTo(old);
+		total += row->nmsgs;
+		nincluded++;
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	MemoryContextSwitchTo(round_context);
+
+	/*
+	 * This round's messages in id order.  Rows of concurrent transactions
+	 * interleave their ids; only ids below the first left-out row's first id
+	 * go now.  A same-key message with a smaller id committed earlier (the
+	 * key's lock serialises its senders), so its row is visible and has a
+	 * smaller first id: it is in this round too, and goes first.  Per key,
+	 * Kafka therefore sees commit order.
+	 */
+	messages = palloc0(sizeof(OutboxMessage) * Max(total, 1));
+	for (i = 0; i < nincluded; i++)
+	{
+		int			j;
+
+		for (j = 0; j < rows[i].nmsgs; j++)
+		{
+			int64		id = DatumGetInt64(rows[i].ids[j]);
+
+			rows[i].keep[j] = true;
+			if (id >= cut)
+				continue;
+			messages[n].id = id;
+			messages[n].row = i;
+			messages[n].index = j;
+			n++;
+		}
+	}
+	qsort(messages, n, sizeof(OutboxMessage), KafkaMessageCmp);
+	/* A full or byte-limited round may have left rows: look again at once. */
+	more = true;
+
+	/* librdkafka copies the payloads. */
+	start_ns = InfraMonotonicNs();
+	for (i = 0; i < n; i++)
+	{
+		OutboxRow  *row = &rows[messages[i].row];
+		int			j = messages[i].index;
+		char	   *topic = TextDatumGetCString(row->topics[j]);
+		bool		temporary;
+		rd_kafka_topic_t *rkt = KafkaTopic(topic, &temporary);
+		int32		partition = row->pnulls[j] ? RD_KAFKA_PARTITION_UA : DatumGetInt32(row->partitions[j]);
+		bytea	   *key = row->knulls[j] ? NULL : DatumGetByteaPP(row->keys[j]);
+		bytea	   *value = row->vnulls[j] ? NULL : DatumGetByteaPP(row->vals[j]);
+		Jsonb	   *user_headers = row->hnulls[j] ? NULL : DatumGetJsonbP(row->headers[j]);
 		rd_kafka_resp_err_t err;
 		rd_kafka_headers_t *headers;
-
-		messages[i].id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-		topic = TextDatumGetCString(SPI_getbinval(tuple, desc, 2, &isnull));
-		d = SPI_getbinval(tuple, desc, 3, &isnull);
-		if (!isnull)
-			partition = DatumGetInt32(d);
-		d = SPI_getbinval(tuple, desc, 4, &isnull);
-		if (!isnull)
-			key = DatumGetByteaPP(d);
-		d = SPI_getbinval(tuple, desc, 5, &isnull);
-		if (!isnull)
-			value = DatumGetByteaPP(d);
-		d = SPI_getbinval(tuple, desc, 6, &isnull);
-		if (!isnull)
-			user_headers = DatumGetJsonbP(d);
 
 		/* librdkafka owns the headers only once producev succeeds. */
 		headers = KafkaHeaders(messages[i].id, user_headers);
 		for (;;)
 		{
 			err = rd_kafka_producev(producer,
-									RD_KAFKA_V_TOPIC(topic),
+									RD_KAFKA_V_RKT(rkt),
 									RD_KAFKA_V_PARTITION(partition),
 									RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 									RD_KAFKA_V_KEY(key ? VARDATA_ANY(key) : NULL,
@@ -676,11 +1190,10 @@ KafkaWorkerServe(void)
 			}
 			rd_kafka_poll(producer, 10);
 		}
+		if (temporary)
+			rd_kafka_topic_destroy(rkt);
+		pfree(topic);
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(round_context);
 
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = n;
@@ -700,87 +1213,39 @@ KafkaWorkerServe(void)
 			break;
 	}
 
-	ok_ids = palloc(sizeof(Datum) * n);
-	bad_ids = palloc(sizeof(Datum) * n);
-	dead_ids = palloc(sizeof(Datum) * n);
-	dead_errors = palloc(sizeof(Datum) * n);
+	/* Sort out the reports; what stays in the outbox keeps its place. */
 	for (i = 0; i < n; i++)
 	{
-		if (!messages[i].reported)
+		OutboxMessage *m = &messages[i];
+		OutboxRow  *row = &rows[m->row];
+
+		if (!m->reported)
 			continue;
-		if (messages[i].err == RD_KAFKA_RESP_ERR_NO_ERROR)
-			ok_ids[nok++] = Int64GetDatum(messages[i].id);
-		else if (KafkaErrorIsPermanent(messages[i].err))
+		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
-			dead_ids[ndead] = Int64GetDatum(messages[i].id);
-			dead_errors[ndead++] = CStringGetTextDatum(psprintf("%s: %s",
-																rd_kafka_err2name(messages[i].err),
-																rd_kafka_err2str(messages[i].err)));
+			row->keep[m->index] = false;
+			nok++;
+		}
+		else if (KafkaErrorIsPermanent(m->err))
+		{
+			row->keep[m->index] = false;
+			m->dead = true;
+			ndead++;
 		}
 		else
 		{
-			bad_ids[nbad++] = Int64GetDatum(messages[i].id);
+			row->failed = true;
+			nbad++;
 			if (first_error[0] == '\0')
 				snprintf(first_error, sizeof(first_error), "%s: %s",
-						 rd_kafka_err2name(messages[i].err),
-						 rd_kafka_err2str(messages[i].err));
+						 rd_kafka_err2name(m->err), rd_kafka_err2str(m->err));
 		}
 	}
-	delivered = nok;
 
-	/* Settle: delivered rows leave the outbox, failed ones record why. */
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	if (nok > 0)
-	{
-		Oid			argtypes[1] = {INT8ARRAYOID};
-		Datum		arg = PointerGetDatum(construct_array(ok_ids, nok, INT8OID, 8, true, TYPALIGN_DOUBLE));
-
-		if (SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
-									   "DELETE FROM infra.kafka_outbox WHERE id = ANY ($1)",
-									   1, argtypes),
-							 &arg, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete delivered messages");
-	}
-	if (ndead > 0)
-	{
-		Oid			argtypes[2] = {INT8ARRAYOID, TEXTARRAYOID};
-		Datum		args[2];
-
-		args[0] = PointerGetDatum(construct_array(dead_ids, ndead, INT8OID, 8, true, TYPALIGN_DOUBLE));
-		args[1] = PointerGetDatum(construct_array(dead_errors, ndead, TEXTOID, -1, false, TYPALIGN_INT));
-		if (SPI_execute_plan(KafkaPlan(&plans.dead_letter,
-									   "WITH dead AS ("
-									   " DELETE FROM infra.kafka_outbox o"
-									   " USING unnest($1::bigint[], $2::text[]) AS e(id, error)"
-									   " WHERE o.id = e.id RETURNING o.*, e.error)"
-									   " INSERT INTO infra.kafka_dead_letters"
-									   " (id, topic, partition, key, value, headers, created_at, attempts, error)"
-									   " SELECT id, topic, partition, key, value, headers, created_at,"
-									   " attempts + 1, error FROM dead",
-									   2, argtypes),
-							 args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not move messages to infra.kafka_dead_letters");
-		ereport(LOG,
-				(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
-						ndead, TextDatumGetCString(dead_errors[0]))));
-	}
-	if (nbad > 0)
-	{
-		Oid			argtypes[2] = {INT8ARRAYOID, TEXTOID};
-		Datum		args[2];
-
-		args[0] = PointerGetDatum(construct_array(bad_ids, nbad, INT8OID, 8, true, TYPALIGN_DOUBLE));
-		args[1] = CStringGetTextDatum(first_error);
-		if (SPI_execute_plan(KafkaPlan(&plans.record_failure,
-									   "UPDATE infra.kafka_outbox SET attempts = attempts + 1, "
-									   "last_error = $2, last_attempt_at = clock_timestamp() "
-									   "WHERE id = ANY ($1)",
-									   2, argtypes),
-							 args, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not record failed messages");
-	}
+	KafkaSettle(rows, nincluded, messages, n, ndead, first_error);
 	InfraBreakerRecord("kafka", nbad > 0);
 	SPI_finish();
 	PopActiveSnapshot();
@@ -789,12 +1254,12 @@ KafkaWorkerServe(void)
 
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = 0;
-	my_stats->delivered_total += delivered;
+	my_stats->delivered_total += nok;
 	my_stats->failed_attempts_total += nbad;
 	my_stats->dead_lettered_total += ndead;
 	my_stats->batches_total++;
 	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - start_ns) / 1e6;
-	if (delivered > 0)
+	if (nok > 0)
 		my_stats->last_delivery_at = GetCurrentTimestamp();
 	strlcpy(my_stats->broker_state, nbad == 0 ? "up" : "failing",
 			sizeof(my_stats->broker_state));

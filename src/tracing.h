@@ -1,0 +1,24 @@
+/*-------------------------------------------------------------------------
+ *
+ * tracing.h
+ *		W3C trace context of the session, and the correlation id.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef INFRA_TRACING_H
+#define INFRA_TRACING_H
+
+/* "00-" 32 hex "-" 16 hex "-" 2 hex */
+#define TRACEPARENT_LEN 55
+
+/* GUCs */
+extern char *infra_traceparent_guc;
+extern char *infra_correlation_id_guc;
+
+extern bool TraceparentValid(const char *value, const char **why);
+
+/* The session's traceparent or correlation id; NULL when there is none. */
+extern const char *InfraTraceparent(void);
+extern const char *InfraCorrelationId(void);
+
+#endif							/* INFRA_TRACING_H */
