@@ -814,3 +814,96 @@ LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION infra.new_correlation_id() IS
 'A new random correlation id (a UUID), made the session''s infra.correlation_id; returns it.';
+
+/* ---------------------------------------------------------------------------
+ * Query metrics (src/querystats.c) and connections.
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.query_metrics(
+    OUT queryid bigint,
+    OUT userid oid,
+    OUT dbid oid,
+    OUT calls bigint,
+    OUT errors bigint,
+    OUT rows bigint,
+    OUT total_ms double precision,
+    OUT min_ms double precision,
+    OUT max_ms double precision,
+    OUT mean_ms double precision,
+    OUT ewma_ms double precision,
+    OUT p50_ms double precision,
+    OUT p95_ms double precision,
+    OUT p99_ms double precision,
+    OUT query text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_query_metrics'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+/*
+ * Query text is shown to its own user and to members of pg_read_all_stats,
+ * as pg_stat_statements does.
+ */
+CREATE VIEW infra.query_metrics AS
+    SELECT m.queryid, r.rolname AS username, d.datname AS database,
+           m.calls, m.errors, m.rows, m.total_ms, m.min_ms, m.max_ms, m.mean_ms,
+           m.ewma_ms, m.p50_ms, m.p95_ms, m.p99_ms,
+           CASE WHEN m.userid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+                  OR pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+                THEN m.query ELSE '<insufficient privilege>' END AS query
+      FROM infra.query_metrics() m
+      LEFT JOIN pg_catalog.pg_roles r ON r.oid = m.userid
+      LEFT JOIN pg_catalog.pg_database d ON d.oid = m.dbid;
+
+COMMENT ON VIEW infra.query_metrics IS
+'Per statement (query id, user, database): calls, errors, rows, total/min/max/mean time, moving average (weight 0.1) and p50/p95/p99 from a log-linear histogram (within 1.6%), with the normalised text.';
+
+CREATE FUNCTION infra.query_metrics_info(
+    OUT max integer,
+    OUT entries integer,
+    OUT evictions bigint,
+    OUT reset_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'infra_query_metrics_info'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+CREATE VIEW infra.query_metrics_info AS SELECT * FROM infra.query_metrics_info();
+
+COMMENT ON VIEW infra.query_metrics_info IS
+'Capacity of infra.query_metrics (infra.query_metrics_max), entries in use, entries evicted to make room, and the last reset.';
+
+CREATE FUNCTION infra.query_metrics_reset()
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_query_metrics_reset'
+LANGUAGE C STRICT VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.query_metrics_reset() IS
+'Forget every entry of infra.query_metrics and the eviction count.';
+
+REVOKE ALL ON FUNCTION infra.query_metrics_reset() FROM PUBLIC;
+GRANT SELECT ON infra.query_metrics, infra.query_metrics_info TO PUBLIC;
+
+/*
+ * Client connections per database and user.  waiting: active and waiting
+ * for a heavyweight lock.  Other users' sessions show their state only to
+ * members of pg_read_all_stats (pg_stat_activity's rule).
+ */
+CREATE VIEW infra.connection_stats AS
+    SELECT datname AS database,
+           usename AS username,
+           count(*) AS total,
+           count(*) FILTER (WHERE state = 'active') AS active,
+           count(*) FILTER (WHERE state = 'idle') AS idle,
+           count(*) FILTER (WHERE state IN ('idle in transaction', 'idle in transaction (aborted)'))
+               AS idle_in_transaction,
+           count(*) FILTER (WHERE state = 'active' AND wait_event_type = 'Lock') AS waiting,
+           max(clock_timestamp() - xact_start) AS longest_transaction_age,
+           round(100.0 * count(*) / current_setting('max_connections')::integer, 2)
+               AS pct_of_max_connections
+      FROM pg_catalog.pg_stat_activity
+     WHERE backend_type = 'client backend'
+     GROUP BY datname, usename;
+
+COMMENT ON VIEW infra.connection_stats IS
+'Client connections per database and user: active, idle, idle in transaction, waiting for a lock, the longest open transaction, and their share of max_connections.';
+
+GRANT SELECT ON infra.connection_stats TO PUBLIC;

@@ -40,6 +40,7 @@ _PG_init(void)
 	InfraBreakerInit();
 	InfraKafkaInit();
 	InfraTracingInit();
+	InfraQueryStatsInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }

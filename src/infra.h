@@ -23,5 +23,6 @@ extern void InfraRateLimitInit(void);
 extern void InfraBreakerInit(void);
 extern void InfraKafkaInit(void);
 extern void InfraTracingInit(void);
+extern void InfraQueryStatsInit(void);
 
 #endif							/* INFRA_H */
