@@ -801,6 +801,28 @@ KafkaArray(Datum *elems, bool *nulls, int n, Oid elemtype)
 											  typlen, typbyval, typalign));
 }
 
+/* Element types of a message's columns in the outbox's parallel arrays. */
+static const Oid message_column_types[6] = {INT8OID, TEXTOID, INT4OID, BYTEAOID, BYTEAOID, JSONBOID};
+
+/*
+ * Put message j of a row at place m of column arrays e / nl (id, topic,
+ * partition, key, value, headers).
+ */
+static void
+KafkaCopyMessage(const OutboxRow *row, int j, Datum **e, bool **nl, int m)
+{
+	e[0][m] = row->ids[j];
+	e[1][m] = row->topics[j];
+	e[2][m] = row->partitions[j];
+	nl[2][m] = row->pnulls[j];
+	e[3][m] = row->keys[j];
+	nl[3][m] = row->knulls[j];
+	e[4][m] = row->vals[j];
+	nl[4][m] = row->vnulls[j];
+	e[5][m] = row->headers[j];
+	nl[5][m] = row->hnulls[j];
+}
+
 /*
  * Settle a round in the outbox: rows whose messages all went (delivered or
  * dead-lettered) are deleted, rows with some left are rewritten to hold only
@@ -849,31 +871,14 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 				nl[k] = palloc0(sizeof(bool) * kept);
 			}
 			for (j = 0; j < row->nmsgs; j++)
-			{
-				if (!row->keep[j])
-					continue;
-				e[0][m] = row->ids[j];
-				e[1][m] = row->topics[j];
-				e[2][m] = row->partitions[j];
-				nl[2][m] = row->pnulls[j];
-				e[3][m] = row->keys[j];
-				nl[3][m] = row->knulls[j];
-				e[4][m] = row->vals[j];
-				nl[4][m] = row->vnulls[j];
-				e[5][m] = row->headers[j];
-				nl[5][m] = row->hnulls[j];
-				m++;
-			}
+				if (row->keep[j])
+					KafkaCopyMessage(row, j, e, nl, m++);
 			memset(argnulls, ' ', sizeof(argnulls));
 			args[0] = Int64GetDatum(row->first_id);
 			args[1] = e[0][0];
 			args[2] = Int32GetDatum(kept);
-			args[3] = KafkaArray(e[0], nl[0], kept, INT8OID);
-			args[4] = KafkaArray(e[1], nl[1], kept, TEXTOID);
-			args[5] = KafkaArray(e[2], nl[2], kept, INT4OID);
-			args[6] = KafkaArray(e[3], nl[3], kept, BYTEAOID);
-			args[7] = KafkaArray(e[4], nl[4], kept, BYTEAOID);
-			args[8] = KafkaArray(e[5], nl[5], kept, JSONBOID);
+			for (k = 0; k < 6; k++)
+				args[3 + k] = KafkaArray(e[k], nl[k], kept, message_column_types[k]);
 			args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
 			argnulls[9] = row->failed ? ' ' : 'n';
 			if (SPI_execute_plan(KafkaPlan(&plans.rewrite,
@@ -938,17 +943,7 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 
 			if (!msg->dead)
 				continue;
-			j = msg->index;
-			e[0][m] = row->ids[j];
-			e[1][m] = row->topics[j];
-			e[2][m] = row->partitions[j];
-			nl[2][m] = row->pnulls[j];
-			e[3][m] = row->keys[j];
-			nl[3][m] = row->knulls[j];
-			e[4][m] = row->vals[j];
-			nl[4][m] = row->vnulls[j];
-			e[5][m] = row->headers[j];
-			nl[5][m] = row->hnulls[j];
+			KafkaCopyMessage(row, msg->index, e, nl, m);
 			e[6][m] = TimestampTzGetDatum(row->created_at);
 			e[7][m] = Int32GetDatum(row->attempts + 1);
 			e[8][m] = CStringGetTextDatum(psprintf("%s: %s", rd_kafka_err2name(msg->err),
@@ -957,12 +952,8 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 				example = TextDatumGetCString(e[8][m]);
 			m++;
 		}
-		args[0] = KafkaArray(e[0], nl[0], m, INT8OID);
-		args[1] = KafkaArray(e[1], nl[1], m, TEXTOID);
-		args[2] = KafkaArray(e[2], nl[2], m, INT4OID);
-		args[3] = KafkaArray(e[3], nl[3], m, BYTEAOID);
-		args[4] = KafkaArray(e[4], nl[4], m, BYTEAOID);
-		args[5] = KafkaArray(e[5], nl[5], m, JSONBOID);
+		for (k = 0; k < 6; k++)
+			args[k] = KafkaArray(e[k], nl[k], m, message_column_types[k]);
 		args[6] = KafkaArray(e[6], nl[6], m, TIMESTAMPTZOID);
 		args[7] = KafkaArray(e[7], nl[7], m, INT4OID);
 		args[8] = KafkaArray(e[8], nl[8], m, TEXTOID);
