@@ -115,6 +115,9 @@ passed=$((passed + ${tap_total:-0} - tap_failed))
 failed=$((failed + tap_failed))
 grep -E '^(All tests successful|Files=|Result:|Failed )' "$work/tap.out" |
 	sed 's/^/prove: /' >>"$summary"
+# Name what failed in the summary too: CI shows only the end of the output.
+grep -E '^test/t/.*Wstat|^ +(Failed tests?|Parse errors):|^# +(Failed test|at |  +got:|  +expected:|Looks like)' \
+	"$work/tap.out" | sed 's/^/prove: /' >>"$summary"
 if [ "$tap_rc" != 0 ]; then
 	for f in "$work"/tap/tmp_check/log/*.log; do
 		[ -f "$f" ] || continue
