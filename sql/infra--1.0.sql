@@ -907,3 +907,80 @@ COMMENT ON VIEW infra.connection_stats IS
 'Client connections per database and user: active, idle, idle in transaction, waiting for a lock, the longest open transaction, and their share of max_connections.';
 
 GRANT SELECT ON infra.connection_stats TO PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * Metrics registry (src/metrics.c) and the Prometheus exposition.
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.counter_inc(name text, value double precision DEFAULT 1,
+                                  labels jsonb DEFAULT '{}')
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_counter_inc'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.counter_inc(text, double precision, jsonb) IS
+'Add a non-negative amount to a counter series (name and labels); a counter is exposed and stored as name_total.';
+
+CREATE FUNCTION infra.gauge_set(name text, value double precision, labels jsonb DEFAULT '{}')
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_gauge_set'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.gauge_set(text, double precision, jsonb) IS
+'Set a gauge series (name and labels) to a value.';
+
+CREATE FUNCTION infra.gauge_add(name text, value double precision, labels jsonb DEFAULT '{}')
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_gauge_add'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.gauge_add(text, double precision, jsonb) IS
+'Add a (possibly negative) amount to a gauge series.';
+
+CREATE FUNCTION infra.histogram_observe(name text, value double precision,
+                                        labels jsonb DEFAULT '{}',
+                                        buckets double precision[] DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_histogram_observe'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.histogram_observe(text, double precision, jsonb, double precision[]) IS
+'Record one observation in a histogram series.  buckets (finite upper bounds, increasing) are fixed by the metric''s first series; NULL uses those, or Prometheus'' defaults (5 ms to 10 s).';
+
+CREATE FUNCTION infra.metrics(
+    OUT name text,
+    OUT type text,
+    OUT labels jsonb,
+    OUT value double precision,
+    OUT count bigint,
+    OUT sum double precision,
+    OUT bucket_bounds double precision[],
+    OUT bucket_counts bigint[],
+    OUT updated_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_metrics'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+CREATE VIEW infra.metrics AS SELECT * FROM infra.metrics() ORDER BY name, labels::text;
+
+COMMENT ON VIEW infra.metrics IS
+'Series of the metrics registry: counters and gauges with their value; histograms with count, sum, bucket upper bounds and cumulative counts (one more: the +Inf bucket).';
+
+CREATE FUNCTION infra.metrics_reset(name text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_metrics_reset'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.metrics_reset(text) IS
+'Remove every series of one metric (or of all); returns how many were removed.';
+
+CREATE FUNCTION infra.metrics_prometheus()
+RETURNS text
+AS 'MODULE_PATHNAME', 'infra_metrics_prometheus'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION infra.metrics_prometheus() IS
+'Every series, built-in (infra_*) and registered, in Prometheus'' text exposition format: what GET /metrics serves.';
+
+REVOKE ALL ON FUNCTION infra.metrics_reset(text) FROM PUBLIC;
+GRANT SELECT ON infra.metrics TO PUBLIC;

@@ -52,6 +52,7 @@
 #include "clock.h"
 #include "confcache.h"
 #include "infra.h"
+#include "metrics.h"
 #include "shmem.h"
 #include "sqlstate.h"
 
@@ -121,6 +122,7 @@ typedef struct BreakerSlot
 	int64		failures_total;
 	int64		slow_total;
 	int64		rejected_total;
+	int64		transitions_total;
 } BreakerSlot;
 
 typedef struct BreakerEvent
@@ -476,6 +478,7 @@ BreakerTransition(BreakerSlot *slot, BreakerStateKind to,
 				  BreakerChange *change)
 {
 	change->happened = true;
+	slot->transitions_total++;
 	change->from = slot->state;
 	change->to = to;
 	change->why = why;
@@ -1005,4 +1008,91 @@ infra_breaker_events(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * Built-in series: each breaker's state (one series per state, 1 for the
+ * current one, as resilience4j exports it), its calls and transitions.
+ */
+void
+BreakerCollectMetrics(StringInfo out)
+{
+	static const struct
+	{
+		const char *name;
+		const char *type;
+		const char *help;
+	}			families[] = {
+		{"infra_breaker_state", "gauge", "1 for the circuit breaker's current state, 0 for the others."},
+		{"infra_breaker_calls_total", "counter", "Calls recorded by the circuit breaker."},
+		{"infra_breaker_failures_total", "counter", "Calls the circuit breaker recorded as failed."},
+		{"infra_breaker_slow_calls_total", "counter", "Calls the circuit breaker recorded as slow."},
+		{"infra_breaker_rejected_total", "counter", "Calls the circuit breaker did not let through."},
+		{"infra_breaker_transitions_total", "counter", "State changes of the circuit breaker."},
+	};
+	BreakerSlot *copies;
+	int			nslots;
+	int			f;
+	int			i;
+
+	if (breaker_shared == NULL)
+		return;
+	LWLockAcquire(breaker_shared->lock, LW_SHARED);
+	nslots = breaker_shared->nslots;
+	LWLockRelease(breaker_shared->lock);
+	copies = palloc(sizeof(BreakerSlot) * Max(nslots, 1));
+	for (i = 0; i < nslots; i++)
+	{
+		SpinLockAcquire(&breaker_shared->slots[i].mutex);
+		memcpy(&copies[i], &breaker_shared->slots[i], sizeof(BreakerSlot));
+		SpinLockRelease(&breaker_shared->slots[i].mutex);
+	}
+
+	for (f = 0; f < lengthof(families); f++)
+	{
+		MetricsWriteFamily(out, families[f].name, families[f].type, families[f].help);
+		for (i = 0; i < nslots; i++)
+		{
+			StringInfoData labels;
+			int64		value = 0;
+
+			initStringInfo(&labels);
+			MetricsAppendLabel(&labels, "breaker", copies[i].name);
+			if (f == 0)
+			{
+				int			s;
+
+				for (s = 0; s < lengthof(state_names); s++)
+				{
+					StringInfoData with_state;
+
+					initStringInfo(&with_state);
+					appendStringInfoString(&with_state, labels.data);
+					MetricsAppendLabel(&with_state, "state", state_names[s]);
+					MetricsWriteSample(out, families[f].name, with_state.data,
+									   copies[i].state == s ? 1 : 0);
+				}
+				continue;
+			}
+			switch (f)
+			{
+				case 1:
+					value = copies[i].calls_total;
+					break;
+				case 2:
+					value = copies[i].failures_total;
+					break;
+				case 3:
+					value = copies[i].slow_total;
+					break;
+				case 4:
+					value = copies[i].rejected_total;
+					break;
+				case 5:
+					value = copies[i].transitions_total;
+					break;
+			}
+			MetricsWriteSample(out, families[f].name, labels.data, (double) value);
+		}
+	}
 }

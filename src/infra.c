@@ -41,6 +41,7 @@ _PG_init(void)
 	InfraKafkaInit();
 	InfraTracingInit();
 	InfraQueryStatsInit();
+	InfraMetricsInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }

@@ -24,5 +24,6 @@ extern void InfraBreakerInit(void);
 extern void InfraKafkaInit(void);
 extern void InfraTracingInit(void);
 extern void InfraQueryStatsInit(void);
+extern void InfraMetricsInit(void);
 
 #endif							/* INFRA_H */

@@ -63,6 +63,7 @@
 #include "clock.h"
 #include "infra.h"
 #include "kafka.h"
+#include "metrics.h"
 #include "shmem.h"
 #include "tracing.h"
 #include "worker.h"
@@ -964,4 +965,93 @@ infra_kafka_wake_worker(PG_FUNCTION_ARGS)
 {
 	InfraWorkerWakeAtCommit();
 	PG_RETURN_VOID();
+}
+
+/*
+ * Built-in series: each producing database's delivery counters, backlog
+ * and latency.
+ */
+void
+KafkaCollectMetrics(StringInfo out)
+{
+	static const struct
+	{
+		const char *name;
+		const char *type;
+		const char *help;
+	}			families[] = {
+		{"infra_kafka_delivered_total", "counter", "Messages Kafka acknowledged."},
+		{"infra_kafka_failed_attempts_total", "counter", "Delivery attempts that failed and will be retried."},
+		{"infra_kafka_dead_lettered_total", "counter", "Messages moved to infra.kafka_dead_letters."},
+		{"infra_kafka_rounds_total", "counter", "Delivery rounds of the worker."},
+		{"infra_kafka_pending_messages", "gauge", "Messages in infra.kafka_outbox, as of the worker's last round."},
+		{"infra_kafka_in_flight_messages", "gauge", "Messages handed to librdkafka and not yet acknowledged."},
+		{"infra_kafka_broker_up", "gauge", "1 when the last delivery round reached the broker without errors."},
+		{"infra_kafka_produce_latency_avg_seconds", "gauge", "Average produce latency (queue and round trip), from librdkafka statistics."},
+		{"infra_kafka_produce_latency_p99_seconds", "gauge", "99th percentile produce latency (queue and round trip), from librdkafka statistics."},
+	};
+	KafkaStats	copies[INFRA_MAX_DATABASES];
+	int			n = 0;
+	int			f;
+	int			i;
+
+	if (kafka_shared == NULL)
+		return;
+	for (i = 0; i < INFRA_MAX_DATABASES; i++)
+	{
+		KafkaStats *stats = &kafka_shared->stats[i];
+
+		SpinLockAcquire(&stats->mutex);
+		memcpy(&copies[n], stats, sizeof(KafkaStats));
+		SpinLockRelease(&stats->mutex);
+		if (copies[n].database_oid != InvalidOid && copies[n].database[0] != '\0')
+			n++;
+	}
+	for (f = 0; f < lengthof(families); f++)
+	{
+		MetricsWriteFamily(out, families[f].name, families[f].type, families[f].help);
+		for (i = 0; i < n; i++)
+		{
+			KafkaStats *s = &copies[i];
+			StringInfoData labels;
+			double		value = 0;
+
+			initStringInfo(&labels);
+			MetricsAppendLabel(&labels, "database", s->database);
+			switch (f)
+			{
+				case 0:
+					value = s->delivered_total;
+					break;
+				case 1:
+					value = s->failed_attempts_total;
+					break;
+				case 2:
+					value = s->dead_lettered_total;
+					break;
+				case 3:
+					value = s->batches_total;
+					break;
+				case 4:
+					value = s->pending;
+					break;
+				case 5:
+					value = s->in_flight;
+					break;
+				case 6:
+					value = strcmp(s->broker_state, "up") == 0;
+					break;
+				case 7:
+					value = s->latency_avg_ms / 1000.0;
+					break;
+				case 8:
+					value = s->latency_p99_ms / 1000.0;
+					break;
+			}
+			/* No latency sample yet: no series, rather than a false 0. */
+			if (f >= 7 && s->latency_at == 0)
+				continue;
+			MetricsWriteSample(out, families[f].name, labels.data, value);
+		}
+	}
 }

@@ -38,6 +38,8 @@ typedef struct KafkaStats
 {
 	slock_t		mutex;
 	Oid			database_oid;	/* InvalidOid: entry unused */
+	char		database[NAMEDATALEN];	/* its name, for /metrics */
+	int64		pending;		/* messages in the outbox, as of a round */
 	int64		delivered_total;
 	int64		failed_attempts_total;
 	int64		dead_lettered_total;

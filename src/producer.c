@@ -28,6 +28,7 @@
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
@@ -160,6 +161,7 @@ static SPIPlanPtr KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *a
 static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
+static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
 
 /*
  * Apply "key=value; key=value" to conf.  False, with the reason in errbuf,
@@ -971,6 +973,29 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 }
 
 /*
+ * Messages left in the outbox after a round, for the pending gauge: what
+ * the round read and kept when it read every row; otherwise counted, at
+ * most once a second (-1: not now).  Inside the round's SPI connection.
+ */
+static int64
+KafkaPendingAfterRound(bool rows_left_out, int64 kept)
+{
+	static int64 last_count_ns = 0;
+	int64		now_ns = InfraMonotonicNs();
+	bool		isnull;
+
+	if (!rows_left_out)
+		return kept;
+	if (now_ns - last_count_ns < NS_PER_SEC)
+		return -1;
+	last_count_ns = now_ns;
+	if (SPI_execute("SELECT coalesce(sum(messages), 0)::bigint FROM infra.kafka_outbox_batches",
+					true, 1) != SPI_OK_SELECT)
+		elog(ERROR, "could not count infra.kafka_outbox");
+	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+}
+
+/*
  * One round: produce the oldest outbox messages and settle them.  Returns
  * how long the worker may sleep: -1 (until woken) without a producer,
  * KAFKA_IDLE_POLL_MS when the outbox is empty, 0 when more may wait, or a
@@ -994,6 +1019,7 @@ KafkaWorkerServe(void)
 	int			ndead = 0;
 	char		first_error[KAFKA_ERROR_LEN] = "";
 	bool		more;
+	int64		pending;
 
 	if (round_context == NULL)
 		round_context = AllocSetContextCreate(TopMemoryContext, "infra kafka round",
@@ -1011,6 +1037,14 @@ KafkaWorkerServe(void)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
+	if (my_stats->database[0] == '\0')
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		SpinLockAcquire(&my_stats->mutex);
+		strlcpy(my_stats->database, name, NAMEDATALEN);
+		SpinLockRelease(&my_stats->mutex);
+	}
 	KafkaCreateRegisteredTopics();
 	{
 		Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size),
@@ -1046,6 +1080,9 @@ KafkaWorkerServe(void)
 		PopActiveSnapshot();
 		CommitTransactionCommand();
 		MemoryContextSwitchTo(round_context);
+		SpinLockAcquire(&my_stats->mutex);
+		my_stats->pending = 0;
+		SpinLockRelease(&my_stats->mutex);
 		/* Idle: come back to serve librdkafka's statistics and errors. */
 		return KAFKA_IDLE_POLL_MS;
 	}
@@ -1238,6 +1275,7 @@ KafkaWorkerServe(void)
 	SPI_connect();
 	KafkaSettle(rows, nincluded, messages, n, ndead, first_error);
 	InfraBreakerRecord("kafka", nbad > 0);
+	pending = KafkaPendingAfterRound(cut != PG_INT64_MAX, total - nok - ndead);
 	SPI_finish();
 	PopActiveSnapshot();
 	CommitTransactionCommand();
@@ -1249,6 +1287,8 @@ KafkaWorkerServe(void)
 	my_stats->failed_attempts_total += nbad;
 	my_stats->dead_lettered_total += ndead;
 	my_stats->batches_total++;
+	if (pending >= 0)
+		my_stats->pending = pending;
 	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - start_ns) / 1e6;
 	if (nok > 0)
 		my_stats->last_delivery_at = GetCurrentTimestamp();

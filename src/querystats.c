@@ -50,6 +50,7 @@
 #include "utils/timestamp.h"
 
 #include "infra.h"
+#include "metrics.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(infra_query_metrics);
@@ -106,6 +107,10 @@ typedef struct QSShared
 	int			nused;			/* entries ever taken (up to max) */
 	int			hand;			/* clock sweep position */
 	int64		evictions;		/* under lock exclusively */
+	int64		evicted_calls;	/* what evicted entries had counted, so */
+	int64		evicted_errors; /* that the totals /metrics shows never */
+	int64		evicted_rows;	/* go down: under lock exclusively too */
+	double		evicted_ms;
 	TimestampTz reset_at;
 	QSEntry		entries[FLEXIBLE_ARRAY_MEMBER];
 } QSShared;
@@ -242,6 +247,8 @@ QSShmemInit(void *segment, bool found, LWLockPadded *locks)
 		shared->nused = 0;
 		shared->hand = 0;
 		shared->evictions = 0;
+		shared->evicted_calls = shared->evicted_errors = shared->evicted_rows = 0;
+		shared->evicted_ms = 0;
 		shared->reset_at = GetCurrentTimestamp();
 		for (i = 0; i < infra_query_metrics_max; i++)
 		{
@@ -459,6 +466,11 @@ QSTakeSlot(void)
 	hash_search(qs_hash, &qs_shared->entries[best].key, HASH_REMOVE, NULL);
 	qs_shared->entries[best].used = false;
 	qs_shared->evictions++;
+	/* Updates happen under the shared lock: the counts are still. */
+	qs_shared->evicted_calls += qs_shared->entries[best].calls;
+	qs_shared->evicted_errors += qs_shared->entries[best].errors;
+	qs_shared->evicted_rows += qs_shared->entries[best].rows;
+	qs_shared->evicted_ms += qs_shared->entries[best].total_ms;
 	return best;
 }
 
@@ -898,7 +910,69 @@ infra_query_metrics_reset(PG_FUNCTION_ARGS)
 	qs_shared->nused = 0;
 	qs_shared->hand = 0;
 	qs_shared->evictions = 0;
+	qs_shared->evicted_calls = qs_shared->evicted_errors = qs_shared->evicted_rows = 0;
+	qs_shared->evicted_ms = 0;
 	qs_shared->reset_at = GetCurrentTimestamp();
 	LWLockRelease(qs_shared->lock);
 	PG_RETURN_VOID();
+}
+
+/*
+ * Built-in series: totals over every statement (evicted ones included, so
+ * they only go down at infra.query_metrics_reset()) and the table's use.
+ */
+void
+QueryStatsCollectMetrics(StringInfo out)
+{
+	int64		calls;
+	int64		errors;
+	int64		rows;
+	double		ms;
+	int			used = 0;
+	int64		evictions;
+	int			i;
+
+	if (qs_shared == NULL)
+		return;
+	LWLockAcquire(qs_shared->lock, LW_SHARED);
+	calls = qs_shared->evicted_calls;
+	errors = qs_shared->evicted_errors;
+	rows = qs_shared->evicted_rows;
+	ms = qs_shared->evicted_ms;
+	evictions = qs_shared->evictions;
+	for (i = 0; i < qs_shared->nused; i++)
+	{
+		QSEntry    *e = &qs_shared->entries[i];
+
+		SpinLockAcquire(&e->mutex);
+		if (e->used)
+		{
+			used++;
+			calls += e->calls;
+			errors += e->errors;
+			rows += e->rows;
+			ms += e->total_ms;
+		}
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(qs_shared->lock);
+
+	MetricsWriteFamily(out, "infra_query_calls_total", "counter",
+					   "Top-level statements executed (infra.query_metrics).");
+	MetricsWriteSample(out, "infra_query_calls_total", NULL, (double) calls);
+	MetricsWriteFamily(out, "infra_query_errors_total", "counter",
+					   "Top-level statements that failed.");
+	MetricsWriteSample(out, "infra_query_errors_total", NULL, (double) errors);
+	MetricsWriteFamily(out, "infra_query_rows_total", "counter",
+					   "Rows returned or affected by top-level statements.");
+	MetricsWriteSample(out, "infra_query_rows_total", NULL, (double) rows);
+	MetricsWriteFamily(out, "infra_query_time_seconds_total", "counter",
+					   "Time spent executing top-level statements.");
+	MetricsWriteSample(out, "infra_query_time_seconds_total", NULL, ms / 1000.0);
+	MetricsWriteFamily(out, "infra_query_metrics_statements", "gauge",
+					   "Statements infra.query_metrics holds.");
+	MetricsWriteSample(out, "infra_query_metrics_statements", NULL, used);
+	MetricsWriteFamily(out, "infra_query_metrics_evictions_total", "counter",
+					   "Statements evicted from infra.query_metrics to make room.");
+	MetricsWriteSample(out, "infra_query_metrics_evictions_total", NULL, (double) evictions);
 }

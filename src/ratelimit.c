@@ -53,6 +53,7 @@
 #include "clock.h"
 #include "confcache.h"
 #include "infra.h"
+#include "metrics.h"
 #include "ratelimit.h"
 #include "shmem.h"
 
@@ -90,6 +91,8 @@ typedef struct RateLimitShared
 {
 	LWLockPadded *locks;		/* RATE_LIMIT_PARTITIONS of them */
 	pg_atomic_uint64 evictions;
+	pg_atomic_uint64 allowed_total; /* every decision since start, for */
+	pg_atomic_uint64 denied_total;	/* /metrics: entries come and go */
 } RateLimitShared;
 
 /* Parameters of one call, checked. */
@@ -209,6 +212,8 @@ RateLimitShmemInit(void *segment, bool found, LWLockPadded *locks)
 	{
 		shared->locks = locks;
 		pg_atomic_init_u64(&shared->evictions, 0);
+		pg_atomic_init_u64(&shared->allowed_total, 0);
+		pg_atomic_init_u64(&shared->denied_total, 0);
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(RateLimitKey);
@@ -484,6 +489,9 @@ RateLimitApply(const RateLimitArgs *args, RateLimitResult *result)
 	SpinLockRelease(&entry->mutex);
 
 	LWLockRelease(lock);
+	if (args->cost > 0)
+		pg_atomic_fetch_add_u64(result->allowed ? &rate_limit_shared->allowed_total :
+								&rate_limit_shared->denied_total, 1);
 }
 
 /*
@@ -710,4 +718,69 @@ infra_rate_limits(PG_FUNCTION_ARGS)
 
 	RateLimitUnlockAll();
 	return (Datum) 0;
+}
+
+/*
+ * Built-in series: decisions of all keys together (monotonic, whatever is
+ * evicted), and per named limiter (bounded by infra.rate_limiters; ad-hoc
+ * keys are not labels, they could be unbounded).
+ */
+void
+RateLimitCollectMetrics(StringInfo out)
+{
+	static const char *const names[] = {
+		"infra_rate_limit_allowed_total", "infra_rate_limit_denied_total"
+	};
+	static const char *const helps[] = {
+		"Rate-limit decisions that allowed the call; limiter=\"\" counts every key.",
+		"Rate-limit decisions that denied the call; limiter=\"\" counts every key."
+	};
+	StringInfoData *labels;
+	int64	   *counts[2];
+	int			n = 0;
+	int			i;
+	int			kind;
+	HASH_SEQ_STATUS scan;
+	RateLimitEntry *entry;
+
+	if (rate_limit_shared == NULL)
+		return;
+	labels = palloc(sizeof(StringInfoData) * infra_rate_limit_max_keys);
+	counts[0] = palloc(sizeof(int64) * infra_rate_limit_max_keys);
+	counts[1] = palloc(sizeof(int64) * infra_rate_limit_max_keys);
+	RateLimitLockAll(LW_SHARED);
+	hash_seq_init(&scan, rate_limit_hash);
+	while ((entry = hash_seq_search(&scan)) != NULL)
+	{
+		RateLimitEntry copy;
+
+		if (entry->key.kind != RATE_LIMIT_KIND_LIMITER)
+			continue;
+		SpinLockAcquire(&entry->mutex);
+		copy = *entry;
+		SpinLockRelease(&entry->mutex);
+		initStringInfo(&labels[n]);
+		MetricsAppendLabel(&labels[n], "limiter", copy.key.name);
+		counts[0][n] = copy.allowed_total;
+		counts[1][n] = copy.denied_total;
+		n++;
+	}
+	RateLimitUnlockAll();
+
+	for (kind = 0; kind < 2; kind++)
+	{
+		MetricsWriteFamily(out, names[kind], "counter", helps[kind]);
+		MetricsWriteSample(out, names[kind], "limiter=\"\"",
+						   (double) pg_atomic_read_u64(kind == 0 ? &rate_limit_shared->allowed_total :
+													   &rate_limit_shared->denied_total));
+		for (i = 0; i < n; i++)
+			MetricsWriteSample(out, names[kind], labels[i].data, (double) counts[kind][i]);
+	}
+	MetricsWriteFamily(out, "infra_rate_limit_keys", "gauge",
+					   "Keys in the shared rate-limit table.");
+	MetricsWriteSample(out, "infra_rate_limit_keys", NULL, (double) hash_get_num_entries(rate_limit_hash));
+	MetricsWriteFamily(out, "infra_rate_limit_evictions_total", "counter",
+					   "Idle rate-limit keys evicted to make room.");
+	MetricsWriteSample(out, "infra_rate_limit_evictions_total", NULL,
+					   (double) pg_atomic_read_u64(&rate_limit_shared->evictions));
 }

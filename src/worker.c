@@ -50,6 +50,7 @@
 
 #include "infra.h"
 #include "kafka.h"
+#include "metrics.h"
 #include "shmem.h"
 #include "worker.h"
 
@@ -750,4 +751,63 @@ infra_worker_status(PG_FUNCTION_ARGS)
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
+}
+
+/*
+ * Built-in series: whether each configured database's worker is running.
+ */
+void
+WorkerCollectMetrics(StringInfo out)
+{
+	int			i;
+
+	if (worker_shared == NULL)
+		return;
+	MetricsWriteFamily(out, "infra_worker_up", "gauge",
+					   "1 when the infra worker of the database is running.");
+	for (i = 0; i < worker_shared->nslots; i++)
+	{
+		InfraWorkerSlot copy;
+		StringInfoData labels;
+
+		SpinLockAcquire(&worker_shared->slots[i].mutex);
+		memcpy(&copy, &worker_shared->slots[i], sizeof(copy));
+		SpinLockRelease(&worker_shared->slots[i].mutex);
+		initStringInfo(&labels);
+		MetricsAppendLabel(&labels, "database", copy.database);
+		MetricsWriteSample(out, "infra_worker_up", labels.data,
+						   copy.state == INFRA_WORKER_RUNNING && copy.pid != 0);
+	}
+}
+
+/*
+ * For /healthz: true when every configured database's worker is running;
+ * otherwise why not, a line per database.
+ */
+bool
+InfraWorkersHealthy(StringInfo why)
+{
+	bool		healthy = true;
+	int			i;
+
+	if (worker_shared == NULL)
+	{
+		appendStringInfoString(why, "infra's shared memory is not set up\n");
+		return false;
+	}
+	for (i = 0; i < worker_shared->nslots; i++)
+	{
+		InfraWorkerSlot copy;
+
+		SpinLockAcquire(&worker_shared->slots[i].mutex);
+		memcpy(&copy, &worker_shared->slots[i], sizeof(copy));
+		SpinLockRelease(&worker_shared->slots[i].mutex);
+		if (copy.state == INFRA_WORKER_RUNNING && copy.pid != 0)
+			continue;
+		healthy = false;
+		appendStringInfo(why, "infra worker for database \"%s\" is %s%s%s\n",
+						 copy.database, InfraWorkerStateName(copy.state),
+						 copy.last_error[0] ? ": " : "", copy.last_error);
+	}
+	return healthy;
 }

@@ -8,6 +8,8 @@
 #ifndef INFRA_WORKER_H
 #define INFRA_WORKER_H
 
+#include "lib/stringinfo.h"
+
 /* Databases one server can list in infra.database. */
 #define INFRA_MAX_DATABASES 16
 
@@ -31,5 +33,6 @@ typedef enum InfraWorkerState
 } InfraWorkerState;
 
 extern void InfraWorkerWakeAtCommit(void);
+extern bool InfraWorkersHealthy(StringInfo why);
 
 #endif							/* INFRA_WORKER_H */

@@ -1,0 +1,44 @@
+/*-------------------------------------------------------------------------
+ *
+ * metrics.h
+ *		The labelled metrics registry and the Prometheus text exposition.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef INFRA_METRICS_H
+#define INFRA_METRICS_H
+
+#include "lib/stringinfo.h"
+
+/* Longest metric name and rendered label set kept, in bytes. */
+#define METRIC_NAME_LEN 128
+#define METRIC_LABELS_LEN 256
+
+/* GUCs */
+extern int	infra_metrics_max_series;
+extern char *infra_metrics_listen;
+
+/*
+ * Writing the exposition.  A module's collector writes one family header
+ * and then that family's samples; labels are a rendered label set
+ * (name="value",...) made with MetricsAppendLabel, or NULL.
+ */
+extern void MetricsWriteFamily(StringInfo out, const char *name,
+							   const char *type, const char *help);
+extern void MetricsWriteSample(StringInfo out, const char *name,
+							   const char *labels, double value);
+extern void MetricsAppendLabel(StringInfo labels, const char *name,
+							   const char *value);
+extern char *MetricsExposition(void);
+
+/* Built-in series, each module writing its own. */
+extern void WorkerCollectMetrics(StringInfo out);
+extern void RateLimitCollectMetrics(StringInfo out);
+extern void BreakerCollectMetrics(StringInfo out);
+extern void KafkaCollectMetrics(StringInfo out);
+extern void QueryStatsCollectMetrics(StringInfo out);
+
+/* The HTTP server (httpd.c). */
+extern void InfraHttpdInit(void);
+
+#endif							/* INFRA_METRICS_H */
