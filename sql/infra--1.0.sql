@@ -984,3 +984,15 @@ COMMENT ON FUNCTION infra.metrics_prometheus() IS
 
 REVOKE ALL ON FUNCTION infra.metrics_reset(text) FROM PUBLIC;
 GRANT SELECT ON infra.metrics TO PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * Structured logging (src/logging.c).
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.log(level text, message text, context jsonb DEFAULT '{}')
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_log'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION infra.log(text, text, jsonb) IS
+'Write one JSON object to the server log at level (debug5..debug1, debug, log, info, notice, warning): ts, level, message, correlation_id, trace_id, span_id, database, user, application, pid, backend_type and the context''s fields.';

@@ -21,4 +21,12 @@
 extern PGDLLEXPORT void _PG_init(void);
 #endif
 
+/*
+ * Whether this process's stderr goes to the logging collector's pipe.  The
+ * postmaster defines it for elog.c without declaring it in a header (up to
+ * PostgreSQL 17 at least); infra's log hook needs it to write where elog.c
+ * would.
+ */
+extern PGDLLIMPORT bool redirection_done;
+
 #endif							/* INFRA_COMPAT_H */

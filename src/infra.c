@@ -42,6 +42,7 @@ _PG_init(void)
 	InfraTracingInit();
 	InfraQueryStatsInit();
 	InfraMetricsInit();
+	InfraLoggingInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }

@@ -25,5 +25,6 @@ extern void InfraKafkaInit(void);
 extern void InfraTracingInit(void);
 extern void InfraQueryStatsInit(void);
 extern void InfraMetricsInit(void);
+extern void InfraLoggingInit(void);
 
 #endif							/* INFRA_H */
