@@ -17,7 +17,7 @@ PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
 # Our own sources build warnings-free or not at all.
 PG_CFLAGS = -Werror
-SHLIB_LINK = -lrdkafka -lmicrohttpd
+SHLIB_LINK = -lrdkafka -lmicrohttpd -lcurl
 
 # Tests are run by test/run.sh, not by PGXS's installcheck.
 EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster

@@ -996,3 +996,45 @@ LANGUAGE C VOLATILE PARALLEL SAFE;
 
 COMMENT ON FUNCTION infra.log(text, text, jsonb) IS
 'Write one JSON object to the server log at level (debug5..debug1, debug, log, info, notice, warning): ts, level, message, correlation_id, trace_id, span_id, database, user, application, pid, backend_type and the context''s fields.';
+
+/* ---------------------------------------------------------------------------
+ * Tracing (src/spans.c, src/otlp.c).
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.span_start(name text, attributes jsonb DEFAULT '{}',
+                                 kind text DEFAULT 'internal')
+RETURNS text
+AS 'MODULE_PATHNAME', 'infra_span_start'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.span_start(text, jsonb, text) IS
+'Open a span (kind internal, server, client, producer or consumer) as a child of the current one, the statement''s SQLcommenter traceparent or infra.traceparent; returns its id.';
+
+CREATE FUNCTION infra.span_end(span_id text, status text DEFAULT 'ok', attributes jsonb DEFAULT NULL)
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_span_end'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.span_end(text, text, jsonb) IS
+'End a span of this session with status ok, error or unset and more attributes; a sampled span is queued for the OTLP exporter.';
+
+CREATE FUNCTION infra.trace_stats(
+    OUT queued bigint,
+    OUT capacity integer,
+    OUT exported bigint,
+    OUT dropped bigint,
+    OUT rejected bigint,
+    OUT failed_exports bigint,
+    OUT last_export_at timestamptz,
+    OUT last_error text,
+    OUT last_error_at timestamptz)
+RETURNS record
+AS 'MODULE_PATHNAME', 'infra_trace_stats'
+LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
+
+CREATE VIEW infra.trace_stats AS SELECT * FROM infra.trace_stats();
+
+COMMENT ON VIEW infra.trace_stats IS
+'Spans queued in shared memory for the OTLP exporter and its counters: exported, dropped (queue full), rejected by the collector (not retried), failed attempts (retried), last error.';
+
+GRANT SELECT ON infra.trace_stats TO PUBLIC;

@@ -43,6 +43,8 @@ _PG_init(void)
 	InfraQueryStatsInit();
 	InfraMetricsInit();
 	InfraLoggingInit();
+	InfraSpansInit();
+	InfraOtlpInit();
 
 	MarkGUCPrefixReserved(INFRA_NAME);
 }

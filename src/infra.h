@@ -26,5 +26,7 @@ extern void InfraTracingInit(void);
 extern void InfraQueryStatsInit(void);
 extern void InfraMetricsInit(void);
 extern void InfraLoggingInit(void);
+extern void InfraSpansInit(void);
+extern void InfraOtlpInit(void);
 
 #endif							/* INFRA_H */

@@ -897,6 +897,7 @@ MetricsExposition(void)
 	BreakerCollectMetrics(&out);
 	KafkaCollectMetrics(&out);
 	QueryStatsCollectMetrics(&out);
+	SpansCollectMetrics(&out);
 	MetricsCollectSelf(&out);
 	MetricsCollectRegistry(&out);
 	return out.data;

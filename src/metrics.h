@@ -37,6 +37,10 @@ extern void RateLimitCollectMetrics(StringInfo out);
 extern void BreakerCollectMetrics(StringInfo out);
 extern void KafkaCollectMetrics(StringInfo out);
 extern void QueryStatsCollectMetrics(StringInfo out);
+extern void SpansCollectMetrics(StringInfo out);
+
+/* For spans: a statement's normalised text (querystats.c). */
+extern bool QueryStatsText(uint64 queryid, char *buf, int buflen);
 
 /* The HTTP server (httpd.c). */
 extern void InfraHttpdInit(void);

@@ -976,3 +976,31 @@ QueryStatsCollectMetrics(StringInfo out)
 					   "Statements evicted from infra.query_metrics to make room.");
 	MetricsWriteSample(out, "infra_query_metrics_evictions_total", NULL, (double) evictions);
 }
+
+/*
+ * The normalised text of this user's statement in this database, for a
+ * span; false when infra.query_metrics has no entry for it.
+ */
+bool
+QueryStatsText(uint64 queryid, char *buf, int buflen)
+{
+	LWLockMode	held;
+	QSEntry    *e;
+	bool		found = false;
+
+	if (qs_shared == NULL || queryid == UINT64CONST(0))
+		return false;
+	e = QSEntryFor(queryid, NULL, -1, 0, &held);
+	if (e != NULL)
+	{
+		SpinLockAcquire(&e->mutex);
+		if (e->used)
+		{
+			strlcpy(buf, e->text, buflen);
+			found = true;
+		}
+		SpinLockRelease(&e->mutex);
+	}
+	LWLockRelease(qs_shared->lock);
+	return found;
+}

@@ -158,9 +158,17 @@ CorrelationIdCheckHook(char **newval, void **extra, GucSource source)
 	return true;
 }
 
+/*
+ * The trace context to propagate: the current span's (spans.c) or the
+ * session's infra.traceparent; NULL when there is none.
+ */
 const char *
 InfraTraceparent(void)
 {
+	static char current[TRACEPARENT_LEN + 1];
+
+	if (SpansCurrentTraceparent(current))
+		return current;
 	return (infra_traceparent_guc && infra_traceparent_guc[0]) ? infra_traceparent_guc : NULL;
 }
 
@@ -171,7 +179,8 @@ InfraCorrelationId(void)
 }
 
 /*
- * infra.traceparent(): the session's trace context, or NULL.
+ * infra.traceparent(): the trace context here (the current span, else the
+ * session's), or NULL.
  */
 Datum
 infra_traceparent(PG_FUNCTION_ARGS)

@@ -811,3 +811,13 @@ InfraWorkersHealthy(StringInfo why)
 	}
 	return healthy;
 }
+
+/*
+ * The first database of infra.database (where infra's workers without a
+ * database of their own read configuration), or NULL when none is listed.
+ */
+const char *
+InfraWorkerFirstDatabase(void)
+{
+	return worker_ndatabases > 0 ? worker_databases[0] : NULL;
+}

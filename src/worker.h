@@ -34,5 +34,6 @@ typedef enum InfraWorkerState
 
 extern void InfraWorkerWakeAtCommit(void);
 extern bool InfraWorkersHealthy(StringInfo why);
+extern const char *InfraWorkerFirstDatabase(void);
 
 #endif							/* INFRA_WORKER_H */

@@ -15,7 +15,7 @@ packages=(
 	libpq-dev librdkafka-dev libcurl4-openssl-dev libmicrohttpd-dev libinih-dev
 	kcat prometheus libipc-run-perl perl redis-server redis-tools
 	openjdk-17-jre-headless maven
-	python3
+	python3 python3-venv
 )
 
 missing=()
@@ -35,3 +35,15 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$here/kafka/broker.sh" fetch
+
+# Test-only Python tools in a virtualenv of the cache: the OpenTelemetry
+# protobuf definitions the OTLP test receiver parses payloads with.
+if ! "$INFRA_PYTHON" -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' 2>/dev/null; then
+	say "installing opentelemetry-proto $OTEL_PROTO_VERSION into $INFRA_CACHE/python"
+	# Debian's interpreter: one under /root would be unreadable to the test user.
+	rm -rf "$INFRA_CACHE/python"
+	/usr/bin/python3 -m venv "$INFRA_CACHE/python"
+	"$INFRA_CACHE/python/bin/pip" install -q --disable-pip-version-check \
+		"opentelemetry-proto==$OTEL_PROTO_VERSION"
+	chmod -R a+rX "$INFRA_CACHE/python"
+fi

@@ -16,6 +16,10 @@ if [ -z "${INFRA_CACHE:-}" ]; then
 fi
 KAFKA_LIB=$INFRA_CACHE/kafka-$KAFKA_VERSION/lib
 
+# Python of the test-only tools (test/deps.sh installs them).
+OTEL_PROTO_VERSION=1.45.2
+INFRA_PYTHON=$INFRA_CACHE/python/bin/python3
+
 # PostgreSQL refuses to run as root: the harness runs as this user instead.
 INFRA_TEST_USER=${INFRA_TEST_USER:-infratest}
 

@@ -100,7 +100,7 @@ mkdir -p "$work/tap"
 	cd "$src" &&
 		TESTDIR=$work/tap PATH="$PG_BINDIR:$PATH" \
 			PG_REGRESS="$PG_PGXS_DIR/test/regress/pg_regress" \
-			INFRA_SRC=$src PGHOST= PGPORT= PGUSER= \
+			INFRA_SRC=$src INFRA_PYTHON=$INFRA_PYTHON PGHOST= PGPORT= PGUSER= \
 			prove -I "$PG_PGXS_DIR/test/perl" -I "$src/test/perl" \
 			${PROVE_FLAGS:-} test/t/*.pl
 ) 2>&1 | tee "$work/tap.out"

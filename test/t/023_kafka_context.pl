@@ -105,21 +105,27 @@ ok(flush_ok(60), 'context messages delivered');
 my @got = consume($t);
 is(scalar @got, 2, 'both arrive');
 like($got[0][2], qr/(^|,)correlation_id=order-7781(,|$)/, 'correlation_id header from the session');
-like($got[0][2], qr/(^|,)traceparent=\Q$tp\E(,|$)/, 'traceparent header from the session');
+# The trace is sampled (flags 01): the statement has a server span, which
+# is the message's parent, in the caller's trace.
+my ($hop) = $got[0][2] =~ /(?:^|,)traceparent=00-4bf92f3577b34da6a3ce929d0e0e4736-([0-9a-f]{16})-01(?:,|$)/;
+ok($hop, 'traceparent header in the session\'s trace');
+isnt($hop, '00f067aa0ba902b7', 'its parent is the statement\'s span, a hop below the caller');
 unlike($got[1][2], qr/correlation_id|traceparent/, 'no context headers when the session has none');
 
 # --- produce latency from librdkafka statistics ----------------------------
 $node->safe_psql('postgres',
 	"SELECT infra.kafka_send('$t', 'tick ' || i, 'k') FROM generate_series(1, 200) i");
 ok(flush_ok(60), 'traffic for the statistics');
+# Both figures are positive; the 99th percentile is not compared with the
+# mean, which one slow message can lift above it.
 ok( wait_until(
 		sub {
 			$node->safe_psql('postgres',
-				'SELECT produce_latency_p99_ms > 0 AND produce_latency_avg_ms > 0'
-				  . ' AND produce_latency_p99_ms >= produce_latency_avg_ms FROM infra.kafka_stats') eq 't';
+				'SELECT produce_latency_p99_ms > 0 AND produce_latency_avg_ms > 0 FROM infra.kafka_stats') eq 't';
 		},
 		30),
-	'kafka_stats shows produce latency from librdkafka statistics');
+	'kafka_stats shows produce latency from librdkafka statistics')
+  or diag($node->safe_psql('postgres', 'SELECT * FROM infra.kafka_stats'));
 
 $node->stop;
 done_testing();
