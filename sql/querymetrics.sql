@@ -64,6 +64,26 @@ RESET ROLE;
 DROP ROLE qm_user;
 SET infra.query_metrics_max = 10;
 
+-- Parallel workers run parts of their leader's statement: it counts once.
+CREATE TABLE qm_par AS SELECT g AS x FROM generate_series(1, 10000) g;
+ANALYZE qm_par;
+SELECT infra.query_metrics_reset();
+SET force_parallel_mode = on;
+SET parallel_setup_cost = 0;
+SET parallel_tuple_cost = 0;
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_workers_per_gather = 2;
+EXPLAIN (COSTS OFF) SELECT count(*) FROM qm_par WHERE x > 0;
+SELECT count(*) FROM qm_par WHERE x > 0;
+SELECT count(*) FROM qm_par WHERE x > 0;
+RESET force_parallel_mode;
+RESET parallel_setup_cost;
+RESET parallel_tuple_cost;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_workers_per_gather;
+SELECT calls, rows FROM infra.query_metrics WHERE query LIKE 'SELECT count(*) FROM qm_par%';
+DROP TABLE qm_par;
+
 DROP FUNCTION qm_inner(), qm_caught();
 DROP TABLE qm_t;
 SELECT infra.query_metrics_reset();
