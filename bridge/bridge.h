@@ -1,19 +1,70 @@
 /*-------------------------------------------------------------------------
  *
  * bridge.h
- *		infra-bridge: consumes Kafka topics into PostgreSQL tables.
+ *		infra-bridge: consumes Kafka topics into PostgreSQL tables, exactly
+ *		once (each batch and its offsets in one transaction).
  *
  *-------------------------------------------------------------------------
  */
 #ifndef INFRA_BRIDGE_H
 #define INFRA_BRIDGE_H
 
+#include <regex.h>
 #include <stdbool.h>
+#include <stdint.h>
+
+#include <libpq-fe.h>
+#include <librdkafka/rdkafka.h>
 
 #define BRIDGE_VERSION "1.0"
 
 /* Longest value of one configuration key, in bytes. */
 #define BRIDGE_VALUE_LEN 1024
+
+/* Routes and topic patterns one configuration may have. */
+#define BRIDGE_MAX_ROUTES 32
+#define BRIDGE_MAX_TOPICS 32
+
+/* Librdkafka properties of the [kafka] section. */
+#define BRIDGE_MAX_KAFKA_PROPS 64
+
+typedef enum RouteFormat
+{
+	FORMAT_JSON,				/* the value into one json/jsonb column */
+	FORMAT_JSON_COLUMNS,		/* the value's keys onto columns */
+	FORMAT_TEXT,
+	FORMAT_BYTEA
+} RouteFormat;
+
+/* Metadata a route may store next to the value. */
+typedef enum RouteMeta
+{
+	META_TOPIC,
+	META_PARTITION,
+	META_OFFSET,
+	META_KEY,
+	META_TIMESTAMP,
+	META_HEADERS,
+	META_COUNT
+} RouteMeta;
+
+/* One [route NAME] section. */
+typedef struct BridgeRoute
+{
+	char		name[64];
+	char		topics[BRIDGE_MAX_TOPICS][256];	/* names, or ^regex */
+	int			ntopics;
+	regex_t		patterns[BRIDGE_MAX_TOPICS];	/* compiled ^regex entries */
+	bool		is_pattern[BRIDGE_MAX_TOPICS];
+	char		table[256];
+	RouteFormat format;
+	char		column[64];		/* json, text, bytea: the value's column */
+	char		columns[BRIDGE_VALUE_LEN];	/* json_columns: explicit list */
+	bool		upsert;
+	char		key_columns[BRIDGE_VALUE_LEN];
+	char		meta[META_COUNT][64];	/* column per metadata, "" for none */
+	bool		dedupe;
+} BridgeRoute;
 
 /* The daemon's settings; defaults live in config.c's table. */
 typedef struct BridgeConfig
@@ -22,9 +73,16 @@ typedef struct BridgeConfig
 	char		brokers[BRIDGE_VALUE_LEN];	/* bootstrap.servers */
 	char		group[BRIDGE_VALUE_LEN];	/* consumer group id */
 	char		log_level[BRIDGE_VALUE_LEN];	/* error|warning|info|debug */
+	int			batch_size;		/* messages per transaction at most */
+	int			batch_delay_ms; /* longest a message waits for its batch */
+	char		kafka_keys[BRIDGE_MAX_KAFKA_PROPS][128];
+	char		kafka_values[BRIDGE_MAX_KAFKA_PROPS][BRIDGE_VALUE_LEN];
+	int			nkafka;
+	BridgeRoute routes[BRIDGE_MAX_ROUTES];
+	int			nroutes;
 } BridgeConfig;
 
-/* Levelled log lines on stderr. */
+/* Levelled log lines on stderr, one JSON object each. */
 typedef enum BridgeLogLevel
 {
 	BRIDGE_LOG_ERROR = 0,
@@ -43,7 +101,44 @@ extern void bridge_log(BridgeLogLevel level, const char *fmt,...)
 #define log_info(...) bridge_log(BRIDGE_LOG_INFO, __VA_ARGS__)
 #define log_debug(...) bridge_log(BRIDGE_LOG_DEBUG, __VA_ARGS__)
 
+/* config.c */
 extern void config_set_defaults(BridgeConfig *config);
 extern bool config_load(const char *path, BridgeConfig *config);
+extern void config_free(BridgeConfig *config);
+extern int	config_route_for_topic(const BridgeConfig *config, const char *topic);
+extern bool config_log_level(const char *name, BridgeLogLevel *level);
+
+/* db.c: the PostgreSQL side */
+typedef enum WriteResult
+{
+	WRITE_OK,
+	WRITE_CONFLICT,				/* another consumer moved an offset: reseek */
+	WRITE_RETRY					/* connection or server trouble: try again */
+} WriteResult;
+
+extern bool db_connect(const BridgeConfig *config, bool once);
+extern void db_disconnect(void);
+extern bool db_check_routes(const BridgeConfig *config);
+extern bool db_load_offsets(const BridgeConfig *config, const char *topic, int32_t partition,
+							int64_t *next_offset);
+/* A partition a batch moves: its offset must still be expected (-1: no row). */
+typedef struct PartitionWrite
+{
+	const char *topic;
+	int32_t		partition;
+	int64_t		expected;
+	int64_t		next;
+} PartitionWrite;
+
+extern WriteResult db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages,
+								  int n, const int *routes, const PartitionWrite *parts, int nparts,
+								  int64_t *written, int64_t *dead);
+
+/* consume.c: the daemon's loop; returns the exit status. */
+extern int	bridge_run(BridgeConfig *config, const char *path);
+
+/* Set by signal handlers. */
+extern volatile int bridge_stop;
+extern volatile int bridge_reload;
 
 #endif							/* INFRA_BRIDGE_H */

@@ -1,16 +1,23 @@
 /*-------------------------------------------------------------------------
  *
  * config.c
- *		infra-bridge configuration: one table of keys with their defaults,
- *		read from an INI file by inih.
+ *		infra-bridge configuration: an INI file read by inih.
  *
- * A file is loaded into a scratch copy and only handed back when all of it is
- * valid, so a reload with a bad file keeps the configuration in force.
+ *	[bridge]         conninfo, brokers, group, log_level, batch_size,
+ *	                 batch_delay_ms
+ *	[kafka]          librdkafka consumer properties, passed through
+ *	[route NAME]     topics, table, format, column, columns, mode,
+ *	                 key_columns, dedupe, *_column (metadata)
+ *
+ * A file is loaded into a scratch copy and only handed back when all of it
+ * is valid, so a reload with a bad file keeps the configuration in force.
  *
  *-------------------------------------------------------------------------
  */
+#include <ctype.h>
 #include <stddef.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
@@ -20,21 +27,25 @@
 
 typedef struct ConfigKey
 {
-	const char *section;
 	const char *name;
 	size_t		offset;			/* in BridgeConfig */
 	const char *default_value;
 	bool		secret;			/* never logged */
 } ConfigKey;
 
-static const ConfigKey config_keys[] = {
-	{"bridge", "conninfo", offsetof(BridgeConfig, conninfo), "dbname=postgres", true},
-	{"bridge", "brokers", offsetof(BridgeConfig, brokers), "127.0.0.1:9092", false},
-	{"bridge", "group", offsetof(BridgeConfig, group), "infra-bridge", false},
-	{"bridge", "log_level", offsetof(BridgeConfig, log_level), "info", false},
+static const ConfigKey bridge_keys[] = {
+	{"conninfo", offsetof(BridgeConfig, conninfo), "dbname=postgres", true},
+	{"brokers", offsetof(BridgeConfig, brokers), "127.0.0.1:9092", false},
+	{"group", offsetof(BridgeConfig, group), "infra-bridge", false},
+	{"log_level", offsetof(BridgeConfig, log_level), "info", false},
 };
 
-#define NUM_CONFIG_KEYS (sizeof(config_keys) / sizeof(config_keys[0]))
+#define NUM_BRIDGE_KEYS (sizeof(bridge_keys) / sizeof(bridge_keys[0]))
+
+static const char *const meta_keys[META_COUNT] = {
+	"topic_column", "partition_column", "offset_column", "key_column",
+	"timestamp_column", "headers_column"
+};
 
 /* State of one load, passed through inih. */
 typedef struct ConfigLoad
@@ -55,21 +66,190 @@ config_set_defaults(BridgeConfig *config)
 	size_t		i;
 
 	memset(config, 0, sizeof(*config));
-	for (i = 0; i < NUM_CONFIG_KEYS; i++)
-		snprintf((char *) config + config_keys[i].offset, BRIDGE_VALUE_LEN,
-				 "%s", config_keys[i].default_value);
+	for (i = 0; i < NUM_BRIDGE_KEYS; i++)
+		snprintf((char *) config + bridge_keys[i].offset, BRIDGE_VALUE_LEN,
+				 "%s", bridge_keys[i].default_value);
+	config->batch_size = 10000;
+	config->batch_delay_ms = 100;
+}
+
+/*
+ * Release what a loaded configuration holds (compiled patterns).
+ */
+void
+config_free(BridgeConfig *config)
+{
+	int			r;
+	int			t;
+
+	for (r = 0; r < config->nroutes; r++)
+		for (t = 0; t < config->routes[r].ntopics; t++)
+			if (config->routes[r].is_pattern[t])
+				regfree(&config->routes[r].patterns[t]);
+	config->nroutes = 0;
+}
+
+/*
+ * Map a log level's name; false if unknown.
+ */
+bool
+config_log_level(const char *name, BridgeLogLevel *level)
+{
+	size_t		i;
+
+	for (i = 0; i < sizeof(log_levels) / sizeof(log_levels[0]); i++)
+		if (strcmp(name, log_levels[i]) == 0)
+		{
+			*level = (BridgeLogLevel) i;
+			return true;
+		}
+	return false;
 }
 
 /*
  * Keep the first problem of a load; inih supplies its line number.
  */
 static int
-config_reject(ConfigLoad *load, const char *message, const char *name,
-			  const char *section)
+config_reject(ConfigLoad *load, const char *fmt, const char *a, const char *b)
 {
 	if (load->error[0] == '\0')
-		snprintf(load->error, sizeof(load->error), message, name, section);
+		snprintf(load->error, sizeof(load->error), fmt, a, b);
 	return 0;
+}
+
+static bool
+parse_int(const char *value, int min, int max, int *out)
+{
+	char	   *end;
+	long		v = strtol(value, &end, 10);
+
+	if (end == value || *end != '\0' || v < min || v > max)
+		return false;
+	*out = (int) v;
+	return true;
+}
+
+/* An SQL identifier, possibly schema-qualified, that we quote ourselves. */
+static bool
+valid_name(const char *value, bool dotted)
+{
+	const char *p;
+
+	if (*value == '\0')
+		return false;
+	for (p = value; *p; p++)
+		if (!(isalnum((unsigned char) *p) || *p == '_' || (dotted && *p == '.')))
+			return false;
+	return true;
+}
+
+/* A comma-separated list of column names. */
+static bool
+valid_name_list(const char *value)
+{
+	char		copy[BRIDGE_VALUE_LEN];
+	char	   *save = NULL;
+	char	   *tok;
+
+	snprintf(copy, sizeof(copy), "%s", value);
+	for (tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+		if (!valid_name(tok, false))
+			return false;
+	return value[0] != '\0';
+}
+
+/*
+ * One key of a [route NAME] section.
+ */
+static int
+config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
+				 const char *name, const char *value)
+{
+	int			m;
+
+	if (strcasecmp(name, "topics") == 0)
+	{
+		char		copy[BRIDGE_VALUE_LEN];
+		char	   *save = NULL;
+		char	   *tok;
+
+		snprintf(copy, sizeof(copy), "%s", value);
+		for (tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+		{
+			int			t = route->ntopics;
+
+			if (t >= BRIDGE_MAX_TOPICS || strlen(tok) >= sizeof(route->topics[0]))
+				return config_reject(load, "too many or too long topics in section [%s]%s", section, "");
+			snprintf(route->topics[t], sizeof(route->topics[t]), "%s", tok);
+			route->is_pattern[t] = tok[0] == '^';
+			if (route->is_pattern[t] &&
+				regcomp(&route->patterns[t], tok, REG_EXTENDED | REG_NOSUB) != 0)
+				return config_reject(load, "invalid topic pattern \"%s\" in section [%s]", tok, section);
+			route->ntopics++;
+		}
+		return 1;
+	}
+	if (strcasecmp(name, "table") == 0)
+	{
+		if (!valid_name(value, true) || strlen(value) >= sizeof(route->table))
+			return config_reject(load, "invalid table \"%s\" in section [%s]", value, section);
+		snprintf(route->table, sizeof(route->table), "%s", value);
+		return 1;
+	}
+	if (strcasecmp(name, "format") == 0)
+	{
+		if (strcmp(value, "json") == 0)
+			route->format = FORMAT_JSON;
+		else if (strcmp(value, "json_columns") == 0)
+			route->format = FORMAT_JSON_COLUMNS;
+		else if (strcmp(value, "text") == 0)
+			route->format = FORMAT_TEXT;
+		else if (strcmp(value, "bytea") == 0)
+			route->format = FORMAT_BYTEA;
+		else
+			return config_reject(load, "format \"%s\" in section [%s] is not one of json, json_columns, text, bytea",
+								 value, section);
+		return 1;
+	}
+	if (strcasecmp(name, "column") == 0)
+	{
+		if (!valid_name(value, false) || strlen(value) >= sizeof(route->column))
+			return config_reject(load, "invalid column \"%s\" in section [%s]", value, section);
+		snprintf(route->column, sizeof(route->column), "%s", value);
+		return 1;
+	}
+	if (strcasecmp(name, "columns") == 0 || strcasecmp(name, "key_columns") == 0)
+	{
+		char	   *dest = strcasecmp(name, "columns") == 0 ? route->columns : route->key_columns;
+
+		if (!valid_name_list(value))
+			return config_reject(load, "invalid column list \"%s\" in section [%s]", value, section);
+		snprintf(dest, BRIDGE_VALUE_LEN, "%s", value);
+		return 1;
+	}
+	if (strcasecmp(name, "mode") == 0)
+	{
+		if (strcmp(value, "insert") != 0 && strcmp(value, "upsert") != 0)
+			return config_reject(load, "mode \"%s\" in section [%s] is not one of insert, upsert", value, section);
+		route->upsert = strcmp(value, "upsert") == 0;
+		return 1;
+	}
+	if (strcasecmp(name, "dedupe") == 0)
+	{
+		if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0)
+			return config_reject(load, "dedupe \"%s\" in section [%s] is not on or off", value, section);
+		route->dedupe = strcmp(value, "on") == 0;
+		return 1;
+	}
+	for (m = 0; m < META_COUNT; m++)
+		if (strcasecmp(name, meta_keys[m]) == 0)
+		{
+			if (!valid_name(value, false) || strlen(value) >= sizeof(route->meta[m]))
+				return config_reject(load, "invalid column \"%s\" in section [%s]", value, section);
+			snprintf(route->meta[m], sizeof(route->meta[m]), "%s", value);
+			return 1;
+		}
+	return config_reject(load, "unknown key \"%s\" in section [%s]", name, section);
 }
 
 /*
@@ -81,42 +261,138 @@ config_handle_line(void *user, const char *section, const char *name,
 				   const char *value)
 {
 	ConfigLoad *load = (ConfigLoad *) user;
+	BridgeConfig *config = load->config;
 	size_t		i;
 
-	for (i = 0; i < NUM_CONFIG_KEYS; i++)
-	{
-		const ConfigKey *key = &config_keys[i];
+	if (strlen(value) >= BRIDGE_VALUE_LEN)
+		return config_reject(load, "value of \"%s\" in section [%s] is too long", name, section);
 
-		if (strcasecmp(section, key->section) != 0 ||
-			strcasecmp(name, key->name) != 0)
-			continue;
-		if (strlen(value) >= BRIDGE_VALUE_LEN)
-			return config_reject(load, "value of \"%s\" in section [%s] is too long",
-								 name, section);
-		snprintf((char *) load->config + key->offset, BRIDGE_VALUE_LEN,
-				 "%s", value);
-		log_debug("%s: %s.%s = %s", load->path, section, name,
-				  key->secret ? "(secret)" : value);
+	if (strcasecmp(section, "bridge") == 0)
+	{
+		if (strcasecmp(name, "batch_size") == 0)
+			return parse_int(value, 1, 1000000, &config->batch_size) ? 1 :
+				config_reject(load, "batch_size \"%s\" in section [%s] is not an integer from 1 to 1000000", value, section);
+		if (strcasecmp(name, "batch_delay_ms") == 0)
+			return parse_int(value, 0, 3600000, &config->batch_delay_ms) ? 1 :
+				config_reject(load, "batch_delay_ms \"%s\" in section [%s] is not an integer from 0 to 3600000", value, section);
+		for (i = 0; i < NUM_BRIDGE_KEYS; i++)
+		{
+			const ConfigKey *key = &bridge_keys[i];
+
+			if (strcasecmp(name, key->name) != 0)
+				continue;
+			snprintf((char *) config + key->offset, BRIDGE_VALUE_LEN, "%s", value);
+			log_debug("%s: %s.%s = %s", load->path, section, name,
+					  key->secret ? "(secret)" : value);
+			return 1;
+		}
+		return config_reject(load, "unknown key \"%s\" in section [%s]", name, section);
+	}
+	if (strcasecmp(section, "kafka") == 0)
+	{
+		rd_kafka_conf_t *probe = rd_kafka_conf_new();
+		char		errstr[512];
+		bool		ok = rd_kafka_conf_set(probe, name, value, errstr, sizeof(errstr)) == RD_KAFKA_CONF_OK;
+
+		rd_kafka_conf_destroy(probe);
+		if (!ok)
+			return config_reject(load, "[kafka] %s: %s", name, errstr);
+		if (strcmp(name, "enable.auto.commit") == 0 || strcmp(name, "group.id") == 0 ||
+			strcmp(name, "bootstrap.servers") == 0 ||
+			(strcmp(name, "partition.assignment.strategy") == 0 && strstr(value, "cooperative")))
+			return config_reject(load, "[kafka] %s is set by the bridge itself (%s)", name,
+								 "brokers and group in [bridge]; eager assignment, offsets in PostgreSQL");
+		if (config->nkafka >= BRIDGE_MAX_KAFKA_PROPS || strlen(name) >= sizeof(config->kafka_keys[0]))
+			return config_reject(load, "too many or too long properties in section [%s]%s", section, "");
+		snprintf(config->kafka_keys[config->nkafka], sizeof(config->kafka_keys[0]), "%s", name);
+		snprintf(config->kafka_values[config->nkafka], BRIDGE_VALUE_LEN, "%s", value);
+		config->nkafka++;
 		return 1;
 	}
-	return config_reject(load, "unknown key \"%s\" in section [%s]",
-						 name, section);
+	if (strncasecmp(section, "route ", 6) == 0)
+	{
+		const char *rname = section + 6;
+		BridgeRoute *route = NULL;
+		int			r;
+
+		while (*rname == ' ')
+			rname++;
+		for (r = 0; r < config->nroutes; r++)
+			if (strcmp(config->routes[r].name, rname) == 0)
+				route = &config->routes[r];
+		if (route == NULL)
+		{
+			if (config->nroutes >= BRIDGE_MAX_ROUTES || !valid_name(rname, false) ||
+				strlen(rname) >= sizeof(route->name))
+				return config_reject(load, "invalid or one too many route name \"%s\"%s", rname, "");
+			route = &config->routes[config->nroutes++];
+			snprintf(route->name, sizeof(route->name), "%s", rname);
+			snprintf(route->column, sizeof(route->column), "payload");
+		}
+		return config_route_key(load, route, section, name, value);
+	}
+	return config_reject(load, "unknown section [%s]%s", section, "");
 }
 
 /*
- * Check values that have a fixed vocabulary.
+ * Checks that need the whole file.
  */
 static bool
 config_validate(const char *path, BridgeConfig *config)
 {
-	size_t		i;
+	BridgeLogLevel level;
+	PQconninfoOption *opts;
+	char	   *err = NULL;
+	int			r;
 
-	for (i = 0; i < sizeof(log_levels) / sizeof(log_levels[0]); i++)
-		if (strcmp(config->log_level, log_levels[i]) == 0)
-			return true;
-	log_error("%s: log_level \"%s\" is not one of error, warning, info, debug",
-			  path, config->log_level);
-	return false;
+	if (!config_log_level(config->log_level, &level))
+	{
+		log_error("%s: log_level \"%s\" is not one of error, warning, info, debug",
+				  path, config->log_level);
+		return false;
+	}
+	opts = PQconninfoParse(config->conninfo, &err);
+	if (opts == NULL)
+	{
+		/* libpq's message never repeats the string, so no secret leaks. */
+		log_error("%s: invalid conninfo: %s", path, err ? err : "out of memory");
+		PQfreemem(err);
+		return false;
+	}
+	PQconninfoFree(opts);
+	if (config->nroutes == 0)
+	{
+		log_error("%s: no [route NAME] section: nothing to consume", path);
+		return false;
+	}
+	for (r = 0; r < config->nroutes; r++)
+	{
+		BridgeRoute *route = &config->routes[r];
+		int			t;
+		int			o;
+		int			q;
+
+		if (route->ntopics == 0 || route->table[0] == '\0')
+		{
+			log_error("%s: route \"%s\" needs topics and table", path, route->name);
+			return false;
+		}
+		if (route->upsert && route->key_columns[0] == '\0')
+		{
+			log_error("%s: route \"%s\" is mode = upsert without key_columns", path, route->name);
+			return false;
+		}
+		for (t = 0; t < route->ntopics; t++)
+			for (o = 0; o <= r; o++)
+				for (q = 0; q < config->routes[o].ntopics; q++)
+					if ((o < r || q < t) && strcmp(config->routes[o].topics[q], route->topics[t]) == 0)
+					{
+						log_error("%s: topic \"%s\" is in route \"%s\" and route \"%s\"",
+								  path, route->topics[t], config->routes[o].name, route->name);
+						return false;
+					}
+	}
+	return true;
 }
 
 /*
@@ -126,35 +402,60 @@ config_validate(const char *path, BridgeConfig *config)
 bool
 config_load(const char *path, BridgeConfig *config)
 {
-	BridgeConfig scratch;
+	BridgeConfig *scratch = malloc(sizeof(BridgeConfig));
 	ConfigLoad	load;
 	int			rc;
+	bool		ok = false;
 
-	config_set_defaults(&scratch);
+	if (scratch == NULL)
+	{
+		log_error("out of memory");
+		return false;
+	}
+	config_set_defaults(scratch);
 	load.path = path;
-	load.config = &scratch;
+	load.config = scratch;
 	load.error[0] = '\0';
 
 	rc = ini_parse(path, config_handle_line, &load);
 	if (rc == -1)
-	{
 		log_error("cannot open configuration file \"%s\"", path);
-		return false;
-	}
-	if (rc > 0)
-	{
-		log_error("%s:%d: %s", path, rc,
-				  load.error[0] ? load.error : "syntax error");
-		return false;
-	}
-	if (rc < 0)
-	{
+	else if (rc > 0)
+		log_error("%s:%d: %s", path, rc, load.error[0] ? load.error : "syntax error");
+	else if (rc < 0)
 		log_error("cannot read configuration file \"%s\"", path);
-		return false;
-	}
-	if (!config_validate(path, &scratch))
-		return false;
+	else
+		ok = config_validate(path, scratch);
 
-	*config = scratch;
-	return true;
+	if (ok)
+	{
+		config_free(config);
+		*config = *scratch;
+	}
+	else
+		config_free(scratch);
+	free(scratch);
+	return ok;
+}
+
+/*
+ * The route that consumes a topic: the first naming it, else the first
+ * whose pattern matches; -1 for none.
+ */
+int
+config_route_for_topic(const BridgeConfig *config, const char *topic)
+{
+	int			r;
+	int			t;
+
+	for (r = 0; r < config->nroutes; r++)
+		for (t = 0; t < config->routes[r].ntopics; t++)
+			if (!config->routes[r].is_pattern[t] && strcmp(config->routes[r].topics[t], topic) == 0)
+				return r;
+	for (r = 0; r < config->nroutes; r++)
+		for (t = 0; t < config->routes[r].ntopics; t++)
+			if (config->routes[r].is_pattern[t] &&
+				regexec(&config->routes[r].patterns[t], topic, 0, NULL, 0) == 0)
+				return r;
+	return -1;
 }

@@ -1,50 +1,82 @@
 /*-------------------------------------------------------------------------
  *
  * main.c
- *		infra-bridge command line and logging.
+ *		infra-bridge command line, signals and logging.
  *
- * The daemon consumes Kafka topics into PostgreSQL tables, exactly once.
- * This is its skeleton: it parses the command line and its configuration
- * file, reports what it would connect to, and exits.
+ * The daemon consumes Kafka topics into PostgreSQL tables, exactly once
+ * (consume.c, db.c).  Log lines are JSON objects on stderr.  SIGTERM and
+ * SIGINT stop it cleanly (exit 0); SIGHUP reloads the configuration file.
  *
  *-------------------------------------------------------------------------
  */
 #include <getopt.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-#include <librdkafka/rdkafka.h>
-#include <libpq-fe.h>
+#include <unistd.h>
 
 #include "bridge.h"
 
 BridgeLogLevel bridge_log_level = BRIDGE_LOG_INFO;
+volatile int bridge_stop = 0;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
 /*
- * One log line on stderr: UTC timestamp, level, message.
+ * One log line on stderr: {"ts":..., "level":..., "msg":..., "pid":...}.
  */
 void
 bridge_log(BridgeLogLevel level, const char *fmt,...)
 {
 	char		stamp[32];
-	time_t		now = time(NULL);
+	char		message[4096];
+	char		line[9000];
+	struct timespec now;
 	struct tm	tm;
 	va_list		ap;
+	size_t		n = 0;
+	const char *p;
 
 	if (level > bridge_log_level)
 		return;
-	gmtime_r(&now, &tm);
-	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	fprintf(stderr, "%s infra-bridge %s: ", stamp, level_names[level]);
+	clock_gettime(CLOCK_REALTIME, &now);
+	gmtime_r(&now.tv_sec, &tm);
+	strftime(stamp, sizeof(stamp), "%Y-%m-%dT%H:%M:%S", &tm);
 	va_start(ap, fmt);
-	vfprintf(stderr, fmt, ap);
+	vsnprintf(message, sizeof(message), fmt, ap);
 	va_end(ap);
-	fputc('\n', stderr);
+
+	n = (size_t) snprintf(line, sizeof(line), "{\"ts\":\"%s.%03ldZ\",\"level\":\"%s\",\"msg\":\"",
+						  stamp, now.tv_nsec / 1000000, level_names[level]);
+	for (p = message; *p && n + 8 < sizeof(line) - 64; p++)
+	{
+		unsigned char c = (unsigned char) *p;
+
+		if (c == '"' || c == '\\')
+		{
+			line[n++] = '\\';
+			line[n++] = (char) c;
+		}
+		else if (c == '\n')
+		{
+			/* libpq's messages end in a newline: drop it, escape others. */
+			if (p[1] != '\0')
+			{
+				line[n++] = '\\';
+				line[n++] = 'n';
+			}
+		}
+		else if (c < 0x20)
+			n += (size_t) snprintf(line + n, 8, "\\u%04x", c);
+		else
+			line[n++] = (char) c;
+	}
+	n += (size_t) snprintf(line + n, sizeof(line) - n, "\",\"pid\":%d}\n", (int) getpid());
+	fwrite(line, 1, n, stderr);
+	fflush(stderr);
 }
 
 static void
@@ -58,8 +90,23 @@ usage(FILE *out)
 			"\n"
 			"Options:\n"
 			"  -c, --config FILE   configuration file (INI)\n"
+			"  -t, --check-config  check the configuration file and exit\n"
 			"  -V, --version       print the version and exit\n"
-			"  -h, --help          show this help and exit\n");
+			"  -h, --help          show this help and exit\n"
+			"\n"
+			"Signals: TERM/INT stop after the current batch; HUP reloads FILE.\n");
+}
+
+static void
+on_stop(int sig)
+{
+	bridge_stop = 1;
+}
+
+static void
+on_hup(int sig)
+{
+	bridge_reload = 1;
 }
 
 int
@@ -67,21 +114,26 @@ main(int argc, char **argv)
 {
 	static const struct option options[] = {
 		{"config", required_argument, NULL, 'c'},
+		{"check-config", no_argument, NULL, 't'},
 		{"version", no_argument, NULL, 'V'},
 		{"help", no_argument, NULL, 'h'},
 		{NULL, 0, NULL, 0}
 	};
+	static BridgeConfig config;
 	const char *config_path = NULL;
-	BridgeConfig config;
+	bool		check_only = false;
+	struct sigaction sa;
 	int			c;
-	size_t		i;
 
-	while ((c = getopt_long(argc, argv, "c:Vh", options, NULL)) != -1)
+	while ((c = getopt_long(argc, argv, "c:tVh", options, NULL)) != -1)
 	{
 		switch (c)
 		{
 			case 'c':
 				config_path = optarg;
+				break;
+			case 't':
+				check_only = true;
 				break;
 			case 'V':
 				printf("infra-bridge %s (librdkafka %s, libpq %d)\n",
@@ -109,14 +161,26 @@ main(int argc, char **argv)
 		return 2;
 	}
 
+	config_set_defaults(&config);
 	if (!config_load(config_path, &config))
 		return 1;
-	for (i = 0; i < sizeof(level_names) / sizeof(level_names[0]); i++)
-		if (strcmp(config.log_level, level_names[i]) == 0)
-			bridge_log_level = (BridgeLogLevel) i;
+	(void) config_log_level(config.log_level, &bridge_log_level);
+	if (check_only)
+	{
+		printf("configuration \"%s\" is valid: %d routes, group \"%s\", brokers %s\n",
+			   config_path, config.nroutes, config.group, config.brokers);
+		return 0;
+	}
 
-	log_info("configuration \"%s\" loaded: brokers %s, group %s",
-			 config_path, config.brokers, config.group);
-	log_info("no routes to consume yet; exiting");
-	return 0;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_stop;
+	sigaction(SIGTERM, &sa, NULL);
+	sigaction(SIGINT, &sa, NULL);
+	sa.sa_handler = on_hup;
+	sigaction(SIGHUP, &sa, NULL);
+	signal(SIGPIPE, SIG_IGN);
+	srand((unsigned) getpid() ^ (unsigned) time(NULL));
+
+	log_info("infra-bridge %s starting with \"%s\"", BRIDGE_VERSION, config_path);
+	return bridge_run(&config, config_path);
 }

@@ -1038,3 +1038,46 @@ COMMENT ON VIEW infra.trace_stats IS
 'Spans queued in shared memory for the OTLP exporter and its counters: exported, dropped (queue full), rejected by the collector (not retried), failed attempts (retried), last error.';
 
 GRANT SELECT ON infra.trace_stats TO PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * infra-bridge (bridge/): where it keeps its offsets, dead letters and the
+ * message ids it has written.
+ * ------------------------------------------------------------------------- */
+
+CREATE TABLE infra.bridge_offsets (
+    consumer_group text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL CHECK (partition >= 0),
+    next_offset bigint NOT NULL CHECK (next_offset >= 0),
+    updated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (consumer_group, topic, partition)
+);
+
+COMMENT ON TABLE infra.bridge_offsets IS
+'Per consumer group and partition, the next Kafka offset infra-bridge writes: moved in the same transaction as the rows, so a batch is written exactly once.';
+
+CREATE TABLE infra.bridge_dead_letters (
+    id bigserial PRIMARY KEY,
+    route text NOT NULL,
+    topic text NOT NULL,
+    partition integer NOT NULL,
+    "offset" bigint NOT NULL,
+    key bytea,
+    payload bytea,
+    headers jsonb,
+    error text NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT now()
+);
+
+COMMENT ON TABLE infra.bridge_dead_letters IS
+'Messages infra-bridge could not write (invalid JSON, a constraint, a type), with the error; the rest of their batch was written.';
+
+CREATE TABLE infra.bridge_message_ids (
+    route text NOT NULL,
+    msg_id text NOT NULL,
+    written_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (route, msg_id)
+);
+
+COMMENT ON TABLE infra.bridge_message_ids IS
+'infra-msg-id headers of messages a route with dedupe = on has written: a message sent again (a producer retry) is skipped.';

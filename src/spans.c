@@ -140,8 +140,9 @@ static void SpansProcessUtility(PlannedStmt *pstmt, const char *queryString, boo
 								QueryEnvironment *queryEnv, DestReceiver *dest,
 								QueryCompletion *qc);
 static void SpansXactCallback(XactEvent event, void *arg);
-static void SpansStatementBegin(const char *source, const char *operation, QueryDesc *query,
+static void SpansStatementBegin(const char *source, Node *statement_node, QueryDesc *query,
 								uint64 queryid);
+static const char *SpansFindTraceparentTag(const char *source);
 static void SpansStatementFinish(bool failed, const char *message);
 static bool SpansParent(SpanContext *parent);
 static bool SpansParseTraceparent(const char *text, SpanContext *ctx);
@@ -484,8 +485,7 @@ SpansExecutorStart(QueryDesc *queryDesc, int eflags)
 	else
 		standard_ExecutorStart(queryDesc, eflags);
 	if (!statement.active && ring != NULL && !IsParallelWorker())
-		SpansStatementBegin(queryDesc->sourceText,
-							GetCommandTagName(CreateCommandTag((Node *) queryDesc->plannedstmt)),
+		SpansStatementBegin(queryDesc->sourceText, (Node *) queryDesc->plannedstmt,
 							queryDesc, queryDesc->plannedstmt->queryId);
 }
 
@@ -510,8 +510,7 @@ SpansProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTr
 		context == PROCESS_UTILITY_TOPLEVEL;
 
 	if (mine)
-		SpansStatementBegin(queryString, GetCommandTagName(CreateCommandTag(pstmt->utilityStmt)),
-							NULL, pstmt->queryId);
+		SpansStatementBegin(queryString, pstmt->utilityStmt, NULL, pstmt->queryId);
 	PG_TRY();
 	{
 		if (prev_process_utility)
@@ -549,28 +548,57 @@ SpansXactCallback(XactEvent event, void *arg)
 }
 
 /*
+ * Where a SQLcommenter traceparent value starts in the statement text, or
+ * NULL.  Every statement passes here: strchr for the comments' "/" is far
+ * cheaper than a substring search over the whole text.
+ */
+static const char *
+SpansFindTraceparentTag(const char *source)
+{
+	static const char tag[] = "traceparent='";
+	const char *p = source;
+
+	while ((p = strchr(p, '/')) != NULL)
+	{
+		const char *end;
+		const char *found;
+
+		if (*++p != '*')
+			continue;
+		end = strstr(p, "*/");
+		found = strstr(p, tag);
+		if (found != NULL && (end == NULL || found < end))
+			return found + sizeof(tag) - 1;
+		if (end == NULL)
+			break;
+		p = end;
+	}
+	return NULL;
+}
+
+/*
  * A top-level statement starts.  The common case (nothing to trace) costs
- * a few tests and one scan of the statement text for a SQLcommenter tag.
+ * a few tests and a strchr over the statement text.
  */
 static void
-SpansStatementBegin(const char *source, const char *operation, QueryDesc *query, uint64 queryid)
+SpansStatementBegin(const char *source, Node *statement_node, QueryDesc *query, uint64 queryid)
 {
 	SpanContext parent;
 	const char *tag;
 	bool		sampled;
+	const char *operation;
 
 	statement.active = true;
 	statement.query = query;
 	statement.comment.valid = false;
 	statement.recorded = false;
 
-	tag = source != NULL ? strstr(source, "traceparent='") : NULL;
+	tag = source != NULL ? SpansFindTraceparentTag(source) : NULL;
 	if (tag != NULL)
 	{
 		char		value[TRACEPARENT_LEN + 1];
 		const char *why = "it must be 00-<32 hex digits>-<16 hex digits>-<2 hex digits>";
 
-		tag += strlen("traceparent='");
 		strlcpy(value, tag, sizeof(value));
 		if (strlen(value) != TRACEPARENT_LEN || tag[TRACEPARENT_LEN] != '\'' ||
 			!TraceparentValid(value, &why))
@@ -590,6 +618,7 @@ SpansStatementBegin(const char *source, const char *operation, QueryDesc *query,
 	if (!sampled)
 		return;
 
+	operation = GetCommandTagName(CreateCommandTag(statement_node));
 	memset(&statement.span, 0, sizeof(OpenSpan));
 	SpansNewIds(&statement.span, &parent, true);
 	statement.span.kind = 2;	/* server */

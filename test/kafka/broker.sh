@@ -9,6 +9,8 @@
 #   broker.sh resume DIR         SIGCONT
 #   broker.sh bootstrap DIR      print host:port of the broker
 #   broker.sh status DIR         exit 0 when the broker answers metadata
+#   broker.sh create-topic DIR NAME PARTITIONS
+#                                create a topic (Kafka's own TopicCommand)
 #
 # DIR holds server.properties, the data, logs and pid; ports are chosen free
 # at the first start and kept, so a restarted broker has the same address.
@@ -160,8 +162,12 @@ pause) kill -STOP "$(pid_of)" ;;
 resume) kill -CONT "$(pid_of)" ;;
 bootstrap) cat "$dir/bootstrap" ;;
 status) alive && answers ;;
+create-topic)
+	java_cmd org.apache.kafka.tools.TopicCommand --bootstrap-server "$(cat "$dir/bootstrap")" \
+		--create --if-not-exists --topic "$3" --partitions "$4" --replication-factor 1 >/dev/null
+	;;
 *)
-	sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

@@ -1,4 +1,5 @@
-# infra-bridge skeleton: command line and configuration file handling.
+# infra-bridge: command line and configuration file handling (no broker,
+# no database: --check-config and the errors that come before them).
 use strict;
 use warnings;
 
@@ -35,25 +36,51 @@ is($rc, 2, 'an unknown option is a usage error');
 
 ($rc, $out, $err) = bridge('--config', "$dir/missing.ini");
 is($rc, 1, 'a missing file fails');
-like($err, qr/cannot open configuration file ".*missing\.ini"/, 'and names the file');
+like($err, qr/cannot open configuration file \\".*missing\.ini\\"/, 'and names the file');
 
 append_to_file("$dir/good.ini",
-	"; example\n[bridge]\nconninfo = dbname=app password=s3cret\nbrokers = 127.0.0.1:1\ngroup = g1\n");
-($rc, $out, $err) = bridge('--config', "$dir/good.ini");
-is($rc, 0, 'a valid file is accepted and the skeleton exits cleanly');
-like($err, qr/brokers 127\.0\.0\.1:1, group g1/, 'settings from the file are used');
-unlike($err, qr/s3cret/, 'the conninfo (it may hold a password) is not logged');
+	"; example\n[bridge]\nconninfo = dbname=app password=s3cret\nbrokers = 127.0.0.1:1\ngroup = g1\n"
+	  . "log_level = debug\n[kafka]\nfetch.max.bytes = 1048576\n[route orders]\ntopics = shop.orders, ^shop\\..*\ntable = public.orders\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/good.ini");
+is($rc, 0, '--check-config accepts a valid file and exits 0');
+like($out, qr/configuration ".*good\.ini" is valid: 1 routes, group "g1", brokers 127\.0\.0\.1:1/,
+	'settings from the file are used');
+unlike("$out$err", qr/s3cret/, 'the conninfo (it may hold a password) is never shown');
+
+append_to_file("$dir/noroute.ini", "[bridge]\ngroup = g1\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/noroute.ini");
+is($rc, 1, 'a file without routes fails');
+like($err, qr/no \[route NAME\] section/, 'and says what is missing');
+
+append_to_file("$dir/badkafka.ini", "[kafka]\nfetch.max.bytes = lots\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/badkafka.ini");
+is($rc, 1, 'a librdkafka property librdkafka refuses fails');
+like($err, qr/badkafka\.ini:2: \[kafka\] fetch\.max\.bytes: /, 'with librdkafka\'s reason');
+
+append_to_file("$dir/coop.ini", "[kafka]\npartition.assignment.strategy = cooperative-sticky\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/coop.ini");
+is($rc, 1, 'cooperative assignment is refused (offsets live in PostgreSQL)');
+
+append_to_file("$dir/badroute.ini", "[route r]\ntopics = t\ntable = x\nformat = xml\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/badroute.ini");
+is($rc, 1, 'an unknown format fails');
+like($err, qr/format \\"xml\\" in section \[route r\] is not one of json, json_columns, text, bytea/, 'listing the formats');
+
+append_to_file("$dir/upsert.ini", "[route r]\ntopics = t\ntable = x\nmode = upsert\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/upsert.ini");
+is($rc, 1, 'upsert without key columns fails');
+like($err, qr/mode = upsert without key_columns/, 'and says so');
 
 append_to_file("$dir/unknown.ini", "[bridge]\nbrokers = x:1\nbrokres = y:2\n");
 ($rc, $out, $err) = bridge('--config', "$dir/unknown.ini");
 is($rc, 1, 'an unknown key fails');
-like($err, qr/unknown\.ini:3: unknown key "brokres" in section \[bridge\]/,
+like($err, qr/unknown\.ini:3: unknown key \\"brokres\\" in section \[bridge\]/,
 	'with file, line and key');
 
 append_to_file("$dir/level.ini", "[bridge]\nlog_level = loud\n");
 ($rc, $out, $err) = bridge('--config', "$dir/level.ini");
 is($rc, 1, 'a bad log_level fails');
-like($err, qr/log_level "loud" is not one of/, 'and lists the valid levels');
+like($err, qr/log_level \\"loud\\" is not one of/, 'and lists the valid levels');
 
 append_to_file("$dir/syntax.ini", "[bridge\nbrokers = x:1\n");
 ($rc, $out, $err) = bridge('--config', "$dir/syntax.ini");

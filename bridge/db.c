@@ -1,0 +1,890 @@
+/*-------------------------------------------------------------------------
+ *
+ * db.c
+ *		infra-bridge's PostgreSQL side: routes checked against the catalog,
+ *		and each batch written with its offsets in one transaction.
+ *
+ * A batch is COPYed into a temporary staging table, then each route's
+ * rows go into its table with one INSERT ... SELECT.  When that fails on
+ * bad data (SQLSTATE classes 22 and 23), the route's rows are split in
+ * halves under savepoints until the bad messages are alone; those go to
+ * infra.bridge_dead_letters with the error, the rest is written.  Any
+ * other error (permissions, a dropped table, the connection) aborts the
+ * transaction and the batch is tried again: a systemic failure never
+ * turns good messages into dead letters.
+ *
+ * The offsets move by compare-and-set: a partition's row must still hold
+ * the offset this bridge read or last wrote, else another member of the
+ * group took the partition over and the batch is rolled back.  So a batch
+ * is written once, whatever dies when.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include <ctype.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bridge.h"
+
+/* Per-route statements made by db_check_routes. */
+typedef struct RouteSql
+{
+	char	   *insert;			/* $1 route, $2..$3 seq range, $4 route name */
+	char	   *ids;			/* message ids of a range, for dedupe */
+} RouteSql;
+
+static PGconn *conn = NULL;
+static RouteSql route_sql[BRIDGE_MAX_ROUTES];
+
+/* A growable buffer for COPY data and SQL text. */
+typedef struct Buf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+} Buf;
+
+static void
+buf_reserve(Buf *b, size_t more)
+{
+	if (b->len + more + 1 > b->cap)
+	{
+		size_t		cap = b->cap ? b->cap : 4096;
+
+		while (b->len + more + 1 > cap)
+			cap *= 2;
+		b->data = realloc(b->data, cap);
+		if (b->data == NULL)
+		{
+			log_error("out of memory");
+			exit(1);
+		}
+		b->cap = cap;
+	}
+}
+
+static void
+buf_append(Buf *b, const char *s, size_t n)
+{
+	buf_reserve(b, n);
+	memcpy(b->data + b->len, s, n);
+	b->len += n;
+	b->data[b->len] = '\0';
+}
+
+static void
+buf_puts(Buf *b, const char *s)
+{
+	buf_append(b, s, strlen(s));
+}
+
+static void
+buf_printf(Buf *b, const char *fmt,...) __attribute__((format(printf, 2, 3)));
+
+static void
+buf_printf(Buf *b, const char *fmt,...)
+{
+	va_list		ap;
+	int			n;
+
+	va_start(ap, fmt);
+	n = vsnprintf(NULL, 0, fmt, ap);
+	va_end(ap);
+	buf_reserve(b, (size_t) n);
+	va_start(ap, fmt);
+	vsnprintf(b->data + b->len, (size_t) n + 1, fmt, ap);
+	va_end(ap);
+	b->len += (size_t) n;
+}
+
+/* ---------------------------------------------------------------------------
+ * Connection
+ * ---------------------------------------------------------------------------
+ */
+
+/*
+ * Connect (again), with exponential backoff and jitter between attempts
+ * unless once; false when stopped or, with once, on failure.
+ */
+bool
+db_connect(const BridgeConfig *config, bool once)
+{
+	int			delay_ms = 500;
+	PGresult   *res;
+
+	for (;;)
+	{
+		db_disconnect();
+		conn = PQconnectdb(config->conninfo);
+		if (PQstatus(conn) == CONNECTION_OK)
+			break;
+		/* libpq's message names the server, never the password. */
+		log_warning("cannot connect to PostgreSQL: %s", PQerrorMessage(conn));
+		if (once || bridge_stop)
+			return false;
+		{
+			/* Half the delay, plus up to as much again at random. */
+			long		ms = delay_ms / 2 + rand() % (delay_ms / 2 + 1);
+			struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+
+			nanosleep(&ts, NULL);
+		}
+		if (delay_ms < 30000)
+			delay_ms *= 2;
+		if (bridge_stop)
+			return false;
+	}
+	res = PQexec(conn,
+				 "SET application_name = 'infra-bridge';"
+				 "CREATE TEMP TABLE IF NOT EXISTS infra_bridge_stage ("
+				 " seq integer, route integer, topic text, part integer, off bigint,"
+				 " key bytea, val bytea, ts timestamptz, headers jsonb, msg_id text)"
+				 " ON COMMIT DELETE ROWS");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		log_error("cannot prepare the session: %s", PQerrorMessage(conn));
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+	log_info("connected to PostgreSQL");
+	return true;
+}
+
+void
+db_disconnect(void)
+{
+	if (conn != NULL)
+		PQfinish(conn);
+	conn = NULL;
+}
+
+/* ---------------------------------------------------------------------------
+ * Routes against the catalog
+ * ---------------------------------------------------------------------------
+ */
+
+typedef struct Column
+{
+	char		name[64];		/* as in the catalog */
+	char		quoted[140];	/* quote_ident */
+	char		type[64];		/* format_type */
+	bool		has_default;
+} Column;
+
+/* Lower-case an unquoted identifier, as SQL folds it. */
+static void
+fold(char *dst, const char *src, size_t size)
+{
+	size_t		i;
+
+	for (i = 0; src[i] && i + 1 < size; i++)
+		dst[i] = (char) tolower((unsigned char) src[i]);
+	dst[i] = '\0';
+}
+
+static const Column *
+find_column(const Column *cols, int n, const char *name)
+{
+	char		folded[64];
+	int			i;
+
+	fold(folded, name, sizeof(folded));
+	for (i = 0; i < n; i++)
+		if (strcmp(cols[i].name, folded) == 0)
+			return &cols[i];
+	return NULL;
+}
+
+/*
+ * Check every route's table and columns, and make its statements; PREPARE
+ * them once so that anything the server would refuse (a type that does
+ * not fit, ON CONFLICT without a unique index) is reported now.
+ */
+bool
+db_check_routes(const BridgeConfig *config)
+{
+	const char *params[1];
+	PGresult   *res;
+	int			r;
+
+	res = PQexec(conn, "SELECT to_regclass('infra.bridge_offsets') IS NOT NULL");
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
+	{
+		log_error("table infra.bridge_offsets is missing: run CREATE EXTENSION infra in the bridge's database");
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+
+	for (r = 0; r < config->nroutes; r++)
+	{
+		const BridgeRoute *route = &config->routes[r];
+		Column	   *cols;
+		int			ncols;
+		char		table[600];
+		const Column *c;
+		int			i;
+		int			m;
+		static const char *const meta_exprs[META_COUNT] = {
+			"s.topic", "s.part", "s.off", NULL, "s.ts", NULL
+		};
+
+		params[0] = route->table;
+		res = PQexecParams(conn, "SELECT to_regclass($1)::text", 1, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQgetisnull(res, 0, 0))
+		{
+			log_error("route \"%s\": table \"%s\" does not exist", route->name, route->table);
+			PQclear(res);
+			return false;
+		}
+		snprintf(table, sizeof(table), "%s", PQgetvalue(res, 0, 0));
+		PQclear(res);
+
+		params[0] = table;
+		res = PQexecParams(conn,
+						   "SELECT attname, quote_ident(attname), format_type(atttypid, atttypmod),"
+						   " atthasdef OR attidentity <> '' OR attgenerated <> ''"
+						   " FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
+						   " AND NOT attisdropped ORDER BY attnum",
+						   1, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		{
+			log_error("route \"%s\": cannot read the columns of %s: %s", route->name, table,
+					  PQerrorMessage(conn));
+			PQclear(res);
+			return false;
+		}
+		ncols = PQntuples(res);
+		cols = calloc((size_t) ncols + 1, sizeof(Column));
+		for (i = 0; i < ncols; i++)
+		{
+			snprintf(cols[i].name, sizeof(cols[i].name), "%s", PQgetvalue(res, i, 0));
+			snprintf(cols[i].quoted, sizeof(cols[i].quoted), "%s", PQgetvalue(res, i, 1));
+			snprintf(cols[i].type, sizeof(cols[i].type), "%s", PQgetvalue(res, i, 2));
+			cols[i].has_default = strcmp(PQgetvalue(res, i, 3), "t") == 0;
+		}
+		PQclear(res);
+
+		/*
+		 * The columns written and the expression of each: metadata first
+		 * (it wins over a same-named JSON key), then the value.
+		 */
+		{
+			const Column *target[256];
+			char		expr[256][200];
+			int			nt = 0;
+			Buf			insert = {0};
+			int			t;
+
+#define ADD_TARGET(col, ...) \
+			do { \
+				if (nt >= 256) { log_error("route \"%s\": too many columns", route->name); free(cols); return false; } \
+				target[nt] = (col); \
+				snprintf(expr[nt], sizeof(expr[nt]), __VA_ARGS__); \
+				nt++; \
+			} while (0)
+
+			for (m = 0; m < META_COUNT; m++)
+			{
+				if (route->meta[m][0] == '\0')
+					continue;
+				c = find_column(cols, ncols, route->meta[m]);
+				if (c == NULL)
+				{
+					log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, route->meta[m], table);
+					free(cols);
+					return false;
+				}
+				if (m == META_KEY)
+					ADD_TARGET(c, "%s", strcmp(c->type, "bytea") == 0 ? "s.key" : "convert_from(s.key, 'UTF8')");
+				else if (m == META_HEADERS)
+					ADD_TARGET(c, "s.headers::%s", strcmp(c->type, "json") == 0 ? "json" : "jsonb");
+				else
+					ADD_TARGET(c, "%s", meta_exprs[m]);
+			}
+
+			if (route->format == FORMAT_JSON_COLUMNS)
+			{
+				char		list[BRIDGE_VALUE_LEN];
+				char	   *save = NULL;
+				char	   *tok;
+
+				snprintf(list, sizeof(list), "%s", route->columns);
+				if (route->columns[0] != '\0')
+					for (tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+					{
+						c = find_column(cols, ncols, tok);
+						if (c == NULL)
+						{
+							log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, tok, table);
+							free(cols);
+							return false;
+						}
+						ADD_TARGET(c, "r.%s", c->quoted);
+					}
+				else
+					for (i = 0; i < ncols; i++)
+					{
+						bool		taken = false;
+
+						for (t = 0; t < nt; t++)
+							taken |= target[t] == &cols[i];
+						/* Columns with defaults keep them unless listed. */
+						if (!cols[i].has_default && !taken)
+							ADD_TARGET(&cols[i], "r.%s", cols[i].quoted);
+					}
+			}
+			else
+			{
+				c = find_column(cols, ncols, route->column);
+				if (c == NULL)
+				{
+					log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, route->column, table);
+					free(cols);
+					return false;
+				}
+				if ((route->format == FORMAT_JSON && strcmp(c->type, "jsonb") != 0 && strcmp(c->type, "json") != 0) ||
+					(route->format == FORMAT_BYTEA && strcmp(c->type, "bytea") != 0))
+				{
+					log_error("route \"%s\": column %s of %s is %s, which format = %s cannot fill",
+							  route->name, c->quoted, table, c->type,
+							  route->format == FORMAT_JSON ? "json" : "bytea");
+					free(cols);
+					return false;
+				}
+				if (route->format == FORMAT_JSON)
+					ADD_TARGET(c, "convert_from(s.val, 'UTF8')::%s", c->type);
+				else if (route->format == FORMAT_TEXT)
+					ADD_TARGET(c, "convert_from(s.val, 'UTF8')");
+				else
+					ADD_TARGET(c, "s.val");
+			}
+#undef ADD_TARGET
+
+			buf_printf(&insert, "INSERT INTO %s (", table);
+			for (t = 0; t < nt; t++)
+				buf_printf(&insert, "%s%s", t ? ", " : "", target[t]->quoted);
+			buf_puts(&insert, ") SELECT ");
+			for (t = 0; t < nt; t++)
+				buf_printf(&insert, "%s%s", t ? ", " : "", expr[t]);
+			buf_puts(&insert, " FROM infra_bridge_stage s");
+			if (route->format == FORMAT_JSON_COLUMNS)
+				buf_printf(&insert, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
+						   table);
+			buf_puts(&insert, " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3");
+			/* $4, the route's name, is used by dedupe; typed either way. */
+			if (route->dedupe)
+				buf_puts(&insert, " AND (s.msg_id IS NULL OR NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m"
+						 " WHERE m.route = $4::text AND m.msg_id = s.msg_id))");
+			else
+				buf_puts(&insert, " AND $4::text IS NOT NULL");
+			buf_puts(&insert, " ORDER BY s.seq");
+			if (route->upsert)
+			{
+				char		list[BRIDGE_VALUE_LEN];
+				char	   *save = NULL;
+				char	   *tok;
+				const Column *keys[64];
+				int			nkeys = 0;
+				int			k;
+				int			nset = 0;
+
+				snprintf(list, sizeof(list), "%s", route->key_columns);
+				for (tok = strtok_r(list, ", ", &save); tok && nkeys < 64; tok = strtok_r(NULL, ", ", &save))
+				{
+					c = find_column(cols, ncols, tok);
+					if (c == NULL)
+					{
+						log_error("route \"%s\": key column \"%s\" does not exist in %s", route->name, tok, table);
+						free(cols);
+						free(insert.data);
+						return false;
+					}
+					keys[nkeys++] = c;
+				}
+				buf_puts(&insert, " ON CONFLICT (");
+				for (k = 0; k < nkeys; k++)
+					buf_printf(&insert, "%s%s", k ? ", " : "", keys[k]->quoted);
+				buf_puts(&insert, ") DO ");
+				for (t = 0; t < nt; t++)
+				{
+					bool		is_key = false;
+
+					for (k = 0; k < nkeys; k++)
+						is_key |= keys[k] == target[t];
+					if (is_key)
+						continue;
+					buf_printf(&insert, "%s%s = EXCLUDED.%s", nset++ ? ", " : "UPDATE SET ",
+							   target[t]->quoted, target[t]->quoted);
+				}
+				if (nset == 0)
+					buf_puts(&insert, "NOTHING");
+			}
+			free(route_sql[r].insert);
+			route_sql[r].insert = insert.data;
+		}
+		free(cols);
+
+		free(route_sql[r].ids);
+		route_sql[r].ids = NULL;
+		if (route->dedupe)
+		{
+			Buf			ids = {0};
+
+			buf_puts(&ids, "INSERT INTO infra.bridge_message_ids (route, msg_id)"
+					 " SELECT DISTINCT $4::text, s.msg_id FROM infra_bridge_stage s"
+					 " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3 AND s.msg_id IS NOT NULL"
+					 " ON CONFLICT DO NOTHING");
+			route_sql[r].ids = ids.data;
+		}
+
+		/* Let the server check the statement now. */
+		res = PQprepare(conn, "", route_sql[r].insert, 4, NULL);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			log_error("route \"%s\": the server refuses its INSERT into %s: %s", route->name, table,
+					  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+			PQclear(res);
+			return false;
+		}
+		PQclear(res);
+		log_debug("route \"%s\": %s", route->name, route_sql[r].insert);
+	}
+	return true;
+}
+
+/*
+ * The stored next offset of a partition of this group; -1 when none.
+ * false when PostgreSQL could not be asked.
+ */
+bool
+db_load_offsets(const BridgeConfig *config, const char *topic, int32_t partition,
+				int64_t *next_offset)
+{
+	char		part[16];
+	const char *params[3] = {config->group, topic, part};
+	PGresult   *res;
+
+	snprintf(part, sizeof(part), "%d", partition);
+	res = PQexecParams(conn,
+					   "SELECT next_offset FROM infra.bridge_offsets"
+					   " WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
+					   3, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		log_warning("cannot read infra.bridge_offsets: %s", PQerrorMessage(conn));
+		PQclear(res);
+		return false;
+	}
+	*next_offset = PQntuples(res) > 0 ? strtoll(PQgetvalue(res, 0, 0), NULL, 10) : -1;
+	PQclear(res);
+	return true;
+}
+
+/* ---------------------------------------------------------------------------
+ * Writing a batch
+ * ---------------------------------------------------------------------------
+ */
+
+/* COPY text format: escape backslash and the delimiters. */
+static void
+copy_text(Buf *b, const char *s, size_t n)
+{
+	size_t		i;
+
+	buf_reserve(b, n * 2);
+	for (i = 0; i < n; i++)
+	{
+		char		c = s[i];
+
+		if (c == '\\' || c == '\t' || c == '\n' || c == '\r')
+		{
+			b->data[b->len++] = '\\';
+			c = c == '\t' ? 't' : c == '\n' ? 'n' : c == '\r' ? 'r' : '\\';
+		}
+		b->data[b->len++] = c;
+	}
+	b->data[b->len] = '\0';
+}
+
+/* A bytea field: \\x and hex (the backslash itself escaped for COPY). */
+static void
+copy_bytea(Buf *b, const void *data, size_t n)
+{
+	static const char hex[] = "0123456789abcdef";
+	const unsigned char *p = data;
+	size_t		i;
+
+	if (data == NULL)
+	{
+		buf_puts(b, "\\N");
+		return;
+	}
+	buf_reserve(b, 3 + n * 2);
+	b->data[b->len++] = '\\';
+	b->data[b->len++] = '\\';
+	b->data[b->len++] = 'x';
+	for (i = 0; i < n; i++)
+	{
+		b->data[b->len++] = hex[p[i] >> 4];
+		b->data[b->len++] = hex[p[i] & 15];
+	}
+	b->data[b->len] = '\0';
+}
+
+/* Is this valid UTF-8 without NUL bytes? */
+static bool
+utf8_ok(const unsigned char *s, size_t n)
+{
+	size_t		i = 0;
+
+	while (i < n)
+	{
+		unsigned char c = s[i];
+		int			extra = c < 0x80 ? 0 : (c & 0xe0) == 0xc0 ? 1 : (c & 0xf0) == 0xe0 ? 2 : (c & 0xf8) == 0xf0 ? 3 : -1;
+
+		if (c == 0 || extra < 0 || i + extra >= n + (extra == 0))
+			return false;
+		for (i++; extra > 0; extra--, i++)
+			if (i >= n || (s[i] & 0xc0) != 0x80)
+				return false;
+	}
+	return true;
+}
+
+/* A JSON string (escaped for COPY afterwards by the caller's copy_text). */
+static void
+json_string(Buf *b, const char *s, size_t n)
+{
+	size_t		i;
+
+	buf_puts(b, "\"");
+	for (i = 0; i < n; i++)
+	{
+		unsigned char c = (unsigned char) s[i];
+
+		if (c == '"' || c == '\\')
+			buf_printf(b, "\\%c", c);
+		else if (c < 0x20)
+			buf_printf(b, "\\u%04x", c);
+		else
+			buf_append(b, (const char *) &c, 1);
+	}
+	buf_puts(b, "\"");
+}
+
+/*
+ * One staging row: seq, route, topic, partition, offset, key, value,
+ * timestamp, headers (JSON object of strings; a value that is not UTF-8 as
+ * \x hex), infra-msg-id.
+ */
+static void
+stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg)
+{
+	rd_kafka_timestamp_type_t tstype;
+	int64_t		ts = rd_kafka_message_timestamp(msg, &tstype);
+	rd_kafka_headers_t *headers = NULL;
+	const char *topic = rd_kafka_topic_name(msg->rkt);
+	const void *id_value = NULL;
+	size_t		id_size = 0;
+
+	buf_printf(b, "%d\t%d\t", seq, route);
+	copy_text(b, topic, strlen(topic));
+	buf_printf(b, "\t%d\t%lld\t", (int) msg->partition, (long long) msg->offset);
+	copy_bytea(b, msg->key, msg->key_len);
+	buf_puts(b, "\t");
+	copy_bytea(b, msg->payload, msg->len);
+	buf_puts(b, "\t");
+	if (ts >= 0)
+	{
+		time_t		secs = (time_t) (ts / 1000);
+		struct tm	tm;
+		char		stamp[64];
+
+		gmtime_r(&secs, &tm);
+		strftime(stamp, sizeof(stamp), "%Y-%m-%d %H:%M:%S", &tm);
+		buf_printf(b, "%s.%03d+00", stamp, (int) (ts % 1000));
+	}
+	else
+		buf_puts(b, "\\N");
+	buf_puts(b, "\t");
+	if (rd_kafka_message_headers(msg, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR && headers != NULL)
+	{
+		size_t		idx;
+		const char *name;
+		const void *value;
+		size_t		size;
+
+		scratch->len = 0;
+		buf_puts(scratch, "{");
+		for (idx = 0; rd_kafka_header_get_all(headers, idx, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; idx++)
+		{
+			if (idx > 0)
+				buf_puts(scratch, ",");
+			json_string(scratch, name, strlen(name));
+			buf_puts(scratch, ":");
+			if (value == NULL)
+				buf_puts(scratch, "null");
+			else if (utf8_ok(value, size))
+				json_string(scratch, value, size);
+			else
+			{
+				Buf			hex = {0};
+
+				copy_bytea(&hex, value, size);
+				json_string(scratch, hex.data + 1, hex.len - 1);	/* one backslash */
+				free(hex.data);
+			}
+		}
+		buf_puts(scratch, "}");
+		copy_text(b, scratch->data, scratch->len);
+		(void) rd_kafka_header_get_last(headers, "infra-msg-id", &id_value, &id_size);
+	}
+	else
+		buf_puts(b, "\\N");
+	buf_puts(b, "\t");
+	if (id_value != NULL && utf8_ok(id_value, id_size))
+		copy_text(b, id_value, id_size);
+	else
+		buf_puts(b, "\\N");
+	buf_puts(b, "\n");
+}
+
+/* Run a statement; true when it went well. */
+static bool
+run(const char *sql)
+{
+	PGresult   *res = PQexec(conn, sql);
+	bool		ok = PQresultStatus(res) == PGRES_COMMAND_OK;
+
+	if (!ok)
+		log_warning("\"%s\" failed: %s", sql, PQerrorMessage(conn));
+	PQclear(res);
+	return ok;
+}
+
+/* Is this error the data's fault (a bad message), not the system's? */
+static bool
+data_error(const PGresult *res)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	return state != NULL && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
+							 strcmp(state, "42804") == 0 || strcmp(state, "21000") == 0);
+}
+
+typedef enum RangeResult
+{
+	RANGE_OK,
+	RANGE_FAILED				/* a systemic error: abort the batch */
+} RangeResult;
+
+/*
+ * Write a route's rows with seq in [lo, hi] under a savepoint; on a data
+ * error split the range, and dead-letter a single row that still fails.
+ */
+static RangeResult
+write_range(const BridgeConfig *config, int route, int lo, int hi, int64_t *written, int64_t *dead)
+{
+	char		a[16],
+				b[16],
+				c[16];
+	const char *params[4] = {a, b, c, config->routes[route].name};
+	PGresult   *res;
+	bool		bad_data;
+
+	snprintf(a, sizeof(a), "%d", route);
+	snprintf(b, sizeof(b), "%d", lo);
+	snprintf(c, sizeof(c), "%d", hi);
+	if (!run("SAVEPOINT infra_bridge_range"))
+		return RANGE_FAILED;
+	res = PQexecParams(conn, route_sql[route].insert, 4, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) == PGRES_COMMAND_OK)
+	{
+		int64_t		n = strtoll(PQcmdTuples(res), NULL, 10);
+
+		PQclear(res);
+		if (route_sql[route].ids != NULL)
+		{
+			res = PQexecParams(conn, route_sql[route].ids, 4, NULL, params, NULL, NULL, 0);
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+			{
+				log_warning("cannot record message ids: %s", PQerrorMessage(conn));
+				PQclear(res);
+				return RANGE_FAILED;
+			}
+			PQclear(res);
+		}
+		*written += n;
+		return run("RELEASE SAVEPOINT infra_bridge_range") ? RANGE_OK : RANGE_FAILED;
+	}
+	bad_data = data_error(res);
+	if (!bad_data)
+	{
+		log_warning("route \"%s\": %s", config->routes[route].name, PQerrorMessage(conn));
+		PQclear(res);
+		return RANGE_FAILED;
+	}
+	if (!run("ROLLBACK TO SAVEPOINT infra_bridge_range"))
+	{
+		PQclear(res);
+		return RANGE_FAILED;
+	}
+	if (lo == hi)
+	{
+		char		error[600];
+		const char *dparams[3] = {b, config->routes[route].name, error};
+		PGresult   *dres;
+
+		snprintf(error, sizeof(error), "%s: %s", PQresultErrorField(res, PG_DIAG_SQLSTATE),
+				 PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+		PQclear(res);
+		dres = PQexecParams(conn,
+							"INSERT INTO infra.bridge_dead_letters"
+							" (route, topic, partition, \"offset\", key, payload, headers, error)"
+							" SELECT $2, topic, part, off, key, val, headers, $3"
+							" FROM infra_bridge_stage WHERE seq = $1",
+							3, NULL, dparams, NULL, NULL, 0);
+		if (PQresultStatus(dres) != PGRES_COMMAND_OK)
+		{
+			log_warning("cannot write a dead letter: %s", PQerrorMessage(conn));
+			PQclear(dres);
+			return RANGE_FAILED;
+		}
+		*dead += strtoll(PQcmdTuples(dres), NULL, 10);
+		PQclear(dres);
+		return run("RELEASE SAVEPOINT infra_bridge_range") ? RANGE_OK : RANGE_FAILED;
+	}
+	PQclear(res);
+	if (!run("RELEASE SAVEPOINT infra_bridge_range"))
+		return RANGE_FAILED;
+	{
+		int			mid = lo + (hi - lo) / 2;
+
+		if (write_range(config, route, lo, mid, written, dead) != RANGE_OK)
+			return RANGE_FAILED;
+		return write_range(config, route, mid + 1, hi, written, dead);
+	}
+}
+
+/*
+ * Write n messages (routes[i] the route of message i, -1 for none) and
+ * move the offsets of the partitions they came from, all in one
+ * transaction.  parts lists those partitions with the offset each must
+ * still have (expected, -1: no row yet) and its new one.
+ */
+WriteResult
+db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
+			   const int *routes, const PartitionWrite *parts, int nparts,
+			   int64_t *written, int64_t *dead)
+{
+	Buf			copy = {0};
+	Buf			scratch = {0};
+	PGresult   *res;
+	int			i;
+	int			r;
+	int			lo[BRIDGE_MAX_ROUTES];
+	int			hi[BRIDGE_MAX_ROUTES];
+
+	*written = *dead = 0;
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		return WRITE_RETRY;
+	for (r = 0; r < config->nroutes; r++)
+		lo[r] = -1;
+	for (i = 0; i < n; i++)
+	{
+		r = routes[i];
+		if (r < 0)
+			continue;
+		if (lo[r] < 0)
+			lo[r] = i;
+		hi[r] = i;
+		stage_row(&copy, &scratch, i, r, messages[i]);
+	}
+	free(scratch.data);
+
+	if (!run("BEGIN"))
+		goto retry;
+	if (copy.len > 0)
+	{
+		res = PQexec(conn, "COPY infra_bridge_stage FROM STDIN");
+		if (PQresultStatus(res) != PGRES_COPY_IN)
+		{
+			log_warning("cannot COPY: %s", PQerrorMessage(conn));
+			PQclear(res);
+			goto retry;
+		}
+		PQclear(res);
+		if (PQputCopyData(conn, copy.data, (int) copy.len) != 1 || PQputCopyEnd(conn, NULL) != 1)
+		{
+			log_warning("cannot COPY: %s", PQerrorMessage(conn));
+			goto retry;
+		}
+		res = PQgetResult(conn);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			log_warning("cannot COPY the batch: %s", PQerrorMessage(conn));
+			PQclear(res);
+			while ((res = PQgetResult(conn)) != NULL)
+				PQclear(res);
+			goto retry;
+		}
+		PQclear(res);
+		while ((res = PQgetResult(conn)) != NULL)
+			PQclear(res);
+	}
+	for (r = 0; r < config->nroutes; r++)
+		if (lo[r] >= 0 && write_range(config, r, lo[r], hi[r], written, dead) != RANGE_OK)
+			goto retry;
+
+	for (i = 0; i < nparts; i++)
+	{
+		char		part[16],
+					expected[32],
+					next[32];
+		const char *params[5] = {config->group, parts[i].topic, part, expected, next};
+
+		snprintf(part, sizeof(part), "%d", parts[i].partition);
+		snprintf(expected, sizeof(expected), "%lld", (long long) parts[i].expected);
+		snprintf(next, sizeof(next), "%lld", (long long) parts[i].next);
+		res = PQexecParams(conn,
+						   "INSERT INTO infra.bridge_offsets AS o (consumer_group, topic, partition, next_offset)"
+						   " VALUES ($1, $2, $3, $5)"
+						   " ON CONFLICT (consumer_group, topic, partition) DO UPDATE"
+						   " SET next_offset = EXCLUDED.next_offset, updated_at = now()"
+						   " WHERE o.next_offset = $4 RETURNING 1",
+						   5, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_TUPLES_OK)
+		{
+			log_warning("cannot move offsets: %s", PQerrorMessage(conn));
+			PQclear(res);
+			goto retry;
+		}
+		if (PQntuples(res) == 0)
+		{
+			PQclear(res);
+			log_warning("partition %s [%d] was moved on by another consumer: batch dropped, reading again from the stored offset",
+						parts[i].topic, parts[i].partition);
+			run("ROLLBACK");
+			free(copy.data);
+			return WRITE_CONFLICT;
+		}
+		PQclear(res);
+	}
+	if (!run("COMMIT"))
+		goto retry;
+	free(copy.data);
+	return WRITE_OK;
+
+retry:
+	free(copy.data);
+	if (conn != NULL && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
+		run("ROLLBACK");
+	*written = *dead = 0;
+	return WRITE_RETRY;
+}
