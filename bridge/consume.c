@@ -186,6 +186,10 @@ consumer_new(void)
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
 		{"enable.partition.eof", "false"},
+		/* Defaults for throughput; [kafka] may set them otherwise. */
+		{"max.partition.fetch.bytes", "4194304"},
+		{"queued.min.messages", "1000000"},
+		{"fetch.wait.max.ms", "100"},
 	};
 
 	for (i = 0; i < (int) (sizeof(fixed) / sizeof(fixed[0])); i++)

@@ -31,10 +31,27 @@
 #include "bridge.h"
 
 /* Per-route statements made by db_check_routes. */
+/* What a column of a direct COPY gets from a message. */
+typedef enum CopyField
+{
+	FIELD_VALUE_TEXT,			/* json, jsonb, text: the value as text */
+	FIELD_VALUE_BYTEA,
+	FIELD_TOPIC,
+	FIELD_PARTITION,
+	FIELD_OFFSET,
+	FIELD_KEY_TEXT,
+	FIELD_KEY_BYTEA,
+	FIELD_TIMESTAMP,
+	FIELD_HEADERS
+} CopyField;
+
 typedef struct RouteSql
 {
 	char	   *insert;			/* $1 route, $2..$3 seq range, $4 route name */
 	char	   *ids;			/* message ids of a range, for dedupe */
+	char	   *copy;			/* direct COPY into the table, or NULL */
+	CopyField	fields[META_COUNT + 1];
+	int			nfields;
 } RouteSql;
 
 static PGconn *conn = NULL;
@@ -277,6 +294,7 @@ db_check_routes(const BridgeConfig *config)
 		{
 			const Column *target[256];
 			char		expr[256][200];
+			CopyField	fields[256];
 			int			nt = 0;
 			Buf			insert = {0};
 			int			t;
@@ -306,6 +324,10 @@ db_check_routes(const BridgeConfig *config)
 					ADD_TARGET(c, "s.headers::%s", strcmp(c->type, "json") == 0 ? "json" : "jsonb");
 				else
 					ADD_TARGET(c, "%s", meta_exprs[m]);
+				fields[nt - 1] = m == META_TOPIC ? FIELD_TOPIC : m == META_PARTITION ? FIELD_PARTITION :
+					m == META_OFFSET ? FIELD_OFFSET : m == META_TIMESTAMP ? FIELD_TIMESTAMP :
+					m == META_HEADERS ? FIELD_HEADERS :
+					strcmp(c->type, "bytea") == 0 ? FIELD_KEY_BYTEA : FIELD_KEY_TEXT;
 			}
 
 			if (route->format == FORMAT_JSON_COLUMNS)
@@ -363,6 +385,7 @@ db_check_routes(const BridgeConfig *config)
 					ADD_TARGET(c, "convert_from(s.val, 'UTF8')");
 				else
 					ADD_TARGET(c, "s.val");
+				fields[nt - 1] = route->format == FORMAT_BYTEA ? FIELD_VALUE_BYTEA : FIELD_VALUE_TEXT;
 			}
 #undef ADD_TARGET
 
@@ -427,6 +450,29 @@ db_check_routes(const BridgeConfig *config)
 			}
 			free(route_sql[r].insert);
 			route_sql[r].insert = insert.data;
+
+			/*
+			 * One value into one column, no conflict handling, no dedupe:
+			 * the batch can be COPYed straight into the table, the way a
+			 * hand-written pipeline would (the staging path is the
+			 * fallback when that COPY meets a bad message).
+			 */
+			free(route_sql[r].copy);
+			route_sql[r].copy = NULL;
+			if (route->format != FORMAT_JSON_COLUMNS && !route->upsert && !route->dedupe)
+			{
+				Buf			copy = {0};
+
+				buf_printf(&copy, "COPY %s (", table);
+				for (t = 0; t < nt; t++)
+				{
+					buf_printf(&copy, "%s%s", t ? ", " : "", target[t]->quoted);
+					route_sql[r].fields[t] = fields[t];
+				}
+				buf_puts(&copy, ") FROM STDIN");
+				route_sql[r].nfields = nt;
+				route_sql[r].copy = copy.data;
+			}
 		}
 		free(cols);
 
@@ -578,28 +624,32 @@ json_string(Buf *b, const char *s, size_t n)
 	buf_puts(b, "\"");
 }
 
-/*
- * One staging row: seq, route, topic, partition, offset, key, value,
- * timestamp, headers (JSON object of strings; a value that is not UTF-8 as
- * \x hex), infra-msg-id.
- */
+/* A decimal integer, without printf. */
 static void
-stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg)
+buf_int(Buf *b, long long v)
+{
+	char		tmp[24];
+	int			n = 0;
+	unsigned long long u = v < 0 ? 0ULL - (unsigned long long) v : (unsigned long long) v;
+
+	do
+		tmp[n++] = (char) ('0' + u % 10);
+	while ((u /= 10) > 0);
+	if (v < 0)
+		tmp[n++] = '-';
+	buf_reserve(b, (size_t) n);
+	while (n > 0)
+		b->data[b->len++] = tmp[--n];
+	b->data[b->len] = '\0';
+}
+
+/* The message's timestamp (UTC, milliseconds), or \N. */
+static void
+copy_timestamp(Buf *b, const rd_kafka_message_t *msg)
 {
 	rd_kafka_timestamp_type_t tstype;
 	int64_t		ts = rd_kafka_message_timestamp(msg, &tstype);
-	rd_kafka_headers_t *headers = NULL;
-	const char *topic = rd_kafka_topic_name(msg->rkt);
-	const void *id_value = NULL;
-	size_t		id_size = 0;
 
-	buf_printf(b, "%d\t%d\t", seq, route);
-	copy_text(b, topic, strlen(topic));
-	buf_printf(b, "\t%d\t%lld\t", (int) msg->partition, (long long) msg->offset);
-	copy_bytea(b, msg->key, msg->key_len);
-	buf_puts(b, "\t");
-	copy_bytea(b, msg->payload, msg->len);
-	buf_puts(b, "\t");
 	if (ts >= 0)
 	{
 		time_t		secs = (time_t) (ts / 1000);
@@ -612,47 +662,171 @@ stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *ms
 	}
 	else
 		buf_puts(b, "\\N");
-	buf_puts(b, "\t");
-	if (rd_kafka_message_headers(msg, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR && headers != NULL)
+}
+
+/*
+ * The headers as a JSON object of strings (a value that is not UTF-8 as
+ * \x hex), COPY-escaped, or \N; *id gets infra-msg-id's value, if any.
+ */
+static void
+copy_headers(Buf *b, Buf *scratch, const rd_kafka_message_t *msg, const void **id, size_t *id_size)
+{
+	rd_kafka_headers_t *headers = NULL;
+	size_t		idx;
+	const char *name;
+	const void *value;
+	size_t		size;
+
+	*id = NULL;
+	*id_size = 0;
+	if (rd_kafka_message_headers(msg, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR || headers == NULL)
 	{
-		size_t		idx;
-		const char *name;
-		const void *value;
-		size_t		size;
-
-		scratch->len = 0;
-		buf_puts(scratch, "{");
-		for (idx = 0; rd_kafka_header_get_all(headers, idx, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; idx++)
-		{
-			if (idx > 0)
-				buf_puts(scratch, ",");
-			json_string(scratch, name, strlen(name));
-			buf_puts(scratch, ":");
-			if (value == NULL)
-				buf_puts(scratch, "null");
-			else if (utf8_ok(value, size))
-				json_string(scratch, value, size);
-			else
-			{
-				Buf			hex = {0};
-
-				copy_bytea(&hex, value, size);
-				json_string(scratch, hex.data + 1, hex.len - 1);	/* one backslash */
-				free(hex.data);
-			}
-		}
-		buf_puts(scratch, "}");
-		copy_text(b, scratch->data, scratch->len);
-		(void) rd_kafka_header_get_last(headers, "infra-msg-id", &id_value, &id_size);
-	}
-	else
 		buf_puts(b, "\\N");
+		return;
+	}
+	scratch->len = 0;
+	buf_puts(scratch, "{");
+	for (idx = 0; rd_kafka_header_get_all(headers, idx, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; idx++)
+	{
+		if (idx > 0)
+			buf_puts(scratch, ",");
+		json_string(scratch, name, strlen(name));
+		buf_puts(scratch, ":");
+		if (value == NULL)
+			buf_puts(scratch, "null");
+		else if (utf8_ok(value, size))
+			json_string(scratch, value, size);
+		else
+		{
+			Buf			hex = {0};
+
+			copy_bytea(&hex, value, size);
+			json_string(scratch, hex.data + 1, hex.len - 1);	/* one backslash */
+			free(hex.data);
+		}
+	}
+	buf_puts(scratch, "}");
+	copy_text(b, scratch->data, scratch->len);
+	(void) rd_kafka_header_get_last(headers, "infra-msg-id", id, id_size);
+}
+
+/*
+ * One staging row: seq, route, topic, partition, offset, key, value,
+ * timestamp, headers, infra-msg-id.
+ */
+static void
+stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg)
+{
+	const char *topic = rd_kafka_topic_name(msg->rkt);
+	const void *id_value;
+	size_t		id_size;
+
+	buf_int(b, seq);
+	buf_puts(b, "\t");
+	buf_int(b, route);
+	buf_puts(b, "\t");
+	copy_text(b, topic, strlen(topic));
+	buf_puts(b, "\t");
+	buf_int(b, msg->partition);
+	buf_puts(b, "\t");
+	buf_int(b, msg->offset);
+	buf_puts(b, "\t");
+	copy_bytea(b, msg->key, msg->key_len);
+	buf_puts(b, "\t");
+	copy_bytea(b, msg->payload, msg->len);
+	buf_puts(b, "\t");
+	copy_timestamp(b, msg);
+	buf_puts(b, "\t");
+	copy_headers(b, scratch, msg, &id_value, &id_size);
 	buf_puts(b, "\t");
 	if (id_value != NULL && utf8_ok(id_value, id_size))
 		copy_text(b, id_value, id_size);
 	else
 		buf_puts(b, "\\N");
 	buf_puts(b, "\n");
+}
+
+/*
+ * One row of a route's direct COPY: its columns, in their order.
+ */
+static void
+direct_row(Buf *b, Buf *scratch, const RouteSql *rs, const rd_kafka_message_t *msg)
+{
+	int			f;
+
+	for (f = 0; f < rs->nfields; f++)
+	{
+		const void *id;
+		size_t		id_size;
+
+		if (f > 0)
+			buf_puts(b, "\t");
+		switch (rs->fields[f])
+		{
+			case FIELD_VALUE_TEXT:
+				if (msg->payload == NULL)
+					buf_puts(b, "\\N");
+				else
+					copy_text(b, msg->payload, msg->len);
+				break;
+			case FIELD_VALUE_BYTEA:
+				copy_bytea(b, msg->payload, msg->len);
+				break;
+			case FIELD_TOPIC:
+				{
+					const char *topic = rd_kafka_topic_name(msg->rkt);
+
+					copy_text(b, topic, strlen(topic));
+					break;
+				}
+			case FIELD_PARTITION:
+				buf_int(b, msg->partition);
+				break;
+			case FIELD_OFFSET:
+				buf_int(b, msg->offset);
+				break;
+			case FIELD_KEY_TEXT:
+				if (msg->key == NULL)
+					buf_puts(b, "\\N");
+				else
+					copy_text(b, msg->key, msg->key_len);
+				break;
+			case FIELD_KEY_BYTEA:
+				copy_bytea(b, msg->key, msg->key_len);
+				break;
+			case FIELD_TIMESTAMP:
+				copy_timestamp(b, msg);
+				break;
+			case FIELD_HEADERS:
+				copy_headers(b, scratch, msg, &id, &id_size);
+				break;
+		}
+	}
+	buf_puts(b, "\n");
+}
+
+/*
+ * COPY data in; the result's status is left to the caller (NULL when the
+ * data could not even be sent).
+ */
+static PGresult *
+copy_in(const char *sql, const Buf *data)
+{
+	PGresult   *res = PQexec(conn, sql);
+	PGresult   *last = NULL;
+
+	if (PQresultStatus(res) != PGRES_COPY_IN)
+		return res;
+	PQclear(res);
+	if (PQputCopyData(conn, data->data, (int) data->len) != 1 || PQputCopyEnd(conn, NULL) != 1)
+		return NULL;
+	while ((res = PQgetResult(conn)) != NULL)
+	{
+		if (last != NULL)
+			PQclear(last);
+		last = res;
+	}
+	return last;
 }
 
 /* Run a statement; true when it went well. */
@@ -790,12 +964,17 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 	int			r;
 	int			lo[BRIDGE_MAX_ROUTES];
 	int			hi[BRIDGE_MAX_ROUTES];
+	bool		done[BRIDGE_MAX_ROUTES];
+	bool		any_staged = false;
 
 	*written = *dead = 0;
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
 		return WRITE_RETRY;
 	for (r = 0; r < config->nroutes; r++)
+	{
 		lo[r] = -1;
+		done[r] = false;
+	}
 	for (i = 0; i < n; i++)
 	{
 		r = routes[i];
@@ -804,42 +983,66 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 		if (lo[r] < 0)
 			lo[r] = i;
 		hi[r] = i;
-		stage_row(&copy, &scratch, i, r, messages[i]);
 	}
-	free(scratch.data);
 
 	if (!run("BEGIN"))
 		goto retry;
-	if (copy.len > 0)
+
+	/* Routes that can take a plain COPY; a bad message sends them below. */
+	for (r = 0; r < config->nroutes; r++)
 	{
-		res = PQexec(conn, "COPY infra_bridge_stage FROM STDIN");
-		if (PQresultStatus(res) != PGRES_COPY_IN)
+		if (lo[r] < 0 || route_sql[r].copy == NULL)
+			continue;
+		copy.len = 0;
+		for (i = lo[r]; i <= hi[r]; i++)
+			if (routes[i] == r)
+				direct_row(&copy, &scratch, &route_sql[r], messages[i]);
+		if (!run("SAVEPOINT infra_bridge_copy"))
+			goto retry;
+		res = copy_in(route_sql[r].copy, &copy);
+		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
 		{
-			log_warning("cannot COPY: %s", PQerrorMessage(conn));
+			*written += strtoll(PQcmdTuples(res), NULL, 10);
+			PQclear(res);
+			if (!run("RELEASE SAVEPOINT infra_bridge_copy"))
+				goto retry;
+			done[r] = true;
+			continue;
+		}
+		if (res == NULL || !data_error(res))
+		{
+			log_warning("route \"%s\": cannot COPY: %s", config->routes[r].name, PQerrorMessage(conn));
 			PQclear(res);
 			goto retry;
 		}
+		log_debug("route \"%s\": COPY met a bad message (%s): sorting the batch out row by row",
+				  config->routes[r].name, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 		PQclear(res);
-		if (PQputCopyData(conn, copy.data, (int) copy.len) != 1 || PQputCopyEnd(conn, NULL) != 1)
-		{
-			log_warning("cannot COPY: %s", PQerrorMessage(conn));
+		if (!run("ROLLBACK TO SAVEPOINT infra_bridge_copy"))
 			goto retry;
-		}
-		res = PQgetResult(conn);
-		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	}
+
+	/* The rest through the staging table. */
+	copy.len = 0;
+	for (i = 0; i < n; i++)
+		if (routes[i] >= 0 && !done[routes[i]])
+			stage_row(&copy, &scratch, i, routes[i], messages[i]);
+	free(scratch.data);
+	scratch.data = NULL;
+	if (copy.len > 0)
+	{
+		any_staged = true;
+		res = copy_in("COPY infra_bridge_stage FROM STDIN", &copy);
+		if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 		{
 			log_warning("cannot COPY the batch: %s", PQerrorMessage(conn));
 			PQclear(res);
-			while ((res = PQgetResult(conn)) != NULL)
-				PQclear(res);
 			goto retry;
 		}
 		PQclear(res);
-		while ((res = PQgetResult(conn)) != NULL)
-			PQclear(res);
 	}
-	for (r = 0; r < config->nroutes; r++)
-		if (lo[r] >= 0 && write_range(config, r, lo[r], hi[r], written, dead) != RANGE_OK)
+	for (r = 0; r < config->nroutes && any_staged; r++)
+		if (lo[r] >= 0 && !done[r] && write_range(config, r, lo[r], hi[r], written, dead) != RANGE_OK)
 			goto retry;
 
 	for (i = 0; i < nparts; i++)
@@ -883,6 +1086,7 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 
 retry:
 	free(copy.data);
+	free(scratch.data);
 	if (conn != NULL && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
 		run("ROLLBACK");
 	*written = *dead = 0;
