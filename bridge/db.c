@@ -395,15 +395,20 @@ db_check_routes(const BridgeConfig *config)
 			buf_puts(&insert, ") SELECT ");
 			for (t = 0; t < nt; t++)
 				buf_printf(&insert, "%s%s", t ? ", " : "", expr[t]);
-			buf_puts(&insert, " FROM infra_bridge_stage s");
+			/* With dedupe, only the first of a message id in the batch counts. */
+			if (route->dedupe)
+				buf_puts(&insert, " FROM (SELECT *, row_number() OVER (PARTITION BY msg_id ORDER BY seq) AS nth"
+						 " FROM infra_bridge_stage WHERE route = $1) s");
+			else
+				buf_puts(&insert, " FROM infra_bridge_stage s");
 			if (route->format == FORMAT_JSON_COLUMNS)
 				buf_printf(&insert, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
 						   table);
 			buf_puts(&insert, " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3");
 			/* $4, the route's name, is used by dedupe; typed either way. */
 			if (route->dedupe)
-				buf_puts(&insert, " AND (s.msg_id IS NULL OR NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m"
-						 " WHERE m.route = $4::text AND m.msg_id = s.msg_id))");
+				buf_puts(&insert, " AND (s.msg_id IS NULL OR (s.nth = 1 AND NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m"
+						 " WHERE m.route = $4::text AND m.msg_id = s.msg_id)))");
 			else
 				buf_puts(&insert, " AND $4::text IS NOT NULL");
 			buf_puts(&insert, " ORDER BY s.seq");

@@ -1,0 +1,186 @@
+# infra-bridge routes: json_columns with upsert and every metadata column,
+# text and bytea, dedupe on infra-msg-id; and end to end, kafka_send in
+# committed and rolled-back transactions -> a broker killed once -> the
+# bridge with dedupe -> exactly the committed messages, once.
+use strict;
+use warnings;
+
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use InfraTest;
+
+my $bootstrap = kafka_bootstrap();
+my $dir = PostgreSQL::Test::Utils::tempdir;
+my $run = $$;
+my $node = infra_node('bridge_formats', conf => <<"CONF");
+infra.database = 'postgres'
+infra.kafka_brokers = '$bootstrap'
+infra.kafka_linger_ms = 5
+CONF
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION infra');
+my $connstr = $node->connstr('postgres');
+
+sub kcat_produce
+{
+	my ($topic, $lines, @opts) = @_;
+	my ($out, $err);
+	IPC::Run::run([ 'kcat', '-P', '-b', $bootstrap, '-t', $topic, @opts ], '<', \$lines, '>', \$out, '2>', \$err)
+	  or die "kcat: $err";
+}
+
+sub ini
+{
+	my ($name, $routes) = @_;
+	my $file = "$dir/$name.ini";
+	open my $fh, '>', $file or die;
+	print $fh <<"INI";
+[bridge]
+conninfo = $connstr
+brokers = $bootstrap
+group = ${name}_$run
+batch_size = 500
+batch_delay_ms = 50
+
+[kafka]
+session.timeout.ms = 6000
+$routes
+INI
+	close $fh;
+	return $file;
+}
+
+sub run_until
+{
+	my ($file, $cond, $what) = @_;
+	my $log = "$file.log";
+	my $h = IPC::Run::start([ 'infra-bridge', '--config', $file ], '<', \undef, '>>', $log, '2>>', $log);
+	my $ok = wait_until($cond, 120);
+	sleep 1;    # anything more would arrive now
+	$h->signal('TERM');
+	$h->finish;
+	ok($ok, $what) or diag(slurp_file($log));
+	return $log;
+}
+
+# --- json_columns, upsert, metadata -------------------------------------------
+my $t_orders = "orders_$run";
+$node->safe_psql('postgres', q{
+CREATE TABLE orders (
+    id integer PRIMARY KEY,
+    status text NOT NULL,
+    amount numeric,
+    kafka_key text,
+    kafka_ts timestamptz,
+    kafka_headers jsonb,
+    kafka_topic text,
+    created_at timestamptz NOT NULL DEFAULT now())});
+kcat_produce($t_orders, qq(o1:{"id": 1, "status": "new", "amount": 10.5}\no2:{"id": 2, "status": "new", "amount": 3}\n),
+	'-K', ':', '-H', 'source=shop');
+kcat_produce($t_orders, qq(o1:{"id": 1, "status": "paid", "amount": 10.5, "unknown_key": true}\n), '-K', ':');
+my $file = ini('orders', <<"INI");
+[route orders]
+topics = $t_orders
+table = orders
+format = json_columns
+mode = upsert
+key_columns = id
+key_column = kafka_key
+timestamp_column = kafka_ts
+headers_column = kafka_headers
+topic_column = kafka_topic
+INI
+run_until($file, sub { $node->safe_psql('postgres', q{SELECT status FROM orders WHERE id = 1}) eq 'paid' },
+	'json_columns with upsert: the later message updates the row');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM orders}), 2, 'two orders, one row each');
+is($node->safe_psql('postgres', q{SELECT amount FROM orders WHERE id = 2}), '3', 'JSON keys onto typed columns');
+is($node->safe_psql('postgres', q{SELECT kafka_key FROM orders WHERE id = 2}), 'o2', 'key column');
+is($node->safe_psql('postgres', q{SELECT kafka_headers->>'source' FROM orders WHERE id = 2}), 'shop', 'headers column');
+is($node->safe_psql('postgres', q{SELECT kafka_topic FROM orders WHERE id = 2}), $t_orders, 'topic column');
+is($node->safe_psql('postgres', q{SELECT kafka_ts > now() - interval '10 minutes' FROM orders WHERE id = 2}), 't',
+	'timestamp column from the message');
+is($node->safe_psql('postgres', q{SELECT created_at IS NOT NULL FROM orders WHERE id = 1}), 't',
+	'a column the JSON lacks keeps its default');
+
+# --- text and bytea ------------------------------------------------------------------
+my ($t_text, $t_bytes) = ("notes_$run", "blobs_$run");
+$node->safe_psql('postgres', q{
+CREATE TABLE notes (body text, off bigint);
+CREATE TABLE blobs (data bytea, k bytea)});
+kcat_produce($t_text, "first line\nsecond\twith a tab\n");
+kcat_produce($t_bytes, "k1:abc\n", '-K', ':');
+$file = ini('plain', <<"INI");
+[route notes]
+topics = $t_text
+table = notes
+format = text
+column = body
+offset_column = off
+
+[route blobs]
+topics = ^blobs_$run\$
+table = blobs
+format = bytea
+column = data
+key_column = k
+INI
+run_until($file, sub { $node->safe_psql('postgres', q{SELECT (SELECT count(*) FROM notes) + (SELECT count(*) FROM blobs)}) >= 3 },
+	'text and bytea routes (one by name, one by pattern)');
+is($node->safe_psql('postgres', q{SELECT string_agg(body, '|' ORDER BY off) FROM notes}), "first line|second\twith a tab",
+	'text as sent, tabs included');
+is($node->safe_psql('postgres', q{SELECT data, k FROM blobs}), '\x616263|\x6b31', 'bytea value and key');
+
+# --- dedupe on infra-msg-id -------------------------------------------------------------
+my $t_dd = "dedupe_$run";
+$node->safe_psql('postgres', q{CREATE TABLE dd (payload jsonb)});
+for my $m (qw(a b a c b))
+{
+	kcat_produce($t_dd, qq({"m": "$m"}\n), '-H', "infra-msg-id=id-$m");
+}
+kcat_produce($t_dd, qq({"m": "no id"}\n{"m": "no id"}\n));
+$file = ini('dedupe', <<"INI");
+[route dd]
+topics = $t_dd
+table = dd
+format = json
+dedupe = on
+INI
+run_until($file, sub { $node->safe_psql('postgres', q{SELECT count(*) FROM dd}) >= 5 }, 'dedupe route consumed');
+is($node->safe_psql('postgres', q{SELECT string_agg(payload->>'m', ',' ORDER BY payload->>'m') FROM dd}),
+	'a,b,c,no id,no id', 'a message id seen before is skipped; messages without one are all written');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM infra.bridge_message_ids WHERE route = 'dd'}), 3,
+	'the ids are remembered');
+
+# --- end to end: kafka_send -> Kafka (killed once) -> bridge with dedupe --------------------------
+my $t_e2e = "e2e_$run";
+$node->safe_psql('postgres', q{CREATE TABLE received (payload jsonb)});
+for my $i (1 .. 20)
+{
+	my $end = $i % 4 == 0 ? 'ROLLBACK' : 'COMMIT';
+	$node->safe_psql('postgres', qq{BEGIN;
+SELECT infra.kafka_send('$t_e2e', jsonb_build_object('batch', $i, 'n', g)) FROM generate_series(1, 50) g;
+$end;});
+	if ($i == 10)
+	{
+		kafka_ctl('kill') or die;
+		kafka_ctl('start') or die;
+	}
+}
+ok( wait_until(sub { $node->safe_psql('postgres', 'SELECT count(*) FROM infra.kafka_outbox') == 0 }, 120),
+	'every committed message left the outbox');
+$file = ini('e2e', <<"INI");
+[route received]
+topics = $t_e2e
+table = received
+format = json
+dedupe = on
+INI
+run_until($file, sub { $node->safe_psql('postgres', q{SELECT count(*) FROM received}) >= 750 }, 'the bridge consumed the topic');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM received}), 750, 'exactly the 15 committed transactions x 50');
+is($node->safe_psql('postgres', q{SELECT count(DISTINCT payload) FROM received}), 750, 'each once');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM received WHERE (payload->>'batch')::int % 4 = 0}), 0,
+	'nothing of the rolled-back ones');
+
+$node->stop;
+done_testing();
