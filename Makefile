@@ -34,7 +34,7 @@ $(OBJS): $(wildcard src/*.h)
 BRIDGE_SRCS = $(sort $(wildcard bridge/*.c))
 BRIDGE_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -O2 -g -Wall -Wextra \
 	-Wno-unused-parameter -Werror -I$(shell $(PG_CONFIG) --includedir)
-BRIDGE_LIBS = -lrdkafka -linih -L$(shell $(PG_CONFIG) --libdir) -lpq
+BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lpthread -L$(shell $(PG_CONFIG) --libdir) -lpq
 
 all: bridge/infra-bridge
 

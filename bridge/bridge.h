@@ -73,6 +73,7 @@ typedef struct BridgeConfig
 	char		brokers[BRIDGE_VALUE_LEN];	/* bootstrap.servers */
 	char		group[BRIDGE_VALUE_LEN];	/* consumer group id */
 	char		log_level[BRIDGE_VALUE_LEN];	/* error|warning|info|debug */
+	char		metrics_listen[BRIDGE_VALUE_LEN];	/* host:port, "" for none */
 	int			batch_size;		/* messages per transaction at most */
 	int			batch_delay_ms; /* longest a message waits for its batch */
 	char		kafka_keys[BRIDGE_MAX_KAFKA_PROPS][128];
@@ -132,10 +133,19 @@ typedef struct PartitionWrite
 
 extern WriteResult db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages,
 								  int n, const int *routes, const PartitionWrite *parts, int nparts,
-								  int64_t *written, int64_t *dead);
+								  long long *written, long long *dead);
 
 /* consume.c: the daemon's loop; returns the exit status. */
 extern int	bridge_run(BridgeConfig *config, const char *path);
+
+/* metrics.c: /metrics and /healthz */
+extern bool metrics_start(const char *listen_on);
+extern void metrics_stop(void);
+extern void metrics_set_routes(const BridgeConfig *config);
+extern void metrics_batch(const long long *consumed, const long long *written,
+						  const long long *dead, double seconds);
+extern void metrics_db_up(bool up);
+extern void metrics_lag(rd_kafka_t *rk);
 
 /* Set by signal handlers. */
 extern volatile int bridge_stop;

@@ -4,7 +4,7 @@
  *		infra-bridge configuration: an INI file read by inih.
  *
  *	[bridge]         conninfo, brokers, group, log_level, batch_size,
- *	                 batch_delay_ms
+ *	                 batch_delay_ms, metrics_listen
  *	[kafka]          librdkafka consumer properties, passed through
  *	[route NAME]     topics, table, format, column, columns, mode,
  *	                 key_columns, dedupe, *_column (metadata)
@@ -38,6 +38,7 @@ static const ConfigKey bridge_keys[] = {
 	{"brokers", offsetof(BridgeConfig, brokers), "127.0.0.1:9092", false},
 	{"group", offsetof(BridgeConfig, group), "infra-bridge", false},
 	{"log_level", offsetof(BridgeConfig, log_level), "info", false},
+	{"metrics_listen", offsetof(BridgeConfig, metrics_listen), "", false},
 };
 
 #define NUM_BRIDGE_KEYS (sizeof(bridge_keys) / sizeof(bridge_keys[0]))

@@ -299,15 +299,19 @@ flush(void)
 
 	for (;;)
 	{
-		int64_t		written = 0;
-		int64_t		dead = 0;
+		long long	written[BRIDGE_MAX_ROUTES];
+		long long	dead[BRIDGE_MAX_ROUTES];
+		long long	consumed[BRIDGE_MAX_ROUTES];
 		int64_t		t0 = now_ms();
 		WriteResult result = db_write_batch(cfg, batch, batch_count, batch_routes,
-											writes, nwrites, &written, &dead);
+											writes, nwrites, written, dead);
 
 		if (result == WRITE_OK)
 		{
 			rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(nwrites);
+			long long	all_written = 0;
+			long long	all_dead = 0;
+			int			r;
 
 			for (j = 0; j < nwrites; j++)
 			{
@@ -318,13 +322,22 @@ flush(void)
 			/* Informational only: the offsets that count are in PostgreSQL. */
 			rd_kafka_commit(rk, list, 1);
 			rd_kafka_topic_partition_list_destroy(list);
-			total_written += written;
-			total_dead += dead;
+			memset(consumed, 0, sizeof(consumed));
+			for (i = 0; i < batch_count; i++)
+				if (batch_routes[i] >= 0)
+					consumed[batch_routes[i]]++;
+			for (r = 0; r < cfg->nroutes; r++)
+			{
+				all_written += written[r];
+				all_dead += dead[r];
+			}
+			metrics_batch(consumed, written, dead, (double) (now_ms() - t0) / 1000.0);
+			total_written += all_written;
+			total_dead += all_dead;
 			log_debug("batch of %d messages: %lld written, %lld dead letters, %lld ms",
-					  batch_count, (long long) written, (long long) dead, (long long) (now_ms() - t0));
-			if (dead > 0)
-				log_warning("%lld messages could not be written: see infra.bridge_dead_letters",
-							(long long) dead);
+					  batch_count, all_written, all_dead, (long long) (now_ms() - t0));
+			if (all_dead > 0)
+				log_warning("%lld messages could not be written: see infra.bridge_dead_letters", all_dead);
 			break;
 		}
 		if (result == WRITE_CONFLICT)
@@ -444,6 +457,7 @@ reload(const char *path)
 	}
 	if (config_log_level(cfg->log_level, &level))
 		bridge_log_level = level;
+	metrics_set_routes(cfg);
 	log_info("configuration \"%s\" reloaded", path);
 }
 
@@ -458,6 +472,7 @@ bridge_run(BridgeConfig *config, const char *path)
 		return bridge_stop ? 0 : 1;
 	if (!db_check_routes(cfg))
 		return 1;
+	metrics_set_routes(cfg);
 	rk = consumer_new();
 	if (rk == NULL)
 		return 1;
@@ -467,6 +482,13 @@ bridge_run(BridgeConfig *config, const char *path)
 	{
 		rd_kafka_message_t *msg;
 		int			timeout = 500;
+		static int64_t lag_at = 0;
+
+		if (now_ms() - lag_at >= 1000)
+		{
+			metrics_lag(rk);
+			lag_at = now_ms();
+		}
 
 		if (bridge_reload)
 		{

@@ -169,6 +169,7 @@ db_connect(const BridgeConfig *config, bool once)
 	}
 	PQclear(res);
 	log_info("connected to PostgreSQL");
+	metrics_db_up(true);
 	return true;
 }
 
@@ -178,6 +179,7 @@ db_disconnect(void)
 	if (conn != NULL)
 		PQfinish(conn);
 	conn = NULL;
+	metrics_db_up(false);
 }
 
 /* ---------------------------------------------------------------------------
@@ -868,7 +870,7 @@ typedef enum RangeResult
  * error split the range, and dead-letter a single row that still fails.
  */
 static RangeResult
-write_range(const BridgeConfig *config, int route, int lo, int hi, int64_t *written, int64_t *dead)
+write_range(const BridgeConfig *config, int route, int lo, int hi, long long *written, long long *dead)
 {
 	char		a[16],
 				b[16],
@@ -885,7 +887,7 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, int64_t *writ
 	res = PQexecParams(conn, route_sql[route].insert, 4, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) == PGRES_COMMAND_OK)
 	{
-		int64_t		n = strtoll(PQcmdTuples(res), NULL, 10);
+		long long	n = strtoll(PQcmdTuples(res), NULL, 10);
 
 		PQclear(res);
 		if (route_sql[route].ids != NULL)
@@ -960,7 +962,7 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, int64_t *writ
 WriteResult
 db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 			   const int *routes, const PartitionWrite *parts, int nparts,
-			   int64_t *written, int64_t *dead)
+			   long long *written, long long *dead)
 {
 	Buf			copy = {0};
 	Buf			scratch = {0};
@@ -972,14 +974,14 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 	bool		done[BRIDGE_MAX_ROUTES];
 	bool		any_staged = false;
 
-	*written = *dead = 0;
-	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
-		return WRITE_RETRY;
 	for (r = 0; r < config->nroutes; r++)
 	{
 		lo[r] = -1;
 		done[r] = false;
+		written[r] = dead[r] = 0;
 	}
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		return WRITE_RETRY;
 	for (i = 0; i < n; i++)
 	{
 		r = routes[i];
@@ -1007,7 +1009,7 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 		res = copy_in(route_sql[r].copy, &copy);
 		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
 		{
-			*written += strtoll(PQcmdTuples(res), NULL, 10);
+			written[r] += strtoll(PQcmdTuples(res), NULL, 10);
 			PQclear(res);
 			if (!run("RELEASE SAVEPOINT infra_bridge_copy"))
 				goto retry;
@@ -1047,7 +1049,7 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 		PQclear(res);
 	}
 	for (r = 0; r < config->nroutes && any_staged; r++)
-		if (lo[r] >= 0 && !done[r] && write_range(config, r, lo[r], hi[r], written, dead) != RANGE_OK)
+		if (lo[r] >= 0 && !done[r] && write_range(config, r, lo[r], hi[r], &written[r], &dead[r]) != RANGE_OK)
 			goto retry;
 
 	for (i = 0; i < nparts; i++)
@@ -1094,6 +1096,7 @@ retry:
 	free(scratch.data);
 	if (conn != NULL && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)
 		run("ROLLBACK");
-	*written = *dead = 0;
+	for (r = 0; r < config->nroutes; r++)
+		written[r] = dead[r] = 0;
 	return WRITE_RETRY;
 }

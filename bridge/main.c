@@ -182,5 +182,9 @@ main(int argc, char **argv)
 	srand((unsigned) getpid() ^ (unsigned) time(NULL));
 
 	log_info("infra-bridge %s starting with \"%s\"", BRIDGE_VERSION, config_path);
-	return bridge_run(&config, config_path);
+	if (!metrics_start(config.metrics_listen))
+		return 1;
+	c = bridge_run(&config, config_path);
+	metrics_stop();
+	return c;
 }

@@ -80,6 +80,7 @@ brokers = $bootstrap
 group = $name
 batch_size = @{[ $opt{batch_size} // 5000 ]}
 batch_delay_ms = 50
+@{[ $opt{metrics} ? "metrics_listen = $opt{metrics}" : '' ]}
 
 [kafka]
 $kafka
@@ -120,7 +121,8 @@ sub distinct_rows
 create_topic("bridge_a_$run", 4);
 $node->safe_psql('postgres', 'CREATE TABLE events_a (id bigserial, payload jsonb, part int, off bigint)');
 produce_json("bridge_a_$run", 1, 100000);
-my $ini = config_for("g_a_$run", "bridge_a_$run", 'events_a');
+my $mport = PostgreSQL::Test::Cluster::get_free_port();
+my $ini = config_for("g_a_$run", "bridge_a_$run", 'events_a', metrics => "127.0.0.1:$mport");
 my $log = "$dir/bridge_a.log";
 my $b = bridge_start($ini, $log);
 ok(wait_until(sub { count_rows('events_a') >= 100000 }, 180), '100,000 messages arrive')
@@ -134,6 +136,30 @@ is($node->safe_psql('postgres', q{SELECT sum(next_offset) FROM infra.bridge_offs
 	100000, 'stored offsets account for every message');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM infra.bridge_offsets WHERE consumer_group LIKE 'g_a_%'}),
 	4, 'one offset row per partition');
+
+# /metrics: the figures of what just happened, valid for promtool.
+use HTTP::Tiny;
+my $http = HTTP::Tiny->new(timeout => 10);
+my $res = $http->get("http://127.0.0.1:$mport/metrics");
+is($res->{status}, 200, 'GET /metrics');
+my $metrics = $res->{content};
+like($metrics, qr/^infra_bridge_consumed_total\{route="events"\} 100000$/m, 'consumed per route');
+like($metrics, qr/^infra_bridge_written_total\{route="events"\} 100000$/m, 'written per route');
+like($metrics, qr/^infra_bridge_dead_lettered_total\{route="events"\} 0$/m, 'dead-lettered per route');
+like($metrics, qr/^infra_bridge_batch_seconds_count [1-9]\d*$/m, 'batch latency histogram');
+ok(wait_until(sub { ($http->get("http://127.0.0.1:$mport/metrics")->{content} =~ tr/\n//) && $http->get("http://127.0.0.1:$mport/metrics")->{content} =~ /^infra_bridge_lag_messages\{topic="bridge_a_$run",partition="\d"\} 0$/m }, 30),
+	'lag per partition, 0 once consumed');
+like($metrics, qr/^infra_bridge_postgresql_up 1$/m, 'PostgreSQL up');
+is($http->get("http://127.0.0.1:$mport/healthz")->{status}, 200, '/healthz');
+{
+	my $file = "$dir/bridge_metrics.txt";
+	open my $mf, '>', $file or die;
+	print $mf $metrics;
+	close $mf;
+	my ($out, $err) = ('', '');
+	ok(IPC::Run::run([ 'promtool', 'check', 'metrics' ], '<', $file, '>', \$out, '2>', \$err),
+		'promtool check metrics accepts it') or diag("$out$err");
+}
 
 # SIGTERM: a clean exit 0.
 $b->signal('TERM');
