@@ -15,7 +15,7 @@ if [ "${1:-}" != --inner ]; then
 	top=$(cd "$here/.." && pwd)
 	work=$(new_workdir infra-test)
 	mkdir -p "$work/src"
-	cp -r "$top/sql" "$top/expected" "$top/test" "$work/src/"
+	cp -r "$top/sql" "$top/expected" "$top/test" "$top/bridge" "$work/src/"
 	if [ "$(id -u)" = 0 ]; then
 		chown -R "$INFRA_TEST_USER" "$work"
 	fi

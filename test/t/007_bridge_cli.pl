@@ -87,4 +87,9 @@ append_to_file("$dir/syntax.ini", "[bridge\nbrokers = x:1\n");
 is($rc, 1, 'a syntax error fails');
 like($err, qr/syntax\.ini:1: /, 'at the right line');
 
+# The documented example configuration is valid as shipped.
+($rc, $out, $err) = bridge('--check-config', '--config', src_path('bridge/infra-bridge.ini.example'));
+is($rc, 0, 'bridge/infra-bridge.ini.example passes --check-config') or diag($err);
+like($out, qr/2 routes/, 'with both its routes');
+
 done_testing();
