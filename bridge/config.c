@@ -7,7 +7,8 @@
  *	                 batch_delay_ms, metrics_listen
  *	[kafka]          librdkafka consumer properties, passed through
  *	[route NAME]     topics, table, format, column, columns, mode,
- *	                 key_columns, dedupe, *_column (metadata)
+ *	                 key_columns, dedupe, *_column (metadata), batch_size,
+ *	                 batch_delay_ms (defaults: [bridge]'s)
  *
  * A file is loaded into a scratch copy and only handed back when all of it
  * is valid, so a reload with a bad file keeps the configuration in force.
@@ -235,6 +236,12 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 		route->upsert = strcmp(value, "upsert") == 0;
 		return 1;
 	}
+	if (strcasecmp(name, "batch_size") == 0)
+		return parse_int(value, 1, 1000000, &route->batch_size) ? 1 :
+			config_reject(load, "batch_size \"%s\" in section [%s] is not an integer from 1 to 1000000", value, section);
+	if (strcasecmp(name, "batch_delay_ms") == 0)
+		return parse_int(value, 1, 3600000, &route->batch_delay_ms) ? 1 :
+			config_reject(load, "batch_delay_ms \"%s\" in section [%s] is not an integer from 1 to 3600000", value, section);
 	if (strcasecmp(name, "dedupe") == 0)
 	{
 		if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0)
@@ -378,6 +385,11 @@ config_validate(const char *path, BridgeConfig *config)
 			log_error("%s: route \"%s\" needs topics and table", path, route->name);
 			return false;
 		}
+		/* Batch limits not given for the route are the [bridge] ones. */
+		if (route->batch_size == 0)
+			route->batch_size = config->batch_size;
+		if (route->batch_delay_ms == 0)
+			route->batch_delay_ms = config->batch_delay_ms;
 		if (route->upsert && route->key_columns[0] == '\0')
 		{
 			log_error("%s: route \"%s\" is mode = upsert without key_columns", path, route->name);

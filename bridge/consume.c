@@ -43,6 +43,8 @@ static int *batch_routes = NULL;
 static int	batch_count = 0;
 static int	batch_cap = 0;
 static int64_t batch_started_ms = 0;
+static int	route_count[BRIDGE_MAX_ROUTES];	/* per route, in the batch */
+static int64_t route_started_ms[BRIDGE_MAX_ROUTES];
 
 /* Totals, for the log. */
 static int64_t total_written = 0;
@@ -102,6 +104,36 @@ drop_batch(void)
 	for (i = 0; i < batch_count; i++)
 		rd_kafka_message_destroy(batch[i]);
 	batch_count = 0;
+	memset(route_count, 0, sizeof(route_count));
+}
+
+/*
+ * How long until the batch is due (0: now): a route reached its
+ * batch_size, or its oldest message its batch_delay_ms.  Messages of no
+ * route (a pattern that changed) follow the [bridge] delay.
+ */
+static int64_t
+batch_due_in(void)
+{
+	int64_t		now = now_ms();
+	int64_t		due = batch_count > 0 ? batch_started_ms + cfg->batch_delay_ms - now : 500;
+	int			r;
+
+	if (batch_count >= cfg->batch_size * cfg->nroutes)
+		return 0;
+	for (r = 0; r < cfg->nroutes; r++)
+	{
+		int64_t		left;
+
+		if (route_count[r] == 0)
+			continue;
+		if (route_count[r] >= cfg->routes[r].batch_size)
+			return 0;
+		left = route_started_ms[r] + cfg->routes[r].batch_delay_ms - now;
+		if (left < due)
+			due = left;
+	}
+	return due > 0 ? due : 0;
 }
 
 /*
@@ -414,6 +446,7 @@ reload(const char *path)
 {
 	BridgeConfig *next = malloc(sizeof(BridgeConfig));
 	BridgeLogLevel level;
+	int			r;
 
 	config_set_defaults(next);
 	if (!config_load(path, next))
@@ -427,6 +460,11 @@ reload(const char *path)
 		snprintf(cfg->log_level, sizeof(cfg->log_level), "%s", next->log_level);
 		cfg->batch_size = next->batch_size;
 		cfg->batch_delay_ms = next->batch_delay_ms;
+		for (r = 0; r < cfg->nroutes; r++)
+		{
+			cfg->routes[r].batch_size = next->routes[r].batch_size;
+			cfg->routes[r].batch_delay_ms = next->routes[r].batch_delay_ms;
+		}
 		config_free(next);
 		free(next);
 	}
@@ -498,11 +536,7 @@ bridge_run(BridgeConfig *config, const char *path)
 				return 1;
 		}
 		if (batch_count > 0)
-		{
-			int64_t		left = batch_started_ms + cfg->batch_delay_ms - now_ms();
-
-			timeout = left > 0 ? (int) left : 0;
-		}
+			timeout = (int) batch_due_in();
 		msg = rd_kafka_consumer_poll(rk, timeout);
 		if (msg != NULL)
 		{
@@ -520,14 +554,17 @@ bridge_run(BridgeConfig *config, const char *path)
 					batch = realloc(batch, sizeof(*batch) * (size_t) batch_cap);
 					batch_routes = realloc(batch_routes, sizeof(int) * (size_t) batch_cap);
 				}
+				int			r = config_route_for_topic(cfg, rd_kafka_topic_name(msg->rkt));
+
 				if (batch_count == 0)
 					batch_started_ms = now_ms();
-				batch_routes[batch_count] = config_route_for_topic(cfg, rd_kafka_topic_name(msg->rkt));
+				if (r >= 0 && route_count[r]++ == 0)
+					route_started_ms[r] = now_ms();
+				batch_routes[batch_count] = r;
 				batch[batch_count++] = msg;
 			}
 		}
-		if (batch_count >= cfg->batch_size ||
-			(batch_count > 0 && now_ms() >= batch_started_ms + cfg->batch_delay_ms))
+		if (batch_count > 0 && batch_due_in() == 0)
 			flush();
 	}
 

@@ -148,6 +148,8 @@ static void MetricsAppendValue(StringInfo out, double value);
 static void MetricsCollectRegistry(StringInfo out);
 static void MetricsCollectSelf(StringInfo out);
 static Jsonb *MetricsLabelsJsonb(const char *labels);
+static Datum MetricsSqlUpdate(FunctionCallInfo fcinfo, MetricType type, MetricOp op,
+							  const char *function);
 static int	MetricsCompareSeries(const void *a, const void *b);
 static int	MetricsCompareFamilies(const void *a, const void *b);
 
@@ -225,20 +227,30 @@ MetricsShmemInit(void *segment, bool found, LWLockPadded *locks)
  */
 
 /*
+ * The common body of counter_inc, gauge_set and gauge_add: name, value,
+ * labels, then the update.
+ */
+static Datum
+MetricsSqlUpdate(FunctionCallInfo fcinfo, MetricType type, MetricOp op, const char *function)
+{
+	MetricKey	key;
+	double		value;
+
+	InfraShmemRequire(function);
+	MetricsReadName(fcinfo, type, &key);
+	value = MetricsReadValue(fcinfo, type);
+	MetricsReadLabels(fcinfo, 2, type, &key);
+	MetricsUpdate(type, &key, op, value, 0, NULL);
+	PG_RETURN_VOID();
+}
+
+/*
  * infra.counter_inc(name, value, labels): add a non-negative amount.
  */
 Datum
 infra_counter_inc(PG_FUNCTION_ARGS)
 {
-	MetricKey	key;
-	double		value;
-
-	InfraShmemRequire("infra.counter_inc()");
-	MetricsReadName(fcinfo, METRIC_COUNTER, &key);
-	value = MetricsReadValue(fcinfo, METRIC_COUNTER);
-	MetricsReadLabels(fcinfo, 2, METRIC_COUNTER, &key);
-	MetricsUpdate(METRIC_COUNTER, &key, METRIC_OP_INC, value, 0, NULL);
-	PG_RETURN_VOID();
+	return MetricsSqlUpdate(fcinfo, METRIC_COUNTER, METRIC_OP_INC, "infra.counter_inc()");
 }
 
 /*
@@ -247,15 +259,7 @@ infra_counter_inc(PG_FUNCTION_ARGS)
 Datum
 infra_gauge_set(PG_FUNCTION_ARGS)
 {
-	MetricKey	key;
-	double		value;
-
-	InfraShmemRequire("infra.gauge_set()");
-	MetricsReadName(fcinfo, METRIC_GAUGE, &key);
-	value = MetricsReadValue(fcinfo, METRIC_GAUGE);
-	MetricsReadLabels(fcinfo, 2, METRIC_GAUGE, &key);
-	MetricsUpdate(METRIC_GAUGE, &key, METRIC_OP_SET, value, 0, NULL);
-	PG_RETURN_VOID();
+	return MetricsSqlUpdate(fcinfo, METRIC_GAUGE, METRIC_OP_SET, "infra.gauge_set()");
 }
 
 /*
@@ -264,15 +268,7 @@ infra_gauge_set(PG_FUNCTION_ARGS)
 Datum
 infra_gauge_add(PG_FUNCTION_ARGS)
 {
-	MetricKey	key;
-	double		value;
-
-	InfraShmemRequire("infra.gauge_add()");
-	MetricsReadName(fcinfo, METRIC_GAUGE, &key);
-	value = MetricsReadValue(fcinfo, METRIC_GAUGE);
-	MetricsReadLabels(fcinfo, 2, METRIC_GAUGE, &key);
-	MetricsUpdate(METRIC_GAUGE, &key, METRIC_OP_ADD, value, 0, NULL);
-	PG_RETURN_VOID();
+	return MetricsSqlUpdate(fcinfo, METRIC_GAUGE, METRIC_OP_ADD, "infra.gauge_add()");
 }
 
 /*
@@ -925,6 +921,16 @@ MetricsWriteFamily(StringInfo out, const char *name, const char *type, const cha
 }
 
 /*
+ * A family of one unlabelled sample: HELP, TYPE and the sample.
+ */
+void
+MetricsWriteOne(StringInfo out, const char *name, const char *type, const char *help, double value)
+{
+	MetricsWriteFamily(out, name, type, help);
+	MetricsWriteSample(out, name, NULL, value);
+}
+
+/*
  * One sample line.
  */
 void
@@ -995,16 +1001,14 @@ MetricsCollectSelf(StringInfo out)
 	LWLockAcquire(metrics_shared->lock, LW_SHARED);
 	nseries = metrics_shared->nseries;
 	LWLockRelease(metrics_shared->lock);
-	MetricsWriteFamily(out, "infra_metrics_series", "gauge",
-					   "Series in the metrics registry.");
-	MetricsWriteSample(out, "infra_metrics_series", NULL, nseries);
-	MetricsWriteFamily(out, "infra_metrics_series_max", "gauge",
-					   "infra.metrics_max_series: series the registry holds at most.");
-	MetricsWriteSample(out, "infra_metrics_series_max", NULL, infra_metrics_max_series);
-	MetricsWriteFamily(out, "infra_metrics_series_rejected_total", "counter",
-					   "New series refused because the registry was full.");
-	MetricsWriteSample(out, "infra_metrics_series_rejected_total", NULL,
-					   (double) pg_atomic_read_u64(&metrics_shared->rejected));
+	MetricsWriteOne(out, "infra_metrics_series", "gauge",
+					"Series in the metrics registry.", nseries);
+	MetricsWriteOne(out, "infra_metrics_series_max", "gauge",
+					"infra.metrics_max_series: series the registry holds at most.",
+					infra_metrics_max_series);
+	MetricsWriteOne(out, "infra_metrics_series_rejected_total", "counter",
+					"New series refused because the registry was full.",
+					(double) pg_atomic_read_u64(&metrics_shared->rejected));
 }
 
 /* Series copied out for the exposition, sorted by name and labels. */

@@ -29,6 +29,8 @@ extern void MetricsWriteSample(StringInfo out, const char *name,
 							   const char *labels, double value);
 extern void MetricsAppendLabel(StringInfo labels, const char *name,
 							   const char *value);
+extern void MetricsWriteOne(StringInfo out, const char *name, const char *type,
+							const char *help, double value);
 extern char *MetricsExposition(void);
 
 /* Built-in series, each module writing its own. */

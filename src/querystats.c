@@ -957,24 +957,18 @@ QueryStatsCollectMetrics(StringInfo out)
 	}
 	LWLockRelease(qs_shared->lock);
 
-	MetricsWriteFamily(out, "infra_query_calls_total", "counter",
-					   "Top-level statements executed (infra.query_metrics).");
-	MetricsWriteSample(out, "infra_query_calls_total", NULL, (double) calls);
-	MetricsWriteFamily(out, "infra_query_errors_total", "counter",
-					   "Top-level statements that failed.");
-	MetricsWriteSample(out, "infra_query_errors_total", NULL, (double) errors);
-	MetricsWriteFamily(out, "infra_query_rows_total", "counter",
-					   "Rows returned or affected by top-level statements.");
-	MetricsWriteSample(out, "infra_query_rows_total", NULL, (double) rows);
-	MetricsWriteFamily(out, "infra_query_time_seconds_total", "counter",
-					   "Time spent executing top-level statements.");
-	MetricsWriteSample(out, "infra_query_time_seconds_total", NULL, ms / 1000.0);
-	MetricsWriteFamily(out, "infra_query_metrics_statements", "gauge",
-					   "Statements infra.query_metrics holds.");
-	MetricsWriteSample(out, "infra_query_metrics_statements", NULL, used);
-	MetricsWriteFamily(out, "infra_query_metrics_evictions_total", "counter",
-					   "Statements evicted from infra.query_metrics to make room.");
-	MetricsWriteSample(out, "infra_query_metrics_evictions_total", NULL, (double) evictions);
+	MetricsWriteOne(out, "infra_query_calls_total", "counter",
+					"Top-level statements executed (infra.query_metrics).", (double) calls);
+	MetricsWriteOne(out, "infra_query_errors_total", "counter",
+					"Top-level statements that failed.", (double) errors);
+	MetricsWriteOne(out, "infra_query_rows_total", "counter",
+					"Rows returned or affected by top-level statements.", (double) rows);
+	MetricsWriteOne(out, "infra_query_time_seconds_total", "counter",
+					"Time spent executing top-level statements.", ms / 1000.0);
+	MetricsWriteOne(out, "infra_query_metrics_statements", "gauge",
+					"Statements infra.query_metrics holds.", used);
+	MetricsWriteOne(out, "infra_query_metrics_evictions_total", "counter",
+					"Statements evicted from infra.query_metrics to make room.", (double) evictions);
 }
 
 /*

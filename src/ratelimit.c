@@ -776,11 +776,9 @@ RateLimitCollectMetrics(StringInfo out)
 		for (i = 0; i < n; i++)
 			MetricsWriteSample(out, names[kind], labels[i].data, (double) counts[kind][i]);
 	}
-	MetricsWriteFamily(out, "infra_rate_limit_keys", "gauge",
-					   "Keys in the shared rate-limit table.");
-	MetricsWriteSample(out, "infra_rate_limit_keys", NULL, (double) hash_get_num_entries(rate_limit_hash));
-	MetricsWriteFamily(out, "infra_rate_limit_evictions_total", "counter",
-					   "Idle rate-limit keys evicted to make room.");
-	MetricsWriteSample(out, "infra_rate_limit_evictions_total", NULL,
-					   (double) pg_atomic_read_u64(&rate_limit_shared->evictions));
+	MetricsWriteOne(out, "infra_rate_limit_keys", "gauge",
+					"Keys in the shared rate-limit table.", (double) hash_get_num_entries(rate_limit_hash));
+	MetricsWriteOne(out, "infra_rate_limit_evictions_total", "counter",
+					"Idle rate-limit keys evicted to make room.",
+					(double) pg_atomic_read_u64(&rate_limit_shared->evictions));
 }

@@ -1035,23 +1035,18 @@ SpansCollectMetrics(StringInfo out)
 	LWLockAcquire(ring->lock, LW_SHARED);
 	queued = ring->head - ring->tail;
 	LWLockRelease(ring->lock);
-	MetricsWriteFamily(out, "infra_trace_spans_queued", "gauge",
-					   "Finished spans waiting in shared memory for the exporter.");
-	MetricsWriteSample(out, "infra_trace_spans_queued", NULL, (double) queued);
-	MetricsWriteFamily(out, "infra_trace_spans_exported_total", "counter",
-					   "Spans the OTLP collector accepted.");
-	MetricsWriteSample(out, "infra_trace_spans_exported_total", NULL,
-					   (double) pg_atomic_read_u64(&ring->exported));
-	MetricsWriteFamily(out, "infra_trace_spans_dropped_total", "counter",
-					   "Spans dropped because the shared ring was full.");
-	MetricsWriteSample(out, "infra_trace_spans_dropped_total", NULL,
-					   (double) pg_atomic_read_u64(&ring->dropped));
-	MetricsWriteFamily(out, "infra_trace_spans_rejected_total", "counter",
-					   "Spans the OTLP collector refused (HTTP 4xx other than 429); not retried.");
-	MetricsWriteSample(out, "infra_trace_spans_rejected_total", NULL,
-					   (double) pg_atomic_read_u64(&ring->rejected));
-	MetricsWriteFamily(out, "infra_trace_export_failures_total", "counter",
-					   "OTLP export attempts that failed and will be retried.");
-	MetricsWriteSample(out, "infra_trace_export_failures_total", NULL,
-					   (double) pg_atomic_read_u64(&ring->failed_exports));
+	MetricsWriteOne(out, "infra_trace_spans_queued", "gauge",
+					"Finished spans waiting in shared memory for the exporter.", (double) queued);
+	MetricsWriteOne(out, "infra_trace_spans_exported_total", "counter",
+					"Spans the OTLP collector accepted.",
+					(double) pg_atomic_read_u64(&ring->exported));
+	MetricsWriteOne(out, "infra_trace_spans_dropped_total", "counter",
+					"Spans dropped because the shared ring was full.",
+					(double) pg_atomic_read_u64(&ring->dropped));
+	MetricsWriteOne(out, "infra_trace_spans_rejected_total", "counter",
+					"Spans the OTLP collector refused with a final status (400, 500 ...): dropped, not resent.",
+					(double) pg_atomic_read_u64(&ring->rejected));
+	MetricsWriteOne(out, "infra_trace_export_failures_total", "counter",
+					"OTLP export attempts that failed and will be retried.",
+					(double) pg_atomic_read_u64(&ring->failed_exports));
 }

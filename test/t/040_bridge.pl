@@ -259,6 +259,27 @@ ok(wait_until(sub { slurp_file($log) =~ /not reloaded: keeping the one in force/
 	'SIGHUP with an invalid file: the old configuration stays');
 produce_json("bridge_p_$run", 5001, 5100);
 ok(wait_until(sub { count_rows('events_p') >= 4950 + 99 }, 60), 'and the bridge goes on consuming');
+
+# SIGHUP with a valid file that adds a route: the consumer is rebuilt and
+# the new route's topic consumed, the old one's where it stopped.
+create_topic("bridge_h_$run", 1);
+$node->safe_psql('postgres', 'CREATE TABLE events_h (payload jsonb, part int, off bigint)');
+produce_json("bridge_h_$run", 1, 300);
+my $body = slurp_file($ini);
+$body =~ s/^bogus_key = 1\n//m;
+$body .= "\n[route added]\ntopics = bridge_h_$run\ntable = events_h\nformat = json\noffset_column = off\npartition_column = part\n";
+open $fh, '>', $ini or die;
+print $fh $body;
+close $fh;
+my $before_reload = count_rows('events_p');
+$b->signal('HUP');
+ok(wait_until(sub { slurp_file($log) =~ /configuration .* reloaded/ }, 30), 'SIGHUP with a valid file: reloaded');
+ok(wait_until(sub { count_rows('events_h') >= 300 }, 60), 'the added route is consumed');
+produce_json("bridge_p_$run", 5101, 5200);
+ok(wait_until(sub { count_rows('events_p') >= $before_reload + 99 }, 60), 'the old route goes on');
+sleep 1;
+is(count_rows('events_h'), 300, 'exactly once after the reload');
+is(distinct_rows('events_p'), count_rows('events_p'), 'no duplicates on the old route either');
 $b->signal('TERM');
 $b->finish;
 is($b->full_result(0), 0, 'SIGTERM after the reload attempt: exit 0');

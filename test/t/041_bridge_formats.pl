@@ -182,5 +182,29 @@ is($node->safe_psql('postgres', q{SELECT count(DISTINCT payload) FROM received})
 is($node->safe_psql('postgres', q{SELECT count(*) FROM received WHERE (payload->>'batch')::int % 4 = 0}), 0,
 	'nothing of the rolled-back ones');
 
+# --- the broker goes away under a running bridge ----------------------------------------
+my $t_down = "down_$run";
+$node->safe_psql('postgres', q{CREATE TABLE down (payload jsonb)});
+kcat_produce($t_down, qq({"phase": 1}\n));
+$file = ini('down', <<"INI");
+[route down]
+topics = $t_down
+table = down
+format = json
+INI
+my $log = "$file.log";
+my $h = IPC::Run::start([ 'infra-bridge', '--config', $file ], '<', \undef, '>>', $log, '2>>', $log);
+ok(wait_until(sub { $node->safe_psql('postgres', q{SELECT count(*) FROM down}) == 1 }, 60), 'before: consuming');
+kafka_ctl('stop') or die;
+ok(wait_until(sub { slurp_file($log) =~ /"level":"warning","msg":"Kafka: .*retrying/ }, 60),
+	'broker down: the bridge reports it and keeps retrying');
+kafka_ctl('start') or die;
+kcat_produce($t_down, qq({"phase": 2}\n));
+ok(wait_until(sub { $node->safe_psql('postgres', q{SELECT count(*) FROM down}) == 2 }, 90),
+	'broker back: consuming again');
+$h->signal('TERM');
+$h->finish;
+is($h->full_result(0), 0, 'the bridge never stopped');
+
 $node->stop;
 done_testing();
