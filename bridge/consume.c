@@ -16,6 +16,8 @@
  *
  *-------------------------------------------------------------------------
  */
+#include <pthread.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,6 +53,9 @@ static int64_t total_written = 0;
 static int64_t total_dead = 0;
 
 volatile int bridge_reload = 0;
+
+static void settle(void);
+static void reseek(void);
 
 static int64_t
 now_ms(void)
@@ -160,6 +165,8 @@ rebalance(rd_kafka_t *consumer, rd_kafka_resp_err_t err,
 {
 	int			i;
 
+	/* The connection and the offsets are the writer's until it is done. */
+	settle();
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
 		for (i = 0; i < list->cnt; i++)
@@ -293,17 +300,143 @@ reseek(void)
 }
 
 /*
- * Write the batch and its offsets; keep trying while PostgreSQL is away
- * (unless stopping, when the batch is abandoned: it is read again later).
+ * The batch being written by the writer thread, while the main thread
+ * gathers the next one.  Only the writer touches the PostgreSQL connection
+ * while it runs; the main thread waits for it (settle) before it uses the
+ * connection itself (rebalance, reseek, reconnect) or builds the next
+ * batch's offsets, which depend on this one's outcome.
+ */
+typedef struct Inflight
+{
+	rd_kafka_message_t **msgs;
+	int		   *routes;
+	int			n;
+	int			cap;
+	PartitionWrite *writes;
+	int			nwrites;
+	long long	written[BRIDGE_MAX_ROUTES];
+	long long	dead[BRIDGE_MAX_ROUTES];
+	WriteResult result;
+	int64_t		t0;
+} Inflight;
+
+static Inflight inflight;
+static pthread_t writer_thread;
+static bool writer_busy = false;
+static bool writer_joined = false;	/* written without a thread, to settle */
+static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
+static bool writer_finished = false;	/* under writer_lock */
+
+static void *
+writer_main(void *arg)
+{
+	Inflight   *w = (Inflight *) arg;
+
+	w->result = db_write_batch(cfg, w->msgs, w->n, w->routes, w->writes, w->nwrites,
+							   w->written, w->dead);
+	pthread_mutex_lock(&writer_lock);
+	writer_finished = true;
+	pthread_mutex_unlock(&writer_lock);
+	return NULL;
+}
+
+/*
+ * Wait for the batch in flight and act on its outcome: offsets known,
+ * Kafka told, figures counted; after a conflict, everything gathered since
+ * is dropped and the partitions read again from the stored offsets; while
+ * PostgreSQL is away, reconnect and write it again (unless stopping: then
+ * it is given up, and read again at the next start).
  */
 static void
-flush(void)
+settle(void)
+{
+	int			i;
+	int			j;
+
+	if (!writer_busy && !writer_joined)
+		return;
+	if (writer_busy)
+		pthread_join(writer_thread, NULL);
+	writer_busy = false;
+	writer_joined = false;
+	for (;;)
+	{
+		if (inflight.result == WRITE_OK)
+		{
+			rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(inflight.nwrites);
+			long long	consumed[BRIDGE_MAX_ROUTES];
+			long long	all_written = 0;
+			long long	all_dead = 0;
+			int			r;
+
+			for (j = 0; j < inflight.nwrites; j++)
+			{
+				PartState  *ps = part_find(inflight.writes[j].topic, inflight.writes[j].partition, false);
+
+				if (ps != NULL)
+					ps->expected = inflight.writes[j].next;
+				rd_kafka_topic_partition_list_add(list, inflight.writes[j].topic,
+												  inflight.writes[j].partition)->offset = inflight.writes[j].next;
+			}
+			/* Informational only: the offsets that count are in PostgreSQL. */
+			rd_kafka_commit(rk, list, 1);
+			rd_kafka_topic_partition_list_destroy(list);
+			memset(consumed, 0, sizeof(consumed));
+			for (i = 0; i < inflight.n; i++)
+				if (inflight.routes[i] >= 0)
+					consumed[inflight.routes[i]]++;
+			for (r = 0; r < cfg->nroutes; r++)
+			{
+				all_written += inflight.written[r];
+				all_dead += inflight.dead[r];
+			}
+			metrics_batch(consumed, inflight.written, inflight.dead, (double) (now_ms() - inflight.t0) / 1000.0);
+			total_written += all_written;
+			total_dead += all_dead;
+			log_debug("batch of %d messages: %lld written, %lld dead letters, %lld ms",
+					  inflight.n, all_written, all_dead, (long long) (now_ms() - inflight.t0));
+			if (all_dead > 0)
+				log_warning("%lld messages could not be written: see infra.bridge_dead_letters", all_dead);
+			break;
+		}
+		if (inflight.result == WRITE_CONFLICT)
+		{
+			drop_batch();
+			reseek();
+			break;
+		}
+		if (bridge_stop)
+		{
+			log_warning("stopping with a batch of %d messages not written; it is read again at the next start",
+						inflight.n);
+			break;
+		}
+		if (!db_connect(cfg, false) || !db_check_routes(cfg))
+			continue;
+		inflight.t0 = now_ms();
+		inflight.result = db_write_batch(cfg, inflight.msgs, inflight.n, inflight.routes,
+										 inflight.writes, inflight.nwrites, inflight.written, inflight.dead);
+	}
+	for (i = 0; i < inflight.n; i++)
+		rd_kafka_message_destroy(inflight.msgs[i]);
+	inflight.n = 0;
+	free(inflight.writes);
+	inflight.writes = NULL;
+}
+
+/*
+ * Hand the gathered batch to the writer thread (after the one before it
+ * is settled) and start gathering the next.
+ */
+static void
+submit(void)
 {
 	PartitionWrite *writes;
 	int			nwrites = 0;
 	int			i;
 	int			j;
 
+	settle();
 	if (batch_count == 0)
 		return;
 	writes = calloc((size_t) nparts + 1, sizeof(PartitionWrite));
@@ -329,66 +462,46 @@ flush(void)
 			writes[j].next = batch[i]->offset + 1;
 	}
 
-	for (;;)
+	/* The gathered arrays go to the writer; its old ones gather the next. */
 	{
-		long long	written[BRIDGE_MAX_ROUTES];
-		long long	dead[BRIDGE_MAX_ROUTES];
-		long long	consumed[BRIDGE_MAX_ROUTES];
-		int64_t		t0 = now_ms();
-		WriteResult result = db_write_batch(cfg, batch, batch_count, batch_routes,
-											writes, nwrites, written, dead);
+		rd_kafka_message_t **msgs = inflight.msgs;
+		int		   *routes = inflight.routes;
+		int			cap = inflight.cap;
 
-		if (result == WRITE_OK)
-		{
-			rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(nwrites);
-			long long	all_written = 0;
-			long long	all_dead = 0;
-			int			r;
-
-			for (j = 0; j < nwrites; j++)
-			{
-				part_find(writes[j].topic, writes[j].partition, false)->expected = writes[j].next;
-				rd_kafka_topic_partition_list_add(list, writes[j].topic, writes[j].partition)->offset =
-					writes[j].next;
-			}
-			/* Informational only: the offsets that count are in PostgreSQL. */
-			rd_kafka_commit(rk, list, 1);
-			rd_kafka_topic_partition_list_destroy(list);
-			memset(consumed, 0, sizeof(consumed));
-			for (i = 0; i < batch_count; i++)
-				if (batch_routes[i] >= 0)
-					consumed[batch_routes[i]]++;
-			for (r = 0; r < cfg->nroutes; r++)
-			{
-				all_written += written[r];
-				all_dead += dead[r];
-			}
-			metrics_batch(consumed, written, dead, (double) (now_ms() - t0) / 1000.0);
-			total_written += all_written;
-			total_dead += all_dead;
-			log_debug("batch of %d messages: %lld written, %lld dead letters, %lld ms",
-					  batch_count, all_written, all_dead, (long long) (now_ms() - t0));
-			if (all_dead > 0)
-				log_warning("%lld messages could not be written: see infra.bridge_dead_letters", all_dead);
-			break;
-		}
-		if (result == WRITE_CONFLICT)
-		{
-			drop_batch();
-			reseek();
-			break;
-		}
-		if (bridge_stop)
-		{
-			log_warning("stopping with a batch of %d messages not written; it is read again at the next start",
-						batch_count);
-			break;
-		}
-		if (!db_connect(cfg, false) || !db_check_routes(cfg))
-			continue;
+		inflight.msgs = batch;
+		inflight.routes = batch_routes;
+		inflight.cap = batch_cap;
+		inflight.n = batch_count;
+		batch = msgs;
+		batch_routes = routes;
+		batch_cap = cap;
+		batch_count = 0;
+		memset(route_count, 0, sizeof(route_count));
 	}
-	free(writes);
-	drop_batch();
+	inflight.writes = writes;
+	inflight.nwrites = nwrites;
+	inflight.t0 = now_ms();
+	pthread_mutex_lock(&writer_lock);
+	writer_finished = false;
+	pthread_mutex_unlock(&writer_lock);
+	writer_busy = pthread_create(&writer_thread, NULL, writer_main, &inflight) == 0;
+	if (!writer_busy)
+	{
+		/* No thread: write it here, and settle it at once. */
+		writer_main(&inflight);
+		writer_joined = true;
+		settle();
+	}
+}
+
+/*
+ * Write everything gathered, and wait until it is written.
+ */
+static void
+flush(void)
+{
+	submit();
+	settle();
 }
 
 /*
@@ -537,6 +650,19 @@ bridge_run(BridgeConfig *config, const char *path)
 		}
 		if (batch_count > 0)
 			timeout = (int) batch_due_in();
+		/* A finished write is settled at once (offsets, Kafka, figures). */
+		if (writer_busy)
+		{
+			bool		finished;
+
+			pthread_mutex_lock(&writer_lock);
+			finished = writer_finished;
+			pthread_mutex_unlock(&writer_lock);
+			if (finished)
+				settle();
+			else if (timeout > 10)
+				timeout = 10;
+		}
 		msg = rd_kafka_consumer_poll(rk, timeout);
 		if (msg != NULL)
 		{
@@ -565,14 +691,20 @@ bridge_run(BridgeConfig *config, const char *path)
 			}
 		}
 		if (batch_count > 0 && batch_due_in() == 0)
-			flush();
+			submit();
 	}
 
 	/* SIGTERM: finish the batch (or give it up if PostgreSQL is away). */
 	flush();
 	consumer_close();
 	db_disconnect();
-	log_info("stopped: %lld rows written, %lld dead letters in this run",
-			 (long long) total_written, (long long) total_dead);
+	{
+		struct rusage ru;
+
+		getrusage(RUSAGE_SELF, &ru);
+		log_info("stopped: %lld rows written, %lld dead letters in this run (CPU: %.2f s user, %.2f s system)",
+				 (long long) total_written, (long long) total_dead,
+				 ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6, ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6);
+	}
 	return 0;
 }

@@ -972,6 +972,7 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 	int			lo[BRIDGE_MAX_ROUTES];
 	int			hi[BRIDGE_MAX_ROUTES];
 	bool		done[BRIDGE_MAX_ROUTES];
+	bool		staged_only[BRIDGE_MAX_ROUTES];
 	bool		any_staged = false;
 
 	for (r = 0; r < config->nroutes; r++)
@@ -992,27 +993,36 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 		hi[r] = i;
 	}
 
+	for (r = 0; r < config->nroutes; r++)
+		staged_only[r] = route_sql[r].copy == NULL;
+
+again:
 	if (!run("BEGIN"))
 		goto retry;
 
-	/* Routes that can take a plain COPY; a bad message sends them below. */
+	/*
+	 * Routes that can take a plain COPY, without a savepoint: bad messages
+	 * are rare, and when the COPY meets one the transaction starts over
+	 * with that route through the staging table.
+	 */
 	for (r = 0; r < config->nroutes; r++)
 	{
-		if (lo[r] < 0 || route_sql[r].copy == NULL)
+		done[r] = false;
+		written[r] = dead[r] = 0;
+	}
+	for (r = 0; r < config->nroutes; r++)
+	{
+		if (lo[r] < 0 || staged_only[r])
 			continue;
 		copy.len = 0;
 		for (i = lo[r]; i <= hi[r]; i++)
 			if (routes[i] == r)
 				direct_row(&copy, &scratch, &route_sql[r], messages[i]);
-		if (!run("SAVEPOINT infra_bridge_copy"))
-			goto retry;
 		res = copy_in(route_sql[r].copy, &copy);
 		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
 		{
 			written[r] += strtoll(PQcmdTuples(res), NULL, 10);
 			PQclear(res);
-			if (!run("RELEASE SAVEPOINT infra_bridge_copy"))
-				goto retry;
 			done[r] = true;
 			continue;
 		}
@@ -1025,8 +1035,10 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 		log_debug("route \"%s\": COPY met a bad message (%s): sorting the batch out row by row",
 				  config->routes[r].name, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 		PQclear(res);
-		if (!run("ROLLBACK TO SAVEPOINT infra_bridge_copy"))
+		if (!run("ROLLBACK"))
 			goto retry;
+		staged_only[r] = true;
+		goto again;
 	}
 
 	/* The rest through the staging table. */
