@@ -63,6 +63,7 @@ SELECT infra.gauge_set('queue_depth', NULL);
 SELECT infra.gauge_set('orders_placed_total', 1);
 SELECT infra.histogram_observe('queue_depth', 1);
 SELECT infra.histogram_observe('job_seconds', 1, '{"queue": "c"}', '{1, 2}');
+SELECT infra.histogram_observe('job_seconds', 1, '{"queue": "a"}', '{0.1, 1, 11}');
 SELECT infra.histogram_observe('bad_buckets', 1, '{}', '{2, 1}');
 SELECT infra.histogram_observe('bad_buckets', 1, '{}', '{}');
 SELECT infra.histogram_observe('bad_buckets', 1, '{}', '{1, NULL}');

@@ -148,6 +148,7 @@ static void MetricsAppendValue(StringInfo out, double value);
 static void MetricsCollectRegistry(StringInfo out);
 static void MetricsCollectSelf(StringInfo out);
 static Jsonb *MetricsLabelsJsonb(const char *labels);
+static bool MetricsSameBuckets(const char *name, int nbuckets, const double *bounds);
 static Datum MetricsSqlUpdate(FunctionCallInfo fcinfo, MetricType type, MetricOp op,
 							  const char *function);
 static int	MetricsCompareSeries(const void *a, const void *b);
@@ -513,6 +514,18 @@ MetricsReadBuckets(FunctionCallInfo fcinfo, int argno, double *bounds)
 }
 
 /*
+ * Does the family (which exists) have these bucket bounds?  Lock held.
+ */
+static bool
+MetricsSameBuckets(const char *name, int nbuckets, const double *bounds)
+{
+	MetricFamily *family = (MetricFamily *) hash_search(family_hash, name, HASH_FIND, NULL);
+
+	return family != NULL && family->nbuckets == nbuckets &&
+		memcmp(family->bounds, bounds, sizeof(double) * nbuckets) == 0;
+}
+
+/*
  * Find the series (adding it if new) and apply the operation.
  */
 static void
@@ -530,7 +543,8 @@ MetricsUpdate(MetricType type, const MetricKey *key, MetricOp op, double value,
 		series = MetricsAddSeries(type, key, nbuckets, bounds);
 	}
 	else if (series->type != type ||
-			 (nbuckets > 0 && type == METRIC_HISTOGRAM && nbuckets != series->nbuckets))
+			 (nbuckets > 0 && type == METRIC_HISTOGRAM &&
+			  !MetricsSameBuckets(key->name, nbuckets, bounds)))
 	{
 		/* Differences found under the exclusive lock are reported there. */
 		LWLockRelease(metrics_shared->lock);
