@@ -25,6 +25,9 @@
 #define BRIDGE_MAX_ROUTES 32
 #define BRIDGE_MAX_TOPICS 32
 
+/* Writer threads (and PostgreSQL connections) at most. */
+#define BRIDGE_MAX_WRITERS 8
+
 /* Librdkafka properties of the [kafka] section. */
 #define BRIDGE_MAX_KAFKA_PROPS 64
 
@@ -78,6 +81,7 @@ typedef struct BridgeConfig
 	char		metrics_listen[BRIDGE_VALUE_LEN];	/* host:port, "" for none */
 	int			batch_size;		/* messages per transaction at most */
 	int			batch_delay_ms; /* longest a message waits for its batch */
+	int			writers;		/* threads writing partitions' batches at once */
 	char		kafka_keys[BRIDGE_MAX_KAFKA_PROPS][128];
 	char		kafka_values[BRIDGE_MAX_KAFKA_PROPS][BRIDGE_VALUE_LEN];
 	int			nkafka;
@@ -119,8 +123,9 @@ typedef enum WriteResult
 	WRITE_RETRY					/* connection or server trouble: try again */
 } WriteResult;
 
-extern bool db_connect(const BridgeConfig *config, bool once);
+extern bool db_connect(const BridgeConfig *config, int slot, bool once);
 extern void db_disconnect(void);
+extern bool db_connected(int slot);
 extern bool db_check_routes(const BridgeConfig *config);
 extern bool db_load_offsets(const BridgeConfig *config, const char *topic, int32_t partition,
 							int64_t *next_offset);
@@ -133,7 +138,7 @@ typedef struct PartitionWrite
 	int64_t		next;
 } PartitionWrite;
 
-extern WriteResult db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages,
+extern WriteResult db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages,
 								  int n, const int *routes, const PartitionWrite *parts, int nparts,
 								  long long *written, long long *dead);
 

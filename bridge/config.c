@@ -4,7 +4,7 @@
  *		infra-bridge configuration: an INI file read by inih.
  *
  *	[bridge]         conninfo, brokers, group, log_level, batch_size,
- *	                 batch_delay_ms, metrics_listen
+ *	                 batch_delay_ms, writers, metrics_listen
  *	[kafka]          librdkafka consumer properties, passed through
  *	[route NAME]     topics, table, format, column, columns, mode,
  *	                 key_columns, dedupe, *_column (metadata), batch_size,
@@ -73,6 +73,7 @@ config_set_defaults(BridgeConfig *config)
 				 "%s", bridge_keys[i].default_value);
 	config->batch_size = 10000;
 	config->batch_delay_ms = 100;
+	config->writers = 2;
 }
 
 /*
@@ -280,6 +281,9 @@ config_handle_line(void *user, const char *section, const char *name,
 		if (strcasecmp(name, "batch_size") == 0)
 			return parse_int(value, 1, 1000000, &config->batch_size) ? 1 :
 				config_reject(load, "batch_size \"%s\" in section [%s] is not an integer from 1 to 1000000", value, section);
+		if (strcasecmp(name, "writers") == 0)
+			return parse_int(value, 1, BRIDGE_MAX_WRITERS, &config->writers) ? 1 :
+				config_reject(load, "writers \"%s\" in section [%s] is not an integer from 1 to 8", value, section);
 		if (strcasecmp(name, "batch_delay_ms") == 0)
 			return parse_int(value, 0, 3600000, &config->batch_delay_ms) ? 1 :
 				config_reject(load, "batch_delay_ms \"%s\" in section [%s] is not an integer from 0 to 3600000", value, section);

@@ -149,7 +149,7 @@ stored_offset(const char *topic, int32_t partition, int64_t *next)
 {
 	while (!db_load_offsets(cfg, topic, partition, next))
 	{
-		if (bridge_stop || !db_connect(cfg, false))
+		if (bridge_stop || !db_connect(cfg, 0, false))
 			return false;
 	}
 	return true;
@@ -300,15 +300,17 @@ reseek(void)
 }
 
 /*
- * The batch being written by the writer thread, while the main thread
- * gathers the next one.  Only the writer touches the PostgreSQL connection
- * while it runs; the main thread waits for it (settle) before it uses the
- * connection itself (rebalance, reseek, reconnect) or builds the next
- * batch's offsets, which depend on this one's outcome.
+ * The batch being written while the main thread gathers the next one.  Its
+ * partitions are shared out among the writers (a partition always to the
+ * same one), each with its own connection and transaction holding its
+ * partitions' rows and offsets.  Writers touch nothing but their
+ * connection and their job; the main thread waits for them (settle) before
+ * it uses a connection itself (rebalance, reseek, reconnect) or builds the
+ * next batch's offsets, which depend on this one's outcome.
  */
-typedef struct Inflight
+typedef struct WriterJob
 {
-	rd_kafka_message_t **msgs;
+	rd_kafka_message_t **msgs;	/* pointers into the batch in flight */
 	int		   *routes;
 	int			n;
 	int			cap;
@@ -317,180 +319,240 @@ typedef struct Inflight
 	long long	written[BRIDGE_MAX_ROUTES];
 	long long	dead[BRIDGE_MAX_ROUTES];
 	WriteResult result;
-	int64_t		t0;
-} Inflight;
+	bool		running;		/* a thread writes it */
+	pthread_t	thread;
+} WriterJob;
 
-static Inflight inflight;
-static pthread_t writer_thread;
-static bool writer_busy = false;
-static bool writer_joined = false;	/* written without a thread, to settle */
+static WriterJob jobs[BRIDGE_MAX_WRITERS];
+static rd_kafka_message_t **inflight = NULL;	/* the batch in flight */
+static int	inflight_n = 0;
+static int	inflight_cap = 0;
+static int64_t inflight_t0 = 0;
 static pthread_mutex_t writer_lock = PTHREAD_MUTEX_INITIALIZER;
-static bool writer_finished = false;	/* under writer_lock */
+static int	writers_running = 0;	/* under writer_lock */
 
 static void *
 writer_main(void *arg)
 {
-	Inflight   *w = (Inflight *) arg;
+	WriterJob  *job = (WriterJob *) arg;
 
-	w->result = db_write_batch(cfg, w->msgs, w->n, w->routes, w->writes, w->nwrites,
-							   w->written, w->dead);
+	job->result = db_write_batch(cfg, (int) (job - jobs), job->msgs, job->n, job->routes,
+								 job->writes, job->nwrites, job->written, job->dead);
 	pthread_mutex_lock(&writer_lock);
-	writer_finished = true;
+	writers_running--;
 	pthread_mutex_unlock(&writer_lock);
 	return NULL;
 }
 
+/* Have all writers finished (so that settle will not wait)? */
+static bool
+writers_done(void)
+{
+	int			running;
+
+	pthread_mutex_lock(&writer_lock);
+	running = writers_running;
+	pthread_mutex_unlock(&writer_lock);
+	return running == 0;
+}
+
 /*
- * Wait for the batch in flight and act on its outcome: offsets known,
- * Kafka told, figures counted; after a conflict, everything gathered since
- * is dropped and the partitions read again from the stored offsets; while
- * PostgreSQL is away, reconnect and write it again (unless stopping: then
- * it is given up, and read again at the next start).
+ * Wait for the batch in flight and act on each writer's outcome: offsets
+ * known, Kafka told, figures counted; a writer whose connection failed
+ * reconnects and writes its part again (unless stopping: then it is given
+ * up, and read again at the next start); after a conflict, everything
+ * gathered since is dropped and the partitions read again from the
+ * stored offsets.
  */
 static void
 settle(void)
 {
+	rd_kafka_topic_partition_list_t *list;
+	long long	consumed[BRIDGE_MAX_ROUTES];
+	long long	written[BRIDGE_MAX_ROUTES];
+	long long	dead[BRIDGE_MAX_ROUTES];
+	long long	all_written = 0;
+	long long	all_dead = 0;
+	bool		conflict = false;
+	int			w;
 	int			i;
-	int			j;
+	int			r;
 
-	if (!writer_busy && !writer_joined)
+	if (inflight_n == 0)
 		return;
-	if (writer_busy)
-		pthread_join(writer_thread, NULL);
-	writer_busy = false;
-	writer_joined = false;
-	for (;;)
+	memset(consumed, 0, sizeof(consumed));
+	memset(written, 0, sizeof(written));
+	memset(dead, 0, sizeof(dead));
+	list = rd_kafka_topic_partition_list_new(nparts + 1);
+	for (w = 0; w < cfg->writers; w++)
 	{
-		if (inflight.result == WRITE_OK)
-		{
-			rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(inflight.nwrites);
-			long long	consumed[BRIDGE_MAX_ROUTES];
-			long long	all_written = 0;
-			long long	all_dead = 0;
-			int			r;
+		WriterJob  *job = &jobs[w];
 
-			for (j = 0; j < inflight.nwrites; j++)
+		if (job->running)
+			pthread_join(job->thread, NULL);
+		job->running = false;
+		if (job->n == 0)
+			continue;
+		while (job->result == WRITE_RETRY && !bridge_stop)
+		{
+			if (!db_connect(cfg, w, false))
+				continue;
+			job->result = db_write_batch(cfg, w, job->msgs, job->n, job->routes,
+										 job->writes, job->nwrites, job->written, job->dead);
+		}
+		if (job->result == WRITE_OK)
+		{
+			int			j;
+
+			for (j = 0; j < job->nwrites; j++)
 			{
-				PartState  *ps = part_find(inflight.writes[j].topic, inflight.writes[j].partition, false);
+				PartState  *ps = part_find(job->writes[j].topic, job->writes[j].partition, false);
 
 				if (ps != NULL)
-					ps->expected = inflight.writes[j].next;
-				rd_kafka_topic_partition_list_add(list, inflight.writes[j].topic,
-												  inflight.writes[j].partition)->offset = inflight.writes[j].next;
+					ps->expected = job->writes[j].next;
+				rd_kafka_topic_partition_list_add(list, job->writes[j].topic,
+												  job->writes[j].partition)->offset = job->writes[j].next;
 			}
-			/* Informational only: the offsets that count are in PostgreSQL. */
-			rd_kafka_commit(rk, list, 1);
-			rd_kafka_topic_partition_list_destroy(list);
-			memset(consumed, 0, sizeof(consumed));
-			for (i = 0; i < inflight.n; i++)
-				if (inflight.routes[i] >= 0)
-					consumed[inflight.routes[i]]++;
+			for (i = 0; i < job->n; i++)
+				if (job->routes[i] >= 0)
+					consumed[job->routes[i]]++;
 			for (r = 0; r < cfg->nroutes; r++)
 			{
-				all_written += inflight.written[r];
-				all_dead += inflight.dead[r];
+				written[r] += job->written[r];
+				dead[r] += job->dead[r];
 			}
-			metrics_batch(consumed, inflight.written, inflight.dead, (double) (now_ms() - inflight.t0) / 1000.0);
-			total_written += all_written;
-			total_dead += all_dead;
-			log_debug("batch of %d messages: %lld written, %lld dead letters, %lld ms",
-					  inflight.n, all_written, all_dead, (long long) (now_ms() - inflight.t0));
-			if (all_dead > 0)
-				log_warning("%lld messages could not be written: see infra.bridge_dead_letters", all_dead);
-			break;
 		}
-		if (inflight.result == WRITE_CONFLICT)
-		{
-			drop_batch();
-			reseek();
-			break;
-		}
-		if (bridge_stop)
-		{
-			log_warning("stopping with a batch of %d messages not written; it is read again at the next start",
-						inflight.n);
-			break;
-		}
-		if (!db_connect(cfg, false) || !db_check_routes(cfg))
-			continue;
-		inflight.t0 = now_ms();
-		inflight.result = db_write_batch(cfg, inflight.msgs, inflight.n, inflight.routes,
-										 inflight.writes, inflight.nwrites, inflight.written, inflight.dead);
+		else if (job->result == WRITE_CONFLICT)
+			conflict = true;
+		else
+			log_warning("stopping with %d messages not written; they are read again at the next start",
+						job->n);
+		job->n = 0;
+		free(job->writes);
+		job->writes = NULL;
 	}
-	for (i = 0; i < inflight.n; i++)
-		rd_kafka_message_destroy(inflight.msgs[i]);
-	inflight.n = 0;
-	free(inflight.writes);
-	inflight.writes = NULL;
+	/* Informational only: the offsets that count are in PostgreSQL. */
+	if (list->cnt > 0)
+		rd_kafka_commit(rk, list, 1);
+	rd_kafka_topic_partition_list_destroy(list);
+	for (r = 0; r < cfg->nroutes; r++)
+	{
+		all_written += written[r];
+		all_dead += dead[r];
+	}
+	metrics_batch(consumed, written, dead, (double) (now_ms() - inflight_t0) / 1000.0);
+	total_written += all_written;
+	total_dead += all_dead;
+	log_debug("batch of %d messages: %lld written, %lld dead letters, %lld ms",
+			  inflight_n, all_written, all_dead, (long long) (now_ms() - inflight_t0));
+	if (all_dead > 0)
+		log_warning("%lld messages could not be written: see infra.bridge_dead_letters", all_dead);
+	for (i = 0; i < inflight_n; i++)
+		rd_kafka_message_destroy(inflight[i]);
+	inflight_n = 0;
+	if (conflict)
+	{
+		drop_batch();
+		reseek();
+	}
 }
 
 /*
- * Hand the gathered batch to the writer thread (after the one before it
- * is settled) and start gathering the next.
+ * Hand the gathered batch to the writers (after the one before it is
+ * settled) and start gathering the next.
  */
 static void
 submit(void)
 {
-	PartitionWrite *writes;
-	int			nwrites = 0;
 	int			i;
-	int			j;
+	int			w;
 
 	settle();
 	if (batch_count == 0)
 		return;
-	writes = calloc((size_t) nparts + 1, sizeof(PartitionWrite));
-	for (i = 0; i < batch_count; i++)
+
+	/* The gathered array goes in flight; the old one gathers the next. */
 	{
-		const char *topic = rd_kafka_topic_name(batch[i]->rkt);
-		PartState  *ps = part_find(topic, batch[i]->partition, false);
+		rd_kafka_message_t **msgs = inflight;
+		int			cap = inflight_cap;
+
+		inflight = batch;
+		inflight_cap = batch_cap;
+		inflight_n = batch_count;
+		batch = msgs;
+		batch_cap = cap;
+		if (batch == NULL || batch_cap < 1024)
+		{
+			batch_cap = 1024;
+			batch = realloc(batch, sizeof(*batch) * (size_t) batch_cap);
+			batch_routes = realloc(batch_routes, sizeof(int) * (size_t) batch_cap);
+		}
+		else
+			batch_routes = realloc(batch_routes, sizeof(int) * (size_t) batch_cap);
+	}
+
+	for (w = 0; w < cfg->writers; w++)
+	{
+		jobs[w].n = 0;
+		jobs[w].nwrites = 0;
+		jobs[w].writes = calloc((size_t) nparts + 1, sizeof(PartitionWrite));
+	}
+	for (i = 0; i < inflight_n; i++)
+	{
+		rd_kafka_message_t *m = inflight[i];
+		PartState  *ps = part_find(rd_kafka_topic_name(m->rkt), m->partition, false);
+		WriterJob  *job;
+		int			j;
 
 		if (ps == NULL)
 			continue;			/* not ours any more */
-		for (j = 0; j < nwrites; j++)
-			if (writes[j].partition == ps->partition && strcmp(writes[j].topic, ps->topic) == 0)
-				break;
-		if (j == nwrites)
+		job = &jobs[(ps - parts) % cfg->writers];
+		if (job->n == job->cap)
 		{
-			writes[j].topic = ps->topic;
-			writes[j].partition = ps->partition;
-			writes[j].expected = ps->expected;
-			writes[j].next = -1;
-			nwrites++;
+			job->cap = job->cap ? job->cap * 2 : 1024;
+			job->msgs = realloc(job->msgs, sizeof(*job->msgs) * (size_t) job->cap);
+			job->routes = realloc(job->routes, sizeof(int) * (size_t) job->cap);
 		}
-		if (batch[i]->offset + 1 > writes[j].next)
-			writes[j].next = batch[i]->offset + 1;
+		job->msgs[job->n] = m;
+		job->routes[job->n] = config_route_for_topic(cfg, rd_kafka_topic_name(m->rkt));
+		job->n++;
+		for (j = 0; j < job->nwrites; j++)
+			if (job->writes[j].partition == ps->partition && strcmp(job->writes[j].topic, ps->topic) == 0)
+				break;
+		if (j == job->nwrites)
+		{
+			job->writes[j].topic = ps->topic;
+			job->writes[j].partition = ps->partition;
+			job->writes[j].expected = ps->expected;
+			job->writes[j].next = -1;
+			job->nwrites++;
+		}
+		if (m->offset + 1 > job->writes[j].next)
+			job->writes[j].next = m->offset + 1;
 	}
+	batch_count = 0;
+	memset(route_count, 0, sizeof(route_count));
+	inflight_t0 = now_ms();
 
-	/* The gathered arrays go to the writer; its old ones gather the next. */
+	for (w = 0; w < cfg->writers; w++)
 	{
-		rd_kafka_message_t **msgs = inflight.msgs;
-		int		   *routes = inflight.routes;
-		int			cap = inflight.cap;
+		WriterJob  *job = &jobs[w];
 
-		inflight.msgs = batch;
-		inflight.routes = batch_routes;
-		inflight.cap = batch_cap;
-		inflight.n = batch_count;
-		batch = msgs;
-		batch_routes = routes;
-		batch_cap = cap;
-		batch_count = 0;
-		memset(route_count, 0, sizeof(route_count));
-	}
-	inflight.writes = writes;
-	inflight.nwrites = nwrites;
-	inflight.t0 = now_ms();
-	pthread_mutex_lock(&writer_lock);
-	writer_finished = false;
-	pthread_mutex_unlock(&writer_lock);
-	writer_busy = pthread_create(&writer_thread, NULL, writer_main, &inflight) == 0;
-	if (!writer_busy)
-	{
-		/* No thread: write it here, and settle it at once. */
-		writer_main(&inflight);
-		writer_joined = true;
-		settle();
+		job->result = WRITE_RETRY;
+		if (job->n == 0)
+			continue;
+		if (!db_connected(w))
+			continue;			/* settle connects it, and writes there */
+		pthread_mutex_lock(&writer_lock);
+		writers_running++;
+		pthread_mutex_unlock(&writer_lock);
+		job->running = pthread_create(&job->thread, NULL, writer_main, job) == 0;
+		if (!job->running)
+		{
+			pthread_mutex_lock(&writer_lock);
+			writers_running--;
+			pthread_mutex_unlock(&writer_lock);
+		}
 	}
 }
 
@@ -515,7 +577,8 @@ same_pipeline(const BridgeConfig *a, const BridgeConfig *b)
 	int			i;
 
 	if (strcmp(a->conninfo, b->conninfo) != 0 || strcmp(a->brokers, b->brokers) != 0 ||
-		strcmp(a->group, b->group) != 0 || a->nkafka != b->nkafka || a->nroutes != b->nroutes)
+		strcmp(a->group, b->group) != 0 || a->nkafka != b->nkafka || a->nroutes != b->nroutes ||
+		a->writers != b->writers)
 		return false;
 	for (i = 0; i < a->nkafka; i++)
 		if (strcmp(a->kafka_keys[i], b->kafka_keys[i]) != 0 ||
@@ -587,15 +650,17 @@ reload(const char *path)
 
 		flush();
 		consumer_close();
+		db_disconnect();		/* the writers reconnect on their first batch */
 		cfg = next;
-		if (!db_connect(cfg, true) || !db_check_routes(cfg))
+		if (!db_connect(cfg, 0, true) || !db_check_routes(cfg))
 		{
 			log_error("configuration \"%s\" not reloaded: its routes do not fit the database; keeping the one in force",
 					  path);
 			config_free(next);
 			free(next);
 			cfg = old;
-			if (db_connect(cfg, false))
+			db_disconnect();
+			if (db_connect(cfg, 0, false))
 				(void) db_check_routes(cfg);
 		}
 		else
@@ -619,7 +684,7 @@ int
 bridge_run(BridgeConfig *config, const char *path)
 {
 	cfg = config;
-	if (!db_connect(cfg, false))
+	if (!db_connect(cfg, 0, false))
 		return bridge_stop ? 0 : 1;
 	if (!db_check_routes(cfg))
 		return 1;
@@ -651,14 +716,9 @@ bridge_run(BridgeConfig *config, const char *path)
 		if (batch_count > 0)
 			timeout = (int) batch_due_in();
 		/* A finished write is settled at once (offsets, Kafka, figures). */
-		if (writer_busy)
+		if (inflight_n > 0)
 		{
-			bool		finished;
-
-			pthread_mutex_lock(&writer_lock);
-			finished = writer_finished;
-			pthread_mutex_unlock(&writer_lock);
-			if (finished)
+			if (writers_done())
 				settle();
 			else if (timeout > 10)
 				timeout = 10;

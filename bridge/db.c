@@ -54,7 +54,13 @@ typedef struct RouteSql
 	int			nfields;
 } RouteSql;
 
-static PGconn *conn = NULL;
+/*
+ * One connection per writer (slot); conn is the one this thread works
+ * with: each writer thread sets it to its slot's, the main thread to
+ * slot 0's.  The temporary staging table lives in each connection.
+ */
+static PGconn *conns[BRIDGE_MAX_WRITERS];
+static __thread PGconn *conn = NULL;
 static RouteSql route_sql[BRIDGE_MAX_ROUTES];
 
 /* A growable buffer for COPY data and SQL text. */
@@ -128,15 +134,16 @@ buf_printf(Buf *b, const char *fmt,...)
  * unless once; false when stopped or, with once, on failure.
  */
 bool
-db_connect(const BridgeConfig *config, bool once)
+db_connect(const BridgeConfig *config, int slot, bool once)
 {
 	int			delay_ms = 500;
 	PGresult   *res;
 
 	for (;;)
 	{
-		db_disconnect();
-		conn = PQconnectdb(config->conninfo);
+		if (conns[slot] != NULL)
+			PQfinish(conns[slot]);
+		conns[slot] = conn = PQconnectdb(config->conninfo);
 		if (PQstatus(conn) == CONNECTION_OK)
 			break;
 		/* libpq's message names the server, never the password. */
@@ -168,18 +175,36 @@ db_connect(const BridgeConfig *config, bool once)
 		return false;
 	}
 	PQclear(res);
-	log_info("connected to PostgreSQL");
-	metrics_db_up(true);
+	if (slot == 0)
+	{
+		log_info("connected to PostgreSQL");
+		metrics_db_up(true);
+	}
 	return true;
 }
 
 void
 db_disconnect(void)
 {
-	if (conn != NULL)
-		PQfinish(conn);
+	int			slot;
+
+	for (slot = 0; slot < BRIDGE_MAX_WRITERS; slot++)
+	{
+		if (conns[slot] != NULL)
+			PQfinish(conns[slot]);
+		conns[slot] = NULL;
+	}
 	conn = NULL;
 	metrics_db_up(false);
+}
+
+/*
+ * Is the slot's connection there and well?
+ */
+bool
+db_connected(int slot)
+{
+	return conns[slot] != NULL && PQstatus(conns[slot]) == CONNECTION_OK;
 }
 
 /* ---------------------------------------------------------------------------
@@ -231,6 +256,7 @@ db_check_routes(const BridgeConfig *config)
 	PGresult   *res;
 	int			r;
 
+	conn = conns[0];
 	res = PQexec(conn, "SELECT to_regclass('infra.bridge_offsets') IS NOT NULL");
 	if (PQresultStatus(res) != PGRES_TUPLES_OK || strcmp(PQgetvalue(res, 0, 0), "t") != 0)
 	{
@@ -524,6 +550,9 @@ db_load_offsets(const BridgeConfig *config, const char *topic, int32_t partition
 	PGresult   *res;
 
 	snprintf(part, sizeof(part), "%d", partition);
+	conn = conns[0];
+	if (conn == NULL)
+		return false;
 	res = PQexecParams(conn,
 					   "SELECT next_offset FROM infra.bridge_offsets"
 					   " WHERE consumer_group = $1 AND topic = $2 AND partition = $3",
@@ -960,7 +989,7 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, long long *wr
  * still have (expected, -1: no row yet) and its new one.
  */
 WriteResult
-db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
+db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n,
 			   const int *routes, const PartitionWrite *parts, int nparts,
 			   long long *written, long long *dead)
 {
@@ -981,6 +1010,7 @@ db_write_batch(const BridgeConfig *config, rd_kafka_message_t **messages, int n,
 		done[r] = false;
 		written[r] = dead[r] = 0;
 	}
+	conn = conns[slot];
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
 		return WRITE_RETRY;
 	for (i = 0; i < n; i++)

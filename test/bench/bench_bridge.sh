@@ -63,6 +63,7 @@ conninfo = host=127.0.0.1 port=$port user=postgres dbname=postgres
 brokers = $bootstrap
 group = bench
 batch_size = ${BENCH_BATCH:-50000}
+writers = ${BENCH_WRITERS:-2}
 batch_delay_ms = 200
 log_level = ${BENCH_BRIDGE_LOG:-info}
 ${BENCH_BRIDGE_KAFKA:+[kafka]}
