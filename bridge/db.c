@@ -245,6 +245,20 @@ find_column(const Column *cols, int n, const char *name)
 }
 
 /*
+ * A column of the route's table the configuration names; NULL, said in
+ * the log, when the table has none of that name.
+ */
+static const Column *
+route_column(const Column *cols, int n, const char *name, const BridgeRoute *route, const char *table)
+{
+	const Column *c = find_column(cols, n, name);
+
+	if (c == NULL)
+		log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, name, table);
+	return c;
+}
+
+/*
  * Check every route's table and columns, and make its statements; PREPARE
  * them once so that anything the server would refuse (a type that does
  * not fit, ON CONFLICT without a unique index) is reported now.
@@ -339,10 +353,9 @@ db_check_routes(const BridgeConfig *config)
 			{
 				if (route->meta[m][0] == '\0')
 					continue;
-				c = find_column(cols, ncols, route->meta[m]);
+				c = route_column(cols, ncols, route->meta[m], route, table);
 				if (c == NULL)
 				{
-					log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, route->meta[m], table);
 					free(cols);
 					return false;
 				}
@@ -368,10 +381,9 @@ db_check_routes(const BridgeConfig *config)
 				if (route->columns[0] != '\0')
 					for (tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
 					{
-						c = find_column(cols, ncols, tok);
+						c = route_column(cols, ncols, tok, route, table);
 						if (c == NULL)
 						{
-							log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, tok, table);
 							free(cols);
 							return false;
 						}
@@ -391,10 +403,9 @@ db_check_routes(const BridgeConfig *config)
 			}
 			else
 			{
-				c = find_column(cols, ncols, route->column);
+				c = route_column(cols, ncols, route->column, route, table);
 				if (c == NULL)
 				{
-					log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, route->column, table);
 					free(cols);
 					return false;
 				}
@@ -453,10 +464,9 @@ db_check_routes(const BridgeConfig *config)
 				snprintf(list, sizeof(list), "%s", route->key_columns);
 				for (tok = strtok_r(list, ", ", &save); tok && nkeys < 64; tok = strtok_r(NULL, ", ", &save))
 				{
-					c = find_column(cols, ncols, tok);
+					c = route_column(cols, ncols, tok, route, table);
 					if (c == NULL)
 					{
-						log_error("route \"%s\": key column \"%s\" does not exist in %s", route->name, tok, table);
 						free(cols);
 						free(insert.data);
 						return false;

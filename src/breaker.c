@@ -1054,7 +1054,6 @@ BreakerCollectMetrics(StringInfo out)
 		for (i = 0; i < nslots; i++)
 		{
 			StringInfoData labels;
-			int64		value = 0;
 
 			initStringInfo(&labels);
 			MetricsAppendLabel(&labels, "breaker", copies[i].name);
@@ -1074,25 +1073,16 @@ BreakerCollectMetrics(StringInfo out)
 				}
 				continue;
 			}
-			switch (f)
 			{
-				case 1:
-					value = copies[i].calls_total;
-					break;
-				case 2:
-					value = copies[i].failures_total;
-					break;
-				case 3:
-					value = copies[i].slow_total;
-					break;
-				case 4:
-					value = copies[i].rejected_total;
-					break;
-				case 5:
-					value = copies[i].transitions_total;
-					break;
+				/* In the order of families[] (the state family is above). */
+				int64		values[] = {
+					0, copies[i].calls_total, copies[i].failures_total, copies[i].slow_total,
+					copies[i].rejected_total, copies[i].transitions_total
+				};
+
+				StaticAssertStmt(lengthof(values) == lengthof(families), "a value per family");
+				MetricsWriteSample(out, families[f].name, labels.data, (double) values[f]);
 			}
-			MetricsWriteSample(out, families[f].name, labels.data, (double) value);
 		}
 	}
 }

@@ -1014,44 +1014,22 @@ KafkaCollectMetrics(StringInfo out)
 		{
 			KafkaStats *s = &copies[i];
 			StringInfoData labels;
-			double		value = 0;
 
-			initStringInfo(&labels);
-			MetricsAppendLabel(&labels, "database", s->database);
-			switch (f)
-			{
-				case 0:
-					value = s->delivered_total;
-					break;
-				case 1:
-					value = s->failed_attempts_total;
-					break;
-				case 2:
-					value = s->dead_lettered_total;
-					break;
-				case 3:
-					value = s->batches_total;
-					break;
-				case 4:
-					value = s->pending;
-					break;
-				case 5:
-					value = s->in_flight;
-					break;
-				case 6:
-					value = strcmp(s->broker_state, "up") == 0;
-					break;
-				case 7:
-					value = s->latency_avg_ms / 1000.0;
-					break;
-				case 8:
-					value = s->latency_p99_ms / 1000.0;
-					break;
-			}
+			/* In the order of families[]. */
+			double		values[] = {
+				s->delivered_total, s->failed_attempts_total, s->dead_lettered_total,
+				s->batches_total, s->pending, s->in_flight,
+				strcmp(s->broker_state, "up") == 0,
+				s->latency_avg_ms / 1000.0, s->latency_p99_ms / 1000.0
+			};
+
+			StaticAssertStmt(lengthof(values) == lengthof(families), "a value per family");
 			/* No latency sample yet: no series, rather than a false 0. */
 			if (f >= 7 && s->latency_at == 0)
 				continue;
-			MetricsWriteSample(out, families[f].name, labels.data, value);
+			initStringInfo(&labels);
+			MetricsAppendLabel(&labels, "database", s->database);
+			MetricsWriteSample(out, families[f].name, labels.data, values[f]);
 		}
 	}
 }

@@ -148,7 +148,7 @@ static void MetricsAppendValue(StringInfo out, double value);
 static void MetricsCollectRegistry(StringInfo out);
 static void MetricsCollectSelf(StringInfo out);
 static Jsonb *MetricsLabelsJsonb(const char *labels);
-static bool MetricsSameBuckets(const char *name, int nbuckets, const double *bounds);
+static bool MetricsBucketsDiffer(const MetricFamily *family, int nbuckets, const double *bounds);
 static Datum MetricsSqlUpdate(FunctionCallInfo fcinfo, MetricType type, MetricOp op,
 							  const char *function);
 static int	MetricsCompareSeries(const void *a, const void *b);
@@ -514,53 +514,43 @@ MetricsReadBuckets(FunctionCallInfo fcinfo, int argno, double *bounds)
 }
 
 /*
- * Does the family (which exists) have these bucket bounds?  Lock held.
+ * Were other bucket bounds given than the family's?  (None given: no.)
  */
 static bool
-MetricsSameBuckets(const char *name, int nbuckets, const double *bounds)
+MetricsBucketsDiffer(const MetricFamily *family, int nbuckets, const double *bounds)
 {
-	MetricFamily *family = (MetricFamily *) hash_search(family_hash, name, HASH_FIND, NULL);
-
-	return family != NULL && family->nbuckets == nbuckets &&
-		memcmp(family->bounds, bounds, sizeof(double) * nbuckets) == 0;
+	return nbuckets > 0 &&
+		(nbuckets != family->nbuckets ||
+		 memcmp(bounds, family->bounds, sizeof(double) * nbuckets) != 0);
 }
 
 /*
- * Find the series (adding it if new) and apply the operation.
+ * Find the series (adding it if new) and apply the operation.  A type or
+ * buckets that differ from the family's go to the exclusive path too, which
+ * reports them.
  */
 static void
 MetricsUpdate(MetricType type, const MetricKey *key, MetricOp op, double value,
 			  int nbuckets, const double *bounds)
 {
 	MetricSeries *series;
+	MetricFamily *family = NULL;
 
 	LWLockAcquire(metrics_shared->lock, LW_SHARED);
 	series = (MetricSeries *) hash_search(series_hash, key, HASH_FIND, NULL);
-	if (series == NULL)
+	if (series != NULL && type == METRIC_HISTOGRAM)
+		family = (MetricFamily *) hash_search(family_hash, key->name, HASH_FIND, NULL);
+	if (series == NULL || series->type != type ||
+		(family != NULL && MetricsBucketsDiffer(family, nbuckets, bounds)))
 	{
 		LWLockRelease(metrics_shared->lock);
 		LWLockAcquire(metrics_shared->lock, LW_EXCLUSIVE);
 		series = MetricsAddSeries(type, key, nbuckets, bounds);
+		if (type == METRIC_HISTOGRAM)
+			family = (MetricFamily *) hash_search(family_hash, key->name, HASH_FIND, NULL);
 	}
-	else if (series->type != type ||
-			 (nbuckets > 0 && type == METRIC_HISTOGRAM &&
-			  !MetricsSameBuckets(key->name, nbuckets, bounds)))
-	{
-		/* Differences found under the exclusive lock are reported there. */
-		LWLockRelease(metrics_shared->lock);
-		LWLockAcquire(metrics_shared->lock, LW_EXCLUSIVE);
-		series = MetricsAddSeries(type, key, nbuckets, bounds);
-	}
-	if (type == METRIC_HISTOGRAM)
-	{
-		MetricFamily *family = (MetricFamily *) hash_search(family_hash, key->name,
-															HASH_FIND, NULL);
-
-		Assert(family != NULL);
-		MetricsApply(series, op, value, family->bounds);
-	}
-	else
-		MetricsApply(series, op, value, NULL);
+	Assert(type != METRIC_HISTOGRAM || family != NULL);
+	MetricsApply(series, op, value, family != NULL ? family->bounds : NULL);
 	LWLockRelease(metrics_shared->lock);
 }
 
@@ -585,9 +575,7 @@ MetricsAddSeries(MetricType type, const MetricKey *key, int nbuckets, const doub
 				 errmsg("metric \"%s\" is a %s, not a %s",
 						key->name, type_names[family->type], type_names[type]),
 				 errhint("A metric name has one type; use another name.")));
-	if (family != NULL && type == METRIC_HISTOGRAM && nbuckets > 0 &&
-		(nbuckets != family->nbuckets ||
-		 memcmp(bounds, family->bounds, sizeof(double) * nbuckets) != 0))
+	if (family != NULL && type == METRIC_HISTOGRAM && MetricsBucketsDiffer(family, nbuckets, bounds))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("histogram \"%s\" already has other bucket bounds", key->name),

@@ -318,17 +318,14 @@ OtlpBreaker(bool allow_only, bool failed, int64 *probe_in_ns)
 	return allowed;
 }
 
+/* Ids as OTLP/JSON writes them: lowercase hex. */
 static void
 OtlpAppendHex(StringInfo buf, const uint8 *bytes, int n)
 {
-	static const char digits[] = "0123456789abcdef";
-	int			i;
+	char		hex[33];
 
-	for (i = 0; i < n; i++)
-	{
-		appendStringInfoChar(buf, digits[bytes[i] >> 4]);
-		appendStringInfoChar(buf, digits[bytes[i] & 0xf]);
-	}
+	SpansHex(bytes, n, hex);
+	appendStringInfoString(buf, hex);
 }
 
 /*

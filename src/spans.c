@@ -155,7 +155,6 @@ static void SpansAppendStringAttribute(StringInfo buf, const char *key, const ch
 static void SpansAppendJsonbAttributes(StringInfo buf, Jsonb *attributes);
 static int64 SpansNowNs(void);
 static const char *SpansDatabaseName(void);
-static void SpansHex(const uint8 *bytes, int n, char *out);
 
 /*
  * Define the sampling and ring GUCs, reserve the ring and install the
@@ -893,7 +892,10 @@ SpansNowNs(void)
 	return (int64) ts.tv_sec * INT64CONST(1000000000) + ts.tv_nsec;
 }
 
-static void
+/*
+ * n bytes (at most 16) as lowercase hex into out (2n + 1 bytes).
+ */
+void
 SpansHex(const uint8 *bytes, int n, char *out)
 {
 	static const char digits[] = "0123456789abcdef";

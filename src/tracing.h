@@ -58,6 +58,7 @@ extern const char *InfraCorrelationId(void);
 
 /* Spans (spans.c). */
 extern bool SpansCurrentTraceparent(char *buf);
+extern void SpansHex(const uint8 *bytes, int n, char *out);
 extern int	SpanRingPeek(SpanRecord *out, int max, int64 *oldest_end_ns);
 extern void SpanRingConsume(int n, SpanExportOutcome outcome, const char *error);
 extern void SpanRingSetExporter(Latch *latch);

@@ -124,6 +124,7 @@ static bool InfraWorkerExtensionPresent(void);
 static void InfraWorkerLoop(void);
 static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
+static void InfraWorkerSlotCopy(int i, InfraWorkerSlot *copy);
 
 /*
  * Define infra.database, reserve the worker's shared memory and register one
@@ -714,6 +715,18 @@ InfraWorkerStateName(InfraWorkerState state)
 }
 
 /*
+ * A consistent copy of slot i, taken under its spinlock (readers then
+ * work on the copy, with no lock held).
+ */
+static void
+InfraWorkerSlotCopy(int i, InfraWorkerSlot *copy)
+{
+	SpinLockAcquire(&worker_shared->slots[i].mutex);
+	memcpy(copy, &worker_shared->slots[i], sizeof(InfraWorkerSlot));
+	SpinLockRelease(&worker_shared->slots[i].mutex);
+}
+
+/*
  * infra.worker_status(): one row per configured database.
  */
 Datum
@@ -731,9 +744,7 @@ infra_worker_status(PG_FUNCTION_ARGS)
 		Datum		values[7];
 		bool		nulls[7];
 
-		SpinLockAcquire(&worker_shared->slots[i].mutex);
-		memcpy(&copy, &worker_shared->slots[i], sizeof(copy));
-		SpinLockRelease(&worker_shared->slots[i].mutex);
+		InfraWorkerSlotCopy(i, &copy);
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = Int32GetDatum(copy.pid);
@@ -770,9 +781,7 @@ WorkerCollectMetrics(StringInfo out)
 		InfraWorkerSlot copy;
 		StringInfoData labels;
 
-		SpinLockAcquire(&worker_shared->slots[i].mutex);
-		memcpy(&copy, &worker_shared->slots[i], sizeof(copy));
-		SpinLockRelease(&worker_shared->slots[i].mutex);
+		InfraWorkerSlotCopy(i, &copy);
 		initStringInfo(&labels);
 		MetricsAppendLabel(&labels, "database", copy.database);
 		MetricsWriteSample(out, "infra_worker_up", labels.data,
@@ -799,9 +808,7 @@ InfraWorkersHealthy(StringInfo why)
 	{
 		InfraWorkerSlot copy;
 
-		SpinLockAcquire(&worker_shared->slots[i].mutex);
-		memcpy(&copy, &worker_shared->slots[i], sizeof(copy));
-		SpinLockRelease(&worker_shared->slots[i].mutex);
+		InfraWorkerSlotCopy(i, &copy);
 		if (copy.state == INFRA_WORKER_RUNNING && copy.pid != 0)
 			continue;
 		healthy = false;

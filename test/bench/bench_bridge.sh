@@ -11,30 +11,17 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib.sh"
+. "$here/lib.sh"
 
 messages=${BENCH_MESSAGES:-1000000}
-work=$(new_workdir infra-bench)
 bridge_pid=
-
-cleanup() {
-	[ -n "$bridge_pid" ] && kill "$bridge_pid" 2>/dev/null
-	as_test_user "$here/../pgcluster.sh" stop "$work/pg" >/dev/null 2>&1 || true
-	as_test_user "$here/../kafka/broker.sh" stop "$work/kafka" >/dev/null 2>&1 || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-as_test_user env INFRA_CACHE="$INFRA_CACHE" "$here/../kafka/broker.sh" start "$work/kafka"
-bootstrap=$(cat "$work/kafka/bootstrap")
-as_test_user "$here/../pgcluster.sh" start "$work/pg" "infra.database=postgres" \
-	"fsync=on" "synchronous_commit=on"
-port=$(as_test_user "$here/../pgcluster.sh" port "$work/pg")
-export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+bench_on_exit() { [ -z "$bridge_pid" ] || kill "$bridge_pid" 2>/dev/null || true; }
+bench_start_broker
+bench_start_pg
 psql -X -q -c 'CREATE EXTENSION infra' \
 	-c 'CREATE TABLE via_pipeline (payload jsonb)' \
 	-c 'CREATE TABLE via_bridge (payload jsonb)'
 
-now_ms() { date +%s%3N; }
 
 as_test_user env INFRA_CACHE="$INFRA_CACHE" "$here/../kafka/broker.sh" create-topic "$work/kafka" bench_bridge 4
 # About 100 bytes of JSON each, keyed so they spread over the partitions.

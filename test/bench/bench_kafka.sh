@@ -12,27 +12,14 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib.sh"
+. "$here/lib.sh"
 
 messages=${BENCH_MESSAGES:-100000}
 per_txn=1000
-work=$(new_workdir infra-bench)
-
-cleanup() {
-	as_test_user "$here/../pgcluster.sh" stop "$work/pg" >/dev/null 2>&1 || true
-	as_test_user "$here/../kafka/broker.sh" stop "$work/kafka" >/dev/null 2>&1 || true
-	rm -rf "$work"
-}
-trap cleanup EXIT
-
-as_test_user env INFRA_CACHE="$INFRA_CACHE" "$here/../kafka/broker.sh" start "$work/kafka"
-bootstrap=$(cat "$work/kafka/bootstrap")
-as_test_user "$here/../pgcluster.sh" start "$work/pg" "infra.database=postgres" \
-	"fsync=on" "synchronous_commit=on" "infra.kafka_brokers=$bootstrap"
-port=$(as_test_user "$here/../pgcluster.sh" port "$work/pg")
-export PGHOST=127.0.0.1 PGPORT=$port PGUSER=postgres PGDATABASE=postgres
+bench_start_broker
+bench_start_pg "infra.kafka_brokers=$bootstrap"
 psql -X -q -c 'CREATE EXTENSION infra' -c 'CREATE TABLE relay (id bigserial PRIMARY KEY, payload text)'
 
-now_ms() { date +%s%3N; }
 payload="repeat('x', 92) || lpad(g::text, 8, '0')"   # 100 bytes, unique
 
 # Topics exist before timing starts (auto-creation is not what we measure).
