@@ -31,6 +31,8 @@ typedef struct PartState
 	char		topic[256];
 	int32_t		partition;
 	int64_t		expected;		/* stored next_offset; -1: no row yet */
+	int			batched;		/* its messages in the batch in flight */
+	int			writer;			/* the writer that writes them */
 } PartState;
 
 static BridgeConfig *cfg;
@@ -87,18 +89,31 @@ part_find(const char *topic, int32_t partition, bool create)
 	return &parts[nparts++];
 }
 
-/* Where a partition without a stored offset starts. */
+/*
+ * Where a partition without a stored offset starts: the first offset it
+ * has, or with auto.offset.reset = latest the next one, asked of the
+ * broker now if that can be done before the deadline (CLOCK_MONOTONIC ms).
+ * (Given the logical BEGINNING or END instead, librdkafka 2.0 looks the
+ * offset up itself, and right after an assignment it may not yet know the
+ * partition's leader: then it waits half a second before it asks.)
+ */
 static int64_t
-start_offset(void)
+start_offset(const char *topic, int32_t partition, int64_t deadline)
 {
+	bool		latest = false;
+	int64_t		low;
+	int64_t		high;
 	int			i;
 
 	for (i = 0; i < cfg->nkafka; i++)
-		if (strcmp(cfg->kafka_keys[i], "auto.offset.reset") == 0 &&
-			(strcmp(cfg->kafka_values[i], "latest") == 0 || strcmp(cfg->kafka_values[i], "largest") == 0 ||
-			 strcmp(cfg->kafka_values[i], "end") == 0))
-			return RD_KAFKA_OFFSET_END;
-	return RD_KAFKA_OFFSET_BEGINNING;
+		if (strcmp(cfg->kafka_keys[i], "auto.offset.reset") == 0)
+			latest = strcmp(cfg->kafka_values[i], "latest") == 0 || strcmp(cfg->kafka_values[i], "largest") == 0 ||
+				strcmp(cfg->kafka_values[i], "end") == 0;
+	if (now_ms() < deadline &&
+		rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high,
+										 (int) (deadline - now_ms())) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return latest ? high : low;
+	return latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
 }
 
 static void
@@ -169,6 +184,8 @@ rebalance(rd_kafka_t *consumer, rd_kafka_resp_err_t err,
 	settle();
 	if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS)
 	{
+		int64_t		deadline = now_ms() + 2000;
+
 		for (i = 0; i < list->cnt; i++)
 		{
 			rd_kafka_topic_partition_t *p = &list->elems[i];
@@ -178,7 +195,7 @@ rebalance(rd_kafka_t *consumer, rd_kafka_resp_err_t err,
 			if (!stored_offset(p->topic, p->partition, &next))
 				next = -1;
 			ps->expected = next;
-			p->offset = next >= 0 ? next : start_offset();
+			p->offset = next >= 0 ? next : start_offset(p->topic, p->partition, deadline);
 		}
 		rd_kafka_assign(consumer, list);
 		log_info("assigned %d partitions", list->cnt);
@@ -225,8 +242,11 @@ consumer_new(void)
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
 		{"enable.partition.eof", "false"},
-		/* Defaults for throughput; [kafka] may set them otherwise. */
-		{"max.partition.fetch.bytes", "4194304"},
+		/* Defaults; [kafka] may set them otherwise. */
+		/* A partition new to the group, or whose stored offset the log no
+		 * longer has, starts at the oldest message kept. */
+		{"auto.offset.reset", "earliest"},
+		/* Throughput. */
 		{"queued.min.messages", "1000000"},
 		{"fetch.wait.max.ms", "100"},
 	};
@@ -278,6 +298,7 @@ reseek(void)
 {
 	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(nparts);
 	rd_kafka_error_t *error;
+	int64_t		deadline = now_ms() + 2000;
 	int			i;
 
 	for (i = 0; i < nparts; i++)
@@ -288,7 +309,7 @@ reseek(void)
 			next = -1;
 		parts[i].expected = next;
 		rd_kafka_topic_partition_list_add(list, parts[i].topic, parts[i].partition)->offset =
-			next >= 0 ? next : start_offset();
+			next >= 0 ? next : start_offset(parts[i].topic, parts[i].partition, deadline);
 	}
 	error = rd_kafka_seek_partitions(rk, list, 10000);
 	if (error != NULL)
@@ -458,6 +479,52 @@ settle(void)
 }
 
 /*
+ * Which writer writes each partition of the batch in flight: the
+ * partitions with the most messages first, each to the writer with the
+ * fewest so far.  (A partition's messages stay together: its rows and its
+ * offset are one writer's transaction.  Kafka hands out messages in runs
+ * of one partition, so a batch is seldom even.)
+ */
+static void
+share_out(void)
+{
+	long long	load[BRIDGE_MAX_WRITERS];
+	int			i;
+	int			w;
+
+	for (i = 0; i < nparts; i++)
+	{
+		parts[i].batched = 0;
+		parts[i].writer = 0;
+	}
+	for (i = 0; i < inflight_n; i++)
+	{
+		PartState  *ps = part_find(rd_kafka_topic_name(inflight[i]->rkt), inflight[i]->partition, false);
+
+		if (ps != NULL)
+			ps->batched++;
+	}
+	memset(load, 0, sizeof(load));
+	for (;;)
+	{
+		PartState  *largest = NULL;
+		int			least = 0;
+
+		for (i = 0; i < nparts; i++)
+			if (parts[i].batched > 0 && (largest == NULL || parts[i].batched > largest->batched))
+				largest = &parts[i];
+		if (largest == NULL)
+			break;
+		for (w = 1; w < cfg->writers; w++)
+			if (load[w] < load[least])
+				least = w;
+		largest->writer = least;
+		load[least] += largest->batched;
+		largest->batched = -largest->batched;	/* placed */
+	}
+}
+
+/*
  * Hand the gathered batch to the writers (after the one before it is
  * settled) and start gathering the next.
  */
@@ -497,6 +564,7 @@ submit(void)
 		jobs[w].nwrites = 0;
 		jobs[w].writes = calloc((size_t) nparts + 1, sizeof(PartitionWrite));
 	}
+	share_out();
 	for (i = 0; i < inflight_n; i++)
 	{
 		rd_kafka_message_t *m = inflight[i];
@@ -506,7 +574,7 @@ submit(void)
 
 		if (ps == NULL)
 			continue;			/* not ours any more */
-		job = &jobs[(ps - parts) % cfg->writers];
+		job = &jobs[ps->writer];
 		if (job->n == job->cap)
 		{
 			job->cap = job->cap ? job->cap * 2 : 1024;

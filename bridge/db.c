@@ -4,11 +4,14 @@
  *		infra-bridge's PostgreSQL side: routes checked against the catalog,
  *		and each batch written with its offsets in one transaction.
  *
- * A batch is COPYed into a temporary staging table, then each route's
- * rows go into its table with one INSERT ... SELECT.  When that fails on
- * bad data (SQLSTATE classes 22 and 23), the route's rows are split in
- * halves under savepoints until the bad messages are alone; those go to
- * infra.bridge_dead_letters with the error, the rest is written.  Any
+ * A route that fills one value column (no upsert, no dedupe) has its rows
+ * COPYed straight into its table, in binary format when every column has
+ * a binary form we write, streamed while the batch is formatted.  Other
+ * routes, and a route whose COPY met a bad message, go through a temporary
+ * staging table: COPY into it, then one INSERT ... SELECT per route.  When
+ * that fails on bad data (SQLSTATE classes 22 and 23), the route's rows are
+ * split in halves under savepoints until the bad messages are alone; those
+ * go to infra.bridge_dead_letters with the error, the rest is written.  Any
  * other error (permissions, a dropped table, the connection) aborts the
  * transaction and the batch is tried again: a systemic failure never
  * turns good messages into dead letters.
@@ -22,6 +25,7 @@
  */
 #include <ctype.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,12 +49,28 @@ typedef enum CopyField
 	FIELD_HEADERS
 } CopyField;
 
+/*
+ * How a field is sent in a binary COPY: the column type's binary form
+ * (what its receive function reads).
+ */
+typedef enum BinaryForm
+{
+	BINARY_NONE,				/* no binary form here: the COPY is text */
+	BINARY_BYTES,				/* text, json, bytea: the bytes themselves */
+	BINARY_JSONB,				/* version 1, then the JSON text */
+	BINARY_INT4,
+	BINARY_INT8,
+	BINARY_TIMESTAMPTZ			/* microseconds since 2000-01-01 UTC */
+} BinaryForm;
+
 typedef struct RouteSql
 {
 	char	   *insert;			/* $1 route, $2..$3 seq range, $4 route name */
 	char	   *ids;			/* message ids of a range, for dedupe */
 	char	   *copy;			/* direct COPY into the table, or NULL */
+	bool		binary;			/* that COPY is in binary format */
 	CopyField	fields[META_COUNT + 1];
+	BinaryForm	forms[META_COUNT + 1];
 	int			nfields;
 } RouteSql;
 
@@ -256,6 +276,42 @@ route_column(const Column *cols, int n, const char *name, const BridgeRoute *rou
 	if (c == NULL)
 		log_error("route \"%s\": column \"%s\" does not exist in %s", route->name, name, table);
 	return c;
+}
+
+/*
+ * The binary form in which a field can go into a column of this type
+ * (format_type's name), BINARY_NONE when only the text form fits: the
+ * server then converts it with the column type's input function (a domain,
+ * varchar with its length check, a number in a text message...).
+ */
+static BinaryForm
+binary_form(CopyField field, const char *type)
+{
+	bool		text = strcmp(type, "text") == 0;
+	bool		json = strcmp(type, "json") == 0;
+	bool		jsonb = strcmp(type, "jsonb") == 0;
+	bool		bytea = strcmp(type, "bytea") == 0;
+
+	switch (field)
+	{
+		case FIELD_VALUE_TEXT:
+		case FIELD_HEADERS:
+			return jsonb ? BINARY_JSONB : (text || json) ? BINARY_BYTES : BINARY_NONE;
+		case FIELD_TOPIC:
+		case FIELD_KEY_TEXT:
+			return text ? BINARY_BYTES : BINARY_NONE;
+		case FIELD_VALUE_BYTEA:
+		case FIELD_KEY_BYTEA:
+			return bytea ? BINARY_BYTES : BINARY_NONE;
+		case FIELD_PARTITION:
+			return strcmp(type, "integer") == 0 ? BINARY_INT4 :
+				strcmp(type, "bigint") == 0 ? BINARY_INT8 : BINARY_NONE;
+		case FIELD_OFFSET:
+			return strcmp(type, "bigint") == 0 ? BINARY_INT8 : BINARY_NONE;
+		case FIELD_TIMESTAMP:
+			return strcmp(type, "timestamp with time zone") == 0 ? BINARY_TIMESTAMPTZ : BINARY_NONE;
+	}
+	return BINARY_NONE;
 }
 
 /*
@@ -506,13 +562,16 @@ db_check_routes(const BridgeConfig *config)
 			{
 				Buf			copy = {0};
 
+				route_sql[r].binary = true;
 				buf_printf(&copy, "COPY %s (", table);
 				for (t = 0; t < nt; t++)
 				{
 					buf_printf(&copy, "%s%s", t ? ", " : "", target[t]->quoted);
 					route_sql[r].fields[t] = fields[t];
+					route_sql[r].forms[t] = binary_form(fields[t], target[t]->type);
+					route_sql[r].binary &= route_sql[r].forms[t] != BINARY_NONE;
 				}
-				buf_puts(&copy, ") FROM STDIN");
+				buf_puts(&copy, route_sql[r].binary ? ") FROM STDIN (FORMAT binary)" : ") FROM STDIN");
 				route_sql[r].nfields = nt;
 				route_sql[r].copy = copy.data;
 			}
@@ -543,6 +602,8 @@ db_check_routes(const BridgeConfig *config)
 		}
 		PQclear(res);
 		log_debug("route \"%s\": %s", route->name, route_sql[r].insert);
+		if (route_sql[r].copy != NULL)
+			log_debug("route \"%s\": %s", route->name, route_sql[r].copy);
 	}
 	return true;
 }
@@ -712,10 +773,11 @@ copy_timestamp(Buf *b, const rd_kafka_message_t *msg)
 
 /*
  * The headers as a JSON object of strings (a value that is not UTF-8 as
- * \x hex), COPY-escaped, or \N; *id gets infra-msg-id's value, if any.
+ * \x hex) in json; false when the message has none.  *id gets
+ * infra-msg-id's value, if any.
  */
-static void
-copy_headers(Buf *b, Buf *scratch, const rd_kafka_message_t *msg, const void **id, size_t *id_size)
+static bool
+headers_json(Buf *json, const rd_kafka_message_t *msg, const void **id, size_t *id_size)
 {
 	rd_kafka_headers_t *headers = NULL;
 	size_t		idx;
@@ -725,35 +787,42 @@ copy_headers(Buf *b, Buf *scratch, const rd_kafka_message_t *msg, const void **i
 
 	*id = NULL;
 	*id_size = 0;
+	json->len = 0;
 	if (rd_kafka_message_headers(msg, &headers) != RD_KAFKA_RESP_ERR_NO_ERROR || headers == NULL)
-	{
-		buf_puts(b, "\\N");
-		return;
-	}
-	scratch->len = 0;
-	buf_puts(scratch, "{");
+		return false;
+	buf_puts(json, "{");
 	for (idx = 0; rd_kafka_header_get_all(headers, idx, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR; idx++)
 	{
 		if (idx > 0)
-			buf_puts(scratch, ",");
-		json_string(scratch, name, strlen(name));
-		buf_puts(scratch, ":");
+			buf_puts(json, ",");
+		json_string(json, name, strlen(name));
+		buf_puts(json, ":");
 		if (value == NULL)
-			buf_puts(scratch, "null");
+			buf_puts(json, "null");
 		else if (utf8_ok(value, size))
-			json_string(scratch, value, size);
+			json_string(json, value, size);
 		else
 		{
 			Buf			hex = {0};
 
 			copy_bytea(&hex, value, size);
-			json_string(scratch, hex.data + 1, hex.len - 1);	/* one backslash */
+			json_string(json, hex.data + 1, hex.len - 1);	/* one backslash */
 			free(hex.data);
 		}
 	}
-	buf_puts(scratch, "}");
-	copy_text(b, scratch->data, scratch->len);
+	buf_puts(json, "}");
 	(void) rd_kafka_header_get_last(headers, "infra-msg-id", id, id_size);
+	return true;
+}
+
+/* The headers (see headers_json) COPY-escaped, or \N. */
+static void
+copy_headers(Buf *b, Buf *scratch, const rd_kafka_message_t *msg, const void **id, size_t *id_size)
+{
+	if (headers_json(scratch, msg, id, id_size))
+		copy_text(b, scratch->data, scratch->len);
+	else
+		buf_puts(b, "\\N");
 }
 
 /*
@@ -851,21 +920,164 @@ direct_row(Buf *b, Buf *scratch, const RouteSql *rs, const rd_kafka_message_t *m
 	buf_puts(b, "\n");
 }
 
+/* A big-endian integer of this many bytes, as binary COPY has them. */
+static void
+buf_be(Buf *b, uint64_t v, int bytes)
+{
+	buf_reserve(b, (size_t) bytes);
+	while (bytes-- > 0)
+		b->data[b->len++] = (char) (v >> (bytes * 8));
+	b->data[b->len] = '\0';
+}
+
+/* A binary COPY field of these bytes: length, then data; NULL as -1. */
+static void
+binary_bytes(Buf *b, BinaryForm form, const void *data, size_t n)
+{
+	if (data == NULL)
+		buf_be(b, UINT32_MAX, 4);
+	else if (form == BINARY_JSONB)
+	{
+		buf_be(b, n + 1, 4);
+		buf_append(b, "\1", 1);	/* jsonb's binary format version */
+		buf_append(b, data, n);
+	}
+	else
+	{
+		buf_be(b, n, 4);
+		buf_append(b, data, n);
+	}
+}
+
+/* A binary COPY integer field, int4 or int8 as the column is. */
+static void
+binary_int(Buf *b, BinaryForm form, int64_t v)
+{
+	int			size = form == BINARY_INT4 ? 4 : 8;
+
+	buf_be(b, (uint64_t) size, 4);
+	buf_be(b, (uint64_t) v, size);
+}
+
+/* The signature, flags and extension length that open binary COPY data. */
+static void
+binary_header(Buf *b)
+{
+	buf_append(b, "PGCOPY\n\377\r\n\0", 11);
+	buf_be(b, 0, 4);
+	buf_be(b, 0, 4);
+}
+
 /*
- * COPY data in; the result's status is left to the caller (NULL when the
- * data could not even be sent).
+ * One row of a route's direct COPY in binary format (every column of the
+ * route has a binary form, see binary_form).
  */
+static void
+binary_row(Buf *b, Buf *scratch, const RouteSql *rs, const rd_kafka_message_t *msg)
+{
+	int			f;
+
+	buf_be(b, (uint64_t) rs->nfields, 2);
+	for (f = 0; f < rs->nfields; f++)
+	{
+		BinaryForm	form = rs->forms[f];
+		const void *id;
+		size_t		id_size;
+
+		switch (rs->fields[f])
+		{
+			case FIELD_VALUE_TEXT:
+			case FIELD_VALUE_BYTEA:
+				binary_bytes(b, form, msg->payload, msg->len);
+				break;
+			case FIELD_TOPIC:
+				{
+					const char *topic = rd_kafka_topic_name(msg->rkt);
+
+					binary_bytes(b, form, topic, strlen(topic));
+					break;
+				}
+			case FIELD_PARTITION:
+				binary_int(b, form, msg->partition);
+				break;
+			case FIELD_OFFSET:
+				binary_int(b, form, msg->offset);
+				break;
+			case FIELD_KEY_TEXT:
+			case FIELD_KEY_BYTEA:
+				binary_bytes(b, form, msg->key, msg->key_len);
+				break;
+			case FIELD_TIMESTAMP:
+				{
+					rd_kafka_timestamp_type_t tstype;
+					int64_t		ms = rd_kafka_message_timestamp(msg, &tstype);
+
+					if (ms < 0)
+						buf_be(b, UINT32_MAX, 4);
+					else
+					{
+						/* PostgreSQL's epoch is 2000-01-01, 946684800 s after Unix's. */
+						buf_be(b, 8, 4);
+						buf_be(b, (uint64_t) ((ms - INT64_C(946684800000)) * 1000), 8);
+					}
+					break;
+				}
+			case FIELD_HEADERS:
+				if (headers_json(scratch, msg, &id, &id_size))
+					binary_bytes(b, form, scratch->data, scratch->len);
+				else
+					binary_bytes(b, form, NULL, 0);
+				break;
+		}
+	}
+}
+
+/*
+ * COPY data goes to the server in pieces of about this size while the rest
+ * is still being formatted, so that the server parses one piece while the
+ * bridge formats the next.
+ */
+#define COPY_PIECE (256 * 1024)
+
+/* Start a COPY ... FROM STDIN; NULL when it started, else its result. */
 static PGresult *
-copy_in(const char *sql, const Buf *data)
+copy_start(const char *sql)
 {
 	PGresult   *res = PQexec(conn, sql);
+
+	if (PQresultStatus(res) == PGRES_COPY_IN)
+	{
+		PQclear(res);
+		return NULL;
+	}
+	return res;
+}
+
+/*
+ * Send the buffer's data and empty it.  False when libpq refuses more: the
+ * connection failed, or the server already ended the COPY with an error
+ * (which copy_end then reports).
+ */
+static bool
+copy_send(Buf *data)
+{
+	bool		ok = data->len == 0 || PQputCopyData(conn, data->data, (int) data->len) == 1;
+
+	data->len = 0;
+	return ok;
+}
+
+/*
+ * End the COPY and return its outcome: the server's last result, whose
+ * status the caller checks (NULL when the connection is gone).
+ */
+static PGresult *
+copy_end(void)
+{
+	PGresult   *res;
 	PGresult   *last = NULL;
 
-	if (PQresultStatus(res) != PGRES_COPY_IN)
-		return res;
-	PQclear(res);
-	if (PQputCopyData(conn, data->data, (int) data->len) != 1 || PQputCopyEnd(conn, NULL) != 1)
-		return NULL;
+	(void) PQputCopyEnd(conn, NULL);
 	while ((res = PQgetResult(conn)) != NULL)
 	{
 		if (last != NULL)
@@ -1054,11 +1266,28 @@ again:
 	{
 		if (lo[r] < 0 || staged_only[r])
 			continue;
-		copy.len = 0;
-		for (i = lo[r]; i <= hi[r]; i++)
-			if (routes[i] == r)
-				direct_row(&copy, &scratch, &route_sql[r], messages[i]);
-		res = copy_in(route_sql[r].copy, &copy);
+		res = copy_start(route_sql[r].copy);
+		if (res == NULL)
+		{
+			bool		binary = route_sql[r].binary;
+
+			copy.len = 0;
+			if (binary)
+				binary_header(&copy);
+			for (i = lo[r]; i <= hi[r]; i++)
+			{
+				if (routes[i] == r && binary)
+					binary_row(&copy, &scratch, &route_sql[r], messages[i]);
+				else if (routes[i] == r)
+					direct_row(&copy, &scratch, &route_sql[r], messages[i]);
+				if (copy.len >= COPY_PIECE && !copy_send(&copy))
+					break;
+			}
+			if (binary)
+				buf_be(&copy, UINT16_MAX, 2);	/* the trailer */
+			(void) copy_send(&copy);
+			res = copy_end();
+		}
 		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
 		{
 			written[r] += strtoll(PQcmdTuples(res), NULL, 10);
@@ -1091,7 +1320,12 @@ again:
 	if (copy.len > 0)
 	{
 		any_staged = true;
-		res = copy_in("COPY infra_bridge_stage FROM STDIN", &copy);
+		res = copy_start("COPY infra_bridge_stage FROM STDIN");
+		if (res == NULL)
+		{
+			(void) copy_send(&copy);
+			res = copy_end();
+		}
 		if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 		{
 			log_warning("cannot COPY the batch: %s", PQerrorMessage(conn));

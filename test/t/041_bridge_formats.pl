@@ -32,7 +32,9 @@ sub kcat_produce
 
 sub ini
 {
-	my ($name, $routes) = @_;
+	my ($name, $routes, %opt) = @_;
+	my $batch_size = $opt{batch_size} // 500;
+	my $log_level = $opt{log_level} // 'info';
 	my $file = "$dir/$name.ini";
 	open my $fh, '>', $file or die;
 	print $fh <<"INI";
@@ -40,8 +42,9 @@ sub ini
 conninfo = $connstr
 brokers = $bootstrap
 group = ${name}_$run
-batch_size = 500
+batch_size = $batch_size
 batch_delay_ms = 50
+log_level = $log_level
 
 [kafka]
 session.timeout.ms = 6000
@@ -130,6 +133,103 @@ run_until($file, sub { $node->safe_psql('postgres', q{SELECT (SELECT count(*) FR
 is($node->safe_psql('postgres', q{SELECT string_agg(body, '|' ORDER BY off) FROM notes}), "first line|second\twith a tab",
 	'text as sent, tabs included');
 is($node->safe_psql('postgres', q{SELECT data, k FROM blobs}), '\x616263|\x6b31', 'bytea value and key');
+
+# --- direct COPY with every metadata column -------------------------------------------
+# Binary COPY when every column type has a binary form the bridge writes
+# (jsonb, text, integer, bigint, timestamptz), text COPY otherwise: both must
+# give the values Kafka has; and a bad message in a batch sent in several
+# pieces must still go to the dead letters alone.
+my ($t_bin, $t_txt) = ("meta_bin_$run", "meta_txt_$run");
+$node->safe_psql('postgres', q{
+CREATE TABLE meta_bin (payload jsonb, topic text, part integer, off bigint, k text, ts timestamptz, hdrs jsonb);
+CREATE TABLE meta_txt (payload json, topic varchar(200), part smallint, off numeric, k varchar(10), ts timestamp, hdrs json)});
+my $meta_route = sub {
+	my ($name, $topic) = @_;
+	return <<"INI";
+[route $name]
+topics = $topic
+table = $name
+format = json
+column = payload
+topic_column = topic
+partition_column = part
+offset_column = off
+key_column = k
+timestamp_column = ts
+headers_column = hdrs
+batch_size = 50000
+batch_delay_ms = 2000
+INI
+};
+$file = ini('meta', $meta_route->('meta_bin', $t_bin) . $meta_route->('meta_txt', $t_txt),
+	batch_size => 50000, log_level => 'debug');
+my $both_count = sub {
+	$node->safe_psql('postgres', q{SELECT (SELECT count(*) FROM meta_bin) + (SELECT count(*) FROM meta_txt)});
+};
+
+# Good messages only: no fallback to the staging table.
+for my $t ($t_bin, $t_txt)
+{
+	kcat_produce($t, qq(k1:{"a":1}\nk2:{"s":"tab\\tand \\"quote\\" and \\\\ backslash"}\n),
+		'-K', ':', '-H', 'h1=v1', '-H', 'h2=ü');
+	kcat_produce($t, qq("no key"\n));
+}
+my $meta_log = run_until($file, sub { $both_count->() >= 6 }, 'direct COPY routes, binary and text');
+like(slurp_file($meta_log), qr/route \\"meta_bin\\": COPY meta_bin \([^)]*\) FROM STDIN \(FORMAT binary\)"/,
+	'meta_bin is written with binary COPY');
+like(slurp_file($meta_log), qr/route \\"meta_txt\\": COPY meta_txt \([^)]*\) FROM STDIN"/,
+	'meta_txt with text COPY (smallint, numeric, varchar, timestamp, json have no binary form the bridge writes)');
+unlike(slurp_file($meta_log), qr/COPY met a bad message/, 'no message went through the staging table');
+for my $t ([ 'meta_bin', $t_bin ], [ 'meta_txt', $t_txt ])
+{
+	my ($table, $topic) = @$t;
+	my ($out, $err);
+	IPC::Run::run([ 'kcat', '-C', '-b', $bootstrap, '-t', $topic, '-e', '-q', '-f', '%o %T\n' ], '>', \$out, '2>', \$err)
+	  or die "kcat: $err";
+	is($node->safe_psql('postgres', qq{SELECT string_agg(off || ' ' || (extract(epoch FROM ts) * 1000)::bigint, E'\n' ORDER BY off) FROM $table}),
+		$out =~ s/\n$//r, "$table: offsets and message timestamps as Kafka has them, to the millisecond");
+	is($node->safe_psql('postgres', qq{SELECT string_agg(concat_ws('|', payload::text, topic = '$topic', part, k, hdrs->>'h1', hdrs->>'h2', hdrs IS NULL), E'\n' ORDER BY off) FROM $table}),
+		($table eq 'meta_bin'
+		? qq({"a": 1}|t|0|k1|v1|ü|f\n{"s": "tab\\tand \\"quote\\" and \\\\ backslash"}|t|0|k2|v1|ü|f\n"no key"|t|0|t)
+		: qq({"a":1}|t|0|k1|v1|ü|f\n{"s":"tab\\tand \\"quote\\" and \\\\ backslash"}|t|0|k2|v1|ü|f\n"no key"|t|0|t)),
+		"$table: payload, topic, partition, key and headers (NULL without any)");
+}
+
+# 20,000 messages of about 60 bytes (more than one piece of COPY data), a
+# bad one in the middle.
+my $bulk = '';
+for my $i (1 .. 20000)
+{
+	$bulk .= $i == 10000 ? "bulk:not json\n" : qq(bulk:{"i":$i,"pad":"@{['x' x 40]}"}\n);
+}
+kcat_produce($_, $bulk, '-K', ':') for ($t_bin, $t_txt);
+run_until($file, sub { $both_count->() >= 2 * (3 + 19999) }, 'a batch with a bad message');
+for my $table ('meta_bin', 'meta_txt')
+{
+	is($node->safe_psql('postgres', qq{SELECT count(*), count(DISTINCT payload::text), min((payload->>'i')::int), max((payload->>'i')::int) FROM $table WHERE k = 'bulk'}),
+		'19999|19999|1|20000', "$table: the bulk messages, all but the bad one");
+	is($node->safe_psql('postgres', qq{SELECT "offset", convert_from(payload, 'UTF8'), error LIKE '22P02:%' FROM infra.bridge_dead_letters WHERE route = '$table'}),
+		'10002|not json|t', "$table: the bad message in the dead letters");
+}
+
+# --- a stored offset the log does not have ----------------------------------------------
+# (the topic was deleted and created again, or retention went past it): the
+# partition resumes at the oldest message kept, not at the end.
+my $t_gone = "gone_$run";
+$node->safe_psql('postgres', q{CREATE TABLE gone (payload jsonb)});
+kcat_produce($t_gone, qq({"g": 1}\n{"g": 2}\n{"g": 3}\n));
+$node->safe_psql('postgres',
+	qq{INSERT INTO infra.bridge_offsets (consumer_group, topic, partition, next_offset) VALUES ('gone_$run', '$t_gone', 0, 1000)});
+$file = ini('gone', <<"INI");
+[route gone]
+topics = $t_gone
+table = gone
+format = json
+INI
+run_until($file, sub { $node->safe_psql('postgres', q{SELECT count(*) FROM gone}) >= 3 },
+	'a stored offset past the end of the log: read again from the oldest message');
+is($node->safe_psql('postgres', qq{SELECT next_offset FROM infra.bridge_offsets WHERE consumer_group = 'gone_$run'}), 3,
+	'and the stored offset follows');
 
 # --- dedupe on infra-msg-id -------------------------------------------------------------
 my $t_dd = "dedupe_$run";
