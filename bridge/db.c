@@ -182,8 +182,10 @@ db_connect(const BridgeConfig *config, int slot, bool once)
 		if (bridge_stop)
 			return false;
 	}
+	/* What the bridge sends as text is UTF-8, as Kafka's payloads are. */
 	res = PQexec(conn,
 				 "SET application_name = 'infra-bridge';"
+				 "SET client_encoding = 'UTF8';"
 				 "CREATE TEMP TABLE IF NOT EXISTS infra_bridge_stage ("
 				 " seq integer, route integer, topic text, part integer, off bigint,"
 				 " key bytea, val bytea, ts timestamptz, headers jsonb, msg_id text)"

@@ -231,6 +231,38 @@ run_until($file, sub { $node->safe_psql('postgres', q{SELECT count(*) FROM gone}
 is($node->safe_psql('postgres', qq{SELECT next_offset FROM infra.bridge_offsets WHERE consumer_group = 'gone_$run'}), 3,
 	'and the stored offset follows');
 
+# --- a database that is not UTF-8 ----------------------------------------------------------
+# Messages are UTF-8 whatever the database's encoding: converted to it, and
+# a character it cannot hold is a bad message.
+my $t_latin = "latin_$run";
+$node->safe_psql('postgres', q{CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
+$node->safe_psql('latin', q{CREATE EXTENSION infra; CREATE TABLE notes (body text, doc jsonb)});
+kcat_produce($t_latin, qq({"w": "f\x{c3}\x{bc}r"}\n{"w": "\x{e6}\x{97}\x{a5}"}\n));
+my $latin_conn = $node->connstr('latin');
+$file = "$dir/latin.ini";
+open my $lfh, '>', $file or die;
+print $lfh <<"INI";
+[bridge]
+conninfo = $latin_conn
+brokers = $bootstrap
+group = latin_$run
+batch_delay_ms = 50
+
+[route notes]
+topics = $t_latin
+table = notes
+format = json
+column = doc
+INI
+close $lfh;
+run_until($file,
+	sub { $node->safe_psql('latin', q{SELECT (SELECT count(*) FROM notes) + (SELECT count(*) FROM infra.bridge_dead_letters)}) >= 2 },
+	'a LATIN1 database');
+is($node->safe_psql('latin', q{SELECT convert_to(doc->>'w', 'UTF8') FROM notes}), '\x66c3bc72',
+	'UTF-8 text converted to the database encoding (ü is one LATIN1 character, back to UTF-8 here)');
+like($node->safe_psql('latin', q{SELECT error FROM infra.bridge_dead_letters}), qr/^22P05:/,
+	'a character LATIN1 does not have: a dead letter');
+
 # --- dedupe on infra-msg-id -------------------------------------------------------------
 my $t_dd = "dedupe_$run";
 $node->safe_psql('postgres', q{CREATE TABLE dd (payload jsonb)});
