@@ -80,6 +80,7 @@ typedef struct BridgeConfig
 	char		log_level[BRIDGE_VALUE_LEN];	/* error|warning|info|debug */
 	char		metrics_listen[BRIDGE_VALUE_LEN];	/* host:port, "" for none */
 	int			batch_size;		/* messages per transaction at most */
+	int			batch_bytes;	/* and bytes of keys and values in a batch */
 	int			batch_delay_ms; /* longest a message waits for its batch */
 	int			writers;		/* threads writing partitions' batches at once */
 	char		kafka_keys[BRIDGE_MAX_KAFKA_PROPS][128];

@@ -4,7 +4,7 @@
  *		infra-bridge configuration: an INI file read by inih.
  *
  *	[bridge]         conninfo, brokers, group, log_level, batch_size,
- *	                 batch_delay_ms, writers, metrics_listen
+ *	                 batch_bytes, batch_delay_ms, writers, metrics_listen
  *	[kafka]          librdkafka consumer properties, passed through
  *	[route NAME]     topics, table, format, column, columns, mode,
  *	                 key_columns, dedupe, *_column (metadata), batch_size,
@@ -71,7 +71,8 @@ config_set_defaults(BridgeConfig *config)
 	for (i = 0; i < NUM_BRIDGE_KEYS; i++)
 		snprintf((char *) config + bridge_keys[i].offset, BRIDGE_VALUE_LEN,
 				 "%s", bridge_keys[i].default_value);
-	config->batch_size = 10000;
+	config->batch_size = 50000;
+	config->batch_bytes = 64 * 1024 * 1024;
 	config->batch_delay_ms = 100;
 	config->writers = 2;
 }
@@ -281,6 +282,9 @@ config_handle_line(void *user, const char *section, const char *name,
 		if (strcasecmp(name, "batch_size") == 0)
 			return parse_int(value, 1, 1000000, &config->batch_size) ? 1 :
 				config_reject(load, "batch_size \"%s\" in section [%s] is not an integer from 1 to 1000000", value, section);
+		if (strcasecmp(name, "batch_bytes") == 0)
+			return parse_int(value, 65536, 1073741824, &config->batch_bytes) ? 1 :
+				config_reject(load, "batch_bytes \"%s\" in section [%s] is not an integer from 65536 to 1073741824", value, section);
 		if (strcasecmp(name, "writers") == 0)
 			return parse_int(value, 1, BRIDGE_MAX_WRITERS, &config->writers) ? 1 :
 				config_reject(load, "writers \"%s\" in section [%s] is not an integer from 1 to 8", value, section);

@@ -6,9 +6,10 @@
  * The consumer is a member of the configured group with Kafka's offset
  * commits off: where a partition resumes is the next_offset stored in
  * infra.bridge_offsets, read when the partition is assigned.  Messages
- * gather into a batch until batch_size or batch_delay_ms; the batch and
- * the partitions' new offsets are written in one transaction (db.c).  The
- * offsets are then also committed to Kafka, for tools that look there.
+ * gather into a batch until batch_size, batch_bytes or batch_delay_ms; the
+ * batch and the partitions' new offsets are written in one transaction
+ * (db.c).  The offsets are then also committed to Kafka, for tools that
+ * look there.
  *
  * Assignment is eager (all partitions are revoked before a rebalance), so
  * a revocation simply drops the batch: whoever gets the partitions reads
@@ -46,6 +47,7 @@ static rd_kafka_message_t **batch = NULL;
 static int *batch_routes = NULL;
 static int	batch_count = 0;
 static int	batch_cap = 0;
+static int64_t batch_bytes = 0;	/* keys and values held by the batch */
 static int64_t batch_started_ms = 0;
 static int	route_count[BRIDGE_MAX_ROUTES];	/* per route, in the batch */
 static int64_t route_started_ms[BRIDGE_MAX_ROUTES];
@@ -124,13 +126,14 @@ drop_batch(void)
 	for (i = 0; i < batch_count; i++)
 		rd_kafka_message_destroy(batch[i]);
 	batch_count = 0;
+	batch_bytes = 0;
 	memset(route_count, 0, sizeof(route_count));
 }
 
 /*
- * How long until the batch is due (0: now): a route reached its
- * batch_size, or its oldest message its batch_delay_ms.  Messages of no
- * route (a pattern that changed) follow the [bridge] delay.
+ * How long until the batch is due (0: now): it holds batch_bytes, a route
+ * reached its batch_size, or its oldest message its batch_delay_ms.
+ * Messages of no route (a pattern that changed) follow the [bridge] delay.
  */
 static int64_t
 batch_due_in(void)
@@ -139,7 +142,7 @@ batch_due_in(void)
 	int64_t		due = batch_count > 0 ? batch_started_ms + cfg->batch_delay_ms - now : 500;
 	int			r;
 
-	if (batch_count >= cfg->batch_size * cfg->nroutes)
+	if (batch_count >= cfg->batch_size * cfg->nroutes || batch_bytes >= cfg->batch_bytes)
 		return 0;
 	for (r = 0; r < cfg->nroutes; r++)
 	{
@@ -341,11 +344,27 @@ typedef struct WriterJob
 	long long	dead[BRIDGE_MAX_ROUTES];
 	WriteResult result;
 	bool		running;		/* a thread writes it */
+	bool		held;			/* msgs not yet released */
 	pthread_t	thread;
 } WriterJob;
 
+/*
+ * Once a job's outcome is final (written, or dropped after a conflict),
+ * its messages are no longer needed: let them go.
+ */
+static void
+job_release(WriterJob *job)
+{
+	int			i;
+
+	for (i = 0; i < job->n; i++)
+		rd_kafka_message_destroy(job->msgs[i]);
+	job->held = false;
+}
+
 static WriterJob jobs[BRIDGE_MAX_WRITERS];
 static rd_kafka_message_t **inflight = NULL;	/* the batch in flight */
+static int *inflight_routes = NULL;
 static int	inflight_n = 0;
 static int	inflight_cap = 0;
 static int64_t inflight_t0 = 0;
@@ -359,6 +378,9 @@ writer_main(void *arg)
 
 	job->result = db_write_batch(cfg, (int) (job - jobs), job->msgs, job->n, job->routes,
 								 job->writes, job->nwrites, job->written, job->dead);
+	/* Here rather than in the main thread, which gathers the next batch. */
+	if (job->result != WRITE_RETRY)
+		job_release(job);
 	pthread_mutex_lock(&writer_lock);
 	writers_running--;
 	pthread_mutex_unlock(&writer_lock);
@@ -448,6 +470,8 @@ settle(void)
 		else
 			log_warning("stopping with %d messages not written; they are read again at the next start",
 						job->n);
+		if (job->held)
+			job_release(job);
 		job->n = 0;
 		free(job->writes);
 		job->writes = NULL;
@@ -468,8 +492,6 @@ settle(void)
 			  inflight_n, all_written, all_dead, (long long) (now_ms() - inflight_t0));
 	if (all_dead > 0)
 		log_warning("%lld messages could not be written: see infra.bridge_dead_letters", all_dead);
-	for (i = 0; i < inflight_n; i++)
-		rd_kafka_message_destroy(inflight[i]);
 	inflight_n = 0;
 	if (conflict)
 	{
@@ -541,21 +563,22 @@ submit(void)
 	/* The gathered array goes in flight; the old one gathers the next. */
 	{
 		rd_kafka_message_t **msgs = inflight;
+		int		   *msg_routes = inflight_routes;
 		int			cap = inflight_cap;
 
 		inflight = batch;
+		inflight_routes = batch_routes;
 		inflight_cap = batch_cap;
 		inflight_n = batch_count;
 		batch = msgs;
+		batch_routes = msg_routes;
 		batch_cap = cap;
-		if (batch == NULL || batch_cap < 1024)
+		if (batch_cap < 1024)
 		{
 			batch_cap = 1024;
 			batch = realloc(batch, sizeof(*batch) * (size_t) batch_cap);
 			batch_routes = realloc(batch_routes, sizeof(int) * (size_t) batch_cap);
 		}
-		else
-			batch_routes = realloc(batch_routes, sizeof(int) * (size_t) batch_cap);
 	}
 
 	for (w = 0; w < cfg->writers; w++)
@@ -573,7 +596,10 @@ submit(void)
 		int			j;
 
 		if (ps == NULL)
-			continue;			/* not ours any more */
+		{
+			rd_kafka_message_destroy(m);	/* not ours any more */
+			continue;
+		}
 		job = &jobs[ps->writer];
 		if (job->n == job->cap)
 		{
@@ -582,7 +608,7 @@ submit(void)
 			job->routes = realloc(job->routes, sizeof(int) * (size_t) job->cap);
 		}
 		job->msgs[job->n] = m;
-		job->routes[job->n] = config_route_for_topic(cfg, rd_kafka_topic_name(m->rkt));
+		job->routes[job->n] = inflight_routes[i];
 		job->n++;
 		for (j = 0; j < job->nwrites; j++)
 			if (job->writes[j].partition == ps->partition && strcmp(job->writes[j].topic, ps->topic) == 0)
@@ -599,6 +625,7 @@ submit(void)
 			job->writes[j].next = m->offset + 1;
 	}
 	batch_count = 0;
+	batch_bytes = 0;
 	memset(route_count, 0, sizeof(route_count));
 	inflight_t0 = now_ms();
 
@@ -607,6 +634,7 @@ submit(void)
 		WriterJob  *job = &jobs[w];
 
 		job->result = WRITE_RETRY;
+		job->held = job->n > 0;
 		if (job->n == 0)
 			continue;
 		if (!db_connected(w))
@@ -703,6 +731,7 @@ reload(const char *path)
 	{
 		snprintf(cfg->log_level, sizeof(cfg->log_level), "%s", next->log_level);
 		cfg->batch_size = next->batch_size;
+		cfg->batch_bytes = next->batch_bytes;
 		cfg->batch_delay_ms = next->batch_delay_ms;
 		for (r = 0; r < cfg->nroutes; r++)
 		{
@@ -816,6 +845,7 @@ bridge_run(BridgeConfig *config, const char *path)
 					route_started_ms[r] = now_ms();
 				batch_routes[batch_count] = r;
 				batch[batch_count++] = msg;
+				batch_bytes += (int64_t) (msg->len + msg->key_len);
 			}
 		}
 		if (batch_count > 0 && batch_due_in() == 0)

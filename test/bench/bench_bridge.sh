@@ -49,9 +49,8 @@ cat >"$work/bridge.ini" <<INI
 conninfo = host=127.0.0.1 port=$port user=postgres dbname=postgres
 brokers = $bootstrap
 group = bench
-batch_size = ${BENCH_BATCH:-50000}
-writers = ${BENCH_WRITERS:-2}
-batch_delay_ms = 200
+${BENCH_BATCH:+batch_size = $BENCH_BATCH}
+${BENCH_WRITERS:+writers = $BENCH_WRITERS}
 log_level = ${BENCH_BRIDGE_LOG:-info}
 ${BENCH_BRIDGE_KAFKA:+[kafka]}
 ${BENCH_BRIDGE_KAFKA:-}

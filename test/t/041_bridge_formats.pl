@@ -35,6 +35,7 @@ sub ini
 	my ($name, $routes, %opt) = @_;
 	my $batch_size = $opt{batch_size} // 500;
 	my $log_level = $opt{log_level} // 'info';
+	my $bridge_extra = $opt{bridge_extra} // '';
 	my $file = "$dir/$name.ini";
 	open my $fh, '>', $file or die;
 	print $fh <<"INI";
@@ -45,6 +46,7 @@ group = ${name}_$run
 batch_size = $batch_size
 batch_delay_ms = 50
 log_level = $log_level
+$bridge_extra
 
 [kafka]
 session.timeout.ms = 6000
@@ -211,6 +213,24 @@ for my $table ('meta_bin', 'meta_txt')
 	is($node->safe_psql('postgres', qq{SELECT "offset", convert_from(payload, 'UTF8'), error LIKE '22P02:%' FROM infra.bridge_dead_letters WHERE route = '$table'}),
 		'10002|not json|t', "$table: the bad message in the dead letters");
 }
+
+# --- batch_bytes bounds a batch of large messages ------------------------------------------
+my $t_big = "big_$run";
+$node->safe_psql('postgres', q{CREATE TABLE big (payload jsonb)});
+kcat_produce($t_big, join('', map { qq({"n": $_, "pad": "@{['y' x 1000]}"}\n) } 1 .. 500));
+$file = ini('big', <<"INI", batch_size => 50000, log_level => 'debug', bridge_extra => 'batch_bytes = 65536');
+[route big]
+topics = $t_big
+table = big
+format = json
+INI
+my $big_log = run_until($file, sub { $node->safe_psql('postgres', q{SELECT count(*) FROM big}) >= 500 },
+	'large messages with batch_bytes = 65536');
+my @sizes = slurp_file($big_log) =~ /"batch of (\d+) messages/g;
+my $largest = (sort { $b <=> $a } @sizes)[0] // 0;
+ok($largest >= 60 && $largest <= 65, "batches cut at 64 kB of values: 1 kB messages, the largest batch $largest")
+  or diag("batch sizes: @sizes");
+is($node->safe_psql('postgres', q{SELECT count(DISTINCT payload->>'n') FROM big}), 500, 'all 500 written once');
 
 # --- a stored offset the log does not have ----------------------------------------------
 # (the topic was deleted and created again, or retention went past it): the
