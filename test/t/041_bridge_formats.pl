@@ -36,11 +36,12 @@ sub ini
 	my $batch_size = $opt{batch_size} // 500;
 	my $log_level = $opt{log_level} // 'info';
 	my $bridge_extra = $opt{bridge_extra} // '';
+	my $conninfo = $opt{conninfo} // $connstr;
 	my $file = "$dir/$name.ini";
 	open my $fh, '>', $file or die;
 	print $fh <<"INI";
 [bridge]
-conninfo = $connstr
+conninfo = $conninfo
 brokers = $bootstrap
 group = ${name}_$run
 batch_size = $batch_size
@@ -258,23 +259,13 @@ my $t_latin = "latin_$run";
 $node->safe_psql('postgres', q{CREATE DATABASE latin ENCODING 'LATIN1' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0});
 $node->safe_psql('latin', q{CREATE EXTENSION infra; CREATE TABLE notes (body text, doc jsonb)});
 kcat_produce($t_latin, qq({"w": "f\x{c3}\x{bc}r"}\n{"w": "\x{e6}\x{97}\x{a5}"}\n));
-my $latin_conn = $node->connstr('latin');
-$file = "$dir/latin.ini";
-open my $lfh, '>', $file or die;
-print $lfh <<"INI";
-[bridge]
-conninfo = $latin_conn
-brokers = $bootstrap
-group = latin_$run
-batch_delay_ms = 50
-
+$file = ini('latin', <<"INI", conninfo => $node->connstr('latin'));
 [route notes]
 topics = $t_latin
 table = notes
 format = json
 column = doc
 INI
-close $lfh;
 run_until($file,
 	sub { $node->safe_psql('latin', q{SELECT (SELECT count(*) FROM notes) + (SELECT count(*) FROM infra.bridge_dead_letters)}) >= 2 },
 	'a LATIN1 database');
