@@ -34,6 +34,7 @@ typedef struct PartState
 	int64_t		expected;		/* stored next_offset; -1: no row yet */
 	int			batched;		/* its messages in the batch in flight */
 	int			writer;			/* the writer that writes them */
+	int			slot;			/* its PartitionWrite in that writer's job */
 } PartState;
 
 static BridgeConfig *cfg;
@@ -118,6 +119,15 @@ start_offset(const char *topic, int32_t partition, int64_t deadline)
 	return latest ? RD_KAFKA_OFFSET_END : RD_KAFKA_OFFSET_BEGINNING;
 }
 
+/* An empty batch to gather into (its messages gone or handed on). */
+static void
+batch_restart(void)
+{
+	batch_count = 0;
+	batch_bytes = 0;
+	memset(route_count, 0, sizeof(route_count));
+}
+
 static void
 drop_batch(void)
 {
@@ -125,9 +135,7 @@ drop_batch(void)
 
 	for (i = 0; i < batch_count; i++)
 		rd_kafka_message_destroy(batch[i]);
-	batch_count = 0;
-	batch_bytes = 0;
-	memset(route_count, 0, sizeof(route_count));
+	batch_restart();
 }
 
 /*
@@ -174,6 +182,21 @@ stored_offset(const char *topic, int32_t partition, int64_t *next)
 }
 
 /*
+ * Where a partition of ours resumes: its stored offset (which its next
+ * write must still find), else where start_offset says.
+ */
+static int64_t
+resume_offset(PartState *ps, int64_t deadline)
+{
+	int64_t		next = -1;
+
+	if (!stored_offset(ps->topic, ps->partition, &next))
+		next = -1;
+	ps->expected = next;
+	return next >= 0 ? next : start_offset(ps->topic, ps->partition, deadline);
+}
+
+/*
  * librdkafka's rebalance callback (called from our consumer_poll): resume
  * assigned partitions at their stored offsets; on revocation, forget.
  */
@@ -192,13 +215,8 @@ rebalance(rd_kafka_t *consumer, rd_kafka_resp_err_t err,
 		for (i = 0; i < list->cnt; i++)
 		{
 			rd_kafka_topic_partition_t *p = &list->elems[i];
-			PartState  *ps = part_find(p->topic, p->partition, true);
-			int64_t		next = -1;
 
-			if (!stored_offset(p->topic, p->partition, &next))
-				next = -1;
-			ps->expected = next;
-			p->offset = next >= 0 ? next : start_offset(p->topic, p->partition, deadline);
+			p->offset = resume_offset(part_find(p->topic, p->partition, true), deadline);
 		}
 		rd_kafka_assign(consumer, list);
 		log_info("assigned %d partitions", list->cnt);
@@ -305,15 +323,8 @@ reseek(void)
 	int			i;
 
 	for (i = 0; i < nparts; i++)
-	{
-		int64_t		next = -1;
-
-		if (!stored_offset(parts[i].topic, parts[i].partition, &next))
-			next = -1;
-		parts[i].expected = next;
 		rd_kafka_topic_partition_list_add(list, parts[i].topic, parts[i].partition)->offset =
-			next >= 0 ? next : start_offset(parts[i].topic, parts[i].partition, deadline);
-	}
+			resume_offset(&parts[i], deadline);
 	error = rd_kafka_seek_partitions(rk, list, 10000);
 	if (error != NULL)
 	{
@@ -365,6 +376,7 @@ job_release(WriterJob *job)
 static WriterJob jobs[BRIDGE_MAX_WRITERS];
 static rd_kafka_message_t **inflight = NULL;	/* the batch in flight */
 static int *inflight_routes = NULL;
+static PartState **inflight_parts = NULL;	/* each message's, NULL: not ours */
 static int	inflight_n = 0;
 static int	inflight_cap = 0;
 static int64_t inflight_t0 = 0;
@@ -501,11 +513,11 @@ settle(void)
 }
 
 /*
- * Which writer writes each partition of the batch in flight: the
- * partitions with the most messages first, each to the writer with the
- * fewest so far.  (A partition's messages stay together: its rows and its
- * offset are one writer's transaction.  Kafka hands out messages in runs
- * of one partition, so a batch is seldom even.)
+ * Which writer writes each partition of the batch in flight (batched: its
+ * messages there): the partitions with the most messages first, each to
+ * the writer with the fewest so far.  (A partition's messages stay
+ * together: its rows and its offset are one writer's transaction.  Kafka
+ * hands out messages in runs of one partition, so a batch is seldom even.)
  */
 static void
 share_out(void)
@@ -514,18 +526,6 @@ share_out(void)
 	int			i;
 	int			w;
 
-	for (i = 0; i < nparts; i++)
-	{
-		parts[i].batched = 0;
-		parts[i].writer = 0;
-	}
-	for (i = 0; i < inflight_n; i++)
-	{
-		PartState  *ps = part_find(rd_kafka_topic_name(inflight[i]->rkt), inflight[i]->partition, false);
-
-		if (ps != NULL)
-			ps->batched++;
-	}
 	memset(load, 0, sizeof(load));
 	for (;;)
 	{
@@ -541,6 +541,13 @@ share_out(void)
 			if (load[w] < load[least])
 				least = w;
 		largest->writer = least;
+		largest->slot = jobs[least].nwrites++;
+		jobs[least].writes[largest->slot] = (PartitionWrite) {
+			.topic = largest->topic,
+			.partition = largest->partition,
+			.expected = largest->expected,
+			.next = -1
+		};
 		load[least] += largest->batched;
 		largest->batched = -largest->batched;	/* placed */
 	}
@@ -587,19 +594,29 @@ submit(void)
 		jobs[w].nwrites = 0;
 		jobs[w].writes = calloc((size_t) nparts + 1, sizeof(PartitionWrite));
 	}
+	inflight_parts = realloc(inflight_parts, sizeof(*inflight_parts) * (size_t) inflight_cap);
+	for (i = 0; i < nparts; i++)
+		parts[i].batched = 0;
+	for (i = 0; i < inflight_n; i++)
+	{
+		PartState  *ps = part_find(rd_kafka_topic_name(inflight[i]->rkt), inflight[i]->partition, false);
+
+		if (ps != NULL)
+			ps->batched++;
+		else
+			rd_kafka_message_destroy(inflight[i]);	/* not ours any more */
+		inflight_parts[i] = ps;
+	}
 	share_out();
 	for (i = 0; i < inflight_n; i++)
 	{
 		rd_kafka_message_t *m = inflight[i];
-		PartState  *ps = part_find(rd_kafka_topic_name(m->rkt), m->partition, false);
+		PartState  *ps = inflight_parts[i];
+		PartitionWrite *pw;
 		WriterJob  *job;
-		int			j;
 
 		if (ps == NULL)
-		{
-			rd_kafka_message_destroy(m);	/* not ours any more */
 			continue;
-		}
 		job = &jobs[ps->writer];
 		if (job->n == job->cap)
 		{
@@ -610,23 +627,11 @@ submit(void)
 		job->msgs[job->n] = m;
 		job->routes[job->n] = inflight_routes[i];
 		job->n++;
-		for (j = 0; j < job->nwrites; j++)
-			if (job->writes[j].partition == ps->partition && strcmp(job->writes[j].topic, ps->topic) == 0)
-				break;
-		if (j == job->nwrites)
-		{
-			job->writes[j].topic = ps->topic;
-			job->writes[j].partition = ps->partition;
-			job->writes[j].expected = ps->expected;
-			job->writes[j].next = -1;
-			job->nwrites++;
-		}
-		if (m->offset + 1 > job->writes[j].next)
-			job->writes[j].next = m->offset + 1;
+		pw = &job->writes[ps->slot];
+		if (m->offset + 1 > pw->next)
+			pw->next = m->offset + 1;
 	}
-	batch_count = 0;
-	batch_bytes = 0;
-	memset(route_count, 0, sizeof(route_count));
+	batch_restart();
 	inflight_t0 = now_ms();
 
 	for (w = 0; w < cfg->writers; w++)

@@ -59,8 +59,6 @@ static void HttpdStop(int code, Datum arg);
 void
 InfraHttpdInit(void)
 {
-	BackgroundWorker worker;
-
 	DefineCustomStringVariable("infra.metrics_listen",
 							   "Address (host:port) where GET /metrics and GET /healthz are served; empty: off.",
 							   "For example 127.0.0.1:9187.",
@@ -71,15 +69,7 @@ InfraHttpdInit(void)
 	if (infra_metrics_listen == NULL || infra_metrics_listen[0] == '\0')
 		return;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS;
-	worker.bgw_start_time = BgWorkerStart_ConsistentState;
-	worker.bgw_restart_time = 5;
-	strlcpy(worker.bgw_library_name, INFRA_NAME, BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "InfraHttpdMain", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "infra metrics server", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "infra metrics server", BGW_MAXLEN);
-	RegisterBackgroundWorker(&worker);
+	InfraRegisterWorker("InfraHttpdMain", "infra metrics server", "infra metrics server", false, 5, (Datum) 0);
 }
 
 /*

@@ -95,8 +95,6 @@ static void OtlpDetach(int code, Datum arg);
 void
 InfraOtlpInit(void)
 {
-	BackgroundWorker worker;
-
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 	DefineCustomStringVariable("infra.otlp_endpoint",
@@ -137,15 +135,7 @@ InfraOtlpInit(void)
 	if (infra_otlp_endpoint == NULL || infra_otlp_endpoint[0] == '\0')
 		return;
 
-	memset(&worker, 0, sizeof(worker));
-	worker.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	worker.bgw_restart_time = 5;
-	strlcpy(worker.bgw_library_name, INFRA_NAME, BGW_MAXLEN);
-	strlcpy(worker.bgw_function_name, "InfraOtlpMain", BGW_MAXLEN);
-	strlcpy(worker.bgw_name, "infra trace exporter", BGW_MAXLEN);
-	strlcpy(worker.bgw_type, "infra trace exporter", BGW_MAXLEN);
-	RegisterBackgroundWorker(&worker);
+	InfraRegisterWorker("InfraOtlpMain", "infra trace exporter", "infra trace exporter", true, 5, (Datum) 0);
 }
 
 /*

@@ -234,6 +234,25 @@ QSHashSize(void)
 	return hash_estimate_size(infra_query_metrics_max, sizeof(QSHashEntry));
 }
 
+/*
+ * No entries, nothing evicted, counted from now (the hash table is the
+ * caller's to empty).
+ */
+static void
+QSStartOver(QSShared *shared)
+{
+	int			i;
+
+	for (i = 0; i < shared->nused; i++)
+		shared->entries[i].used = false;
+	shared->nused = 0;
+	shared->hand = 0;
+	shared->evictions = 0;
+	shared->evicted_calls = shared->evicted_errors = shared->evicted_rows = 0;
+	shared->evicted_ms = 0;
+	shared->reset_at = GetCurrentTimestamp();
+}
+
 static void
 QSShmemInit(void *segment, bool found, LWLockPadded *locks)
 {
@@ -244,17 +263,13 @@ QSShmemInit(void *segment, bool found, LWLockPadded *locks)
 	if (!found)
 	{
 		shared->lock = &locks[0].lock;
-		shared->nused = 0;
-		shared->hand = 0;
-		shared->evictions = 0;
-		shared->evicted_calls = shared->evicted_errors = shared->evicted_rows = 0;
-		shared->evicted_ms = 0;
-		shared->reset_at = GetCurrentTimestamp();
 		for (i = 0; i < infra_query_metrics_max; i++)
 		{
 			shared->entries[i].used = false;
 			SpinLockInit(&shared->entries[i].mutex);
 		}
+		shared->nused = 0;
+		QSStartOver(shared);
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(QSKey);
@@ -898,21 +913,13 @@ infra_query_metrics_reset(PG_FUNCTION_ARGS)
 {
 	HASH_SEQ_STATUS status;
 	QSHashEntry *h;
-	int			i;
 
 	InfraShmemRequire("infra.query_metrics_reset");
 	LWLockAcquire(qs_shared->lock, LW_EXCLUSIVE);
 	hash_seq_init(&status, qs_hash);
 	while ((h = hash_seq_search(&status)) != NULL)
 		hash_search(qs_hash, &h->key, HASH_REMOVE, NULL);
-	for (i = 0; i < qs_shared->nused; i++)
-		qs_shared->entries[i].used = false;
-	qs_shared->nused = 0;
-	qs_shared->hand = 0;
-	qs_shared->evictions = 0;
-	qs_shared->evicted_calls = qs_shared->evicted_errors = qs_shared->evicted_rows = 0;
-	qs_shared->evicted_ms = 0;
-	qs_shared->reset_at = GetCurrentTimestamp();
+	QSStartOver(qs_shared);
 	LWLockRelease(qs_shared->lock);
 	PG_RETURN_VOID();
 }

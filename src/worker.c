@@ -126,6 +126,25 @@ static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
 static void InfraWorkerSlotCopy(int i, InfraWorkerSlot *copy);
 
+void
+InfraRegisterWorker(const char *function, const char *name, const char *type,
+					bool database, int restart_seconds, Datum arg)
+{
+	BackgroundWorker worker;
+
+	memset(&worker, 0, sizeof(worker));
+	worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
+		(database ? BGWORKER_BACKEND_DATABASE_CONNECTION : 0);
+	worker.bgw_start_time = database ? BgWorkerStart_RecoveryFinished : BgWorkerStart_ConsistentState;
+	worker.bgw_restart_time = restart_seconds;
+	strlcpy(worker.bgw_library_name, INFRA_NAME, BGW_MAXLEN);
+	strlcpy(worker.bgw_function_name, function, BGW_MAXLEN);
+	strlcpy(worker.bgw_name, name, BGW_MAXLEN);
+	strlcpy(worker.bgw_type, type, BGW_MAXLEN);
+	worker.bgw_main_arg = arg;
+	RegisterBackgroundWorker(&worker);
+}
+
 /*
  * Define infra.database, reserve the worker's shared memory and register one
  * worker per listed database.
@@ -172,20 +191,11 @@ InfraWorkerInit(void)
 
 	for (i = 0; i < worker_ndatabases; i++)
 	{
-		BackgroundWorker worker;
+		char		name[BGW_MAXLEN];
 
-		memset(&worker, 0, sizeof(worker));
-		worker.bgw_flags = BGWORKER_SHMEM_ACCESS |
-			BGWORKER_BACKEND_DATABASE_CONNECTION;
-		worker.bgw_start_time = BgWorkerStart_RecoveryFinished;
-		worker.bgw_restart_time = INFRA_WORKER_RESTART_SECONDS;
-		snprintf(worker.bgw_library_name, BGW_MAXLEN, "infra");
-		snprintf(worker.bgw_function_name, BGW_MAXLEN, "InfraWorkerMain");
-		snprintf(worker.bgw_name, BGW_MAXLEN, "infra worker for database %s",
-				 worker_databases[i]);
-		snprintf(worker.bgw_type, BGW_MAXLEN, "infra worker");
-		worker.bgw_main_arg = Int32GetDatum(i);
-		RegisterBackgroundWorker(&worker);
+		snprintf(name, sizeof(name), "infra worker for database %s", worker_databases[i]);
+		InfraRegisterWorker("InfraWorkerMain", name, "infra worker", true,
+							INFRA_WORKER_RESTART_SECONDS, Int32GetDatum(i));
 	}
 
 	RegisterXactCallback(InfraWorkerXactCallback, NULL);

@@ -32,6 +32,14 @@ typedef enum InfraWorkerState
 	INFRA_WORKER_RUNNING
 } InfraWorkerState;
 
+/*
+ * Register one of infra's background workers while preloading: with a
+ * database connection (started once recovery is over) or without one
+ * (started as soon as the server is consistent).
+ */
+extern void InfraRegisterWorker(const char *function, const char *name, const char *type,
+								bool database, int restart_seconds, Datum arg);
+
 extern void InfraWorkerWakeAtCommit(void);
 extern bool InfraWorkersHealthy(StringInfo why);
 extern const char *InfraWorkerFirstDatabase(void);
