@@ -350,6 +350,49 @@ config_handle_line(void *user, const char *section, const char *name,
 	return config_reject(load, "unknown section [%s]%s", section, "");
 }
 
+
+/*
+ * libpq quotes pieces of a conninfo it cannot parse ('missing "=" after
+ * "..."'), and a piece may be a password that lost its "password=".  Keep
+ * quoted words that are connection keywords or punctuation, hide every
+ * other one; the
+ * result goes to out (size bytes).
+ */
+static void
+hide_conninfo_words(const char *message, char *out, size_t size)
+{
+	PQconninfoOption *keywords = PQconndefaults();
+	size_t		n = 0;
+	const char *p = message;
+
+	while (*p != '\0' && n + 16 < size)
+	{
+		const char *close;
+		PQconninfoOption *k;
+		bool		keyword = false;
+
+		if (*p != '"' || (close = strchr(p + 1, '"')) == NULL)
+		{
+			out[n++] = *p++;
+			continue;
+		}
+		for (k = keywords; k != NULL && k->keyword != NULL; k++)
+			keyword |= strlen(k->keyword) == (size_t) (close - p - 1) &&
+				strncmp(k->keyword, p + 1, close - p - 1) == 0;
+		/* Punctuation such as the "=" libpq missed is no secret either. */
+		keyword |= strspn(p + 1, "=&?@:/;,") == (size_t) (close - p - 1);
+		if (keyword)
+			n += (size_t) snprintf(out + n, size - n, "%.*s", (int) (close - p + 1), p);
+		else
+			n += (size_t) snprintf(out + n, size - n, "\"(hidden)\"");
+		if (n >= size)
+			n = size - 1;
+		p = close + 1;
+	}
+	out[n] = '\0';
+	if (keywords != NULL)
+		PQconninfoFree(keywords);
+}
 /*
  * Checks that need the whole file.
  */
@@ -370,8 +413,10 @@ config_validate(const char *path, BridgeConfig *config)
 	opts = PQconninfoParse(config->conninfo, &err);
 	if (opts == NULL)
 	{
-		/* libpq's message never repeats the string, so no secret leaks. */
-		log_error("%s: invalid conninfo: %s", path, err ? err : "out of memory");
+		char		shown[1024];
+
+		hide_conninfo_words(err ? err : "out of memory", shown, sizeof(shown));
+		log_error("%s: invalid conninfo: %s", path, shown);
 		PQfreemem(err);
 		return false;
 	}

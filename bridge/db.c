@@ -21,6 +21,13 @@
  * group took the partition over and the batch is rolled back.  So a batch
  * is written once, whatever dies when.
  *
+ * Every session pins search_path to pg_catalog, pg_temp as it connects:
+ * the statements here, and the user triggers they fire, resolve functions
+ * and operators in pg_catalog only, whatever objects a role created on its
+ * own path.  Route tables are looked up once under the role's own path
+ * (as a user who names an unqualified table expects) and used by their
+ * qualified names from then on.
+ *
  *-------------------------------------------------------------------------
  */
 #include <ctype.h>
@@ -82,6 +89,9 @@ typedef struct RouteSql
 static PGconn *conns[BRIDGE_MAX_WRITERS];
 static __thread PGconn *conn = NULL;
 static RouteSql route_sql[BRIDGE_MAX_ROUTES];
+
+/* The role's own search_path, seen before it was pinned, for route tables. */
+static char user_search_path[1024];
 
 /* A growable buffer for COPY data and SQL text. */
 typedef struct Buf
@@ -182,11 +192,19 @@ db_connect(const BridgeConfig *config, int slot, bool once)
 		if (bridge_stop)
 			return false;
 	}
+	if (slot == 0)
+	{
+		res = PQexec(conn, "SHOW search_path");
+		if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1)
+			snprintf(user_search_path, sizeof(user_search_path), "%s", PQgetvalue(res, 0, 0));
+		PQclear(res);
+	}
 	/* What the bridge sends as text is UTF-8, as Kafka's payloads are. */
 	res = PQexec(conn,
+				 "SET search_path = pg_catalog, pg_temp;"
 				 "SET application_name = 'infra-bridge';"
 				 "SET client_encoding = 'UTF8';"
-				 "CREATE TEMP TABLE IF NOT EXISTS infra_bridge_stage ("
+				 "CREATE TEMP TABLE IF NOT EXISTS pg_temp.infra_bridge_stage ("
 				 " seq integer, route integer, topic text, part integer, off bigint,"
 				 " key bytea, val bytea, ts timestamptz, headers jsonb, msg_id text)"
 				 " ON COMMIT DELETE ROWS");
@@ -317,6 +335,55 @@ binary_form(CopyField field, const char *type)
 }
 
 /*
+ * The qualified name of the route's table, looked up under the role's own
+ * search_path (then pinned again); false, reported, when there is none.
+ */
+static bool
+resolve_table(const BridgeRoute *route, char *table, size_t size)
+{
+	const char *params[1];
+	char		oid[32] = "";
+	PGresult   *res;
+
+	params[0] = user_search_path;
+	res = PQexecParams(conn, "SELECT pg_catalog.set_config('search_path', $1, false)",
+					   1, NULL, params, NULL, NULL, 0);
+	PQclear(res);
+	params[0] = route->table;
+	res = PQexecParams(conn, "SELECT pg_catalog.to_regclass($1)::pg_catalog.oid",
+					   1, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+		snprintf(oid, sizeof(oid), "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	res = PQexec(conn, "SET search_path = pg_catalog, pg_temp");
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		log_error("cannot pin the session's search_path: %s", PQerrorMessage(conn));
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+	if (oid[0] == '\0')
+	{
+		log_error("route \"%s\": table \"%s\" does not exist", route->name, route->table);
+		return false;
+	}
+	/* Under the pinned path, regclass prints the schema too. */
+	params[0] = oid;
+	res = PQexecParams(conn, "SELECT $1::pg_catalog.oid::pg_catalog.regclass::pg_catalog.text",
+					   1, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1 || PQgetisnull(res, 0, 0))
+	{
+		log_error("route \"%s\": table \"%s\" does not exist", route->name, route->table);
+		PQclear(res);
+		return false;
+	}
+	snprintf(table, size, "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	return true;
+}
+
+/*
  * Check every route's table and columns, and make its statements; PREPARE
  * them once so that anything the server would refuse (a type that does
  * not fit, ON CONFLICT without a unique index) is reported now.
@@ -351,16 +418,8 @@ db_check_routes(const BridgeConfig *config)
 			"s.topic", "s.part", "s.off", NULL, "s.ts", NULL
 		};
 
-		params[0] = route->table;
-		res = PQexecParams(conn, "SELECT to_regclass($1)::text", 1, NULL, params, NULL, NULL, 0);
-		if (PQresultStatus(res) != PGRES_TUPLES_OK || PQgetisnull(res, 0, 0))
-		{
-			log_error("route \"%s\": table \"%s\" does not exist", route->name, route->table);
-			PQclear(res);
+		if (!resolve_table(route, table, sizeof(table)))
 			return false;
-		}
-		snprintf(table, sizeof(table), "%s", PQgetvalue(res, 0, 0));
-		PQclear(res);
 
 		params[0] = table;
 		res = PQexecParams(conn,
@@ -495,9 +554,9 @@ db_check_routes(const BridgeConfig *config)
 			/* With dedupe, only the first of a message id in the batch counts. */
 			if (route->dedupe)
 				buf_puts(&insert, " FROM (SELECT *, row_number() OVER (PARTITION BY msg_id ORDER BY seq) AS nth"
-						 " FROM infra_bridge_stage WHERE route = $1) s");
+						 " FROM pg_temp.infra_bridge_stage WHERE route = $1) s");
 			else
-				buf_puts(&insert, " FROM infra_bridge_stage s");
+				buf_puts(&insert, " FROM pg_temp.infra_bridge_stage s");
 			if (route->format == FORMAT_JSON_COLUMNS)
 				buf_printf(&insert, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
 						   table);
@@ -587,7 +646,7 @@ db_check_routes(const BridgeConfig *config)
 			Buf			ids = {0};
 
 			buf_puts(&ids, "INSERT INTO infra.bridge_message_ids (route, msg_id)"
-					 " SELECT DISTINCT $4::text, s.msg_id FROM infra_bridge_stage s"
+					 " SELECT DISTINCT $4::text, s.msg_id FROM pg_temp.infra_bridge_stage s"
 					 " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3 AND s.msg_id IS NOT NULL"
 					 " ON CONFLICT DO NOTHING");
 			route_sql[r].ids = ids.data;
@@ -1182,7 +1241,7 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, long long *wr
 							"INSERT INTO infra.bridge_dead_letters"
 							" (route, topic, partition, \"offset\", key, payload, headers, error)"
 							" SELECT $2, topic, part, off, key, val, headers, $3"
-							" FROM infra_bridge_stage WHERE seq = $1",
+							" FROM pg_temp.infra_bridge_stage WHERE seq = $1",
 							3, NULL, dparams, NULL, NULL, 0);
 		if (PQresultStatus(dres) != PGRES_COMMAND_OK)
 		{
@@ -1322,7 +1381,7 @@ again:
 	if (copy.len > 0)
 	{
 		any_staged = true;
-		res = copy_start("COPY infra_bridge_stage FROM STDIN");
+		res = copy_start("COPY pg_temp.infra_bridge_stage FROM STDIN");
 		if (res == NULL)
 		{
 			(void) copy_send(&copy);

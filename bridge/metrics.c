@@ -55,6 +55,15 @@ static bool db_up = false;
 static struct MHD_Daemon *daemon_handle = NULL;
 
 /*
+ * The listener's bounds, the extension's own (src/httpd.c): connections at
+ * once (epoll, so no FD_SETSIZE ceiling), seconds a silent connection may
+ * stay, and memory for a request's line and headers (larger: 414 or 431).
+ */
+#define METRICS_CONNECTION_LIMIT 512
+#define METRICS_CONNECTION_TIMEOUT_S 5
+#define METRICS_REQUEST_MEMORY 16384
+
+/*
  * The routes' names (again after a reload); counters of a route that keeps
  * its name are kept.
  */
@@ -322,11 +331,13 @@ metrics_start(const char *listen_on)
 		log_error("metrics_listen \"%s\": %s", listen_on, gai_strerror(rc));
 		return false;
 	}
-	daemon_handle = MHD_start_daemon(MHD_USE_INTERNAL_POLLING_THREAD |
+	daemon_handle = MHD_start_daemon(MHD_USE_EPOLL_INTERNAL_THREAD |
 									 (addr->ai_family == AF_INET6 ? MHD_USE_IPv6 : 0),
 									 0, NULL, NULL, handle, NULL,
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
-									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) 10,
+									 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) METRICS_CONNECTION_LIMIT,
+									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) METRICS_CONNECTION_TIMEOUT_S,
+									 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) METRICS_REQUEST_MEMORY,
 									 MHD_OPTION_END);
 	freeaddrinfo(addr);
 	if (daemon_handle == NULL)

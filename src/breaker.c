@@ -174,14 +174,19 @@ int			infra_breaker_max = 64;
 static BreakerShared *breaker_shared = NULL;
 static void BreakerRead(HeapTuple tuple, TupleDesc desc, void *entry);
 
+static const Oid breaker_types[] = {BOOLOID, INT4OID, INT4OID, FLOAT8OID, INTERVALOID,
+	FLOAT8OID, INTERVALOID, INT4OID, INTERVALOID, TEXTARRAYOID, TEXTARRAYOID};
+
 static ConfigCache breaker_cache = {
 	.table = "circuit_breakers",
 	.entrysize = sizeof(BreakerConfig),
-	.query = "SELECT window_kind = 'time', window_size, minimum_calls, "
+	.query = "SELECT window_kind OPERATOR(pg_catalog.=) 'time', window_size, minimum_calls, "
 	"failure_rate_threshold, slow_call_duration, slow_call_rate_threshold, "
 	"open_duration, half_open_permitted_calls, half_open_max_wait, "
 	"failure_sqlstates, ignored_sqlstates "
-	"FROM infra.circuit_breakers WHERE name = $1",
+	"FROM infra.circuit_breakers WHERE name OPERATOR(pg_catalog.=) $1",
+	.ncols = 11,
+	.types = breaker_types,
 	.read = BreakerRead,
 	.what = "circuit breaker",
 	.hint = "Breakers are rows of infra.circuit_breakers; insert one to create it.",

@@ -25,6 +25,7 @@
 
 #include "confcache.h"
 #include "infra.h"
+#include "spicheck.h"
 
 /* Caches in use in this backend, for the invalidation callback. */
 #define MAX_CONFIG_CACHES 8
@@ -119,9 +120,9 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
 
 	values[0] = CStringGetTextDatum(name);
 	SPI_connect();
-	if (SPI_execute_with_args(cache->query, 1, argtypes, values, NULL,
-							  true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read infra.%s", cache->table);
+	SpiCheckResult(SPI_execute_with_args(cache->query, 1, argtypes, values, NULL,
+										 true, 1),
+				   SPI_OK_SELECT, cache->table, cache->ncols, cache->types);
 	if (SPI_processed == 0 && missing_ok)
 	{
 		SPI_finish();
@@ -132,6 +133,13 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("%s \"%s\" does not exist", cache->what, name),
 				 errhint("%s", cache->hint)));
+	{
+		int			col;
+
+		/* The readers take every column as present. */
+		for (col = 1; col <= cache->ncols; col++)
+			(void) SpiGetValue(0, col, false, NULL, cache->table);
+	}
 	memset(entry, 0, cache->entrysize);
 	strlcpy((char *) entry, name, NAMEDATALEN);
 	cache->read(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, entry);

@@ -22,7 +22,9 @@ typedef struct ConfigCache
 {
 	const char *table;			/* relation name in schema infra */
 	Size		entrysize;
-	const char *query;			/* one row by name = $1 */
+	const char *query;			/* one row by name = $1, schema-qualified */
+	int			ncols;			/* columns the query returns, none NULL */
+	const Oid  *types;			/* and their types */
 	ConfigRowReader read;
 	const char *what;			/* "circuit breaker", for errors */
 	const char *hint;			/* for the not-found error */

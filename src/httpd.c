@@ -34,9 +34,16 @@
 
 PGDLLEXPORT void InfraHttpdMain(Datum main_arg);
 
-/* Connections served at once, and how long an idle one may stay. */
-#define HTTPD_CONNECTION_LIMIT 64
-#define HTTPD_CONNECTION_TIMEOUT_S 10
+/*
+ * The listener's bounds.  Connections served at once: enough that hundreds
+ * of idle or slow clients leave room for real scrapes (epoll has no
+ * FD_SETSIZE ceiling; the server's usual 1024 descriptors leave margin).
+ * How long a connection may stay silent.  Memory for one request's line
+ * and headers: a larger request gets 414 or 431 and is closed.
+ */
+#define HTTPD_CONNECTION_LIMIT 512
+#define HTTPD_CONNECTION_TIMEOUT_S 5
+#define HTTPD_REQUEST_MEMORY 16384
 
 static struct MHD_Daemon *daemon_handle = NULL;
 static MemoryContext request_context = NULL;
@@ -177,6 +184,7 @@ InfraHttpdMain(Datum main_arg)
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
 									 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) HTTPD_CONNECTION_LIMIT,
 									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) HTTPD_CONNECTION_TIMEOUT_S,
+									 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) HTTPD_REQUEST_MEMORY,
 									 MHD_OPTION_END);
 	freeaddrinfo(addr);
 	if (daemon_handle == NULL)

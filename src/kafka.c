@@ -49,6 +49,7 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/lock.h"
+#include "tcop/tcopprot.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -65,6 +66,7 @@
 #include "kafka.h"
 #include "metrics.h"
 #include "shmem.h"
+#include "spicheck.h"
 #include "tracing.h"
 #include "worker.h"
 
@@ -148,14 +150,23 @@ static Oid	outbox_sequence = InvalidOid;
 static Oid	outbox_writer = InvalidOid;
 static bool callbacks_registered = false;
 
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* Result types the checked statements expect. */
+static const Oid int8_type[1] = {INT8OID};
+static const Oid int4_type[1] = {INT4OID};
+static const Oid bool_type[1] = {BOOLOID};
+
 static Size KafkaShmemSize(void);
 static void KafkaShmemInit(void *segment, bool found, LWLockPadded *locks);
 static bool KafkaConfigCheckHook(char **newval, void **extra, GucSource source);
 static const char *KafkaConfigShowHook(void);
+static void KafkaHideConfigInLog(ErrorData *edata);
 static void KafkaCheckTopic(const char *topic);
 static Datum KafkaSend(FunctionCallInfo fcinfo, bytea *value);
 static void KafkaCheckBacklog(int64 my_id);
 static Jsonb *KafkaContextHeaders(Jsonb *user_headers);
+static void KafkaRefuseReservedHeaders(Jsonb *headers);
 static void KafkaFlushBuffer(bool all_levels);
 static void KafkaXactCallback(XactEvent event, void *arg);
 static void KafkaSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
@@ -233,6 +244,11 @@ InfraKafkaInit(void)
 							 NULL, NULL, NULL);
 
 	InfraShmemRegister(&seg);
+	if (process_shared_preload_libraries_in_progress)
+	{
+		prev_emit_log_hook = emit_log_hook;
+		emit_log_hook = KafkaHideConfigInLog;
+	}
 }
 
 static Size
@@ -293,9 +309,56 @@ KafkaConfigCheckHook(char **newval, void **extra, GucSource source)
 		return true;
 	if (KafkaConfigValid(*newval, errbuf, sizeof(errbuf)))
 		return true;
+	/* Not PostgreSQL's own message: it would quote the value. */
+	GUC_check_errmsg("invalid value for parameter \"infra.kafka_config\"");
 	GUC_check_errdetail("%s", errbuf);
 	GUC_check_errhint("Give librdkafka producer properties as key=value pairs separated by semicolons, or @file.");
 	return false;
+}
+
+/*
+ * Does text name infra.kafka_config (in any letter case)?
+ */
+static bool
+KafkaNamesConfig(const char *text)
+{
+	const char *p;
+
+	for (p = text; *p != '\0'; p++)
+		if (pg_strncasecmp(p, "kafka_config", strlen("kafka_config")) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * emit_log_hook: PostgreSQL logs the new value of every setting a reload
+ * changes; for infra.kafka_config, which may hold passwords, only that it
+ * changed.  A statement naming it is logged neither by log_statement nor
+ * as an error's STATEMENT line.  Installed before infra's JSON log hook,
+ * so its lines carry the hidden text too.
+ */
+static void
+KafkaHideConfigInLog(ErrorData *edata)
+{
+	if (edata->message_id != NULL && edata->message != NULL &&
+		strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
+		strstr(edata->message, "\"infra.kafka_config\"") != NULL)
+		edata->message = pstrdup("parameter \"infra.kafka_config\" changed to \"(hidden)\"");
+	/*
+	 * A statement naming it (ALTER SYSTEM SET infra.kafka_config = '...'):
+	 * neither log_statement's line nor an error's STATEMENT line shows it.
+	 */
+	if (debug_query_string != NULL && KafkaNamesConfig(debug_query_string))
+	{
+		edata->hide_stmt = true;
+		if (edata->message_id != NULL && edata->message != NULL &&
+			(strstr(edata->message_id, "statement: ") != NULL ||
+			 strncmp(edata->message_id, "execute ", 8) == 0) &&
+			KafkaNamesConfig(edata->message))
+			edata->message = pstrdup("statement: (hidden: it names infra.kafka_config)");
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
 }
 
 /*
@@ -368,7 +431,8 @@ KafkaCheckBacklog(int64 my_id)
 		if (backlog_plan == NULL)
 		{
 			Oid			argtypes[1] = {INT8OID};
-			SPIPlanPtr	plan = SPI_prepare("SELECT coalesce($1 - min(first_id), 0) FROM infra.kafka_outbox_batches",
+			SPIPlanPtr	plan = SPI_prepare("SELECT coalesce($1 OPERATOR(pg_catalog.-) pg_catalog.min(first_id), 0)"
+										   " FROM infra.kafka_outbox_batches",
 										   1, argtypes);
 
 			if (plan == NULL)
@@ -376,9 +440,9 @@ KafkaCheckBacklog(int64 my_id)
 			SPI_keepplan(plan);
 			backlog_plan = plan;
 		}
-		if (SPI_execute_plan(backlog_plan, &arg, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not measure the outbox backlog");
-		backlog = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		SpiCheckResult(SPI_execute_plan(backlog_plan, &arg, NULL, false, 1),
+					   SPI_OK_SELECT, "the outbox backlog query", 1, int8_type);
+		backlog = DatumGetInt64(SpiGetValue(0, 1, false, &isnull, "the outbox backlog query"));
 		if (backlog < infra_kafka_max_pending)
 			break;
 		if (infra_kafka_on_full == KAFKA_ON_FULL_ERROR)
@@ -444,6 +508,32 @@ KafkaContextHeaders(Jsonb *user_headers)
 }
 
 /*
+ * infra-msg-id is infra's to set: a caller who could choose it could make a
+ * deduplicating consumer (infra-bridge with dedupe = on) drop another
+ * sender's genuine messages.  Refused in any letter case.
+ */
+static void
+KafkaRefuseReservedHeaders(Jsonb *headers)
+{
+	JsonbIterator *it = JsonbIteratorInit(&headers->root);
+	JsonbValue	v;
+	JsonbIteratorToken tok;
+
+	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
+	{
+		if (tok == WJB_KEY &&
+			v.val.string.len == (int) strlen(KAFKA_MSG_ID_HEADER) &&
+			pg_strncasecmp(v.val.string.val, KAFKA_MSG_ID_HEADER, v.val.string.len) == 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+					 errmsg("header \"%s\" is set by infra and cannot be given to kafka_send",
+							KAFKA_MSG_ID_HEADER),
+					 errdetail("Consumers deduplicate on it; a chosen value could hide another sender's messages."),
+					 errhint("Use another header name for your own message ids.")));
+	}
+}
+
+/*
  * The common body of the kafka_send overloads: (topic, value, key, headers,
  * partition) with the value already as bytes.
  */
@@ -499,6 +589,8 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("headers must be a JSON object"),
 				 errhint("Give headers as {\"name\": \"value\", ...}.")));
+	if (msg.headers != NULL)
+		KafkaRefuseReservedHeaders(msg.headers);
 	msg.headers = KafkaContextHeaders(msg.headers);
 
 	if (infra_kafka_require_registered_topics)
@@ -507,9 +599,9 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 		Datum		arg = PointerGetDatum(msg.topic);
 
 		SPI_connect();
-		if (SPI_execute_with_args("SELECT FROM infra.topics WHERE name = $1",
-								  1, argtypes, &arg, NULL, true, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read infra.topics");
+		SpiCheckResult(SPI_execute_with_args("SELECT FROM infra.topics WHERE name OPERATOR(pg_catalog.=) $1",
+											 1, argtypes, &arg, NULL, true, 1),
+					   SPI_OK_SELECT, "infra.topics", 0, NULL);
 		if (SPI_processed == 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -679,8 +771,8 @@ KafkaFlushBuffer(bool all_levels)
 			SPI_keepplan(plan);
 			insert_plan = plan;
 		}
-		if (SPI_execute_plan(insert_plan, args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not insert into infra.kafka_outbox");
+		SpiCheckResult(SPI_execute_plan(insert_plan, args, NULL, false, 0),
+					   SPI_OK_INSERT, "the outbox insert", 0, NULL);
 		SPI_finish();
 	}
 	PG_FINALLY();
@@ -807,9 +899,10 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	/* Every row committed now has a first id up to this one. */
-	if (SPI_execute("SELECT coalesce(max(first_id), 0) FROM infra.kafka_outbox_batches", true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read infra.kafka_outbox");
-	last_id = DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SpiCheckResult(SPI_execute("SELECT coalesce(pg_catalog.max(first_id), 0) FROM infra.kafka_outbox_batches",
+							   true, 1),
+				   SPI_OK_SELECT, "infra.kafka_outbox", 1, int8_type);
+	last_id = DatumGetInt64(SpiGetValue(0, 1, false, &isnull, "infra.kafka_outbox"));
 
 	for (;;)
 	{
@@ -818,10 +911,11 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 		bool		pending;
 
 		/* Read committed: each query sees what the worker has deleted. */
-		if (SPI_execute_with_args("SELECT EXISTS (SELECT FROM infra.kafka_outbox_batches WHERE first_id <= $1)",
-								  1, argtypes, values, NULL, false, 1) != SPI_OK_SELECT)
-			elog(ERROR, "could not read infra.kafka_outbox");
-		pending = DatumGetBool(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+		SpiCheckResult(SPI_execute_with_args("SELECT EXISTS (SELECT FROM infra.kafka_outbox_batches"
+											 " WHERE first_id OPERATOR(pg_catalog.<=) $1)",
+											 1, argtypes, values, NULL, false, 1),
+					   SPI_OK_SELECT, "infra.kafka_outbox", 1, bool_type);
+		pending = DatumGetBool(SpiGetValue(0, 1, false, &isnull, "infra.kafka_outbox"));
 		if (!pending)
 			break;
 		if (InfraMonotonicNs() >= deadline)
@@ -872,15 +966,20 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 
 	memset(nulls, 0, sizeof(nulls));
 	SPI_connect();
-	if (SPI_execute("SELECT coalesce(sum(messages), 0)::bigint, clock_timestamp() - min(created_at)"
-					" FROM infra.kafka_outbox_batches",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not read infra.kafka_outbox");
-	values[0] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull);
+	{
+		static const Oid types[2] = {INT8OID, INTERVALOID};
+
+		SpiCheckResult(SPI_execute("SELECT coalesce(pg_catalog.sum(messages), 0)::bigint,"
+								   " pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.min(created_at)"
+								   " FROM infra.kafka_outbox_batches",
+								   true, 1),
+					   SPI_OK_SELECT, "infra.kafka_outbox", 2, types);
+	}
+	values[0] = SpiGetValue(0, 1, false, &isnull, "infra.kafka_outbox");
 	values[1] = Int64GetDatum(copy.in_flight);
 	values[2] = Int64GetDatum(copy.delivered_total);
 	values[3] = Int64GetDatum(copy.failed_attempts_total);
-	values[4] = SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 2, &nulls[4]);
+	values[4] = SpiGetValue(0, 2, true, &nulls[4], "infra.kafka_outbox");
 	if (!nulls[4])
 		values[4] = PointerGetDatum(DatumGetIntervalP(values[4]));
 	values[5] = CStringGetTextDatum(copy.last_error);
@@ -926,30 +1025,30 @@ infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 
 	SPI_connect();
 	/* Back as one outbox row, with new ids in the order of the old ones. */
-	if (SPI_execute_with_args("WITH back AS ("
-							  " DELETE FROM infra.kafka_dead_letters"
-							  " WHERE ($1 IS NULL OR topic = $1) AND ($2 IS NULL OR id = ANY ($2))"
-							  " RETURNING *),"
-							  " renumbered AS ("
-							  " SELECT nextval('infra.kafka_outbox_id_seq') AS new_id, *"
-							  " FROM (SELECT * FROM back ORDER BY id) b)"
-							  " INSERT INTO infra.kafka_outbox_batches"
-							  " (first_id, messages, ids, topics, partitions, keys, vals, headers, created_at)"
-							  " SELECT min(new_id), count(*), array_agg(new_id ORDER BY new_id),"
-							  " array_agg(topic ORDER BY new_id), array_agg(partition ORDER BY new_id),"
-							  " array_agg(key ORDER BY new_id), array_agg(value ORDER BY new_id),"
-							  " array_agg(headers ORDER BY new_id), min(created_at)"
-							  " FROM renumbered HAVING count(*) > 0"
-							  " RETURNING messages",
-							  2, argtypes, values, nulls, false, 0) != SPI_OK_INSERT_RETURNING)
-		elog(ERROR, "could not requeue dead letters");
+	SpiCheckResult(SPI_execute_with_args("WITH back AS ("
+										 " DELETE FROM infra.kafka_dead_letters"
+										 " WHERE ($1 IS NULL OR topic OPERATOR(pg_catalog.=) $1)"
+										 " AND ($2 IS NULL OR id OPERATOR(pg_catalog.=) ANY ($2))"
+										 " RETURNING *),"
+										 " renumbered AS ("
+										 " SELECT pg_catalog.nextval('infra.kafka_outbox_id_seq'::pg_catalog.regclass) AS new_id, *"
+										 " FROM (SELECT * FROM back ORDER BY id) b)"
+										 " INSERT INTO infra.kafka_outbox_batches"
+										 " (first_id, messages, ids, topics, partitions, keys, vals, headers, created_at)"
+										 " SELECT pg_catalog.min(new_id), pg_catalog.count(*),"
+										 " pg_catalog.array_agg(new_id ORDER BY new_id),"
+										 " pg_catalog.array_agg(topic ORDER BY new_id),"
+										 " pg_catalog.array_agg(partition ORDER BY new_id),"
+										 " pg_catalog.array_agg(key ORDER BY new_id),"
+										 " pg_catalog.array_agg(value ORDER BY new_id),"
+										 " pg_catalog.array_agg(headers ORDER BY new_id), pg_catalog.min(created_at)"
+										 " FROM renumbered HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0"
+										 " RETURNING messages",
+										 2, argtypes, values, nulls, false, 0),
+				   SPI_OK_INSERT_RETURNING, "the dead-letter requeue", 1, int4_type);
 	moved = 0;
 	if (SPI_processed > 0)
-	{
-		bool		isnull;
-
-		moved = DatumGetInt32(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
-	}
+		moved = DatumGetInt32(SpiGetValue(0, 1, false, NULL, "the dead-letter requeue"));
 	SPI_finish();
 	if (moved > 0)
 		InfraWorkerWakeAtCommit();

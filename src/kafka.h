@@ -13,6 +13,9 @@
 /* Advisory lock class of kafka_send's per-key ordering locks ("INFK"). */
 #define KAFKA_ORDER_LOCK_CLASS 0x494E464B
 
+/* The header every message carries its unique id in; only infra sets it. */
+#define KAFKA_MSG_ID_HEADER "infra-msg-id"
+
 /* Longest error kept for kafka_stats. */
 #define KAFKA_ERROR_LEN 256
 

@@ -46,6 +46,7 @@
 #include "breaker.h"
 #include "clock.h"
 #include "infra.h"
+#include "spicheck.h"
 #include "tracing.h"
 #include "worker.h"
 
@@ -151,6 +152,8 @@ InfraOtlpMain(Datum main_arg)
 	pqsignal(SIGTERM, SignalHandlerForShutdownRequest);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(InfraWorkerFirstDatabase(), NULL, 0);
+	/* Superuser: no database or role setting may steer what it runs. */
+	InfraPinSearchPath();
 
 	if (curl_global_init(CURL_GLOBAL_DEFAULT) != 0 || (curl = curl_easy_init()) == NULL)
 		elog(ERROR, "could not initialise libcurl");

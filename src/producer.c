@@ -46,6 +46,7 @@
 #include "clock.h"
 #include "infra.h"
 #include "kafka.h"
+#include "spicheck.h"
 
 /* How long a message may wait for the broker before it counts as failed. */
 #define KAFKA_MESSAGE_TIMEOUT_MS "10000"
@@ -142,6 +143,10 @@ typedef struct WorkerPlans
 } WorkerPlans;
 
 static WorkerPlans plans;
+
+/* What the round's read of the outbox returns. */
+static const Oid batch_types[10] = {INT8OID, BOOLOID, INT8ARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID};
 static char *producer_settings = NULL;	/* brokers + config it was built with */
 static int	failed_rounds = 0;
 static char last_client_error[KAFKA_ERROR_LEN];
@@ -164,6 +169,33 @@ static void KafkaSetState(const char *state);
 static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
 
 /*
+ * librdkafka quotes a refused value in its message ("Invalid value \"...\"
+ * for configuration property ..."); the value may be a secret.  Replace
+ * every copy of value in message (a buffer of size bytes) with "(hidden)".
+ */
+static void
+KafkaHideValue(char *message, size_t size, const char *value)
+{
+	StringInfoData buf;
+	size_t		len = strlen(value);
+	const char *p = message;
+	const char *hit;
+
+	if (len == 0)
+		return;
+	initStringInfo(&buf);
+	while ((hit = strstr(p, value)) != NULL)
+	{
+		appendBinaryStringInfo(&buf, p, hit - p);
+		appendStringInfoString(&buf, "(hidden)");
+		p = hit + len;
+	}
+	appendStringInfoString(&buf, p);
+	strlcpy(message, buf.data, size);
+	pfree(buf.data);
+}
+
+/*
  * Apply "key=value; key=value" to conf.  False, with the reason in errbuf,
  * at the first property librdkafka refuses (values are never copied into
  * the reason: they may be secrets).
@@ -175,6 +207,7 @@ KafkaConfigApply(rd_kafka_conf_t *conf, const char *value, char *errbuf,
 	char	   *copy;
 	char	   *item;
 	char	   *save = NULL;
+	int			position = 0;
 
 	/*
 	 * "@path": the properties are in that file, one per line or separated
@@ -215,13 +248,15 @@ KafkaConfigApply(rd_kafka_conf_t *conf, const char *value, char *errbuf,
 		char	   *val;
 		char		rkerr[256];
 
+		position++;
 		while (*name == ' ' || *name == '\t' || *name == '\n')
 			name++;
 		if (*name == '\0')
 			continue;
 		if (eq == NULL)
 		{
-			snprintf(errbuf, errlen, "Property \"%s\" has no \"=\".", name);
+			/* The text may be a password that lost its "name=". */
+			snprintf(errbuf, errlen, "Property %d has no \"=\".", position);
 			return false;
 		}
 		*eq = '\0';
@@ -232,6 +267,7 @@ KafkaConfigApply(rd_kafka_conf_t *conf, const char *value, char *errbuf,
 			val++;
 		if (rd_kafka_conf_set(conf, name, val, rkerr, sizeof(rkerr)) != RD_KAFKA_CONF_OK)
 		{
+			KafkaHideValue(rkerr, sizeof(rkerr), val);
 			snprintf(errbuf, errlen, "librdkafka refused property \"%s\": %s", name, rkerr);
 			return false;
 		}
@@ -432,7 +468,7 @@ KafkaHeaders(int64 id, Jsonb *user_headers)
 
 	snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/" INT64_FORMAT,
 			 GetSystemIdentifier(), MyDatabaseId, id);
-	rd_kafka_header_add(headers, "infra-msg-id", -1, msg_id, -1);
+	rd_kafka_header_add(headers, KAFKA_MSG_ID_HEADER, -1, msg_id, -1);
 
 	if (user_headers != NULL)
 	{
@@ -444,7 +480,12 @@ KafkaHeaders(int64 id, Jsonb *user_headers)
 		while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 		{
 			if (tok == WJB_KEY)
+			{
 				name = pnstrdup(v.val.string.val, v.val.string.len);
+				/* kafka_send refuses it; a row written otherwise loses it. */
+				if (pg_strcasecmp(name, KAFKA_MSG_ID_HEADER) == 0)
+					name = NULL;
+			}
 			else if (tok == WJB_VALUE && name != NULL)
 			{
 				if (v.type == jbvString)
@@ -503,11 +544,14 @@ KafkaCreateRegisteredTopics(void)
 	int			n;
 	int			i;
 
-	if (SPI_execute_plan(KafkaPlan(&plans.pending_topics,
-								   "SELECT name, partitions, replication_factor, config FROM infra.topics "
-								   "WHERE broker_state = 'pending' ORDER BY name LIMIT 100", 0, NULL),
-						 NULL, NULL, true, 0) != SPI_OK_SELECT)
-		elog(ERROR, "could not read infra.topics");
+	static const Oid types[4] = {TEXTOID, INT4OID, INT4OID, JSONBOID};
+
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.pending_topics,
+											  "SELECT name, partitions, replication_factor, config FROM infra.topics"
+											  " WHERE broker_state OPERATOR(pg_catalog.=) 'pending'"
+											  " ORDER BY name LIMIT 100", 0, NULL),
+									NULL, NULL, true, 0),
+				   SPI_OK_SELECT, "infra.topics", 4, types);
 	n = (int) SPI_processed;
 	if (n == 0)
 		return;
@@ -515,19 +559,16 @@ KafkaCreateRegisteredTopics(void)
 	topics = palloc0(sizeof(rd_kafka_NewTopic_t *) * n);
 	for (i = 0; i < n; i++)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
-		bool		isnull;
-		char	   *name = TextDatumGetCString(SPI_getbinval(tuple, desc, 1, &isnull));
-		Jsonb	   *config = DatumGetJsonbP(SPI_getbinval(tuple, desc, 4, &isnull));
+		char	   *name = TextDatumGetCString(SpiGetValue(i, 1, false, NULL, "infra.topics"));
+		Jsonb	   *config = DatumGetJsonbP(SpiGetValue(i, 4, false, NULL, "infra.topics"));
 		JsonbIterator *it;
 		JsonbValue	v;
 		JsonbIteratorToken tok;
 		char	   *key = NULL;
 
 		topics[i] = rd_kafka_NewTopic_new(name,
-										  DatumGetInt32(SPI_getbinval(tuple, desc, 2, &isnull)),
-										  DatumGetInt32(SPI_getbinval(tuple, desc, 3, &isnull)),
+										  DatumGetInt32(SpiGetValue(i, 2, false, NULL, "infra.topics")),
+										  DatumGetInt32(SpiGetValue(i, 3, false, NULL, "infra.topics")),
 										  errbuf, sizeof(errbuf));
 		if (topics[i] == NULL)
 			elog(ERROR, "could not describe topic \"%s\": %s", name, errbuf);
@@ -591,9 +632,10 @@ KafkaCreateRegisteredTopics(void)
 								 rd_kafka_topic_result_error_string(results[r]) : rd_kafka_err2str(err));
 			args[0] = CStringGetTextDatum(rd_kafka_topic_result_name(results[r]));
 			args[1] = CStringGetTextDatum(state);
-			if (SPI_execute_with_args("UPDATE infra.topics SET broker_state = $2 WHERE name = $1",
-									  2, argtypes, args, NULL, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not record the state of a topic");
+			SpiCheckResult(SPI_execute_with_args("UPDATE infra.topics SET broker_state = $2"
+												 " WHERE name OPERATOR(pg_catalog.=) $1",
+												 2, argtypes, args, NULL, false, 0),
+						   SPI_OK_UPDATE, "the update of infra.topics", 0, NULL);
 		}
 	}
 	else
@@ -883,16 +925,17 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 				args[3 + k] = KafkaArray(e[k], nl[k], kept, message_column_types[k]);
 			args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
 			argnulls[9] = row->failed ? ' ' : 'n';
-			if (SPI_execute_plan(KafkaPlan(&plans.rewrite,
-										   "UPDATE infra.kafka_outbox_batches SET first_id = $2, messages = $3,"
-										   " ids = $4, topics = $5, partitions = $6, keys = $7, vals = $8, headers = $9,"
-										   " attempts = attempts + ($10 IS NOT NULL)::int,"
-										   " last_error = coalesce($10, last_error),"
-										   " last_attempt_at = CASE WHEN $10 IS NULL THEN last_attempt_at ELSE clock_timestamp() END"
-										   " WHERE first_id = $1",
-										   10, argtypes),
-								 args, argnulls, false, 0) != SPI_OK_UPDATE)
-				elog(ERROR, "could not rewrite an outbox row");
+			SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.rewrite,
+													  "UPDATE infra.kafka_outbox_batches SET first_id = $2, messages = $3,"
+													  " ids = $4, topics = $5, partitions = $6, keys = $7, vals = $8, headers = $9,"
+													  " attempts = attempts OPERATOR(pg_catalog.+) ($10 IS NOT NULL)::integer,"
+													  " last_error = coalesce($10, last_error),"
+													  " last_attempt_at = CASE WHEN $10 IS NULL THEN last_attempt_at"
+													  " ELSE pg_catalog.clock_timestamp() END"
+													  " WHERE first_id OPERATOR(pg_catalog.=) $1",
+													  10, argtypes),
+											args, argnulls, false, 0),
+						   SPI_OK_UPDATE, "the rewrite of an outbox row", 0, NULL);
 		}
 	}
 
@@ -901,11 +944,12 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 		Oid			argtypes[1] = {INT8ARRAYOID};
 		Datum		arg = KafkaArray(gone, NULL, ngone, INT8OID);
 
-		if (SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
-									   "DELETE FROM infra.kafka_outbox_batches WHERE first_id = ANY ($1)",
-									   1, argtypes),
-							 &arg, NULL, false, 0) != SPI_OK_DELETE)
-			elog(ERROR, "could not delete delivered messages");
+		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
+												  "DELETE FROM infra.kafka_outbox_batches"
+												  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
+												  1, argtypes),
+										&arg, NULL, false, 0),
+					   SPI_OK_DELETE, "the delete of delivered messages", 0, NULL);
 	}
 	if (nfailed > 0)
 	{
@@ -914,13 +958,14 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 
 		args[0] = KafkaArray(failed, NULL, nfailed, INT8OID);
 		args[1] = CStringGetTextDatum(first_error);
-		if (SPI_execute_plan(KafkaPlan(&plans.record_failure,
-									   "UPDATE infra.kafka_outbox_batches SET attempts = attempts + 1, "
-									   "last_error = $2, last_attempt_at = clock_timestamp() "
-									   "WHERE first_id = ANY ($1)",
-									   2, argtypes),
-							 args, NULL, false, 0) != SPI_OK_UPDATE)
-			elog(ERROR, "could not record failed messages");
+		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.record_failure,
+												  "UPDATE infra.kafka_outbox_batches"
+												  " SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
+												  " last_error = $2, last_attempt_at = pg_catalog.clock_timestamp()"
+												  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
+												  2, argtypes),
+										args, NULL, false, 0),
+					   SPI_OK_UPDATE, "the record of failed messages", 0, NULL);
 	}
 	if (ndead > 0)
 	{
@@ -959,13 +1004,16 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 		args[6] = KafkaArray(e[6], nl[6], m, TIMESTAMPTZOID);
 		args[7] = KafkaArray(e[7], nl[7], m, INT4OID);
 		args[8] = KafkaArray(e[8], nl[8], m, TEXTOID);
-		if (SPI_execute_plan(KafkaPlan(&plans.dead_letter,
-									   "INSERT INTO infra.kafka_dead_letters"
-									   " (id, topic, partition, key, value, headers, created_at, attempts, error)"
-									   " SELECT * FROM unnest($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-									   9, argtypes),
-							 args, NULL, false, 0) != SPI_OK_INSERT)
-			elog(ERROR, "could not move messages to infra.kafka_dead_letters");
+		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.dead_letter,
+												  "INSERT INTO infra.kafka_dead_letters"
+												  " (id, topic, partition, key, value, headers, created_at, attempts, error)"
+												  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+												  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+												  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+												  " pg_catalog.unnest($9))",
+												  9, argtypes),
+										args, NULL, false, 0),
+					   SPI_OK_INSERT, "the move to infra.kafka_dead_letters", 0, NULL);
 		ereport(LOG,
 				(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
 						ndead, example)));
@@ -982,17 +1030,18 @@ KafkaPendingAfterRound(bool rows_left_out, int64 kept)
 {
 	static int64 last_count_ns = 0;
 	int64		now_ns = InfraMonotonicNs();
-	bool		isnull;
+	static const Oid types[1] = {INT8OID};
 
 	if (!rows_left_out)
 		return kept;
 	if (now_ns - last_count_ns < NS_PER_SEC)
 		return -1;
 	last_count_ns = now_ns;
-	if (SPI_execute("SELECT coalesce(sum(messages), 0)::bigint FROM infra.kafka_outbox_batches",
-					true, 1) != SPI_OK_SELECT)
-		elog(ERROR, "could not count infra.kafka_outbox");
-	return DatumGetInt64(SPI_getbinval(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, 1, &isnull));
+	SpiCheckResult(SPI_execute("SELECT coalesce(pg_catalog.sum(messages), 0)::bigint"
+							   " FROM infra.kafka_outbox_batches",
+							   true, 1),
+				   SPI_OK_SELECT, "infra.kafka_outbox", 1, types);
+	return DatumGetInt64(SpiGetValue(0, 1, false, NULL, "infra.kafka_outbox"));
 }
 
 /*
@@ -1056,22 +1105,27 @@ KafkaWorkerServe(void)
 		 * KAFKA_BATCH_BYTES (at least one row), plus the first row left out,
 		 * whose first id bounds what this round may produce.
 		 */
-		if (SPI_execute_plan(KafkaPlan(&plans.batch,
-									   "SELECT first_id, included,"
-									   " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
-									   " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
-									   " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
-									   " created_at, attempts"
-									   " FROM (SELECT b.*,"
-									   "  sum(b.messages) OVER w - b.messages < $1 AND"
-									   "  sum(pg_column_size(b.keys) + pg_column_size(b.vals)) OVER w"
-									   "   - pg_column_size(b.keys) - pg_column_size(b.vals) < $2 AS included"
-									   "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id LIMIT $1 + 1) b"
-									   "  WINDOW w AS (ORDER BY b.first_id)) r"
-									   " ORDER BY first_id",
-									   2, argtypes),
-							 args, NULL, true, 0) != SPI_OK_SELECT)
-			elog(ERROR, "could not read infra.kafka_outbox_batches");
+		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.batch,
+												  "SELECT first_id, included,"
+												  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
+												  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
+												  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
+												  " created_at, attempts"
+												  " FROM (SELECT b.*,"
+												  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
+												  "   OPERATOR(pg_catalog.<) $1 AND"
+												  "  ((pg_catalog.sum(pg_catalog.pg_column_size(b.keys) OPERATOR(pg_catalog.+)"
+												  "    pg_catalog.pg_column_size(b.vals)) OVER w"
+												  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.keys))"
+												  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.vals))"
+												  "   OPERATOR(pg_catalog.<) $2 AS included"
+												  "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id"
+												  "   LIMIT $1 OPERATOR(pg_catalog.+) 1) b"
+												  "  WINDOW w AS (ORDER BY b.first_id)) r"
+												  " ORDER BY first_id",
+												  2, argtypes),
+										args, NULL, true, 0),
+					   SPI_OK_SELECT, "infra.kafka_outbox_batches", 10, batch_types);
 	}
 	nrows = (int) SPI_processed;
 	if (nrows == 0)
@@ -1113,28 +1167,26 @@ KafkaWorkerServe(void)
 	rows = MemoryContextAllocZero(round_context, sizeof(OutboxRow) * nrows);
 	for (i = 0; i < nrows; i++)
 	{
-		HeapTuple	tuple = SPI_tuptable->vals[i];
-		TupleDesc	desc = SPI_tuptable->tupdesc;
 		OutboxRow  *row = &rows[i];
-		bool		isnull;
+		const char *what = "infra.kafka_outbox_batches";
 		MemoryContext old;
 
-		row->first_id = DatumGetInt64(SPI_getbinval(tuple, desc, 1, &isnull));
-		if (!DatumGetBool(SPI_getbinval(tuple, desc, 2, &isnull)))
+		row->first_id = DatumGetInt64(SpiGetValue(i, 1, false, NULL, "infra.kafka_outbox_batches"));
+		if (!DatumGetBool(SpiGetValue(i, 2, false, NULL, "infra.kafka_outbox_batches")))
 		{
 			/* Rows come in first_id order: the rest are left out too. */
 			cut = row->first_id;
 			break;
 		}
 		old = MemoryContextSwitchTo(round_context);
-		KafkaUnpack(SPI_getbinval(tuple, desc, 3, &isnull), INT8OID, &row->ids, NULL, &row->nmsgs);
-		KafkaUnpack(SPI_getbinval(tuple, desc, 4, &isnull), TEXTOID, &row->topics, NULL, NULL);
-		KafkaUnpack(SPI_getbinval(tuple, desc, 5, &isnull), INT4OID, &row->partitions, &row->pnulls, NULL);
-		KafkaUnpack(SPI_getbinval(tuple, desc, 6, &isnull), BYTEAOID, &row->keys, &row->knulls, NULL);
-		KafkaUnpack(SPI_getbinval(tuple, desc, 7, &isnull), BYTEAOID, &row->vals, &row->vnulls, NULL);
-		KafkaUnpack(SPI_getbinval(tuple, desc, 8, &isnull), JSONBOID, &row->headers, &row->hnulls, NULL);
-		row->created_at = DatumGetTimestampTz(SPI_getbinval(tuple, desc, 9, &isnull));
-		row->attempts = DatumGetInt32(SPI_getbinval(tuple, desc, 10, &isnull));
+		KafkaUnpack(SpiGetValue(i, 3, false, NULL, what), INT8OID, &row->ids, NULL, &row->nmsgs);
+		KafkaUnpack(SpiGetValue(i, 4, false, NULL, what), TEXTOID, &row->topics, NULL, NULL);
+		KafkaUnpack(SpiGetValue(i, 5, false, NULL, what), INT4OID, &row->partitions, &row->pnulls, NULL);
+		KafkaUnpack(SpiGetValue(i, 6, false, NULL, what), BYTEAOID, &row->keys, &row->knulls, NULL);
+		KafkaUnpack(SpiGetValue(i, 7, false, NULL, what), BYTEAOID, &row->vals, &row->vnulls, NULL);
+		KafkaUnpack(SpiGetValue(i, 8, false, NULL, what), JSONBOID, &row->headers, &row->hnulls, NULL);
+		row->created_at = DatumGetTimestampTz(SpiGetValue(i, 9, false, NULL, what));
+		row->attempts = DatumGetInt32(SpiGetValue(i, 10, false, NULL, what));
 		row->keep = palloc(sizeof(bool) * row->nmsgs);
 		MemoryContextSwitchTo(old);
 		total += row->nmsgs;

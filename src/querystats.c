@@ -31,6 +31,7 @@
 #include "access/hash.h"
 #include "access/parallel.h"
 #include "access/xact.h"
+#include "catalog/pg_authid.h"
 #include "executor/executor.h"
 #include "executor/instrument.h"
 #include "funcapi.h"
@@ -44,6 +45,7 @@
 #include "storage/shmem.h"
 #include "storage/spin.h"
 #include "tcop/utility.h"
+#include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/queryjumble.h"
@@ -420,6 +422,58 @@ QSNormalise(const char *query, int location, int len, JumbleState *jstate, int *
 	return out.data;
 }
 
+/*
+ * A utility statement's text with every literal replaced by $n.  Utility
+ * statements are not jumbled with constant locations, and their literals
+ * can be secrets (ALTER SYSTEM SET infra.kafka_config = '...', ALTER ROLE
+ * ... PASSWORD '...'), which must not be kept for pg_read_all_stats to
+ * read.  A literal is a token that starts with a quote, a digit, a prefixed
+ * quote (E'', B'', X'', N'', U&'') or a dollar quote.
+ */
+static char *
+QSMaskLiterals(const char *query, int location, int len)
+{
+	char	   *text = pnstrdup(query + location, len);
+	core_yyscan_t scanner;
+	core_yy_extra_type extra;
+	core_YYSTYPE yylval;
+	YYLTYPE		yylloc;
+	StringInfoData out;
+	int			copied = 0;
+	int			param = 0;
+
+	initStringInfo(&out);
+	scanner = scanner_init(text, &extra, &ScanKeywords, ScanKeywordTokens);
+	extra.escape_string_warning = false;
+	extra.standard_conforming_strings = true;
+	for (;;)
+	{
+		int			tok = core_yylex(&yylval, &yylloc, scanner);
+		const char *start;
+		bool		literal;
+
+		if (tok == 0)
+			break;
+		start = text + yylloc;
+		literal = start[0] == '\'' || start[0] == '$' ||
+			(start[0] >= '0' && start[0] <= '9') ||
+			(start[0] == '.' && start[1] >= '0' && start[1] <= '9') ||
+			(strchr("EeBbXxNn", start[0]) != NULL && start[0] != '\0' && start[1] == '\'') ||
+			((start[0] == 'U' || start[0] == 'u') && start[1] == '&' && start[2] == '\'');
+		if (!literal || yylloc < copied)
+			continue;
+		appendBinaryStringInfo(&out, text + copied, yylloc - copied);
+		appendStringInfo(&out, "$%d", ++param);
+		/* The scanner ends each token with a zero byte in its buffer. */
+		copied = yylloc + strlen(extra.scanbuf + yylloc);
+	}
+	scanner_finish(scanner);
+	if (copied < len)
+		appendBinaryStringInfo(&out, text + copied, len - copied);
+	pfree(text);
+	return out.data;
+}
+
 /* Where the statement is in its source text (the whole text when unknown). */
 static void
 QSStatementBounds(const char *source, int *location, int *len)
@@ -669,6 +723,19 @@ QSPostParseAnalyze(ParseState *pstate, Query *query, JumbleState *jstate)
 
 	if (!QS_ACTIVE() || query->queryId == UINT64CONST(0) || pstate->p_sourcetext == NULL)
 		return;
+	if (query->commandType == CMD_UTILITY)
+	{
+		/* Kept for an error of the statement: without its literals. */
+		int			location = query->stmt_location;
+		int			len = query->stmt_len;
+		char	   *masked;
+
+		QSStatementBounds(pstate->p_sourcetext, &location, &len);
+		masked = QSMaskLiterals(pstate->p_sourcetext, location, len);
+		QSBegin(query->queryId, masked, 0, strlen(masked), true);
+		pfree(masked);
+		return;
+	}
 	QSBegin(query->queryId, pstate->p_sourcetext, query->stmt_location, query->stmt_len,
 			jstate == NULL || jstate->clocations_count == 0);
 	if (jstate == NULL || jstate->clocations_count == 0)
@@ -815,9 +882,13 @@ QSProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
 		pending.active = false;
 	if (track)
 	{
+		char	   *masked;
+
 		INSTR_TIME_SET_CURRENT(duration);
 		INSTR_TIME_SUBTRACT(duration, start);
-		QSRecord(queryid, queryString, location, len,
+		QSStatementBounds(queryString, &location, &len);
+		masked = QSMaskLiterals(queryString, location, len);
+		QSRecord(queryid, masked, 0, strlen(masked),
 				 INSTR_TIME_GET_MILLISEC(duration),
 				 (qc && qc->commandTag != CMDTAG_UNKNOWN) ? qc->nprocessed : 0, false);
 	}
@@ -837,8 +908,12 @@ infra_query_metrics(PG_FUNCTION_ARGS)
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	QSEntry    *copy;
 	int			i;
+	Oid			me = GetUserId();
+	bool		read_all;
 
 	InfraShmemRequire("infra.query_metrics");
+	/* pg_stat_statements' rule: other users' texts need pg_read_all_stats. */
+	read_all = has_privs_of_role(me, ROLE_PG_READ_ALL_STATS);
 	InitMaterializedSRF(fcinfo, 0);
 	copy = palloc(sizeof(QSEntry));
 
@@ -870,7 +945,10 @@ infra_query_metrics(PG_FUNCTION_ARGS)
 		values[11] = Float8GetDatum(QSPercentile(copy->hist, copy->calls, 0.50, copy->min_ms, copy->max_ms));
 		values[12] = Float8GetDatum(QSPercentile(copy->hist, copy->calls, 0.95, copy->min_ms, copy->max_ms));
 		values[13] = Float8GetDatum(QSPercentile(copy->hist, copy->calls, 0.99, copy->min_ms, copy->max_ms));
-		values[14] = CStringGetTextDatum(copy->text);
+		if (read_all || copy->key.userid == me)
+			values[14] = CStringGetTextDatum(copy->text);
+		else
+			values[14] = CStringGetTextDatum("<insufficient privilege>");
 		for (j = 7; j <= 13; j++)
 			nulls[j] = copy->calls == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);

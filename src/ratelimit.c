@@ -130,10 +130,15 @@ typedef struct LimiterCacheEntry
 
 static void LimiterRead(HeapTuple tuple, TupleDesc desc, void *entry);
 
+static const Oid limiter_types[] = {INT4OID, INTERVALOID, INT4OID};
+
 static ConfigCache limiter_cache = {
 	.table = "rate_limiters",
 	.entrysize = sizeof(LimiterCacheEntry),
-	.query = "SELECT rate, per, coalesce(burst, rate) FROM infra.rate_limiters WHERE name = $1",
+	.query = "SELECT rate, per, coalesce(burst, rate) FROM infra.rate_limiters"
+	" WHERE name OPERATOR(pg_catalog.=) $1",
+	.ncols = 3,
+	.types = limiter_types,
 	.read = LimiterRead,
 	.what = "rate limiter",
 	.hint = "Named limiters are rows of infra.rate_limiters; insert one or call infra.rate_limit(key, rate, per, burst).",

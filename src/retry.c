@@ -77,11 +77,15 @@ typedef struct RetryPolicy
 
 static void RetryPolicyRead(HeapTuple tuple, TupleDesc desc, void *entry);
 
+static const Oid policy_types[] = {INT4OID, INTERVALOID, INTERVALOID, TEXTOID, TEXTARRAYOID};
+
 static ConfigCache policy_cache = {
 	.table = "retry_policies",
 	.entrysize = sizeof(RetryPolicy),
 	.query = "SELECT max_attempts, base, cap, strategy, sqlstates "
-	"FROM infra.retry_policies WHERE name = $1",
+	"FROM infra.retry_policies WHERE name OPERATOR(pg_catalog.=) $1",
+	.ncols = 5,
+	.types = policy_types,
 	.read = RetryPolicyRead,
 	.what = "retry policy",
 	.hint = "Policies are rows of infra.retry_policies.",

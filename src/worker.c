@@ -49,6 +49,7 @@
 #include "utils/varlena.h"
 
 #include "infra.h"
+#include "spicheck.h"
 #include "kafka.h"
 #include "metrics.h"
 #include "shmem.h"
@@ -673,6 +674,8 @@ InfraWorkerMain(Datum main_arg)
 	}
 
 	BackgroundWorkerInitializeConnection(my_slot->database, NULL, 0);
+	/* Superuser: no database or role setting may steer what it runs. */
+	InfraPinSearchPath();
 
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->probe_database = false;

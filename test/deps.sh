@@ -6,14 +6,14 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 # Build: PGXS and the libraries the extension and the bridge link against.
-# Test: kcat, promtool (prometheus), Perl's IPC::Run for TAP, redis (the
-# rate-limit benchmark's baseline), Java + Maven for
-# the Kafka broker, Python for test-only tools.
+# Test: kcat, promtool (prometheus), sqlsmith (the fuzz test), Perl's
+# IPC::Run for TAP, redis (the rate-limit benchmark's baseline), Java +
+# Maven for the Kafka broker, Python for test-only tools.
 packages=(
 	build-essential
 	postgresql-15 postgresql-client-15 postgresql-server-dev-15 postgresql-contrib
 	libpq-dev librdkafka-dev libcurl4-openssl-dev libmicrohttpd-dev libinih-dev
-	kcat prometheus libipc-run-perl perl redis-server redis-tools
+	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith
 	openjdk-17-jre-headless maven
 	python3 python3-venv
 )

@@ -178,9 +178,9 @@ for my $t ($t_bin, $t_txt)
 	kcat_produce($t, qq("no key"\n));
 }
 my $meta_log = run_until($file, sub { $both_count->() >= 6 }, 'direct COPY routes, binary and text');
-like(slurp_file($meta_log), qr/route \\"meta_bin\\": COPY meta_bin \([^)]*\) FROM STDIN \(FORMAT binary\)"/,
+like(slurp_file($meta_log), qr/route \\"meta_bin\\": COPY public.meta_bin \([^)]*\) FROM STDIN \(FORMAT binary\)"/,
 	'meta_bin is written with binary COPY');
-like(slurp_file($meta_log), qr/route \\"meta_txt\\": COPY meta_txt \([^)]*\) FROM STDIN"/,
+like(slurp_file($meta_log), qr/route \\"meta_txt\\": COPY public.meta_txt \([^)]*\) FROM STDIN"/,
 	'meta_txt with text COPY (smallint, numeric, varchar, timestamp, json have no binary form the bridge writes)');
 unlike(slurp_file($meta_log), qr/COPY met a bad message/, 'no message went through the staging table');
 for my $t ([ 'meta_bin', $t_bin ], [ 'meta_txt', $t_txt ])
