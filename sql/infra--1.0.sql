@@ -477,8 +477,7 @@ CREATE FUNCTION infra.kafka_send(
     partition integer DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'infra_kafka_send_text'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION infra.kafka_send(
     topic text,
@@ -488,8 +487,7 @@ CREATE FUNCTION infra.kafka_send(
     partition integer DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'infra_kafka_send_bytea'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 CREATE FUNCTION infra.kafka_send(
     topic text,
@@ -499,8 +497,7 @@ CREATE FUNCTION infra.kafka_send(
     partition integer DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'infra_kafka_send_jsonb'
-LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION infra.kafka_send(text, text, text, jsonb, integer) IS
 'Queue a message for Kafka in this transaction: delivered (at least once, with header infra-msg-id) if and only if the transaction commits; per key in commit order. Returns the message id.';

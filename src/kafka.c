@@ -39,6 +39,7 @@
 
 #include "access/xact.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/sequence.h"
 #include "common/hashfn.h"
@@ -59,6 +60,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "clock.h"
@@ -143,9 +145,11 @@ static Size buffered_bytes = 0;
 static Oid	outbox_sequence = InvalidOid;
 
 /*
- * The role kafka_send runs as (SECURITY DEFINER: the extension's owner),
- * remembered so that the pre-commit flush, which runs after kafka_send has
- * returned, writes the outbox with the same rights.
+ * The owner of the outbox table, looked up at a transaction's first send:
+ * kafka_send runs as its caller (no SECURITY DEFINER, so no search_path to
+ * pin on every call) and takes the owner's rights only for its own
+ * schema-qualified statements, the backlog probe and the pre-commit insert,
+ * as a restricted operation.
  */
 static Oid	outbox_writer = InvalidOid;
 static bool callbacks_registered = false;
@@ -164,6 +168,8 @@ static const char *KafkaConfigShowHook(void);
 static void KafkaHideConfigInLog(ErrorData *edata);
 static void KafkaCheckTopic(const char *topic);
 static Datum KafkaSend(FunctionCallInfo fcinfo, bytea *value);
+static Oid	KafkaOutboxOwner(void);
+static int64 KafkaMeasureBacklog(int64 my_id);
 static void KafkaCheckBacklog(int64 my_id);
 static Jsonb *KafkaContextHeaders(Jsonb *user_headers);
 static void KafkaRefuseReservedHeaders(Jsonb *headers);
@@ -404,30 +410,49 @@ KafkaCheckTopic(const char *topic)
 }
 
 /*
- * Refuse (or wait) when the outbox is over infra.kafka_max_pending.  The
- * messages ahead of this one are at most the id just allocated minus the
- * smallest pending id (one index probe; it counts messages of transactions
- * still open, which may yet commit); it is measured at a transaction's first
- * send and every 1000th after that, so a transaction may overshoot the bound
- * by less than that.
+ * The role that owns infra.kafka_outbox_batches.
  */
-static void
-KafkaCheckBacklog(int64 my_id)
+static Oid
+KafkaOutboxOwner(void)
 {
-	/* Reset to KAFKA_PENDING_CHECK_EVERY when a transaction ends. */
-	if (sends_since_check < KAFKA_PENDING_CHECK_EVERY)
-	{
-		sends_since_check++;
-		return;
-	}
+	Oid			relid = get_relname_relid("kafka_outbox_batches",
+										  get_namespace_oid(INFRA_NAME, false));
+	HeapTuple	tuple;
+	Oid			owner;
 
-	SPI_connect();
-	for (;;)
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("infra.kafka_outbox_batches does not exist"),
+				 errhint("Reinstall the infra extension: DROP EXTENSION infra; CREATE EXTENSION infra.")));
+	tuple = SearchSysCache1(RELOID, ObjectIdGetDatum(relid));
+	if (!HeapTupleIsValid(tuple))
+		elog(ERROR, "cache lookup failed for relation %u", relid);
+	owner = ((Form_pg_class) GETSTRUCT(tuple))->relowner;
+	ReleaseSysCache(tuple);
+	return owner;
+}
+
+/*
+ * Messages ahead of my_id in the outbox: my_id minus the smallest pending id
+ * (one index probe).  Read as the outbox's owner, as a restricted operation:
+ * the caller may not read the outbox itself.
+ */
+static int64
+KafkaMeasureBacklog(int64 my_id)
+{
+	Oid			save_user;
+	int			save_context;
+	int64		backlog = 0;
+
+	GetUserIdAndSecContext(&save_user, &save_context);
+	SetUserIdAndSecContext(outbox_writer, save_context |
+						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
 	{
-		bool		isnull;
-		int64		backlog;
 		Datum		arg = Int64GetDatum(my_id);
 
+		SPI_connect();
 		if (backlog_plan == NULL)
 		{
 			Oid			argtypes[1] = {INT8OID};
@@ -442,7 +467,37 @@ KafkaCheckBacklog(int64 my_id)
 		}
 		SpiCheckResult(SPI_execute_plan(backlog_plan, &arg, NULL, false, 1),
 					   SPI_OK_SELECT, "the outbox backlog query", 1, int8_type);
-		backlog = DatumGetInt64(SpiGetValue(0, 1, false, &isnull, "the outbox backlog query"));
+		backlog = DatumGetInt64(SpiGetValue(0, 1, false, NULL, "the outbox backlog query"));
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_context);
+	}
+	PG_END_TRY();
+	return backlog;
+}
+
+/*
+ * Refuse (or wait) when the outbox is over infra.kafka_max_pending.  The
+ * backlog counts messages of transactions still open, which may yet commit;
+ * it is measured at a transaction's first send and every 1000th after that,
+ * so a transaction may overshoot the bound by less than that.
+ */
+static void
+KafkaCheckBacklog(int64 my_id)
+{
+	/* Reset to KAFKA_PENDING_CHECK_EVERY when a transaction ends. */
+	if (sends_since_check < KAFKA_PENDING_CHECK_EVERY)
+	{
+		sends_since_check++;
+		return;
+	}
+
+	for (;;)
+	{
+		int64		backlog = KafkaMeasureBacklog(my_id);
+
 		if (backlog < infra_kafka_max_pending)
 			break;
 		if (infra_kafka_on_full == KAFKA_ON_FULL_ERROR)
@@ -457,7 +512,6 @@ KafkaCheckBacklog(int64 my_id)
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
 	}
-	SPI_finish();
 	sends_since_check = 0;
 }
 
@@ -628,7 +682,7 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 		buffer_capacity = KAFKA_SEND_BUFFER;
 		nbuffered = 0;
 		buffered_bytes = 0;
-		outbox_writer = GetUserId();
+		outbox_writer = KafkaOutboxOwner();
 	}
 	if (nbuffered >= KAFKA_SEND_BUFFER || buffered_bytes >= KAFKA_SEND_BUFFER_BYTES)
 		KafkaFlushBuffer(false);
@@ -643,7 +697,8 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 		buffered = repalloc(buffered, sizeof(BufferedMessage) * buffer_capacity);
 	}
 
-	msg.id = DatumGetInt64(DirectFunctionCall1(nextval_oid, ObjectIdGetDatum(outbox_sequence)));
+	/* The caller needs no right on the sequence: EXECUTE on kafka_send is the gate. */
+	msg.id = nextval_internal(outbox_sequence, false);
 	msg.subid = GetCurrentSubTransactionId();
 	KafkaCheckBacklog(msg.id);
 	{
