@@ -267,6 +267,13 @@ consumer_new(void)
 		/* A partition new to the group, or whose stored offset the log no
 		 * longer has, starts at the oldest message kept. */
 		{"auto.offset.reset", "earliest"},
+		/* A member that died without leaving (SIGKILL, a lost machine) holds
+		 * its partitions until the session times out: 6 s (the broker's
+		 * smallest by default) instead of librdkafka's 45 s, so a restarted
+		 * bridge resumes in seconds.  The price: a stall over 6 s (a paused
+		 * process, a network blip) costs a rebalance. */
+		{"session.timeout.ms", "6000"},
+		{"heartbeat.interval.ms", "1000"},
 		/* Throughput. */
 		{"queued.min.messages", "1000000"},
 		{"fetch.wait.max.ms", "100"},

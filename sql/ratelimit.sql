@@ -112,4 +112,17 @@ RESET ROLE;
 DROP ROLE rl_app;
 DELETE FROM infra.rate_limiters WHERE name = 'rl_named';
 
+-- A peek (the view, cost 0, throttle with cost 0) changes nothing of a key:
+-- not its last use, not its parameters, and an unknown key is not created.
+SELECT infra.rate_limit('rl:peek', rate => 10);
+SELECT last_used AS peek_t1, remaining AS peek_r1 FROM infra.rate_limits WHERE key = 'rl:peek' \gset
+SELECT pg_sleep(0.3);
+SELECT infra.rate_limit('rl:peek', 20, cost => 0) AS peek_allowed;
+SELECT allowed, remaining FROM infra.throttle('rl:peek', 10, cost => 0);
+SELECT abs(extract(epoch FROM last_used - :'peek_t1')) < 0.1 AS last_use_kept,
+       rate, burst
+  FROM infra.rate_limits WHERE key = 'rl:peek';
+SELECT * FROM infra.throttle('rl:peek:unknown', 5, cost => 0);
+SELECT count(*) AS unknown_keys_made FROM infra.rate_limits WHERE key = 'rl:peek:unknown';
+
 DROP EXTENSION infra;

@@ -1140,7 +1140,7 @@ KafkaCollectMetrics(StringInfo out)
 		{"infra_kafka_rounds_total", "counter", "Delivery rounds of the worker."},
 		{"infra_kafka_pending_messages", "gauge", "Messages in infra.kafka_outbox, as of the worker's last round."},
 		{"infra_kafka_in_flight_messages", "gauge", "Messages handed to librdkafka and not yet acknowledged."},
-		{"infra_kafka_broker_up", "gauge", "1 when the last delivery round reached the broker without errors."},
+		{"infra_kafka_broker_up", "gauge", "1 when the broker is reachable: the last delivery round reached it without errors or, idle, the producer is connected."},
 		{"infra_kafka_produce_latency_avg_seconds", "gauge", "Average produce latency (queue and round trip), from librdkafka statistics."},
 		{"infra_kafka_produce_latency_p99_seconds", "gauge", "99th percentile produce latency (queue and round trip), from librdkafka statistics."},
 	};

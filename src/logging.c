@@ -54,6 +54,7 @@ static bool in_infra_log = false;
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
 static void LogEmit(ErrorData *edata);
+static const char *LogNow(void);
 static void LogAppendCommon(StringInfo buf);
 static void LogAppendField(StringInfo buf, const char *key, const char *value);
 static void LogWriteLine(const char *line, int len);
@@ -126,7 +127,7 @@ infra_log(PG_FUNCTION_ARGS)
 
 	initStringInfo(&buf);
 	appendStringInfoChar(&buf, '{');
-	LogAppendField(&buf, "ts", get_formatted_log_time());
+	LogAppendField(&buf, "ts", LogNow());
 	LogAppendField(&buf, "level", level);
 	LogAppendField(&buf, "message", text_to_cstring(PG_GETARG_TEXT_PP(1)));
 	LogAppendCommon(&buf);
@@ -251,6 +252,32 @@ LogAppendField(StringInfo buf, const char *key, const char *value)
 }
 
 /*
+ * The time now, as PostgreSQL's log lines write it ("2026-11-30 01:02:03.456
+ * UTC", in log_timezone).  Not get_formatted_log_time(): elog.c fills that
+ * once per line it writes and an emit_log_hook runs before the line is
+ * written, so it would give the previous line's time (in a new backend, the
+ * postmaster's last line, inherited at fork), and infra.log() reports
+ * outside any line.
+ */
+static const char *
+LogNow(void)
+{
+	static char buf[64];
+	struct timeval tv;
+	pg_time_t	stamp;
+	char		ms[8];
+
+	gettimeofday(&tv, NULL);
+	stamp = (pg_time_t) tv.tv_sec;
+	pg_strftime(buf, sizeof(buf), "%Y-%m-%d %H:%M:%S     %Z",
+				log_timezone ? pg_localtime(&stamp, log_timezone) : pg_gmtime(&stamp));
+	/* Milliseconds go into the five spaces left after the seconds. */
+	snprintf(ms, sizeof(ms), ".%03d", (int) (tv.tv_usec / 1000));
+	memcpy(buf + 19, ms, 4);
+	return buf;
+}
+
+/*
  * The emit_log_hook.  Runs in every process with ErrorContext current; it
  * must not report errors itself.
  */
@@ -274,7 +301,7 @@ LogEmit(ErrorData *edata)
 	else
 	{
 		appendStringInfoChar(&buf, '{');
-		LogAppendField(&buf, "ts", get_formatted_log_time());
+		LogAppendField(&buf, "ts", LogNow());
 		{
 			char	   *level = pstrdup(error_severity(edata->elevel));
 			char	   *c;

@@ -61,6 +61,9 @@
 #define KAFKA_STATS_INTERVAL_MS "5000"
 #define KAFKA_IDLE_POLL_MS 5000
 
+/* Longest the worker waits for the brokers' metadata when it starts. */
+#define KAFKA_PROBE_MS 3000
+
 /* Most topics whose handles (and metadata) the producer keeps. */
 #define KAFKA_MAX_KNOWN_TOPICS 10000
 
@@ -151,15 +154,33 @@ static char *producer_settings = NULL;	/* brokers + config it was built with */
 static int	failed_rounds = 0;
 static char last_client_error[KAFKA_ERROR_LEN];
 
+/* librdkafka's log lines, kept by its callback until the poll returns. */
+#define KAFKA_LOG_LINES 64
+typedef struct ClientLogLine
+{
+	int			level;			/* syslog level */
+	char		text[512];
+} ClientLogLine;
+static ClientLogLine client_logs[KAFKA_LOG_LINES];
+static int	nclient_logs = 0;
+static int	dropped_client_logs = 0;
+
 static bool KafkaConfigApply(rd_kafka_conf_t *conf, const char *value,
 							 char *errbuf, size_t errlen);
 static void KafkaDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 								void *opaque);
 static void KafkaErrorCallback(rd_kafka_t *rk, int err, const char *reason,
 							   void *opaque);
+static void KafkaLogCallback(const rd_kafka_t *rk, int level, const char *fac,
+							 const char *buf);
+static void KafkaReportClientLogs(void);
+static void KafkaPoll(int timeout_ms);
 static bool KafkaEnsureProducer(void);
 static int	KafkaStatsCallback(rd_kafka_t *rk, char *json, size_t json_len, void *opaque);
 static void KafkaAbsorbStats(void);
+static void KafkaProbeBrokers(void);
+static bool KafkaJsonIs(JsonbContainer *object, const char *key, const char *value);
+static void KafkaNoteBrokers(int known, int up);
 static rd_kafka_topic_t *KafkaTopic(const char *name, bool *temporary);
 static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
 static SPIPlanPtr KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes);
@@ -305,6 +326,65 @@ KafkaDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *msg, void *opaque)
 }
 
 /*
+ * librdkafka's own log lines (log.queue = true, forwarded to the main
+ * queue): the callback runs inside rd_kafka_poll() on the worker's thread
+ * and only keeps the line; KafkaPoll() reports what was kept through
+ * PostgreSQL's logging (so into log_json too) once the poll has returned.
+ */
+static void
+KafkaLogCallback(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
+{
+	ClientLogLine *line;
+
+	if (nclient_logs >= KAFKA_LOG_LINES)
+	{
+		dropped_client_logs++;
+		return;
+	}
+	line = &client_logs[nclient_logs++];
+	line->level = level;
+	snprintf(line->text, sizeof(line->text), "%s: %s", fac, buf);
+}
+
+/*
+ * Report the kept librdkafka lines: syslog levels 0-4 (emergency to
+ * warning) as WARNING, 5 (notice) as LOG, 6 (info) as DEBUG1 and 7 (debug)
+ * as DEBUG2.
+ */
+static void
+KafkaReportClientLogs(void)
+{
+	int			i;
+
+	for (i = 0; i < nclient_logs; i++)
+	{
+		int			level = client_logs[i].level;
+		int			elevel = level <= 4 ? WARNING : level == 5 ? LOG : level == 6 ? DEBUG1 : DEBUG2;
+
+		ereport(elevel,
+				(errmsg("librdkafka %s", client_logs[i].text)));
+	}
+	nclient_logs = 0;
+	if (dropped_client_logs > 0)
+	{
+		ereport(LOG,
+				(errmsg("librdkafka wrote %d more lines the infra worker did not keep",
+						dropped_client_logs)));
+		dropped_client_logs = 0;
+	}
+}
+
+/*
+ * rd_kafka_poll, then the librdkafka lines it served.
+ */
+static void
+KafkaPoll(int timeout_ms)
+{
+	rd_kafka_poll(producer, timeout_ms);
+	KafkaReportClientLogs();
+}
+
+/*
  * Client-level errors (broker down, authentication): runs inside
  * rd_kafka_poll() too; only remembered here.
  */
@@ -407,6 +487,8 @@ KafkaEnsureProducer(void)
 	rd_kafka_conf_set_dr_msg_cb(conf, KafkaDeliveryReport);
 	rd_kafka_conf_set_error_cb(conf, KafkaErrorCallback);
 	rd_kafka_conf_set_stats_cb(conf, KafkaStatsCallback);
+	rd_kafka_conf_set_log_cb(conf, KafkaLogCallback);
+	(void) rd_kafka_conf_set(conf, "log.queue", "true", errbuf, sizeof(errbuf));
 
 	producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errbuf, sizeof(errbuf));
 	if (producer == NULL)
@@ -418,9 +500,12 @@ KafkaEnsureProducer(void)
 		pfree(settings);
 		return false;
 	}
+	/* Its log lines come through rd_kafka_poll(), on this thread. */
+	rd_kafka_set_log_queue(producer, NULL);
 	producer_settings = MemoryContextStrdup(TopMemoryContext, settings);
 	pfree(settings);
 	KafkaSetState("connecting");
+	KafkaProbeBrokers();
 	ereport(LOG,
 			(errmsg("infra worker started a Kafka producer for %s (librdkafka %s)",
 					infra_kafka_brokers, rd_kafka_version_str())));
@@ -436,6 +521,7 @@ KafkaWorkerShutdown(void)
 	if (producer == NULL)
 		return;
 	(void) rd_kafka_flush(producer, 5000);
+	KafkaReportClientLogs();
 	if (known_topics != NULL)
 	{
 		HASH_SEQ_STATUS status;
@@ -722,7 +808,9 @@ KafkaJsonNumber(JsonbContainer *object, const char *a, const char *b)
 	k.val.string.val = (char *) a;
 	k.val.string.len = strlen(a);
 	v = findJsonbValueFromContainer(object, JB_FOBJECT, &k);
-	if (v == NULL || v->type != jbvBinary)
+	if (v != NULL && b == NULL && v->type == jbvNumeric)
+		return DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
+	if (v == NULL || v->type != jbvBinary || b == NULL)
 		return -1;
 	k.val.string.val = (char *) b;
 	k.val.string.len = strlen(b);
@@ -738,6 +826,67 @@ KafkaJsonNumber(JsonbContainer *object, const char *a, const char *b)
  * round trip (rtt), average and 99th percentile over the last interval.
  * Windows without requests leave the previous figures.
  */
+/*
+ * Ask the brokers for their metadata (at most KAFKA_PROBE_MS): broker_state
+ * says up from the start when they answer, instead of "connecting" until
+ * the first message.  Later, the statistics keep it true while idle.
+ */
+static void
+KafkaProbeBrokers(void)
+{
+	const struct rd_kafka_metadata *metadata = NULL;
+
+	if (rd_kafka_metadata(producer, 0, NULL, &metadata, KAFKA_PROBE_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	{
+		if (metadata->broker_cnt > 0)
+			KafkaSetState("up");
+		rd_kafka_metadata_destroy(metadata);
+	}
+}
+
+/*
+ * Is object's member key the string value?
+ */
+static bool
+KafkaJsonIs(JsonbContainer *object, const char *key, const char *value)
+{
+	JsonbValue *v;
+	JsonbValue	k;
+
+	k.type = jbvString;
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	v = findJsonbValueFromContainer(object, JB_FOBJECT, &k);
+	return v != NULL && v->type == jbvString &&
+		v->val.string.len == (int) strlen(value) &&
+		memcmp(v->val.string.val, value, v->val.string.len) == 0;
+}
+
+/*
+ * What the producer's connections say, for broker_state while no round
+ * reports: up when a broker is connected, down when every broker it knows
+ * is not.  A state a round set from its outcome (failing, breaker open) or
+ * a configuration problem stays until the next round.
+ */
+static void
+KafkaNoteBrokers(int known, int up)
+{
+	const char *state = NULL;
+
+	if (my_stats == NULL)
+		return;
+	SpinLockAcquire(&my_stats->mutex);
+	if (up > 0 && (strcmp(my_stats->broker_state, "connecting") == 0 ||
+				   strcmp(my_stats->broker_state, "down") == 0))
+		state = "up";
+	else if (known > 0 && up == 0 && (strcmp(my_stats->broker_state, "up") == 0 ||
+									  strcmp(my_stats->broker_state, "connecting") == 0))
+		state = "down";
+	if (state != NULL)
+		strlcpy(my_stats->broker_state, state, sizeof(my_stats->broker_state));
+	SpinLockRelease(&my_stats->mutex);
+}
+
 static void
 KafkaAbsorbStats(void)
 {
@@ -754,6 +903,8 @@ KafkaAbsorbStats(void)
 		double		best_cnt = 0;
 		double		avg = 0;
 		double		p99 = 0;
+		int			known = 0;
+		int			up = 0;
 
 		k.type = jbvString;
 		k.val.string.val = "brokers";
@@ -772,6 +923,12 @@ KafkaAbsorbStats(void)
 
 				if (tok != WJB_VALUE || v.type != jbvBinary)
 					continue;
+				/* Bootstrap entries have node id -1; real brokers do not. */
+				if (KafkaJsonNumber(v.val.binary.data, "nodeid", NULL) >= 0)
+				{
+					known++;
+					up += KafkaJsonIs(v.val.binary.data, "state", "UP");
+				}
 				cnt = KafkaJsonNumber(v.val.binary.data, "rtt", "cnt");
 				if (cnt <= best_cnt)
 					continue;
@@ -782,6 +939,7 @@ KafkaAbsorbStats(void)
 					   Max(KafkaJsonNumber(v.val.binary.data, "rtt", "p99"), 0)) / 1000.0;
 			}
 		}
+		KafkaNoteBrokers(known, up);
 		if (best_cnt > 0)
 		{
 			SpinLockAcquire(&my_stats->mutex);
@@ -1080,7 +1238,7 @@ KafkaWorkerServe(void)
 
 	if (!KafkaEnsureProducer())
 		return -1;
-	rd_kafka_poll(producer, 0);
+	KafkaPoll(0);
 	KafkaAbsorbStats();
 
 	StartTransactionCommand();
@@ -1268,7 +1426,7 @@ KafkaWorkerServe(void)
 				messages[i].err = err;
 				break;
 			}
-			rd_kafka_poll(producer, 10);
+			KafkaPoll(10);
 		}
 		if (temporary)
 			rd_kafka_topic_destroy(rkt);
@@ -1287,7 +1445,7 @@ KafkaWorkerServe(void)
 			outstanding += !messages[i].reported;
 		if (outstanding == 0)
 			break;
-		rd_kafka_poll(producer, 50);
+		KafkaPoll(50);
 		CHECK_FOR_INTERRUPTS();
 		if (ShutdownRequestPending)
 			break;

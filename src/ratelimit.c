@@ -311,18 +311,26 @@ RateLimitReadArgs(FunctionCallInfo fcinfo, RateLimitArgs *args)
 
 /*
  * GCRA on one entry; the caller holds its spinlock.  Pure integer code: no
- * allocation, no error, as a spinlock requires.
+ * allocation, no error, as a spinlock requires.  A peek (cost 0) decides on
+ * a copy: it changes nothing of the key, not even its last use.
  */
 static void
 RateLimitDecide(RateLimitEntry *entry, const RateLimitArgs *args,
 				int64 now_ns, RateLimitResult *result)
 {
+	RateLimitEntry peeked;
 	int128		now = (int128) now_ns * args->rate;
 	int128		period = args->per_ns;	/* T, in units of 1/rate ns */
 	int128		window = (int128) args->burst * period;
 	int128		tat;
 	int128		new_tat;
 	int128		basis;
+
+	if (args->cost == 0)
+	{
+		memcpy(&peeked, entry, sizeof(peeked));
+		entry = &peeked;
+	}
 
 	/* A new rate changes the unit: carry the TAT over, rounding up. */
 	if (entry->rate != args->rate && entry->rate != 0)
@@ -483,6 +491,16 @@ RateLimitApply(const RateLimitArgs *args, RateLimitResult *result)
 	entry = (RateLimitEntry *) hash_search_with_hash_value(rate_limit_hash,
 														   &args->key, hashcode,
 														   HASH_FIND, NULL);
+	if (entry == NULL && args->cost == 0)
+	{
+		/* A peek at an unknown key: a full bucket, and no key made. */
+		RateLimitEntry fresh;
+
+		LWLockRelease(lock);
+		memset(&fresh, 0, sizeof(fresh));
+		RateLimitDecide(&fresh, args, InfraMonotonicNs(), result);
+		return;
+	}
 	if (entry == NULL)
 	{
 		LWLockRelease(lock);

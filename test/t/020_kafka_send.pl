@@ -170,5 +170,30 @@ like($err, qr/headers must be a JSON object/, 'headers must be an object');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send('t', 'x', partition => -1)");
 like($err, qr/partition must not be negative/, 'negative partitions are refused');
 
+# --- an idle worker says what it knows of the broker --------------------------
+# After a restart, with nothing sent, the worker has asked the broker for its
+# metadata: up, not "connecting" until the first message.
+$node->restart;
+ok( wait_until(
+		sub { $node->safe_psql('postgres', 'SELECT broker_state FROM infra.kafka_stats') eq 'up' }, 15),
+	'after a restart, with no message sent, broker_state is up');
+like($node->safe_psql('postgres', 'SELECT infra.metrics_prometheus()'),
+	qr/^infra_kafka_broker_up\{[^}]*\} 1$/m, 'and infra_kafka_broker_up is 1 on the idle system');
 $node->stop;
+
+# No broker where the setting points: never "up".
+my $nobroker = infra_node('kafka_nobroker', conf => "infra.kafka_brokers = '127.0.0.1:1'\n");
+$nobroker->start;
+$nobroker->safe_psql('postgres', 'CREATE EXTENSION infra');
+sleep 7;
+isnt($nobroker->safe_psql('postgres', 'SELECT broker_state FROM infra.kafka_stats'), 'up',
+	'with no broker listening, broker_state is not up');
+like($nobroker->safe_psql('postgres', 'SELECT infra.metrics_prometheus()'),
+	qr/^infra_kafka_broker_up\{[^}]*\} 0$/m, 'and infra_kafka_broker_up is 0');
+# librdkafka's own lines (here: the refused connection) go through the
+# server's logging, with a level, never raw ("%3|...|FAIL|...").
+my $nolog = slurp_file($nobroker->logfile);
+like($nolog, qr/WARNING:  librdkafka FAIL: .*127\.0\.0\.1:1/, 'librdkafka\'s lines are server log lines with a level');
+unlike($nolog, qr/^%\d\|/m, 'no raw librdkafka line reaches the server log');
+$nobroker->stop;
 done_testing();

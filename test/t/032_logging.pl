@@ -42,6 +42,22 @@ is($line->{order_id}, 42, 'context fields at the top level, typed');
 is_deeply($line->{items}, [ 1, 2 ], 'nested context values');
 ok($line->{ts}, 'timestamp');
 
+# The timestamp is the time of the call: in a fresh backend that has logged
+# nothing (no statement logging), long after the server's last line, it
+# used to be that line's time, inherited at fork.
+sleep 3;
+{
+	local $ENV{PGOPTIONS} = '-c log_statement=none';
+	$offset = -s $node->logfile;
+	$node->safe_psql('postgres', q{SELECT infra.log('log', 'fresh backend')});
+}
+my ($fresh) = slurp_log_since($node, $offset) =~ /LOG:  (\{.*"fresh backend".*\})$/m;
+my $fresh_ts = (eval { decode_json($fresh // '') } // {})->{ts} // '';
+like($fresh_ts, qr/^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3} \S+$/, 'ts in the server log\'s format');
+cmp_ok($node->safe_psql('postgres',
+		"SELECT abs(extract(epoch FROM clock_timestamp() - '$fresh_ts'::timestamptz))"),
+	'<', 1.5, 'ts is the time of the call, not of the last line logged before it');
+
 # log_json on: every line the server writes from now on is one JSON object.
 $node->append_conf('postgresql.conf', "infra.log_json = on\n");
 $node->reload;
@@ -68,6 +84,18 @@ my ($warn) = grep { ($_->{message} // '') eq 'low stock' } @objs;
 ok($warn, 'an infra.log line is the object itself, not a message inside one');
 is($warn->{sku}, 'A-1', 'with its context');
 ok((grep { ($_->{backend_type} // '') eq 'postmaster' } @objs), 'the postmaster writes JSON too');
+# A fresh backend's first line, seconds after the server's last one.
+sleep 3;
+$offset = -s $node->logfile;
+{
+	local $ENV{PGOPTIONS} = '-c log_statement=none';
+	$node->psql('postgres', q{SET infra.correlation_id = 'late'; SELECT 1/0;});
+}
+my ($late) = grep { ($_->{correlation_id} // '') eq 'late' }
+  map { eval { decode_json($_) } // {} } grep { length } split /\n/, slurp_log_since($node, $offset);
+cmp_ok($node->safe_psql('postgres',
+		"SELECT abs(extract(epoch FROM clock_timestamp() - '" . ($late->{ts} // 'epoch') . "'::timestamptz))"),
+	'<', 1.5, 'a JSON line carries the time it was written, not the time of the line before');
 $node->stop;
 
 # With the logging collector: long lines arrive whole; csvlog still gets

@@ -228,6 +228,27 @@ is(distinct_rows('events_g'), 60000, 'no duplicates');
 $b2->signal('TERM');
 $b2->finish;
 
+# --- the defaults recover in seconds after a SIGKILL -----------------------------
+# No session settings of the test's own: a member killed without leaving the
+# group is noticed after the bridge's default session timeout (6 s), not
+# the 45 s of librdkafka's, which kept a restarted bridge idle that long.
+create_topic("bridge_r_$run", 2);
+$node->safe_psql('postgres', 'CREATE TABLE events_r (id bigserial, payload jsonb, part int, off bigint)');
+produce_json("bridge_r_$run", 1, 100);
+$ini = config_for("g_r_$run", "bridge_r_$run", 'events_r', kafka => '');
+$b = bridge_start($ini, "$dir/bridge_r1.log");
+ok(wait_until(sub { count_rows('events_r') >= 100 }, 60), 'with the default settings a bridge writes');
+$b->signal('KILL');
+$b->finish;
+produce_json("bridge_r_$run", 101, 200);
+my $restart_at = time();
+$b = bridge_start($ini, "$dir/bridge_r2.log");
+ok(wait_until(sub { count_rows('events_r') >= 200 }, 90), 'a bridge restarted after a SIGKILL writes the rest');
+my $took = time() - $restart_at;
+cmp_ok($took, '<', 25, "within seconds of its start ($took s)");
+$b->signal('TERM');
+$b->finish;
+
 # --- poison messages interleaved ----------------------------------------------------
 create_topic("bridge_p_$run", 2);
 $node->safe_psql('postgres',
