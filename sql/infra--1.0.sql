@@ -459,15 +459,25 @@ ALTER TABLE infra.kafka_outbox_batches
 COMMENT ON TABLE infra.kafka_outbox_batches IS
 'Messages sent by committed transactions and not yet acknowledged by Kafka, a transaction''s messages per row; read infra.kafka_outbox instead.';
 
+CREATE FUNCTION infra.kafka_payload_text(bytes bytea)
+RETURNS text
+AS 'MODULE_PATHNAME', 'infra_kafka_payload_text'
+LANGUAGE C STABLE STRICT PARALLEL SAFE;
+
+COMMENT ON FUNCTION infra.kafka_payload_text(bytea) IS
+'A message key or value as text: itself when it is valid UTF-8 (in a UTF-8 database, or ASCII), else bytea''s text form.';
+
 CREATE VIEW infra.kafka_outbox AS
-    SELECT m.id, m.topic, m.partition, m.key, m.value, m.headers,
-           b.created_at, b.attempts, b.last_error, b.last_attempt_at
+    SELECT m.id, m.topic, m.partition,
+           infra.kafka_payload_text(m.key) AS key,
+           infra.kafka_payload_text(m.value) AS value,
+           m.headers, b.created_at, b.attempts, b.last_error, b.last_attempt_at
       FROM infra.kafka_outbox_batches b,
            unnest(b.ids, b.topics, b.partitions, b.keys, b.vals, b.headers)
                AS m(id, topic, partition, key, value, headers);
 
 COMMENT ON VIEW infra.kafka_outbox IS
-'Messages sent by committed transactions and not yet acknowledged by Kafka, one row each; the infra worker removes each once Kafka has it.';
+'Messages sent by committed transactions and not yet acknowledged by Kafka, one row each, key and value as text (bytea''s text form when not valid UTF-8); the infra worker removes each once Kafka has it.';
 
 CREATE FUNCTION infra.kafka_send(
     topic text,

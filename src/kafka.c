@@ -79,6 +79,7 @@ PG_FUNCTION_INFO_V1(infra_kafka_flush);
 PG_FUNCTION_INFO_V1(infra_kafka_stats);
 PG_FUNCTION_INFO_V1(infra_kafka_retry_dead_letters);
 PG_FUNCTION_INFO_V1(infra_kafka_wake_worker);
+PG_FUNCTION_INFO_V1(infra_kafka_payload_text);
 
 /* Kafka's own limit on topic names. */
 #define KAFKA_TOPIC_MAX 249
@@ -1108,6 +1109,29 @@ infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 	if (moved > 0)
 		InfraWorkerWakeAtCommit();
 	PG_RETURN_INT64((int64) moved);
+}
+
+/*
+ * infra.kafka_payload_text(bytes): a key or value as a DBA reads it in
+ * infra.kafka_outbox: the text itself when it is valid UTF-8 the database
+ * can hold without conversion (a UTF-8 database, or plain ASCII), else
+ * bytea's own text form ('\x...').
+ */
+Datum
+infra_kafka_payload_text(PG_FUNCTION_ARGS)
+{
+	bytea	   *bytes = PG_GETARG_BYTEA_PP(0);
+	const char *data = VARDATA_ANY(bytes);
+	int			len = VARSIZE_ANY_EXHDR(bytes);
+	bool		ascii = true;
+	int			i;
+
+	for (i = 0; i < len && ascii; i++)
+		ascii = data[i] != '\0' && !IS_HIGHBIT_SET(data[i]);
+	if (ascii || (GetDatabaseEncoding() == PG_UTF8 && pg_verify_mbstr(PG_UTF8, data, len, true)))
+		PG_RETURN_TEXT_P(cstring_to_text_with_len(data, len));
+	PG_RETURN_TEXT_P(cstring_to_text(DatumGetCString(DirectFunctionCall1(byteaout,
+																		PointerGetDatum(bytes)))));
 }
 
 /*
