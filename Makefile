@@ -5,6 +5,7 @@
 #   make test              deps, build, install, then every test against a
 #                          throwaway PostgreSQL cluster and a real Kafka broker
 #   make run / make stop   a sandbox: PostgreSQL with infra preloaded + Kafka
+#   make restart           restart the sandbox's PostgreSQL (keeps ALTER SYSTEM)
 #   make bench             benchmarks under test/bench/
 
 EXTENSION = infra
@@ -41,14 +42,19 @@ all: bridge/infra-bridge
 bridge/infra-bridge: $(BRIDGE_SRCS) $(wildcard bridge/*.h)
 	$(CC) $(BRIDGE_CFLAGS) -o $@ $(BRIDGE_SRCS) $(BRIDGE_LIBS)
 
+# The daemon goes next to PostgreSQL's programs and where users look for
+# commands (on PATH).
+BRIDGE_BINDIR ?= /usr/local/bin
+
 install: install-bridge
 install-bridge: bridge/infra-bridge
-	$(MKDIR_P) '$(DESTDIR)$(bindir)'
+	$(MKDIR_P) '$(DESTDIR)$(bindir)' '$(DESTDIR)$(BRIDGE_BINDIR)'
 	$(INSTALL_PROGRAM) bridge/infra-bridge '$(DESTDIR)$(bindir)/infra-bridge'
+	$(INSTALL_PROGRAM) bridge/infra-bridge '$(DESTDIR)$(BRIDGE_BINDIR)/infra-bridge'
 
 uninstall: uninstall-bridge
 uninstall-bridge:
-	rm -f '$(DESTDIR)$(bindir)/infra-bridge'
+	rm -f '$(DESTDIR)$(bindir)/infra-bridge' '$(DESTDIR)$(BRIDGE_BINDIR)/infra-bridge'
 
 # ---------------------------------------------------------------------------
 # Test helpers built from C: the librdkafka mock cluster host.
@@ -58,7 +64,7 @@ test/mock/mock_cluster: test/mock/mock_cluster.c
 
 # ---------------------------------------------------------------------------
 # Project targets.
-.PHONY: deps test run stop bench install-bridge uninstall-bridge
+.PHONY: deps test run restart stop bench install-bridge uninstall-bridge
 
 deps:
 	test/deps.sh
@@ -68,13 +74,20 @@ test: deps
 	$(MAKE) install
 	test/run.sh
 
+# make run: dependencies, build and install quietly (the output goes to a
+# log, shown when something fails), then the sandbox.
+RUN_LOG ?= /tmp/infra-run-build.log
 run:
-	$(MAKE) all
-	$(MAKE) install
-	test/sandbox.sh start
+	@echo "== installing dependencies, building and installing infra (log: $(RUN_LOG))"
+	@{ test/deps.sh && $(MAKE) all && $(MAKE) install; } >$(RUN_LOG) 2>&1 || \
+		{ tail -n 40 $(RUN_LOG); echo "error: the build failed; the whole log is $(RUN_LOG)"; exit 1; }
+	@test/sandbox.sh start
+
+restart:
+	@test/sandbox.sh restart
 
 stop:
-	test/sandbox.sh stop
+	@test/sandbox.sh stop
 
 bench: all
 	$(MAKE) install

@@ -15,7 +15,9 @@ if [ "${1:-}" != --inner ]; then
 	top=$(cd "$here/.." && pwd)
 	work=$(new_workdir infra-test)
 	mkdir -p "$work/src"
-	cp -r "$top/sql" "$top/expected" "$top/test" "$top/bridge" "$work/src/"
+	cp -r "$top/sql" "$top/expected" "$top/test" "$top/bridge" "$top/README.md" "$work/src/"
+	# The doc test runs the docs' examples.
+	[ ! -d "$top/docs" ] || cp -r "$top/docs" "$work/src/"
 	if [ "$(id -u)" = 0 ]; then
 		chown -R "$INFRA_TEST_USER" "$work"
 	fi
