@@ -466,7 +466,8 @@ MetricsReadValue(FunctionCallInfo fcinfo, MetricType type)
 	if (isnan(value) || isinf(value))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("metric value must be finite")));
+				 errmsg("metric value must be finite"),
+				 errhint("NaN and infinities cannot be exposed to Prometheus as a sample; record a finite value.")));
 	if (type == METRIC_COUNTER && value < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),

@@ -46,7 +46,7 @@ CONF
 $node->restart;
 my $log_start = -s $node->logfile;
 
-# The documented grants (README, Privileges) and a sink every planted
+# The documented grants (docs/security.md) and a sink every planted
 # object writes to: (session user, current user, what ran).
 for my $db (qw(postgres victimdb olddb))
 {
