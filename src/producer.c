@@ -797,35 +797,31 @@ KafkaStatsCallback(rd_kafka_t *rk, char *json, size_t json_len, void *opaque)
 	return 0;
 }
 
-/* A number at path a.b in a JSON object; -1 when absent. */
-static double
-KafkaJsonNumber(JsonbContainer *object, const char *a, const char *b)
+/* Member key of a JSON object; NULL when absent. */
+static JsonbValue *
+KafkaJsonMember(JsonbContainer *object, const char *key)
 {
-	JsonbValue *v;
 	JsonbValue	k;
 
 	k.type = jbvString;
-	k.val.string.val = (char *) a;
-	k.val.string.len = strlen(a);
-	v = findJsonbValueFromContainer(object, JB_FOBJECT, &k);
-	if (v != NULL && b == NULL && v->type == jbvNumeric)
-		return DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
-	if (v == NULL || v->type != jbvBinary || b == NULL)
-		return -1;
-	k.val.string.val = (char *) b;
-	k.val.string.len = strlen(b);
-	v = findJsonbValueFromContainer(v->val.binary.data, JB_FOBJECT, &k);
+	k.val.string.val = (char *) key;
+	k.val.string.len = strlen(key);
+	return findJsonbValueFromContainer(object, JB_FOBJECT, &k);
+}
+
+/* The number at path a.b (at a when b is NULL) of a JSON object; -1 when absent. */
+static double
+KafkaJsonNumber(JsonbContainer *object, const char *a, const char *b)
+{
+	JsonbValue *v = KafkaJsonMember(object, a);
+
+	if (v != NULL && b != NULL)
+		v = v->type == jbvBinary ? KafkaJsonMember(v->val.binary.data, b) : NULL;
 	if (v == NULL || v->type != jbvNumeric)
 		return -1;
 	return DatumGetFloat8(DirectFunctionCall1(numeric_float8, NumericGetDatum(v->val.numeric)));
 }
 
-/*
- * Read the latest statistics into kafka_stats: the produce latency of the
- * busiest broker, librdkafka's queueing (int_latency) plus the broker's
- * round trip (rtt), average and 99th percentile over the last interval.
- * Windows without requests leave the previous figures.
- */
 /*
  * Ask the brokers for their metadata (at most KAFKA_PROBE_MS): broker_state
  * says up from the start when they answer, instead of "connecting" until
@@ -850,13 +846,8 @@ KafkaProbeBrokers(void)
 static bool
 KafkaJsonIs(JsonbContainer *object, const char *key, const char *value)
 {
-	JsonbValue *v;
-	JsonbValue	k;
+	JsonbValue *v = KafkaJsonMember(object, key);
 
-	k.type = jbvString;
-	k.val.string.val = (char *) key;
-	k.val.string.len = strlen(key);
-	v = findJsonbValueFromContainer(object, JB_FOBJECT, &k);
 	return v != NULL && v->type == jbvString &&
 		v->val.string.len == (int) strlen(value) &&
 		memcmp(v->val.string.val, value, v->val.string.len) == 0;
@@ -887,6 +878,13 @@ KafkaNoteBrokers(int known, int up)
 	SpinLockRelease(&my_stats->mutex);
 }
 
+/*
+ * Read the latest statistics into kafka_stats: the produce latency of the
+ * busiest broker, librdkafka's queueing (int_latency) plus the broker's
+ * round trip (rtt), average and 99th percentile over the last interval
+ * (windows without requests leave the previous figures), and whether a
+ * broker is connected (KafkaNoteBrokers).
+ */
 static void
 KafkaAbsorbStats(void)
 {
