@@ -13,7 +13,7 @@ packages=(
 	build-essential
 	postgresql-15 postgresql-client-15 postgresql-server-dev-15 postgresql-contrib
 	libpq-dev librdkafka-dev libcurl4-openssl-dev libmicrohttpd-dev libinih-dev
-	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith
+	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith procps
 	openjdk-17-jre-headless maven
 	python3 python3-venv
 )
