@@ -20,11 +20,23 @@ PG_CPPFLAGS = -I$(srcdir)/src
 PG_CFLAGS = -Werror
 SHLIB_LINK = -lrdkafka -lmicrohttpd -lcurl
 
-# Tests are run by test/run.sh, not by PGXS's installcheck.
-EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster
+# make installcheck: the pg_regress and isolation suites against a running
+# server with infra in shared_preload_libraries, and a database
+# infra_isolation listed in infra.database (the make run sandbox is one), as
+# other extensions do.
+# make test is the one command that proves everything (it runs these too).
+REGRESS = $(sort $(basename $(notdir $(filter-out sql/infra--%,$(wildcard sql/*.sql)))))
+ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))
+ISOLATION_OPTS = --inputdir=$(srcdir)/test --use-existing
+
+EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster output_iso
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# The isolation specs' database: an infra worker must serve it (PGXS sets
+# its own name in Makefile.global, so this comes after the include).
+ISOLATION_TESTDB = infra_isolation
 
 # PGXS tracks no header dependencies without --enable-depend: rebuild every
 # object when any of our headers changes.

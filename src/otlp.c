@@ -168,6 +168,8 @@ InfraOtlpMain(Datum main_arg)
 	/* An ERROR here is reported, and the loop goes on after a pause. */
 	if (sigsetjmp(local_sigjmp_buf, 1) != 0)
 	{
+		/* Error context callbacks of the frames the jump left: forget them. */
+		error_context_stack = NULL;
 		HOLD_INTERRUPTS();
 		EmitErrorReport();
 		AbortCurrentTransaction();

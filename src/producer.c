@@ -184,6 +184,8 @@ static void KafkaNoteBrokers(int known, int up);
 static rd_kafka_topic_t *KafkaTopic(const char *name, bool *temporary);
 static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
 static SPIPlanPtr KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes);
+static void KafkaDescribeTopics(rd_kafka_NewTopic_t **topics, int n);
+static void KafkaRecordTopicResults(rd_kafka_event_t *event);
 static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
@@ -613,36 +615,15 @@ KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
- * Create on the broker the topics of infra.topics still marked pending, with
- * the Admin API, and record each outcome in broker_state.  A request that
- * gets no answer leaves them pending for the next round.  Runs in the
- * caller's transaction and SPI connection (the round's batch read).
+ * Describe the topics read into SPI_tuptable for the Admin API, into
+ * topics[0..n-1] (each filled before anything can fail after it).
  */
 static void
-KafkaCreateRegisteredTopics(void)
+KafkaDescribeTopics(rd_kafka_NewTopic_t **topics, int n)
 {
-	rd_kafka_NewTopic_t **topics;
-	rd_kafka_AdminOptions_t *options;
-	rd_kafka_queue_t *queue;
-	rd_kafka_event_t *event = NULL;
 	char		errbuf[512];
-	int64		deadline;
-	int			n;
 	int			i;
 
-	static const Oid types[4] = {TEXTOID, INT4OID, INT4OID, JSONBOID};
-
-	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.pending_topics,
-											  "SELECT name, partitions, replication_factor, config FROM infra.topics"
-											  " WHERE broker_state OPERATOR(pg_catalog.=) 'pending'"
-											  " ORDER BY name LIMIT 100", 0, NULL),
-									NULL, NULL, true, 0),
-				   SPI_OK_SELECT, "infra.topics", 4, types);
-	n = (int) SPI_processed;
-	if (n == 0)
-		return;
-
-	topics = palloc0(sizeof(rd_kafka_NewTopic_t *) * n);
 	for (i = 0; i < n; i++)
 	{
 		char	   *name = TextDatumGetCString(SpiGetValue(i, 1, false, NULL, "infra.topics"));
@@ -680,59 +661,110 @@ KafkaCreateRegisteredTopics(void)
 			}
 		}
 	}
+}
 
-	queue = rd_kafka_queue_new(producer);
-	options = rd_kafka_AdminOptions_new(producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-	rd_kafka_AdminOptions_set_request_timeout(options, 10000, errbuf, sizeof(errbuf));
-	rd_kafka_CreateTopics(producer, topics, n, options, queue);
+/*
+ * Record each topic's outcome of a CreateTopics request in broker_state.
+ */
+static void
+KafkaRecordTopicResults(rd_kafka_event_t *event)
+{
+	const rd_kafka_CreateTopics_result_t *result = rd_kafka_event_CreateTopics_result(event);
+	const rd_kafka_topic_result_t **results;
+	size_t		nresults;
+	size_t		r;
 
-	deadline = InfraMonotonicNs() + 15 * NS_PER_SEC;
-	while (event == NULL && InfraMonotonicNs() < deadline && !ShutdownRequestPending)
+	results = rd_kafka_CreateTopics_result_topics(result, &nresults);
+	for (r = 0; r < nresults; r++)
 	{
-		event = rd_kafka_queue_poll(queue, 100);
-		CHECK_FOR_INTERRUPTS();
+		rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[r]);
+		const char *state;
+		Oid			argtypes[2] = {TEXTOID, TEXTOID};
+		Datum		args[2];
+
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			state = "created";
+		else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
+			state = "exists";
+		else
+			state = psprintf("error: %s: %s", rd_kafka_err2name(err),
+							 rd_kafka_topic_result_error_string(results[r]) ?
+							 rd_kafka_topic_result_error_string(results[r]) : rd_kafka_err2str(err));
+		args[0] = CStringGetTextDatum(rd_kafka_topic_result_name(results[r]));
+		args[1] = CStringGetTextDatum(state);
+		SpiCheckResult(SPI_execute_with_args("UPDATE infra.topics SET broker_state = $2"
+											 " WHERE name OPERATOR(pg_catalog.=) $1",
+											 2, argtypes, args, NULL, false, 0),
+					   SPI_OK_UPDATE, "the update of infra.topics", 0, NULL);
 	}
+}
 
-	if (event != NULL && rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR)
+/*
+ * Create on the broker the topics of infra.topics still marked pending, with
+ * the Admin API, and record each outcome in broker_state.  A request that
+ * gets no answer leaves them pending for the next round.  Runs in the
+ * caller's transaction and SPI connection (the round's batch read).  The
+ * Admin API's objects are freed on every path, errors included.
+ */
+static void
+KafkaCreateRegisteredTopics(void)
+{
+	static const Oid types[4] = {TEXTOID, INT4OID, INT4OID, JSONBOID};
+	rd_kafka_NewTopic_t **topics;
+	rd_kafka_AdminOptions_t *volatile options = NULL;
+	rd_kafka_queue_t *volatile queue = NULL;
+	rd_kafka_event_t *volatile event = NULL;
+	char		errbuf[512];
+	int			n;
+
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.pending_topics,
+											  "SELECT name, partitions, replication_factor, config FROM infra.topics"
+											  " WHERE broker_state OPERATOR(pg_catalog.=) 'pending'"
+											  " ORDER BY name LIMIT 100", 0, NULL),
+									NULL, NULL, true, 0),
+				   SPI_OK_SELECT, "infra.topics", 4, types);
+	n = (int) SPI_processed;
+	if (n == 0)
+		return;
+
+	topics = palloc0(sizeof(rd_kafka_NewTopic_t *) * n);
+	PG_TRY();
 	{
-		const rd_kafka_CreateTopics_result_t *result = rd_kafka_event_CreateTopics_result(event);
-		const rd_kafka_topic_result_t **results;
-		size_t		nresults;
-		size_t		r;
+		int64		deadline;
 
-		results = rd_kafka_CreateTopics_result_topics(result, &nresults);
-		for (r = 0; r < nresults; r++)
+		KafkaDescribeTopics(topics, n);
+		queue = rd_kafka_queue_new(producer);
+		options = rd_kafka_AdminOptions_new(producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+		rd_kafka_AdminOptions_set_request_timeout(options, 10000, errbuf, sizeof(errbuf));
+		rd_kafka_CreateTopics(producer, topics, n, options, queue);
+
+		deadline = InfraMonotonicNs() + 15 * NS_PER_SEC;
+		while (event == NULL && InfraMonotonicNs() < deadline && !ShutdownRequestPending)
 		{
-			rd_kafka_resp_err_t err = rd_kafka_topic_result_error(results[r]);
-			const char *state;
-			Oid			argtypes[2] = {TEXTOID, TEXTOID};
-			Datum		args[2];
-
-			if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-				state = "created";
-			else if (err == RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS)
-				state = "exists";
-			else
-				state = psprintf("error: %s: %s", rd_kafka_err2name(err),
-								 rd_kafka_topic_result_error_string(results[r]) ?
-								 rd_kafka_topic_result_error_string(results[r]) : rd_kafka_err2str(err));
-			args[0] = CStringGetTextDatum(rd_kafka_topic_result_name(results[r]));
-			args[1] = CStringGetTextDatum(state);
-			SpiCheckResult(SPI_execute_with_args("UPDATE infra.topics SET broker_state = $2"
-												 " WHERE name OPERATOR(pg_catalog.=) $1",
-												 2, argtypes, args, NULL, false, 0),
-						   SPI_OK_UPDATE, "the update of infra.topics", 0, NULL);
+			event = rd_kafka_queue_poll(queue, 100);
+			CHECK_FOR_INTERRUPTS();
 		}
+		if (event != NULL && rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR)
+			KafkaRecordTopicResults(event);
+		else
+			KafkaRecordError(event ? rd_kafka_event_error_string(event) :
+							 "no answer from the broker to CreateTopics");
 	}
-	else
-		KafkaRecordError(event ? rd_kafka_event_error_string(event) :
-						 "no answer from the broker to CreateTopics");
+	PG_FINALLY();
+	{
+		int			i;
 
-	if (event)
-		rd_kafka_event_destroy(event);
-	rd_kafka_AdminOptions_destroy(options);
-	rd_kafka_queue_destroy(queue);
-	rd_kafka_NewTopic_destroy_array(topics, n);
+		if (event)
+			rd_kafka_event_destroy(event);
+		if (options)
+			rd_kafka_AdminOptions_destroy(options);
+		if (queue)
+			rd_kafka_queue_destroy(queue);
+		for (i = 0; i < n; i++)
+			if (topics[i])
+				rd_kafka_NewTopic_destroy(topics[i]);
+	}
+	PG_END_TRY();
 }
 
 /*
@@ -1293,6 +1325,8 @@ KafkaWorkerServe(void)
 		SpinLockAcquire(&my_stats->mutex);
 		my_stats->pending = 0;
 		SpinLockRelease(&my_stats->mutex);
+		/* What the last busy rounds left unreported goes before the sleep. */
+		(void) pgstat_report_stat(true);
 		/* Idle: come back to serve librdkafka's statistics and errors. */
 		return KAFKA_IDLE_POLL_MS;
 	}
@@ -1488,6 +1522,13 @@ KafkaWorkerServe(void)
 	PopActiveSnapshot();
 	CommitTransactionCommand();
 	MemoryContextSwitchTo(round_context);
+
+	/*
+	 * A background worker reports its table statistics itself: without it
+	 * pg_stat_user_tables never sees the outbox's deletes and autovacuum
+	 * never its dead tuples.  At most once a second while busy.
+	 */
+	(void) pgstat_report_stat(false);
 
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = 0;

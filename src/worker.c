@@ -557,6 +557,12 @@ InfraWorkerLoop(void)
 	{
 		ErrorData  *edata;
 
+		/*
+		 * The error may come from deep inside SPI, whose error context
+		 * callbacks lived on stack frames the jump just left: forget them
+		 * before anything reports again, as PostgresMain does.
+		 */
+		error_context_stack = NULL;
 		HOLD_INTERRUPTS();
 		MemoryContextSwitchTo(loop_context);
 		edata = CopyErrorData();

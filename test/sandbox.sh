@@ -30,7 +30,8 @@ write_settings() {
 	echo "$otlp_port" >"$box/otlp.port"
 	as_test_user tee "$pg/data/sandbox.conf" >/dev/null <<CONF
 # Written by test/sandbox.sh at every "make run"; edit with ALTER SYSTEM.
-infra.database = 'postgres'
+# infra_isolation: the database make installcheck's isolation specs use.
+infra.database = 'postgres,infra_isolation'
 infra.kafka_brokers = '$bootstrap'
 infra.metrics_listen = '127.0.0.1:$metrics_port'
 infra.otlp_endpoint = 'http://127.0.0.1:$otlp_port/v1/traces'
@@ -105,6 +106,10 @@ start)
 	port=$(as_test_user "$here/pgcluster.sh" port "$pg")
 	"$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres \
 		-c 'SET client_min_messages = warning' -c 'CREATE EXTENSION IF NOT EXISTS infra'
+	# For make installcheck's isolation specs, served by a worker of its own.
+	"$PG_BINDIR/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres -d postgres -tAc \
+		"SELECT 1 FROM pg_database WHERE datname = 'infra_isolation'" | grep -q 1 ||
+		"$PG_BINDIR/createdb" -h 127.0.0.1 -p "$port" -U postgres infra_isolation
 	print_howto
 	;;
 restart)

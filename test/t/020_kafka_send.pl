@@ -13,7 +13,8 @@ use Test::More;
 use InfraTest;
 
 my $bootstrap = kafka_bootstrap();
-my $node = infra_node('kafka', conf => "infra.kafka_brokers = '$bootstrap'\nrestart_after_crash = on\n");
+my $node = infra_node('kafka',
+	conf => "infra.kafka_brokers = '$bootstrap'\nrestart_after_crash = on\nautovacuum_naptime = 1\n");
 $node->start;
 $node->safe_psql('postgres', 'CREATE EXTENSION infra');
 
@@ -169,6 +170,50 @@ like($err, qr/topic must not be NULL/, 'NULL topic is refused');
 like($err, qr/headers must be a JSON object/, 'headers must be an object');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send('t', 'x', partition => -1)");
 like($err, qr/partition must not be negative/, 'negative partitions are refused');
+
+# --- an error in a round is survived ------------------------------------------
+# A table the worker reads is gone for a while: each round fails inside SPI.
+# The worker's error recovery must forget SPI's error context callbacks (their
+# stack frames are gone); it once called them at its next report and crashed.
+my $wpid = worker_pid($node, 'postgres');
+my $err_offset = -s $node->logfile;
+$node->safe_psql('postgres', 'ALTER TABLE infra.topics RENAME TO topics_away');
+my $t_err = "infra_t_err_$$";
+$node->safe_psql('postgres', "SELECT infra.kafka_send('$t_err', 'during the errors')");
+ok( wait_until(
+		sub {
+			my @failed = slurp_log_since($node, $err_offset) =~ /relation "infra\.topics" does not exist/g;
+			return @failed >= 2;
+		},
+		30),
+	'the rounds fail while the table is away, again and again');
+$node->safe_psql('postgres', 'ALTER TABLE infra.topics_away RENAME TO topics');
+ok(flush_ok(60), 'delivery resumes once the table is back');
+my $err_log = slurp_log_since($node, $err_offset);
+unlike($err_log, qr/terminated by signal/, 'and no process crashed');
+is(worker_pid($node, 'postgres'), $wpid, 'the same worker process serves on');
+
+# --- the worker reports its table statistics: autovacuum sees the outbox ------
+# A background worker reports them itself; without it the outbox showed no
+# deletes and every row live, and autovacuum never came.
+$node->safe_psql('postgres', 'ALTER TABLE infra.kafka_outbox_batches SET '
+	  . '(autovacuum_vacuum_threshold = 50, autovacuum_vacuum_scale_factor = 0)');
+my $tab = q{SELECT n_tup_del, autovacuum_count FROM pg_stat_user_tables
+             WHERE relid = 'infra.kafka_outbox_batches'::regclass};
+my ($del_before) = split /\|/, $node->safe_psql('postgres', $tab);
+my $t_stats = "infra_t_stats_$$";
+$node->safe_psql('postgres', join('', map { "SELECT infra.kafka_send('$t_stats', 'm$_');\n" } 1 .. 300));
+ok(flush_ok(60), '300 single-message transactions delivered');
+ok( wait_until(
+		sub {
+			my ($del) = split /\|/, $node->safe_psql('postgres', $tab);
+			return $del >= $del_before + 300;
+		},
+		30),
+	'pg_stat_user_tables counts the worker\'s deletes from the outbox')
+  or diag($node->safe_psql('postgres', $tab));
+ok( wait_until(sub { (split /\|/, $node->safe_psql('postgres', $tab))[1] > 0 }, 60),
+	'and autovacuum has vacuumed the outbox');
 
 # --- an idle worker says what it knows of the broker --------------------------
 # After a restart, with nothing sent, the worker has asked the broker for its
