@@ -171,6 +171,7 @@ typedef struct HeldPermit
 
 int			infra_breaker_max = 64;
 
+static void BreakerCollectMetrics(StringInfo out);
 static BreakerShared *breaker_shared = NULL;
 static void BreakerRead(HeapTuple tuple, TupleDesc desc, void *entry);
 
@@ -246,6 +247,7 @@ InfraBreakerInit(void)
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	InfraShmemRegister(&seg);
+	MetricsRegisterCollector(BreakerCollectMetrics);
 	RegisterXactCallback(BreakerXactCallback, NULL);
 }
 
@@ -1019,7 +1021,7 @@ infra_breaker_events(PG_FUNCTION_ARGS)
  * Built-in series: each breaker's state (one series per state, 1 for the
  * current one, as resilience4j exports it), its calls and transitions.
  */
-void
+static void
 BreakerCollectMetrics(StringInfo out)
 {
 	static const struct

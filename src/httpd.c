@@ -29,6 +29,7 @@
 #include "utils/memutils.h"
 
 #include "infra.h"
+#include "httpd.h"
 #include "metrics.h"
 #include "worker.h"
 
@@ -44,6 +45,8 @@ PGDLLEXPORT void InfraHttpdMain(Datum main_arg);
 #define HTTPD_CONNECTION_LIMIT 512
 #define HTTPD_CONNECTION_TIMEOUT_S 5
 #define HTTPD_REQUEST_MEMORY 16384
+
+char	   *infra_metrics_listen = NULL;
 
 static struct MHD_Daemon *daemon_handle = NULL;
 static MemoryContext request_context = NULL;
@@ -66,6 +69,9 @@ static void HttpdStop(int code, Datum arg);
 void
 InfraHttpdInit(void)
 {
+	/* Like the metrics registry it serves: only when preloaded. */
+	if (!process_shared_preload_libraries_in_progress)
+		return;
 	DefineCustomStringVariable("infra.metrics_listen",
 							   "Address (host:port) where GET /metrics and GET /healthz are served; empty: off.",
 							   "For example 127.0.0.1:9187.",

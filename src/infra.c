@@ -20,7 +20,11 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 
+#include "httpd.h"
 #include "infra.h"
+#include "otlp.h"
+#include "producer.h"
+#include "spans.h"
 
 PG_MODULE_MAGIC;
 
@@ -39,9 +43,11 @@ _PG_init(void)
 	InfraRateLimitInit();
 	InfraBreakerInit();
 	InfraKafkaInit();
+	InfraProducerInit();
 	InfraTracingInit();
 	InfraQueryStatsInit();
 	InfraMetricsInit();
+	InfraHttpdInit();
 	InfraLoggingInit();
 	InfraSpansInit();
 	InfraOtlpInit();

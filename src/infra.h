@@ -26,7 +26,5 @@ extern void InfraTracingInit(void);
 extern void InfraQueryStatsInit(void);
 extern void InfraMetricsInit(void);
 extern void InfraLoggingInit(void);
-extern void InfraSpansInit(void);
-extern void InfraOtlpInit(void);
 
 #endif							/* INFRA_H */

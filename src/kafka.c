@@ -50,7 +50,6 @@
 #include "pgstat.h"
 #include "storage/latch.h"
 #include "storage/lock.h"
-#include "tcop/tcopprot.h"
 #include "mb/pg_wchar.h"
 #include "utils/builtins.h"
 #include "utils/fmgrprotos.h"
@@ -84,15 +83,12 @@ PG_FUNCTION_INFO_V1(infra_kafka_payload_text);
 /* Kafka's own limit on topic names. */
 #define KAFKA_TOPIC_MAX 249
 
-char	   *infra_kafka_brokers = NULL;
-char	   *infra_kafka_config = NULL;
-int			infra_kafka_batch_size = 10000;
-int			infra_kafka_linger_ms = 1;
 int			infra_kafka_max_pending = 1000000;
 int			infra_kafka_on_full = KAFKA_ON_FULL_ERROR;
 int			infra_environment = 0;
 bool		infra_kafka_require_registered_topics = false;
 
+static void KafkaCollectMetrics(StringInfo out);
 static const struct config_enum_entry environment_options[] = {
 	{"dev", 0, false},
 	{"staging", 1, false},
@@ -155,8 +151,6 @@ static Oid	outbox_sequence = InvalidOid;
 static Oid	outbox_writer = InvalidOid;
 static bool callbacks_registered = false;
 
-static emit_log_hook_type prev_emit_log_hook = NULL;
-
 /* Result types the checked statements expect. */
 static const Oid int8_type[1] = {INT8OID};
 static const Oid int4_type[1] = {INT4OID};
@@ -164,9 +158,6 @@ static const Oid bool_type[1] = {BOOLOID};
 
 static Size KafkaShmemSize(void);
 static void KafkaShmemInit(void *segment, bool found, LWLockPadded *locks);
-static bool KafkaConfigCheckHook(char **newval, void **extra, GucSource source);
-static const char *KafkaConfigShowHook(void);
-static void KafkaHideConfigInLog(ErrorData *edata);
 static void KafkaCheckTopic(const char *topic);
 static Datum KafkaSend(FunctionCallInfo fcinfo, bytea *value);
 static Oid	KafkaOutboxOwner(void);
@@ -192,34 +183,6 @@ InfraKafkaInit(void)
 		.pointer = (void **) &kafka_shared,
 	};
 
-	DefineCustomStringVariable("infra.kafka_brokers",
-							   "Kafka bootstrap servers (host:port, comma-separated); empty disables producing.",
-							   "Messages queue in infra.kafka_outbox until brokers are set.",
-							   &infra_kafka_brokers,
-							   "",
-							   PGC_SIGHUP, 0,
-							   NULL, NULL, NULL);
-	DefineCustomStringVariable("infra.kafka_config",
-							   "librdkafka properties for the producer: key=value pairs separated by semicolons, or @file to read them from a file.",
-							   "Checked with librdkafka when set, never shown. Keep secrets in a file: PostgreSQL logs changed settings.",
-							   &infra_kafka_config,
-							   "",
-							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
-							   KafkaConfigCheckHook, NULL, KafkaConfigShowHook);
-	DefineCustomIntVariable("infra.kafka_batch_size",
-							"Outbox rows the worker produces per round (at most 16 MB of keys and values).",
-							NULL,
-							&infra_kafka_batch_size,
-							10000, 1, 100000,
-							PGC_SIGHUP, 0,
-							NULL, NULL, NULL);
-	DefineCustomIntVariable("infra.kafka_linger_ms",
-							"librdkafka linger.ms: how long the producer waits to fill a request.",
-							NULL,
-							&infra_kafka_linger_ms,
-							1, 0, 60000,
-							PGC_SIGHUP, GUC_UNIT_MS,
-							NULL, NULL, NULL);
 	DefineCustomIntVariable("infra.kafka_max_pending",
 							"Most messages the outbox may hold before kafka_send refuses or waits.",
 							NULL,
@@ -251,11 +214,8 @@ InfraKafkaInit(void)
 							 NULL, NULL, NULL);
 
 	InfraShmemRegister(&seg);
-	if (process_shared_preload_libraries_in_progress)
-	{
-		prev_emit_log_hook = emit_log_hook;
-		emit_log_hook = KafkaHideConfigInLog;
-	}
+	MetricsRegisterCollector(KafkaCollectMetrics);
+
 }
 
 static Size
@@ -300,81 +260,6 @@ KafkaStatsFor(Oid database_oid, bool claim)
 		}
 	SpinLockRelease(&kafka_shared->mutex);
 	return found;
-}
-
-/*
- * check_hook of infra.kafka_config: every property must be one librdkafka
- * accepts.  A bad value at reload is refused, so the producer keeps the
- * configuration it has.
- */
-static bool
-KafkaConfigCheckHook(char **newval, void **extra, GucSource source)
-{
-	char		errbuf[512];
-
-	if (*newval == NULL || (*newval)[0] == '\0')
-		return true;
-	if (KafkaConfigValid(*newval, errbuf, sizeof(errbuf)))
-		return true;
-	/* Not PostgreSQL's own message: it would quote the value. */
-	GUC_check_errmsg("invalid value for parameter \"infra.kafka_config\"");
-	GUC_check_errdetail("%s", errbuf);
-	GUC_check_errhint("Give librdkafka producer properties as key=value pairs separated by semicolons, or @file.");
-	return false;
-}
-
-/*
- * Does text name infra.kafka_config (in any letter case)?
- */
-static bool
-KafkaNamesConfig(const char *text)
-{
-	const char *p;
-
-	for (p = text; *p != '\0'; p++)
-		if (pg_strncasecmp(p, "kafka_config", strlen("kafka_config")) == 0)
-			return true;
-	return false;
-}
-
-/*
- * emit_log_hook: PostgreSQL logs the new value of every setting a reload
- * changes; for infra.kafka_config, which may hold passwords, only that it
- * changed.  A statement naming it is logged neither by log_statement nor
- * as an error's STATEMENT line.  Installed before infra's JSON log hook,
- * so its lines carry the hidden text too.
- */
-static void
-KafkaHideConfigInLog(ErrorData *edata)
-{
-	if (edata->message_id != NULL && edata->message != NULL &&
-		strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
-		strstr(edata->message, "\"infra.kafka_config\"") != NULL)
-		edata->message = pstrdup("parameter \"infra.kafka_config\" changed to \"(hidden)\"");
-	/*
-	 * A statement naming it (ALTER SYSTEM SET infra.kafka_config = '...'):
-	 * neither log_statement's line nor an error's STATEMENT line shows it.
-	 */
-	if (debug_query_string != NULL && KafkaNamesConfig(debug_query_string))
-	{
-		edata->hide_stmt = true;
-		if (edata->message_id != NULL && edata->message != NULL &&
-			(strstr(edata->message_id, "statement: ") != NULL ||
-			 strncmp(edata->message_id, "execute ", 8) == 0) &&
-			KafkaNamesConfig(edata->message))
-			edata->message = pstrdup("statement: (hidden: it names infra.kafka_config)");
-	}
-	if (prev_emit_log_hook)
-		prev_emit_log_hook(edata);
-}
-
-/*
- * show_hook of infra.kafka_config: it may hold passwords.
- */
-static const char *
-KafkaConfigShowHook(void)
-{
-	return (infra_kafka_config && infra_kafka_config[0]) ? "(hidden)" : "";
 }
 
 /*
@@ -1149,7 +1034,7 @@ infra_kafka_wake_worker(PG_FUNCTION_ARGS)
  * Built-in series: each producing database's delivery counters, backlog
  * and latency.
  */
-void
+static void
 KafkaCollectMetrics(StringInfo out)
 {
 	static const struct

@@ -20,10 +20,6 @@
 #define KAFKA_ERROR_LEN 256
 
 /* GUCs */
-extern char *infra_kafka_brokers;
-extern char *infra_kafka_config;
-extern int	infra_kafka_batch_size;
-extern int	infra_kafka_linger_ms;
 extern int	infra_kafka_max_pending;
 extern int	infra_kafka_on_full;
 extern int	infra_environment;
@@ -59,10 +55,5 @@ typedef struct KafkaStats
 } KafkaStats;
 
 extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);
-
-/* Worker side (producer.c). */
-extern long KafkaWorkerServe(void);
-extern void KafkaWorkerShutdown(void);
-extern bool KafkaConfigValid(const char *value, char *errbuf, size_t errlen);
 
 #endif							/* INFRA_KAFKA_H */

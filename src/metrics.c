@@ -13,8 +13,10 @@
  * Prometheus client libraries add, and are stored under that name.
  *
  * Names starting with "infra_" belong to the built-in series, which are not
- * stored here: each module writes its own at exposition time from its
- * shared state (XxxCollectMetrics).
+ * stored here: each module registers a collector at load
+ * (MetricsRegisterCollector) that writes its own at exposition time from
+ * its shared state; this file names none of them.  The HTTP server
+ * (httpd.c) and the SQL function serve the exposition.
  *
  * Bounds: at most infra.metrics_max_series series (and as many families);
  * past that a new series is an error that says so, and is counted.
@@ -109,11 +111,15 @@ typedef struct MetricsShared
 } MetricsShared;
 
 int			infra_metrics_max_series = 5000;
-char	   *infra_metrics_listen = NULL;
 
 static MetricsShared *metrics_shared = NULL;
 static HTAB *family_hash = NULL;
 static HTAB *series_hash = NULL;
+
+/* Collectors of built-in series, registered by the modules at load. */
+#define METRICS_MAX_COLLECTORS 16
+static MetricsCollector collectors[METRICS_MAX_COLLECTORS];
+static int	ncollectors = 0;
 
 /* What an update does to its series. */
 typedef enum MetricOp
@@ -180,7 +186,6 @@ InfraMetricsInit(void)
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	InfraShmemRegister(&seg);
-	InfraHttpdInit();
 }
 
 static Size
@@ -881,8 +886,22 @@ infra_metrics_prometheus(PG_FUNCTION_ARGS)
 }
 
 /*
+ * Add a module's collector of built-in series.  Like shared memory, only
+ * while the library is preloaded: elsewhere there is nothing to collect.
+ */
+void
+MetricsRegisterCollector(MetricsCollector collector)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	if (ncollectors >= METRICS_MAX_COLLECTORS)
+		elog(ERROR, "too many infra metrics collectors");
+	collectors[ncollectors++] = collector;
+}
+
+/*
  * The whole exposition, palloc'd in the current context: the built-in
- * series of every module, then the registry's.  Reads shared memory only,
+ * series of every module that registered a collector, then the registry's.  Reads shared memory only,
  * so it needs no transaction or database (the HTTP worker has neither).
  */
 char *
@@ -890,13 +909,11 @@ MetricsExposition(void)
 {
 	StringInfoData out;
 
+	int			i;
+
 	initStringInfo(&out);
-	WorkerCollectMetrics(&out);
-	RateLimitCollectMetrics(&out);
-	BreakerCollectMetrics(&out);
-	KafkaCollectMetrics(&out);
-	QueryStatsCollectMetrics(&out);
-	SpansCollectMetrics(&out);
+	for (i = 0; i < ncollectors; i++)
+		collectors[i] (&out);
 	MetricsCollectSelf(&out);
 	MetricsCollectRegistry(&out);
 	return out.data;

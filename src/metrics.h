@@ -16,7 +16,6 @@
 
 /* GUCs */
 extern int	infra_metrics_max_series;
-extern char *infra_metrics_listen;
 
 /*
  * Writing the exposition.  A module's collector writes one family header
@@ -33,18 +32,16 @@ extern void MetricsWriteOne(StringInfo out, const char *name, const char *type,
 							const char *help, double value);
 extern char *MetricsExposition(void);
 
-/* Built-in series, each module writing its own. */
-extern void WorkerCollectMetrics(StringInfo out);
-extern void RateLimitCollectMetrics(StringInfo out);
-extern void BreakerCollectMetrics(StringInfo out);
-extern void KafkaCollectMetrics(StringInfo out);
-extern void QueryStatsCollectMetrics(StringInfo out);
-extern void SpansCollectMetrics(StringInfo out);
+/*
+ * Built-in series: each module registers a collector that writes its own
+ * families (in _PG_init, while shared memory is being planned); the
+ * exposition calls them in registration order.
+ */
+typedef void (*MetricsCollector) (StringInfo out);
+
+extern void MetricsRegisterCollector(MetricsCollector collector);
 
 /* For spans: a statement's normalised text (querystats.c). */
 extern bool QueryStatsText(uint64 queryid, char *buf, int buflen);
-
-/* The HTTP server (httpd.c). */
-extern void InfraHttpdInit(void);
 
 #endif							/* INFRA_METRICS_H */

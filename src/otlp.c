@@ -47,6 +47,8 @@
 #include "clock.h"
 #include "infra.h"
 #include "spicheck.h"
+#include "otlp.h"
+#include "spans.h"
 #include "tracing.h"
 #include "worker.h"
 
@@ -160,7 +162,7 @@ InfraOtlpMain(Datum main_arg)
 	curl_headers = curl_slist_append(NULL, "Content-Type: application/json");
 	on_proc_exit(OtlpCleanup, (Datum) 0);
 	before_shmem_exit(OtlpDetach, (Datum) 0);
-	SpanRingSetExporter(MyLatch);
+	SpanRingSetExporter(MyLatch, infra_otlp_batch_size);
 	loop_context = AllocSetContextCreate(TopMemoryContext, "infra trace exporter",
 										 ALLOCSET_DEFAULT_SIZES);
 	ereport(LOG, (errmsg("infra trace exporter sending spans to %s", infra_otlp_endpoint)));
@@ -189,6 +191,7 @@ InfraOtlpMain(Datum main_arg)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
+			SpanRingSetExporter(MyLatch, infra_otlp_batch_size);
 		}
 		MemoryContextSwitchTo(loop_context);
 		timeout = OtlpServe();
@@ -483,7 +486,7 @@ OtlpBody(char *data, size_t size, size_t nmemb, void *arg)
 static void
 OtlpDetach(int code, Datum arg)
 {
-	SpanRingSetExporter(NULL);
+	SpanRingSetExporter(NULL, 0);
 }
 
 /*

@@ -15,6 +15,12 @@
  * reports and errors are delivered by rd_kafka_poll() on the worker's own
  * thread and only fill plain C structures.
  *
+ * It owns the producer's settings (infra.kafka_brokers, infra.kafka_config,
+ * whose value it keeps out of every log line, infra.kafka_batch_size,
+ * infra.kafka_linger_ms) and registers itself as a service of the infra
+ * worker (worker.h); the outbox it reads and the counters it keeps belong
+ * to kafka.c.
+ *
  * This is the only file that includes rdkafka.h.
  *
  *-------------------------------------------------------------------------
@@ -34,8 +40,10 @@
 #include "pgstat.h"
 #include "postmaster/interrupt.h"
 #include "storage/latch.h"
+#include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/guc.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -46,7 +54,9 @@
 #include "clock.h"
 #include "infra.h"
 #include "kafka.h"
+#include "producer.h"
 #include "spicheck.h"
+#include "worker.h"
 
 /* How long a message may wait for the broker before it counts as failed. */
 #define KAFKA_MESSAGE_TIMEOUT_MS "10000"
@@ -167,6 +177,13 @@ static int	dropped_client_logs = 0;
 
 static bool KafkaConfigApply(rd_kafka_conf_t *conf, const char *value,
 							 char *errbuf, size_t errlen);
+static bool KafkaConfigValid(const char *value, char *errbuf, size_t errlen);
+static bool KafkaConfigCheckHook(char **newval, void **extra, GucSource source);
+static const char *KafkaConfigShowHook(void);
+static bool KafkaNamesConfig(const char *text);
+static void KafkaHideConfigInLog(ErrorData *edata);
+static long KafkaWorkerServe(void);
+static void KafkaWorkerShutdown(void);
 static void KafkaDeliveryReport(rd_kafka_t *rk, const rd_kafka_message_t *msg,
 								void *opaque);
 static void KafkaErrorCallback(rd_kafka_t *rk, int err, const char *reason,
@@ -190,6 +207,137 @@ static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
 static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
+
+char	   *infra_kafka_brokers = NULL;
+char	   *infra_kafka_config = NULL;
+int			infra_kafka_batch_size = 10000;
+int			infra_kafka_linger_ms = 1;
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* Run by the infra worker of each database, once infra is installed there. */
+static const InfraWorkerService producer_service = {
+	.name = "kafka producer",
+	.serve = KafkaWorkerServe,
+	.shutdown = KafkaWorkerShutdown,
+};
+
+/*
+ * Define the producer's settings, keep infra.kafka_config out of the log,
+ * and become a service of the infra worker.
+ */
+void
+InfraProducerInit(void)
+{
+	DefineCustomStringVariable("infra.kafka_brokers",
+							   "Kafka bootstrap servers (host:port, comma-separated); empty disables producing.",
+							   "Messages queue in infra.kafka_outbox until brokers are set.",
+							   &infra_kafka_brokers,
+							   "",
+							   PGC_SIGHUP, 0,
+							   NULL, NULL, NULL);
+	DefineCustomStringVariable("infra.kafka_config",
+							   "librdkafka properties for the producer: key=value pairs separated by semicolons, or @file to read them from a file.",
+							   "Checked with librdkafka when set, never shown. Keep secrets in a file: PostgreSQL logs changed settings.",
+							   &infra_kafka_config,
+							   "",
+							   PGC_SIGHUP, GUC_SUPERUSER_ONLY | GUC_NO_SHOW_ALL,
+							   KafkaConfigCheckHook, NULL, KafkaConfigShowHook);
+	DefineCustomIntVariable("infra.kafka_batch_size",
+							"Outbox rows the worker produces per round (at most 16 MB of keys and values).",
+							NULL,
+							&infra_kafka_batch_size,
+							10000, 1, 100000,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("infra.kafka_linger_ms",
+							"librdkafka linger.ms: how long the producer waits to fill a request.",
+							NULL,
+							&infra_kafka_linger_ms,
+							1, 0, 60000,
+							PGC_SIGHUP, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = KafkaHideConfigInLog;
+	InfraWorkerRegisterService(&producer_service);
+}
+
+/*
+ * check_hook of infra.kafka_config: every property must be one librdkafka
+ * accepts.  A bad value at reload is refused, so the producer keeps the
+ * configuration it has.
+ */
+static bool
+KafkaConfigCheckHook(char **newval, void **extra, GucSource source)
+{
+	char		errbuf[512];
+
+	if (*newval == NULL || (*newval)[0] == '\0')
+		return true;
+	if (KafkaConfigValid(*newval, errbuf, sizeof(errbuf)))
+		return true;
+	/* Not PostgreSQL's own message: it would quote the value. */
+	GUC_check_errmsg("invalid value for parameter \"infra.kafka_config\"");
+	GUC_check_errdetail("%s", errbuf);
+	GUC_check_errhint("Give librdkafka producer properties as key=value pairs separated by semicolons, or @file.");
+	return false;
+}
+
+/*
+ * Does text name infra.kafka_config (in any letter case)?
+ */
+static bool
+KafkaNamesConfig(const char *text)
+{
+	const char *p;
+
+	for (p = text; *p != '\0'; p++)
+		if (pg_strncasecmp(p, "kafka_config", strlen("kafka_config")) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * emit_log_hook: PostgreSQL logs the new value of every setting a reload
+ * changes; for infra.kafka_config, which may hold passwords, only that it
+ * changed.  A statement naming it is logged neither by log_statement nor
+ * as an error's STATEMENT line.  Installed before infra's JSON log hook,
+ * so its lines carry the hidden text too.
+ */
+static void
+KafkaHideConfigInLog(ErrorData *edata)
+{
+	if (edata->message_id != NULL && edata->message != NULL &&
+		strcmp(edata->message_id, "parameter \"%s\" changed to \"%s\"") == 0 &&
+		strstr(edata->message, "\"infra.kafka_config\"") != NULL)
+		edata->message = pstrdup("parameter \"infra.kafka_config\" changed to \"(hidden)\"");
+	/*
+	 * A statement naming it (ALTER SYSTEM SET infra.kafka_config = '...'):
+	 * neither log_statement's line nor an error's STATEMENT line shows it.
+	 */
+	if (debug_query_string != NULL && KafkaNamesConfig(debug_query_string))
+	{
+		edata->hide_stmt = true;
+		if (edata->message_id != NULL && edata->message != NULL &&
+			(strstr(edata->message_id, "statement: ") != NULL ||
+			 strncmp(edata->message_id, "execute ", 8) == 0) &&
+			KafkaNamesConfig(edata->message))
+			edata->message = pstrdup("statement: (hidden: it names infra.kafka_config)");
+	}
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+/*
+ * show_hook of infra.kafka_config: it may hold passwords.
+ */
+static const char *
+KafkaConfigShowHook(void)
+{
+	return (infra_kafka_config && infra_kafka_config[0]) ? "(hidden)" : "";
+}
 
 /*
  * librdkafka quotes a refused value in its message ("Invalid value \"...\"
@@ -303,7 +451,7 @@ KafkaConfigApply(rd_kafka_conf_t *conf, const char *value, char *errbuf,
  * Is value a configuration librdkafka accepts?  Used by the GUC check hook;
  * no producer is created, nothing talks to the network.
  */
-bool
+static bool
 KafkaConfigValid(const char *value, char *errbuf, size_t errlen)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
@@ -517,7 +665,7 @@ KafkaEnsureProducer(void)
 /*
  * Drain and destroy the producer (SIGHUP with new settings, exit).
  */
-void
+static void
 KafkaWorkerShutdown(void)
 {
 	if (producer == NULL)
@@ -1238,7 +1386,7 @@ KafkaPendingAfterRound(bool rows_left_out, int64 kept)
  * KAFKA_IDLE_POLL_MS when the outbox is empty, 0 when more may wait, or a
  * backoff after failures.
  */
-long
+static long
 KafkaWorkerServe(void)
 {
 	OutboxRow  *rows;

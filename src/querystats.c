@@ -120,6 +120,7 @@ typedef struct QSShared
 bool		infra_query_metrics_on = true;
 int			infra_query_metrics_max = 5000;
 
+static void QueryStatsCollectMetrics(StringInfo out);
 static QSShared *qs_shared = NULL;
 static HTAB *qs_hash = NULL;
 
@@ -206,6 +207,7 @@ InfraQueryStatsInit(void)
 							NULL, NULL, NULL);
 
 	InfraShmemRegister(&seg);
+	MetricsRegisterCollector(QueryStatsCollectMetrics);
 	/* Have the core compute query ids (compute_query_id = auto). */
 	EnableQueryId();
 
@@ -1006,7 +1008,7 @@ infra_query_metrics_reset(PG_FUNCTION_ARGS)
  * Built-in series: totals over every statement (evicted ones included, so
  * they only go down at infra.query_metrics_reset()) and the table's use.
  */
-void
+static void
 QueryStatsCollectMetrics(StringInfo out)
 {
 	int64		calls;

@@ -116,6 +116,7 @@ typedef struct RateLimitResult
 
 int			infra_rate_limit_max_keys = 10000;
 
+static void RateLimitCollectMetrics(StringInfo out);
 static RateLimitShared *rate_limit_shared = NULL;
 static HTAB *rate_limit_hash = NULL;
 
@@ -186,6 +187,7 @@ InfraRateLimitInit(void)
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	InfraShmemRegister(&seg);
+	MetricsRegisterCollector(RateLimitCollectMetrics);
 }
 
 static Size
@@ -748,7 +750,7 @@ infra_rate_limits(PG_FUNCTION_ARGS)
  * evicted), and per named limiter (bounded by infra.rate_limiters; ad-hoc
  * keys are not labels, they could be unbounded).
  */
-void
+static void
 RateLimitCollectMetrics(StringInfo out)
 {
 	static const char *const names[] = {

@@ -53,6 +53,7 @@
 #include "infra.h"
 #include "metrics.h"
 #include "shmem.h"
+#include "spans.h"
 #include "tracing.h"
 
 PG_FUNCTION_INFO_V1(infra_span_start);
@@ -91,6 +92,7 @@ typedef struct SpanRing
 	uint64		head;			/* next to write */
 	uint64		tail;			/* next to export */
 	Latch	   *exporter;		/* the exporter's latch, NULL when none */
+	int			wake_every;		/* spans between its wake-ups: its batch size */
 	pg_atomic_uint64 dropped;	/* ring full */
 	pg_atomic_uint64 exported;
 	pg_atomic_uint64 rejected;	/* refused by the collector */
@@ -105,6 +107,7 @@ typedef struct SpanRing
 double		infra_trace_sample_rate = 0.0;
 int			infra_trace_buffer_spans = 2048;
 
+static void SpansCollectMetrics(StringInfo out);
 static SpanRing *ring = NULL;
 
 /* Session state. */
@@ -155,6 +158,7 @@ static void SpansAppendStringAttribute(StringInfo buf, const char *key, const ch
 static void SpansAppendJsonbAttributes(StringInfo buf, Jsonb *attributes);
 static int64 SpansNowNs(void);
 static const char *SpansDatabaseName(void);
+static bool SpansCurrentTraceparent(char *buf);
 
 /*
  * Define the sampling and ring GUCs, reserve the ring and install the
@@ -172,6 +176,7 @@ InfraSpansInit(void)
 		.pointer = (void **) &ring,
 	};
 
+	TracingSetSpanSource(SpansCurrentTraceparent);
 	DefineCustomRealVariable("infra.trace_sample_rate",
 							 "Share of top-level statements without an incoming trace context that get a server span.",
 							 "Statements with a trace context follow its sampled flag.",
@@ -189,6 +194,7 @@ InfraSpansInit(void)
 							PGC_POSTMASTER, 0,
 							NULL, NULL, NULL);
 	InfraShmemRegister(&seg);
+	MetricsRegisterCollector(SpansCollectMetrics);
 
 	prev_executor_start = ExecutorStart_hook;
 	ExecutorStart_hook = SpansExecutorStart;
@@ -255,8 +261,9 @@ SpansParent(SpanContext *parent)
 /*
  * The context to propagate from here, as a traceparent, into buf (at
  * least TRACEPARENT_LEN + 1 bytes); false to fall back on the session's.
+ * Registered with tracing.c as its span source.
  */
-bool
+static bool
 SpansCurrentTraceparent(char *buf)
 {
 	const SpanContext *ctx = NULL;
@@ -719,7 +726,7 @@ SpansRecord(const OpenSpan *span, uint8 status, const char *status_message, Json
 		   offsetof(SpanRecord, attributes) + strlen(rec.attributes) + 1);
 	ring->head++;
 	/* Wake the exporter for the first span and for each full batch. */
-	if (queued == 0 || (queued + 1) % Max(infra_otlp_batch_size, 1) == 0)
+	if (queued == 0 || (queued + 1) % Max(ring->wake_every, 1) == 0)
 		wake = ring->exporter;
 	LWLockRelease(ring->lock);
 	if (wake != NULL)
@@ -915,15 +922,17 @@ SpansHex(const uint8 *bytes, int n, char *out)
  */
 
 /*
- * Register (or with NULL, unregister) the exporter's latch.
+ * Register (or with NULL, unregister) the exporter's latch, woken at the
+ * first span queued and every wake_every after it (a full batch).
  */
 void
-SpanRingSetExporter(Latch *latch)
+SpanRingSetExporter(Latch *latch, int wake_every)
 {
 	if (ring == NULL)
 		return;
 	LWLockAcquire(ring->lock, LW_EXCLUSIVE);
 	ring->exporter = latch;
+	ring->wake_every = wake_every;
 	LWLockRelease(ring->lock);
 }
 
@@ -1027,7 +1036,7 @@ infra_trace_stats(PG_FUNCTION_ARGS)
 /*
  * Built-in series of tracing.
  */
-void
+static void
 SpansCollectMetrics(StringInfo out)
 {
 	uint64		queued;

@@ -16,6 +16,10 @@
  * statement.  A correlation id is any 1 to 128 visible ASCII characters;
  * anything else is refused.
  *
+ * A bottom module: kafka.c, logging.c and spans.c call it; it calls none of
+ * them.  The current span, when there is one, comes from the source spans.c
+ * registers (TracingSetSpanSource).  No shared memory.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
@@ -34,6 +38,9 @@ PG_FUNCTION_INFO_V1(infra_new_correlation_id);
 
 char	   *infra_traceparent_guc = NULL;
 char	   *infra_correlation_id_guc = NULL;
+
+/* The current span's traceparent, from spans.c; NULL until it registers. */
+static TraceparentSource span_source = NULL;
 
 static bool TraceparentCheckHook(char **newval, void **extra, GucSource source);
 static bool CorrelationIdCheckHook(char **newval, void **extra, GucSource source);
@@ -159,15 +166,24 @@ CorrelationIdCheckHook(char **newval, void **extra, GucSource source)
 }
 
 /*
- * The trace context to propagate: the current span's (spans.c) or the
- * session's infra.traceparent; NULL when there is none.
+ * Register where the current span comes from (spans.c, at load).
+ */
+void
+TracingSetSpanSource(TraceparentSource source)
+{
+	span_source = source;
+}
+
+/*
+ * The trace context to propagate: the current span's (the registered
+ * source) or the session's infra.traceparent; NULL when there is none.
  */
 const char *
 InfraTraceparent(void)
 {
 	static char current[TRACEPARENT_LEN + 1];
 
-	if (SpansCurrentTraceparent(current))
+	if (span_source != NULL && span_source(current))
 		return current;
 	return (infra_traceparent_guc && infra_traceparent_guc[0]) ? infra_traceparent_guc : NULL;
 }

@@ -6,7 +6,8 @@
  * The postmaster starts one "infra worker" per database named in
  * infra.database.  A worker connects to its database, waits until
  * CREATE EXTENSION infra has happened there, and then serves: later modules
- * (the Kafka producer, the OTLP exporter) do their work from its loop.  It
+ * register services (the Kafka producer) that do their work from its loop,
+ * without the worker naming them.  It
  * sleeps on its latch with no timeout: backends wake it at commit through
  * InfraWorkerWakeAtCommit(), and CREATE/DROP EXTENSION wake it through the
  * object access hook, so an idle worker costs nothing.
@@ -50,7 +51,6 @@
 
 #include "infra.h"
 #include "spicheck.h"
-#include "kafka.h"
 #include "metrics.h"
 #include "shmem.h"
 #include "worker.h"
@@ -90,6 +90,7 @@ char	   *infra_database = NULL;
  * warns and keeps the default for a bad value in postgresql.conf; infra
  * refuses to start instead of serving a database nobody asked for.
  */
+static void WorkerCollectMetrics(StringInfo out);
 static char *rejected_database = NULL;
 static char rejected_detail[128];
 
@@ -110,6 +111,11 @@ static object_access_hook_type prev_object_access_hook = NULL;
 /* The running worker's own slot. */
 static InfraWorkerSlot *my_slot = NULL;
 
+/* Services registered by the modules, run in this order. */
+#define INFRA_WORKER_MAX_SERVICES 8
+static InfraWorkerService services[INFRA_WORKER_MAX_SERVICES];
+static int	nservices = 0;
+
 static bool InfraDatabaseCheckHook(char **newval, void **extra, GucSource source);
 static int	InfraParseDatabases(const char *value, char names[][NAMEDATALEN]);
 static Size InfraWorkerShmemSize(void);
@@ -122,6 +128,7 @@ static void InfraWorkerRecordError(const char *message);
 static void InfraWorkerDetach(int code, Datum arg);
 static void InfraWorkerProbeDatabase(void);
 static bool InfraWorkerExtensionPresent(void);
+static long InfraWorkerServe(void);
 static void InfraWorkerLoop(void);
 static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
@@ -188,6 +195,7 @@ InfraWorkerInit(void)
 		};
 
 		InfraShmemRegister(&seg);
+		MetricsRegisterCollector(WorkerCollectMetrics);
 	}
 
 	for (i = 0; i < worker_ndatabases; i++)
@@ -535,12 +543,45 @@ InfraWorkerExtensionPresent(void)
 }
 
 /*
+ * Add a service to the worker's loop (in _PG_init, while preloading).
+ */
+void
+InfraWorkerRegisterService(const InfraWorkerService *service)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	if (nservices >= INFRA_WORKER_MAX_SERVICES)
+		elog(ERROR, "too many infra worker services");
+	services[nservices++] = *service;
+}
+
+/*
+ * One round of every service; the shortest sleep any of them asks for.
+ */
+static long
+InfraWorkerServe(void)
+{
+	long		timeout = -1;
+	int			i;
+
+	for (i = 0; i < nservices; i++)
+	{
+		long		mine = services[i].serve();
+
+		if (mine >= 0 && (timeout < 0 || mine < timeout))
+			timeout = mine;
+	}
+	return timeout;
+}
+
+/*
  * Sleep on the latch, look at what changed, serve; forever.
  */
 static void
 InfraWorkerLoop(void)
 {
 	MemoryContext loop_context;
+	int			i;
 	sigjmp_buf	local_sigjmp_buf;
 	volatile bool serving = false;
 	volatile bool announced_wait = false;
@@ -621,9 +662,9 @@ InfraWorkerLoop(void)
 		}
 		serving = present;
 
-		/* The serving modules' work; each says how long it may sleep. */
+		/* The services' work; each says how long it may sleep. */
 		if (present)
-			timeout = KafkaWorkerServe();
+			timeout = InfraWorkerServe();
 
 		MemoryContextSwitchTo(loop_context);
 		MemoryContextReset(loop_context);
@@ -634,7 +675,8 @@ InfraWorkerLoop(void)
 						 timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 	}
-	KafkaWorkerShutdown();
+	for (i = 0; i < nservices; i++)
+		services[i].shutdown();
 }
 
 /*
@@ -786,7 +828,7 @@ infra_worker_status(PG_FUNCTION_ARGS)
 /*
  * Built-in series: whether each configured database's worker is running.
  */
-void
+static void
 WorkerCollectMetrics(StringInfo out)
 {
 	int			i;

@@ -40,6 +40,21 @@ typedef enum InfraWorkerState
 extern void InfraRegisterWorker(const char *function, const char *name, const char *type,
 								bool database, int restart_seconds, Datum arg);
 
+/*
+ * A service the infra worker runs from its loop once CREATE EXTENSION has
+ * happened in its database: serve does a round of work and says how long
+ * the worker may sleep (-1: until woken, 0: not at all, else milliseconds);
+ * shutdown releases what serve holds when the worker stops.  Registered by
+ * the modules in _PG_init; the worker names none of them.
+ */
+typedef struct InfraWorkerService
+{
+	const char *name;
+	long		(*serve) (void);
+	void		(*shutdown) (void);
+} InfraWorkerService;
+
+extern void InfraWorkerRegisterService(const InfraWorkerService *service);
 extern void InfraWorkerWakeAtCommit(void);
 extern bool InfraWorkersHealthy(StringInfo why);
 extern const char *InfraWorkerFirstDatabase(void);
