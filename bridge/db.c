@@ -383,15 +383,376 @@ resolve_table(const BridgeRoute *route, char *table, size_t size)
 	return true;
 }
 
+/* The columns a route writes and the expression of each, as it is built. */
+#define ROUTE_MAX_TARGETS 256
+typedef struct RouteTargets
+{
+	const BridgeRoute *route;
+	const char *table;			/* qualified name */
+	Column	   *cols;			/* every column of the table */
+	int			ncols;
+	const Column *target[ROUTE_MAX_TARGETS];
+	char		expr[ROUTE_MAX_TARGETS][200];
+	CopyField	fields[ROUTE_MAX_TARGETS];
+	int			nt;
+} RouteTargets;
+
 /*
- * Check every route's table and columns, and make its statements; PREPARE
- * them once so that anything the server would refuse (a type that does
- * not fit, ON CONFLICT without a unique index) is reported now.
+ * The table's columns (name, quoted name, type, whether it has a default)
+ * into rt->cols; false, reported, when they cannot be read.
+ */
+static bool
+load_columns(RouteTargets *rt)
+{
+	const char *params[1] = {rt->table};
+	PGresult   *res;
+	int			i;
+
+	res = PQexecParams(conn,
+					   "SELECT attname, quote_ident(attname), format_type(atttypid, atttypmod),"
+					   " atthasdef OR attidentity <> '' OR attgenerated <> ''"
+					   " FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
+					   " AND NOT attisdropped ORDER BY attnum",
+					   1, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK)
+	{
+		log_error("route \"%s\": cannot read the columns of %s: %s", rt->route->name, rt->table,
+				  PQerrorMessage(conn));
+		PQclear(res);
+		return false;
+	}
+	rt->ncols = PQntuples(res);
+	rt->cols = calloc((size_t) rt->ncols + 1, sizeof(Column));
+	for (i = 0; i < rt->ncols; i++)
+	{
+		Column	   *c = &rt->cols[i];
+
+		snprintf(c->name, sizeof(c->name), "%s", PQgetvalue(res, i, 0));
+		snprintf(c->quoted, sizeof(c->quoted), "%s", PQgetvalue(res, i, 1));
+		snprintf(c->type, sizeof(c->type), "%s", PQgetvalue(res, i, 2));
+		c->has_default = strcmp(PQgetvalue(res, i, 3), "t") == 0;
+	}
+	PQclear(res);
+	return true;
+}
+
+/*
+ * Add column col, filled by the expression fmt, as written by field;
+ * false, reported, past ROUTE_MAX_TARGETS.
+ */
+static bool
+add_target(RouteTargets *rt, const Column *col, CopyField field, const char *fmt, ...)
+{
+	va_list		ap;
+
+	if (rt->nt >= ROUTE_MAX_TARGETS)
+	{
+		log_error("route \"%s\": too many columns", rt->route->name);
+		return false;
+	}
+	rt->target[rt->nt] = col;
+	rt->fields[rt->nt] = field;
+	va_start(ap, fmt);
+	vsnprintf(rt->expr[rt->nt], sizeof(rt->expr[rt->nt]), fmt, ap);
+	va_end(ap);
+	rt->nt++;
+	return true;
+}
+
+/*
+ * The metadata columns (topic, partition, offset, key, timestamp,
+ * headers), first: they win over a same-named JSON key.
+ */
+static bool
+add_metadata_targets(RouteTargets *rt)
+{
+	static const char *const meta_exprs[META_COUNT] = {
+		"s.topic", "s.part", "s.off", NULL, "s.ts", NULL
+	};
+	static const CopyField meta_fields[META_COUNT] = {
+		FIELD_TOPIC, FIELD_PARTITION, FIELD_OFFSET, FIELD_KEY_TEXT, FIELD_TIMESTAMP, FIELD_HEADERS
+	};
+	int			m;
+
+	for (m = 0; m < META_COUNT; m++)
+	{
+		const Column *c;
+		bool		ok;
+
+		if (rt->route->meta[m][0] == '\0')
+			continue;
+		c = route_column(rt->cols, rt->ncols, rt->route->meta[m], rt->route, rt->table);
+		if (c == NULL)
+			return false;
+		if (m == META_KEY)
+			ok = strcmp(c->type, "bytea") == 0 ?
+				add_target(rt, c, FIELD_KEY_BYTEA, "s.key") :
+				add_target(rt, c, FIELD_KEY_TEXT, "convert_from(s.key, 'UTF8')");
+		else if (m == META_HEADERS)
+			ok = add_target(rt, c, FIELD_HEADERS, "s.headers::%s",
+							strcmp(c->type, "json") == 0 ? "json" : "jsonb");
+		else
+			ok = add_target(rt, c, meta_fields[m], "%s", meta_exprs[m]);
+		if (!ok)
+			return false;
+	}
+	return true;
+}
+
+/*
+ * json_columns: the listed columns, or every column without a default not
+ * taken yet, each from the JSON key of its name (jsonb_populate_record).
+ */
+static bool
+add_json_column_targets(RouteTargets *rt)
+{
+	char		list[BRIDGE_VALUE_LEN];
+	char	   *save = NULL;
+	char	   *tok;
+	int			i;
+	int			t;
+
+	if (rt->route->columns[0] != '\0')
+	{
+		snprintf(list, sizeof(list), "%s", rt->route->columns);
+		for (tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+		{
+			const Column *c = route_column(rt->cols, rt->ncols, tok, rt->route, rt->table);
+
+			if (c == NULL || !add_target(rt, c, FIELD_VALUE_TEXT, "r.%s", c->quoted))
+				return false;
+		}
+		return true;
+	}
+	for (i = 0; i < rt->ncols; i++)
+	{
+		bool		taken = false;
+
+		for (t = 0; t < rt->nt; t++)
+			taken |= rt->target[t] == &rt->cols[i];
+		/* Columns with defaults keep them unless listed. */
+		if (!rt->cols[i].has_default && !taken &&
+			!add_target(rt, &rt->cols[i], FIELD_VALUE_TEXT, "r.%s", rt->cols[i].quoted))
+			return false;
+	}
+	return true;
+}
+
+/*
+ * json, text or bytea: the whole value into the route's one column, whose
+ * type must fit the format.
+ */
+static bool
+add_value_target(RouteTargets *rt)
+{
+	const BridgeRoute *route = rt->route;
+	const Column *c = route_column(rt->cols, rt->ncols, route->column, route, rt->table);
+
+	if (c == NULL)
+		return false;
+	if ((route->format == FORMAT_JSON && strcmp(c->type, "jsonb") != 0 && strcmp(c->type, "json") != 0) ||
+		(route->format == FORMAT_BYTEA && strcmp(c->type, "bytea") != 0))
+	{
+		log_error("route \"%s\": column %s of %s is %s, which format = %s cannot fill",
+				  route->name, c->quoted, rt->table, c->type,
+				  route->format == FORMAT_JSON ? "json" : "bytea");
+		return false;
+	}
+	if (route->format == FORMAT_JSON)
+		return add_target(rt, c, FIELD_VALUE_TEXT, "convert_from(s.val, 'UTF8')::%s", c->type);
+	if (route->format == FORMAT_TEXT)
+		return add_target(rt, c, FIELD_VALUE_TEXT, "convert_from(s.val, 'UTF8')");
+	return add_target(rt, c, FIELD_VALUE_BYTEA, "s.val");
+}
+
+/*
+ * ON CONFLICT (key_columns) DO UPDATE SET the other targets (or DO
+ * NOTHING), appended to insert; false, reported, for an unknown column.
+ */
+static bool
+append_upsert(RouteTargets *rt, Buf *insert)
+{
+	char		list[BRIDGE_VALUE_LEN];
+	char	   *save = NULL;
+	char	   *tok;
+	const Column *keys[64];
+	int			nkeys = 0;
+	int			k;
+	int			t;
+	int			nset = 0;
+
+	snprintf(list, sizeof(list), "%s", rt->route->key_columns);
+	for (tok = strtok_r(list, ", ", &save); tok && nkeys < 64; tok = strtok_r(NULL, ", ", &save))
+	{
+		const Column *c = route_column(rt->cols, rt->ncols, tok, rt->route, rt->table);
+
+		if (c == NULL)
+			return false;
+		keys[nkeys++] = c;
+	}
+	buf_puts(insert, " ON CONFLICT (");
+	for (k = 0; k < nkeys; k++)
+		buf_printf(insert, "%s%s", k ? ", " : "", keys[k]->quoted);
+	buf_puts(insert, ") DO ");
+	for (t = 0; t < rt->nt; t++)
+	{
+		bool		is_key = false;
+
+		for (k = 0; k < nkeys; k++)
+			is_key |= keys[k] == rt->target[t];
+		if (is_key)
+			continue;
+		buf_printf(insert, "%s%s = EXCLUDED.%s", nset++ ? ", " : "UPDATE SET ",
+				   rt->target[t]->quoted, rt->target[t]->quoted);
+	}
+	if (nset == 0)
+		buf_puts(insert, "NOTHING");
+	return true;
+}
+
+/*
+ * The route's INSERT ... SELECT from the staging table ($1 route, $2..$3
+ * the range of sequence numbers, $4 the route's name for dedupe) into sql;
+ * false, reported, when an upsert key is unknown.
+ */
+static bool
+build_insert(RouteTargets *rt, char **sql)
+{
+	const BridgeRoute *route = rt->route;
+	Buf			insert = {0};
+	int			t;
+
+	buf_printf(&insert, "INSERT INTO %s (", rt->table);
+	for (t = 0; t < rt->nt; t++)
+		buf_printf(&insert, "%s%s", t ? ", " : "", rt->target[t]->quoted);
+	buf_puts(&insert, ") SELECT ");
+	for (t = 0; t < rt->nt; t++)
+		buf_printf(&insert, "%s%s", t ? ", " : "", rt->expr[t]);
+	/* With dedupe, only the first of a message id in the batch counts. */
+	if (route->dedupe)
+		buf_puts(&insert, " FROM (SELECT *, row_number() OVER (PARTITION BY msg_id ORDER BY seq) AS nth"
+				 " FROM pg_temp.infra_bridge_stage WHERE route = $1) s");
+	else
+		buf_puts(&insert, " FROM pg_temp.infra_bridge_stage s");
+	if (route->format == FORMAT_JSON_COLUMNS)
+		buf_printf(&insert, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
+				   rt->table);
+	buf_puts(&insert, " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3");
+	/* $4, the route's name, is used by dedupe; typed either way. */
+	if (route->dedupe)
+		buf_puts(&insert, " AND (s.msg_id IS NULL OR (s.nth = 1 AND NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m"
+				 " WHERE m.route = $4::text AND m.msg_id = s.msg_id)))");
+	else
+		buf_puts(&insert, " AND $4::text IS NOT NULL");
+	buf_puts(&insert, " ORDER BY s.seq");
+	if (route->upsert && !append_upsert(rt, &insert))
+	{
+		free(insert.data);
+		return false;
+	}
+	*sql = insert.data;
+	return true;
+}
+
+/*
+ * One value into one column, no conflict handling, no dedupe: the batch
+ * can be COPYed straight into the table, the way a hand-written pipeline
+ * would (the staging path is the fallback when that COPY meets a bad
+ * message); binary when every column has a binary form the bridge writes.
+ */
+static void
+build_copy(RouteTargets *rt, RouteSql *rs)
+{
+	const BridgeRoute *route = rt->route;
+	Buf			copy = {0};
+	int			t;
+
+	free(rs->copy);
+	rs->copy = NULL;
+	if (route->format == FORMAT_JSON_COLUMNS || route->upsert || route->dedupe)
+		return;
+	rs->binary = true;
+	buf_printf(&copy, "COPY %s (", rt->table);
+	for (t = 0; t < rt->nt; t++)
+	{
+		buf_printf(&copy, "%s%s", t ? ", " : "", rt->target[t]->quoted);
+		rs->fields[t] = rt->fields[t];
+		rs->forms[t] = binary_form(rt->fields[t], rt->target[t]->type);
+		rs->binary &= rs->forms[t] != BINARY_NONE;
+	}
+	buf_puts(&copy, rs->binary ? ") FROM STDIN (FORMAT binary)" : ") FROM STDIN");
+	rs->nfields = rt->nt;
+	rs->copy = copy.data;
+}
+
+/*
+ * With dedupe: the statement remembering a range's message ids.
+ */
+static void
+build_ids(const BridgeRoute *route, RouteSql *rs)
+{
+	free(rs->ids);
+	rs->ids = NULL;
+	if (route->dedupe)
+		rs->ids = strdup("INSERT INTO infra.bridge_message_ids (route, msg_id)"
+						 " SELECT DISTINCT $4::text, s.msg_id FROM pg_temp.infra_bridge_stage s"
+						 " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3 AND s.msg_id IS NOT NULL"
+						 " ON CONFLICT DO NOTHING");
+}
+
+/*
+ * One route: its table and columns checked, its statements made, its
+ * INSERT prepared once so that anything the server would refuse (a type
+ * that does not fit, ON CONFLICT without a unique index) is reported now.
+ */
+static bool
+check_route(const BridgeRoute *route, RouteSql *rs)
+{
+	RouteTargets *rt = calloc(1, sizeof(RouteTargets));
+	char		table[600];
+	char	   *insert = NULL;
+	PGresult   *res;
+	bool		ok;
+
+	rt->route = route;
+	rt->table = table;
+	ok = resolve_table(route, table, sizeof(table)) && load_columns(rt) &&
+		add_metadata_targets(rt) &&
+		(route->format == FORMAT_JSON_COLUMNS ? add_json_column_targets(rt) : add_value_target(rt)) &&
+		build_insert(rt, &insert);
+	if (ok)
+	{
+		free(rs->insert);
+		rs->insert = insert;
+		build_copy(rt, rs);
+		build_ids(route, rs);
+	}
+	free(rt->cols);
+	free(rt);
+	if (!ok)
+		return false;
+
+	res = PQprepare(conn, "", rs->insert, 4, NULL);
+	if (PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		log_error("route \"%s\": the server refuses its INSERT into %s: %s", route->name, table,
+				  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+	log_debug("route \"%s\": %s", route->name, rs->insert);
+	if (rs->copy != NULL)
+		log_debug("route \"%s\": %s", route->name, rs->copy);
+	return true;
+}
+
+/*
+ * Check every route's table and columns, and make its statements.
  */
 bool
 db_check_routes(const BridgeConfig *config)
 {
-	const char *params[1];
 	PGresult   *res;
 	int			r;
 
@@ -404,268 +765,9 @@ db_check_routes(const BridgeConfig *config)
 		return false;
 	}
 	PQclear(res);
-
 	for (r = 0; r < config->nroutes; r++)
-	{
-		const BridgeRoute *route = &config->routes[r];
-		Column	   *cols;
-		int			ncols;
-		char		table[600];
-		const Column *c;
-		int			i;
-		int			m;
-		static const char *const meta_exprs[META_COUNT] = {
-			"s.topic", "s.part", "s.off", NULL, "s.ts", NULL
-		};
-
-		if (!resolve_table(route, table, sizeof(table)))
+		if (!check_route(&config->routes[r], &route_sql[r]))
 			return false;
-
-		params[0] = table;
-		res = PQexecParams(conn,
-						   "SELECT attname, quote_ident(attname), format_type(atttypid, atttypmod),"
-						   " atthasdef OR attidentity <> '' OR attgenerated <> ''"
-						   " FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
-						   " AND NOT attisdropped ORDER BY attnum",
-						   1, NULL, params, NULL, NULL, 0);
-		if (PQresultStatus(res) != PGRES_TUPLES_OK)
-		{
-			log_error("route \"%s\": cannot read the columns of %s: %s", route->name, table,
-					  PQerrorMessage(conn));
-			PQclear(res);
-			return false;
-		}
-		ncols = PQntuples(res);
-		cols = calloc((size_t) ncols + 1, sizeof(Column));
-		for (i = 0; i < ncols; i++)
-		{
-			snprintf(cols[i].name, sizeof(cols[i].name), "%s", PQgetvalue(res, i, 0));
-			snprintf(cols[i].quoted, sizeof(cols[i].quoted), "%s", PQgetvalue(res, i, 1));
-			snprintf(cols[i].type, sizeof(cols[i].type), "%s", PQgetvalue(res, i, 2));
-			cols[i].has_default = strcmp(PQgetvalue(res, i, 3), "t") == 0;
-		}
-		PQclear(res);
-
-		/*
-		 * The columns written and the expression of each: metadata first
-		 * (it wins over a same-named JSON key), then the value.
-		 */
-		{
-			const Column *target[256];
-			char		expr[256][200];
-			CopyField	fields[256];
-			int			nt = 0;
-			Buf			insert = {0};
-			int			t;
-
-#define ADD_TARGET(col, ...) \
-			do { \
-				if (nt >= 256) { log_error("route \"%s\": too many columns", route->name); free(cols); return false; } \
-				target[nt] = (col); \
-				snprintf(expr[nt], sizeof(expr[nt]), __VA_ARGS__); \
-				nt++; \
-			} while (0)
-
-			for (m = 0; m < META_COUNT; m++)
-			{
-				if (route->meta[m][0] == '\0')
-					continue;
-				c = route_column(cols, ncols, route->meta[m], route, table);
-				if (c == NULL)
-				{
-					free(cols);
-					return false;
-				}
-				if (m == META_KEY)
-					ADD_TARGET(c, "%s", strcmp(c->type, "bytea") == 0 ? "s.key" : "convert_from(s.key, 'UTF8')");
-				else if (m == META_HEADERS)
-					ADD_TARGET(c, "s.headers::%s", strcmp(c->type, "json") == 0 ? "json" : "jsonb");
-				else
-					ADD_TARGET(c, "%s", meta_exprs[m]);
-				fields[nt - 1] = m == META_TOPIC ? FIELD_TOPIC : m == META_PARTITION ? FIELD_PARTITION :
-					m == META_OFFSET ? FIELD_OFFSET : m == META_TIMESTAMP ? FIELD_TIMESTAMP :
-					m == META_HEADERS ? FIELD_HEADERS :
-					strcmp(c->type, "bytea") == 0 ? FIELD_KEY_BYTEA : FIELD_KEY_TEXT;
-			}
-
-			if (route->format == FORMAT_JSON_COLUMNS)
-			{
-				char		list[BRIDGE_VALUE_LEN];
-				char	   *save = NULL;
-				char	   *tok;
-
-				snprintf(list, sizeof(list), "%s", route->columns);
-				if (route->columns[0] != '\0')
-					for (tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
-					{
-						c = route_column(cols, ncols, tok, route, table);
-						if (c == NULL)
-						{
-							free(cols);
-							return false;
-						}
-						ADD_TARGET(c, "r.%s", c->quoted);
-					}
-				else
-					for (i = 0; i < ncols; i++)
-					{
-						bool		taken = false;
-
-						for (t = 0; t < nt; t++)
-							taken |= target[t] == &cols[i];
-						/* Columns with defaults keep them unless listed. */
-						if (!cols[i].has_default && !taken)
-							ADD_TARGET(&cols[i], "r.%s", cols[i].quoted);
-					}
-			}
-			else
-			{
-				c = route_column(cols, ncols, route->column, route, table);
-				if (c == NULL)
-				{
-					free(cols);
-					return false;
-				}
-				if ((route->format == FORMAT_JSON && strcmp(c->type, "jsonb") != 0 && strcmp(c->type, "json") != 0) ||
-					(route->format == FORMAT_BYTEA && strcmp(c->type, "bytea") != 0))
-				{
-					log_error("route \"%s\": column %s of %s is %s, which format = %s cannot fill",
-							  route->name, c->quoted, table, c->type,
-							  route->format == FORMAT_JSON ? "json" : "bytea");
-					free(cols);
-					return false;
-				}
-				if (route->format == FORMAT_JSON)
-					ADD_TARGET(c, "convert_from(s.val, 'UTF8')::%s", c->type);
-				else if (route->format == FORMAT_TEXT)
-					ADD_TARGET(c, "convert_from(s.val, 'UTF8')");
-				else
-					ADD_TARGET(c, "s.val");
-				fields[nt - 1] = route->format == FORMAT_BYTEA ? FIELD_VALUE_BYTEA : FIELD_VALUE_TEXT;
-			}
-#undef ADD_TARGET
-
-			buf_printf(&insert, "INSERT INTO %s (", table);
-			for (t = 0; t < nt; t++)
-				buf_printf(&insert, "%s%s", t ? ", " : "", target[t]->quoted);
-			buf_puts(&insert, ") SELECT ");
-			for (t = 0; t < nt; t++)
-				buf_printf(&insert, "%s%s", t ? ", " : "", expr[t]);
-			/* With dedupe, only the first of a message id in the batch counts. */
-			if (route->dedupe)
-				buf_puts(&insert, " FROM (SELECT *, row_number() OVER (PARTITION BY msg_id ORDER BY seq) AS nth"
-						 " FROM pg_temp.infra_bridge_stage WHERE route = $1) s");
-			else
-				buf_puts(&insert, " FROM pg_temp.infra_bridge_stage s");
-			if (route->format == FORMAT_JSON_COLUMNS)
-				buf_printf(&insert, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
-						   table);
-			buf_puts(&insert, " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3");
-			/* $4, the route's name, is used by dedupe; typed either way. */
-			if (route->dedupe)
-				buf_puts(&insert, " AND (s.msg_id IS NULL OR (s.nth = 1 AND NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m"
-						 " WHERE m.route = $4::text AND m.msg_id = s.msg_id)))");
-			else
-				buf_puts(&insert, " AND $4::text IS NOT NULL");
-			buf_puts(&insert, " ORDER BY s.seq");
-			if (route->upsert)
-			{
-				char		list[BRIDGE_VALUE_LEN];
-				char	   *save = NULL;
-				char	   *tok;
-				const Column *keys[64];
-				int			nkeys = 0;
-				int			k;
-				int			nset = 0;
-
-				snprintf(list, sizeof(list), "%s", route->key_columns);
-				for (tok = strtok_r(list, ", ", &save); tok && nkeys < 64; tok = strtok_r(NULL, ", ", &save))
-				{
-					c = route_column(cols, ncols, tok, route, table);
-					if (c == NULL)
-					{
-						free(cols);
-						free(insert.data);
-						return false;
-					}
-					keys[nkeys++] = c;
-				}
-				buf_puts(&insert, " ON CONFLICT (");
-				for (k = 0; k < nkeys; k++)
-					buf_printf(&insert, "%s%s", k ? ", " : "", keys[k]->quoted);
-				buf_puts(&insert, ") DO ");
-				for (t = 0; t < nt; t++)
-				{
-					bool		is_key = false;
-
-					for (k = 0; k < nkeys; k++)
-						is_key |= keys[k] == target[t];
-					if (is_key)
-						continue;
-					buf_printf(&insert, "%s%s = EXCLUDED.%s", nset++ ? ", " : "UPDATE SET ",
-							   target[t]->quoted, target[t]->quoted);
-				}
-				if (nset == 0)
-					buf_puts(&insert, "NOTHING");
-			}
-			free(route_sql[r].insert);
-			route_sql[r].insert = insert.data;
-
-			/*
-			 * One value into one column, no conflict handling, no dedupe:
-			 * the batch can be COPYed straight into the table, the way a
-			 * hand-written pipeline would (the staging path is the
-			 * fallback when that COPY meets a bad message).
-			 */
-			free(route_sql[r].copy);
-			route_sql[r].copy = NULL;
-			if (route->format != FORMAT_JSON_COLUMNS && !route->upsert && !route->dedupe)
-			{
-				Buf			copy = {0};
-
-				route_sql[r].binary = true;
-				buf_printf(&copy, "COPY %s (", table);
-				for (t = 0; t < nt; t++)
-				{
-					buf_printf(&copy, "%s%s", t ? ", " : "", target[t]->quoted);
-					route_sql[r].fields[t] = fields[t];
-					route_sql[r].forms[t] = binary_form(fields[t], target[t]->type);
-					route_sql[r].binary &= route_sql[r].forms[t] != BINARY_NONE;
-				}
-				buf_puts(&copy, route_sql[r].binary ? ") FROM STDIN (FORMAT binary)" : ") FROM STDIN");
-				route_sql[r].nfields = nt;
-				route_sql[r].copy = copy.data;
-			}
-		}
-		free(cols);
-
-		free(route_sql[r].ids);
-		route_sql[r].ids = NULL;
-		if (route->dedupe)
-		{
-			Buf			ids = {0};
-
-			buf_puts(&ids, "INSERT INTO infra.bridge_message_ids (route, msg_id)"
-					 " SELECT DISTINCT $4::text, s.msg_id FROM pg_temp.infra_bridge_stage s"
-					 " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3 AND s.msg_id IS NOT NULL"
-					 " ON CONFLICT DO NOTHING");
-			route_sql[r].ids = ids.data;
-		}
-
-		/* Let the server check the statement now. */
-		res = PQprepare(conn, "", route_sql[r].insert, 4, NULL);
-		if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		{
-			log_error("route \"%s\": the server refuses its INSERT into %s: %s", route->name, table,
-					  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-			PQclear(res);
-			return false;
-		}
-		PQclear(res);
-		log_debug("route \"%s\": %s", route->name, route_sql[r].insert);
-		if (route_sql[r].copy != NULL)
-			log_debug("route \"%s\": %s", route->name, route_sql[r].copy);
-	}
 	return true;
 }
 
@@ -1265,139 +1367,113 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, long long *wr
 	}
 }
 
-/*
- * Write n messages (routes[i] the route of message i, -1 for none) and
- * move the offsets of the partitions they came from, all in one
- * transaction.  parts lists those partitions with the offset each must
- * still have (expected, -1: no row yet) and its new one.
- */
-WriteResult
-db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n,
-			   const int *routes, const PartitionWrite *parts, int nparts,
-			   long long *written, long long *dead)
+/* What a route's direct COPY came to. */
+typedef enum DirectResult
 {
-	Buf			copy = {0};
-	Buf			scratch = {0};
+	DIRECT_WRITTEN,
+	DIRECT_BAD_DATA,			/* a bad message: the route goes staged */
+	DIRECT_FAILED				/* anything else: the batch is retried */
+} DirectResult;
+
+/*
+ * COPY route r's messages (among lo..hi) straight into its table, streamed
+ * in COPY_PIECE pieces, binary or text as its statement says.
+ */
+static DirectResult
+copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_t **messages,
+			const int *routes, Buf *copy, Buf *scratch, long long *written)
+{
+	const RouteSql *rs = &route_sql[r];
+	PGresult   *res = copy_start(rs->copy);
+	int			i;
+
+	if (res == NULL)
+	{
+		copy->len = 0;
+		if (rs->binary)
+			binary_header(copy);
+		for (i = lo; i <= hi; i++)
+		{
+			if (routes[i] == r && rs->binary)
+				binary_row(copy, scratch, rs, messages[i]);
+			else if (routes[i] == r)
+				direct_row(copy, scratch, rs, messages[i]);
+			if (copy->len >= COPY_PIECE && !copy_send(copy))
+				break;
+		}
+		if (rs->binary)
+			buf_be(copy, UINT16_MAX, 2);	/* the trailer */
+		(void) copy_send(copy);
+		res = copy_end();
+	}
+	if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
+	{
+		*written += strtoll(PQcmdTuples(res), NULL, 10);
+		PQclear(res);
+		return DIRECT_WRITTEN;
+	}
+	if (res == NULL || !data_error(res))
+	{
+		log_warning("route \"%s\": cannot COPY: %s", config->routes[r].name, PQerrorMessage(conn));
+		PQclear(res);
+		return DIRECT_FAILED;
+	}
+	log_debug("route \"%s\": COPY met a bad message (%s): sorting the batch out row by row",
+			  config->routes[r].name, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+	PQclear(res);
+	return DIRECT_BAD_DATA;
+}
+
+/*
+ * The messages of the routes not written directly, through the staging
+ * table: one COPY into it, then each route's INSERT ... SELECT, bad
+ * messages isolated by write_range.  False when the batch must be retried.
+ */
+static bool
+write_staged(const BridgeConfig *config, rd_kafka_message_t **messages, int n, const int *routes,
+			 const int *lo, const int *hi, const bool *done, Buf *copy, Buf *scratch,
+			 long long *written, long long *dead)
+{
 	PGresult   *res;
 	int			i;
 	int			r;
-	int			lo[BRIDGE_MAX_ROUTES];
-	int			hi[BRIDGE_MAX_ROUTES];
-	bool		done[BRIDGE_MAX_ROUTES];
-	bool		staged_only[BRIDGE_MAX_ROUTES];
-	bool		any_staged = false;
 
-	for (r = 0; r < config->nroutes; r++)
-	{
-		lo[r] = -1;
-		done[r] = false;
-		written[r] = dead[r] = 0;
-	}
-	conn = conns[slot];
-	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
-		return WRITE_RETRY;
-	for (i = 0; i < n; i++)
-	{
-		r = routes[i];
-		if (r < 0)
-			continue;
-		if (lo[r] < 0)
-			lo[r] = i;
-		hi[r] = i;
-	}
-
-	for (r = 0; r < config->nroutes; r++)
-		staged_only[r] = route_sql[r].copy == NULL;
-
-again:
-	if (!run("BEGIN"))
-		goto retry;
-
-	/*
-	 * Routes that can take a plain COPY, without a savepoint: bad messages
-	 * are rare, and when the COPY meets one the transaction starts over
-	 * with that route through the staging table.
-	 */
-	for (r = 0; r < config->nroutes; r++)
-	{
-		done[r] = false;
-		written[r] = dead[r] = 0;
-	}
-	for (r = 0; r < config->nroutes; r++)
-	{
-		if (lo[r] < 0 || staged_only[r])
-			continue;
-		res = copy_start(route_sql[r].copy);
-		if (res == NULL)
-		{
-			bool		binary = route_sql[r].binary;
-
-			copy.len = 0;
-			if (binary)
-				binary_header(&copy);
-			for (i = lo[r]; i <= hi[r]; i++)
-			{
-				if (routes[i] == r && binary)
-					binary_row(&copy, &scratch, &route_sql[r], messages[i]);
-				else if (routes[i] == r)
-					direct_row(&copy, &scratch, &route_sql[r], messages[i]);
-				if (copy.len >= COPY_PIECE && !copy_send(&copy))
-					break;
-			}
-			if (binary)
-				buf_be(&copy, UINT16_MAX, 2);	/* the trailer */
-			(void) copy_send(&copy);
-			res = copy_end();
-		}
-		if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
-		{
-			written[r] += strtoll(PQcmdTuples(res), NULL, 10);
-			PQclear(res);
-			done[r] = true;
-			continue;
-		}
-		if (res == NULL || !data_error(res))
-		{
-			log_warning("route \"%s\": cannot COPY: %s", config->routes[r].name, PQerrorMessage(conn));
-			PQclear(res);
-			goto retry;
-		}
-		log_debug("route \"%s\": COPY met a bad message (%s): sorting the batch out row by row",
-				  config->routes[r].name, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-		PQclear(res);
-		if (!run("ROLLBACK"))
-			goto retry;
-		staged_only[r] = true;
-		goto again;
-	}
-
-	/* The rest through the staging table. */
-	copy.len = 0;
+	copy->len = 0;
 	for (i = 0; i < n; i++)
 		if (routes[i] >= 0 && !done[routes[i]])
-			stage_row(&copy, &scratch, i, routes[i], messages[i]);
-	free(scratch.data);
-	scratch.data = NULL;
-	if (copy.len > 0)
+			stage_row(copy, scratch, i, routes[i], messages[i]);
+	free(scratch->data);
+	scratch->data = NULL;
+	if (copy->len == 0)
+		return true;
+	res = copy_start("COPY pg_temp.infra_bridge_stage FROM STDIN");
+	if (res == NULL)
 	{
-		any_staged = true;
-		res = copy_start("COPY pg_temp.infra_bridge_stage FROM STDIN");
-		if (res == NULL)
-		{
-			(void) copy_send(&copy);
-			res = copy_end();
-		}
-		if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
-		{
-			log_warning("cannot COPY the batch: %s", PQerrorMessage(conn));
-			PQclear(res);
-			goto retry;
-		}
-		PQclear(res);
+		(void) copy_send(copy);
+		res = copy_end();
 	}
-	for (r = 0; r < config->nroutes && any_staged; r++)
+	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
+	{
+		log_warning("cannot COPY the batch: %s", PQerrorMessage(conn));
+		PQclear(res);
+		return false;
+	}
+	PQclear(res);
+	for (r = 0; r < config->nroutes; r++)
 		if (lo[r] >= 0 && !done[r] && write_range(config, r, lo[r], hi[r], &written[r], &dead[r]) != RANGE_OK)
-			goto retry;
+			return false;
+	return true;
+}
+
+/*
+ * Move each partition's next offset by compare-and-set: its row must still
+ * hold the offset expected.  WRITE_CONFLICT (rolled back) when another
+ * member moved one on; WRITE_RETRY when PostgreSQL could not be asked.
+ */
+static WriteResult
+move_offsets(const BridgeConfig *config, const PartitionWrite *parts, int nparts)
+{
+	int			i;
 
 	for (i = 0; i < nparts; i++)
 	{
@@ -1405,6 +1481,7 @@ again:
 					expected[32],
 					next[32];
 		const char *params[5] = {config->group, parts[i].topic, part, expected, next};
+		PGresult   *res;
 
 		snprintf(part, sizeof(part), "%d", parts[i].partition);
 		snprintf(expected, sizeof(expected), "%lld", (long long) parts[i].expected);
@@ -1420,7 +1497,7 @@ again:
 		{
 			log_warning("cannot move offsets: %s", PQerrorMessage(conn));
 			PQclear(res);
-			goto retry;
+			return WRITE_RETRY;
 		}
 		if (PQntuples(res) == 0)
 		{
@@ -1428,12 +1505,92 @@ again:
 			log_warning("partition %s [%d] was moved on by another consumer: batch dropped, reading again from the stored offset",
 						parts[i].topic, parts[i].partition);
 			run("ROLLBACK");
-			free(copy.data);
 			return WRITE_CONFLICT;
 		}
 		PQclear(res);
 	}
-	if (!run("COMMIT"))
+	return WRITE_OK;
+}
+
+/*
+ * Write n messages (routes[i] the route of message i, -1 for none) and
+ * move the offsets of the partitions they came from, all in one
+ * transaction.  parts lists those partitions with the offset each must
+ * still have (expected, -1: no row yet) and its new one.  Routes that can
+ * take a plain COPY go first, without a savepoint: bad messages are rare,
+ * and when the COPY meets one the transaction starts over with that route
+ * through the staging table.
+ */
+WriteResult
+db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n,
+			   const int *routes, const PartitionWrite *parts, int nparts,
+			   long long *written, long long *dead)
+{
+	Buf			copy = {0};
+	Buf			scratch = {0};
+	int			i;
+	int			r;
+	int			lo[BRIDGE_MAX_ROUTES];
+	int			hi[BRIDGE_MAX_ROUTES];
+	bool		done[BRIDGE_MAX_ROUTES];
+	bool		staged_only[BRIDGE_MAX_ROUTES];
+	WriteResult result;
+
+	for (r = 0; r < config->nroutes; r++)
+	{
+		lo[r] = -1;
+		done[r] = false;
+		written[r] = dead[r] = 0;
+		staged_only[r] = route_sql[r].copy == NULL;
+	}
+	conn = conns[slot];
+	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
+		return WRITE_RETRY;
+	for (i = 0; i < n; i++)
+	{
+		r = routes[i];
+		if (r < 0)
+			continue;
+		if (lo[r] < 0)
+			lo[r] = i;
+		hi[r] = i;
+	}
+
+again:
+	if (!run("BEGIN"))
+		goto retry;
+	for (r = 0; r < config->nroutes; r++)
+	{
+		done[r] = false;
+		written[r] = dead[r] = 0;
+	}
+	for (r = 0; r < config->nroutes; r++)
+	{
+		if (lo[r] < 0 || staged_only[r])
+			continue;
+		switch (copy_direct(config, r, lo[r], hi[r], messages, routes, &copy, &scratch, &written[r]))
+		{
+			case DIRECT_WRITTEN:
+				done[r] = true;
+				break;
+			case DIRECT_FAILED:
+				goto retry;
+			case DIRECT_BAD_DATA:
+				if (!run("ROLLBACK"))
+					goto retry;
+				staged_only[r] = true;
+				goto again;
+		}
+	}
+	if (!write_staged(config, messages, n, routes, lo, hi, done, &copy, &scratch, written, dead))
+		goto retry;
+	result = move_offsets(config, parts, nparts);
+	if (result == WRITE_CONFLICT)
+	{
+		free(copy.data);
+		return WRITE_CONFLICT;
+	}
+	if (result != WRITE_OK || !run("COMMIT"))
 		goto retry;
 	free(copy.data);
 	return WRITE_OK;

@@ -474,14 +474,55 @@ KafkaRefuseReservedHeaders(Jsonb *headers)
 }
 
 /*
- * The common body of the kafka_send overloads: (topic, value, key, headers,
- * partition) with the value already as bytes.
+ * The message's key as Kafka gets it (the text in UTF-8), after taking the
+ * (topic, key) advisory lock: same-key senders queue up here, so id order
+ * becomes commit order.
  */
-static Datum
-KafkaSend(FunctionCallInfo fcinfo, bytea *value)
+static bytea *
+KafkaLockKey(text *key, const char *topic)
+{
+	char	   *utf8 = pg_server_to_any(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), PG_UTF8);
+	bytea	   *bytes = utf8 == VARDATA_ANY(key) ? (bytea *) key : (bytea *) cstring_to_text(utf8);
+	uint32		hash;
+
+	hash = hash_bytes((unsigned char *) VARDATA_ANY(bytes), VARSIZE_ANY_EXHDR(bytes)) ^
+		hash_bytes((unsigned char *) topic, strlen(topic));
+	DirectFunctionCall2(pg_advisory_xact_lock_int4,
+						Int32GetDatum(KAFKA_ORDER_LOCK_CLASS),
+						Int32GetDatum((int32) hash));
+	return bytes;
+}
+
+/*
+ * With infra.kafka_require_registered_topics: the topic must be in
+ * infra.topics.
+ */
+static void
+KafkaRequireRegistered(text *topic, const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		arg = PointerGetDatum(topic);
+
+	SPI_connect();
+	SpiCheckResult(SPI_execute_with_args("SELECT FROM infra.topics WHERE name OPERATOR(pg_catalog.=) $1",
+										 1, argtypes, &arg, NULL, true, 1),
+				   SPI_OK_SELECT, "infra.topics", 0, NULL);
+	if (SPI_processed == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("topic \"%s\" is not registered", name),
+				 errdetail("infra.kafka_require_registered_topics is on."),
+				 errhint("Register it with infra.topic_register(domain, entity, version).")));
+	SPI_finish();
+}
+
+/*
+ * The arguments of kafka_send, checked, into msg (all but its id).
+ */
+static void
+KafkaReadMessage(FunctionCallInfo fcinfo, bytea *value, BufferedMessage *msg)
 {
 	char	   *topic;
-	BufferedMessage msg;
 
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -490,86 +531,96 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 				 errhint("Give the Kafka topic to send to.")));
 	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	KafkaCheckTopic(topic);
-	msg.topic = PG_GETARG_TEXT_PP(0);
+	msg->topic = PG_GETARG_TEXT_PP(0);
 
-	msg.has_partition = !PG_ARGISNULL(4);
-	msg.partition = msg.has_partition ? PG_GETARG_INT32(4) : 0;
-	if (msg.partition < 0)
+	msg->has_partition = !PG_ARGISNULL(4);
+	msg->partition = msg->has_partition ? PG_GETARG_INT32(4) : 0;
+	if (msg->partition < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("partition must not be negative, not %d", msg.partition),
+				 errmsg("partition must not be negative, not %d", msg->partition),
 				 errhint("Omit partition (NULL) to let the key choose it.")));
 
-	msg.key = NULL;
-	if (!PG_ARGISNULL(2))
-	{
-		text	   *key = PG_GETARG_TEXT_PP(2);
-		uint32		hash;
-		char	   *utf8;
+	msg->key = PG_ARGISNULL(2) ? NULL : KafkaLockKey(PG_GETARG_TEXT_PP(2), topic);
+	msg->value = value;
 
-		/* Kafka keys are bytes: the key's text in UTF-8. */
-		utf8 = pg_server_to_any(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), PG_UTF8);
-		if (utf8 == VARDATA_ANY(key))
-			msg.key = (bytea *) key;
-		else
-			msg.key = (bytea *) cstring_to_text(utf8);
-
-		/* Same-key senders queue up here: id order becomes commit order. */
-		hash = hash_bytes((unsigned char *) VARDATA_ANY(msg.key), VARSIZE_ANY_EXHDR(msg.key)) ^
-			hash_bytes((unsigned char *) topic, strlen(topic));
-		DirectFunctionCall2(pg_advisory_xact_lock_int4,
-							Int32GetDatum(KAFKA_ORDER_LOCK_CLASS),
-							Int32GetDatum((int32) hash));
-	}
-	msg.value = value;
-
-	msg.headers = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
-	if (msg.headers != NULL && !JB_ROOT_IS_OBJECT(msg.headers))
+	msg->headers = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
+	if (msg->headers != NULL && !JB_ROOT_IS_OBJECT(msg->headers))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("headers must be a JSON object"),
 				 errhint("Give headers as {\"name\": \"value\", ...}.")));
-	if (msg.headers != NULL)
-		KafkaRefuseReservedHeaders(msg.headers);
-	msg.headers = KafkaContextHeaders(msg.headers);
+	if (msg->headers != NULL)
+		KafkaRefuseReservedHeaders(msg->headers);
+	msg->headers = KafkaContextHeaders(msg->headers);
 
 	if (infra_kafka_require_registered_topics)
-	{
-		Oid			argtypes[1] = {TEXTOID};
-		Datum		arg = PointerGetDatum(msg.topic);
+		KafkaRequireRegistered(msg->topic, topic);
+}
 
-		SPI_connect();
-		SpiCheckResult(SPI_execute_with_args("SELECT FROM infra.topics WHERE name OPERATOR(pg_catalog.=) $1",
-											 1, argtypes, &arg, NULL, true, 1),
-					   SPI_OK_SELECT, "infra.topics", 0, NULL);
-		if (SPI_processed == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_OBJECT),
-					 errmsg("topic \"%s\" is not registered", topic),
-					 errdetail("infra.kafka_require_registered_topics is on."),
-					 errhint("Register it with infra.topic_register(domain, entity, version).")));
-		SPI_finish();
-	}
+/*
+ * A transaction's first send: the transaction callbacks, the sequence (the
+ * extension may have been recreated), the buffer and the outbox's owner.
+ */
+static void
+KafkaStartBuffer(void)
+{
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(KafkaXactCallback, NULL);
 		RegisterSubXactCallback(KafkaSubXactCallback, NULL);
 		callbacks_registered = true;
 	}
-	if (buffered == NULL)
+	outbox_sequence = get_relname_relid("kafka_outbox_id_seq",
+										get_namespace_oid(INFRA_NAME, false));
+	if (!OidIsValid(outbox_sequence))
+		elog(ERROR, "infra.kafka_outbox_id_seq does not exist");
+	buffered = MemoryContextAlloc(TopTransactionContext,
+								  sizeof(BufferedMessage) * KAFKA_SEND_BUFFER);
+	buffer_capacity = KAFKA_SEND_BUFFER;
+	nbuffered = 0;
+	buffered_bytes = 0;
+	outbox_writer = KafkaOutboxOwner();
+}
+
+/*
+ * Keep a copy of msg in the buffer until the end of the transaction.
+ */
+static void
+KafkaBufferMessage(const BufferedMessage *msg)
+{
+	MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
+	BufferedMessage *m = &buffered[nbuffered++];
+
+	*m = *msg;
+	m->topic = (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg->topic));
+	if (msg->key)
 	{
-		/* The sequence is looked up per transaction: the extension may be recreated. */
-		outbox_sequence = get_relname_relid("kafka_outbox_id_seq",
-											get_namespace_oid(INFRA_NAME, false));
-		if (!OidIsValid(outbox_sequence))
-			elog(ERROR, "infra.kafka_outbox_id_seq does not exist");
-		buffered = MemoryContextAlloc(TopTransactionContext,
-									  sizeof(BufferedMessage) * KAFKA_SEND_BUFFER);
-		buffer_capacity = KAFKA_SEND_BUFFER;
-		nbuffered = 0;
-		buffered_bytes = 0;
-		outbox_writer = KafkaOutboxOwner();
+		m->key = (bytea *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg->key));
+		buffered_bytes += VARSIZE(m->key);
 	}
+	if (msg->value)
+	{
+		m->value = (bytea *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg->value));
+		buffered_bytes += VARSIZE(m->value);
+	}
+	if (msg->headers)
+		m->headers = (Jsonb *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg->headers));
+	MemoryContextSwitchTo(old);
+}
+
+/*
+ * The common body of the kafka_send overloads: (topic, value, key, headers,
+ * partition) with the value already as bytes.
+ */
+static Datum
+KafkaSend(FunctionCallInfo fcinfo, bytea *value)
+{
+	BufferedMessage msg;
+
+	KafkaReadMessage(fcinfo, value, &msg);
+	if (buffered == NULL)
+		KafkaStartBuffer();
 	if (nbuffered >= KAFKA_SEND_BUFFER || buffered_bytes >= KAFKA_SEND_BUFFER_BYTES)
 		KafkaFlushBuffer(false);
 
@@ -587,28 +638,7 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 	msg.id = nextval_internal(outbox_sequence, false);
 	msg.subid = GetCurrentSubTransactionId();
 	KafkaCheckBacklog(msg.id);
-	{
-		/* Keep copies for the end of the transaction. */
-		MemoryContext old = MemoryContextSwitchTo(TopTransactionContext);
-		BufferedMessage *m = &buffered[nbuffered++];
-
-		*m = msg;
-		m->topic = (text *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.topic));
-		if (msg.key)
-		{
-			m->key = (bytea *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.key));
-			buffered_bytes += VARSIZE(m->key);
-		}
-		if (msg.value)
-		{
-			m->value = (bytea *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.value));
-			buffered_bytes += VARSIZE(m->value);
-		}
-		if (msg.headers)
-			m->headers = (Jsonb *) PG_DETOAST_DATUM_COPY(PointerGetDatum(msg.headers));
-		MemoryContextSwitchTo(old);
-	}
-
+	KafkaBufferMessage(&msg);
 	InfraWorkerWakeAtCommit();
 	PG_RETURN_INT64(msg.id);
 }

@@ -4,10 +4,13 @@
  *		The infra worker's Kafka producer: outbox rows to Kafka.
  *
  * One long-lived idempotent producer (enable.idempotence, acks=all) per
- * worker.  Each round reads a batch of outbox rows in id order, produces
- * them, waits for every delivery report, then deletes the rows Kafka
- * acknowledged and records the error of the others, which stay for the next
- * round: a row leaves the outbox only once it is in Kafka.  Each message
+ * worker.  A round (KafkaWorkerServe) first creates the registered topics,
+ * then goes through named steps: read a batch of outbox rows in id order
+ * (its own transaction), produce them and wait for every delivery report,
+ * classify the reports, settle (delete the rows Kafka acknowledged, rewrite
+ * partly delivered ones, record the error of the others, move dead letters;
+ * a second transaction) and account (kafka_stats, backoff): a row leaves
+ * the outbox only once it is in Kafka.  Each message
  * carries the header infra-msg-id (system identifier / database oid / outbox
  * id), the same for every attempt, so that consumers can drop duplicates.
  *
@@ -113,6 +116,22 @@ typedef struct OutboxRow
 	bool		failed;			/* a message of it failed (retriably) */
 } OutboxRow;
 
+/* One delivery round, from its read to its accounting. */
+typedef struct KafkaRound
+{
+	OutboxRow  *rows;			/* the rows read; nincluded of them go */
+	int			nincluded;
+	int			total;			/* messages in the included rows */
+	int64		cut;			/* first id of the first row left out */
+	OutboxMessage *messages;	/* what goes now, in id order */
+	int			n;
+	int			nok;			/* delivered */
+	int			nbad;			/* failed, to retry */
+	int			ndead;			/* refused for good: dead letters */
+	char		first_error[KAFKA_ERROR_LEN];
+	int64		start_ns;		/* when producing began */
+} KafkaRound;
+
 static rd_kafka_t *producer = NULL;
 
 /*
@@ -203,6 +222,7 @@ static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
 static SPIPlanPtr KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes);
 static void KafkaDescribeTopics(rd_kafka_NewTopic_t **topics, int n);
 static void KafkaRecordTopicResults(rd_kafka_event_t *event);
+static void KafkaEndTransaction(void);
 static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
@@ -849,54 +869,68 @@ KafkaRecordTopicResults(rd_kafka_event_t *event)
 
 /*
  * Create on the broker the topics of infra.topics still marked pending, with
- * the Admin API, and record each outcome in broker_state.  A request that
- * gets no answer leaves them pending for the next round.  Runs in the
- * caller's transaction and SPI connection (the round's batch read).  The
- * Admin API's objects are freed on every path, errors included.
+ * the Admin API, and record each outcome in broker_state.  The topics are
+ * read (and described) in one short transaction, the request waits for its
+ * answer (up to 15 s) in none, and the outcomes are written in another: no
+ * snapshot is held while the broker thinks.  A request that gets no answer
+ * leaves them pending for the next round.  The Admin API's objects are
+ * freed on every path, errors included.
  */
 static void
 KafkaCreateRegisteredTopics(void)
 {
 	static const Oid types[4] = {TEXTOID, INT4OID, INT4OID, JSONBOID};
-	rd_kafka_NewTopic_t **topics;
+	rd_kafka_NewTopic_t **topics = NULL;
 	rd_kafka_AdminOptions_t *volatile options = NULL;
 	rd_kafka_queue_t *volatile queue = NULL;
 	rd_kafka_event_t *volatile event = NULL;
+	volatile int n = 0;
 	char		errbuf[512];
-	int			n;
 
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
 	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.pending_topics,
 											  "SELECT name, partitions, replication_factor, config FROM infra.topics"
 											  " WHERE broker_state OPERATOR(pg_catalog.=) 'pending'"
 											  " ORDER BY name LIMIT 100", 0, NULL),
 									NULL, NULL, true, 0),
 				   SPI_OK_SELECT, "infra.topics", 4, types);
-	n = (int) SPI_processed;
-	if (n == 0)
-		return;
-
-	topics = palloc0(sizeof(rd_kafka_NewTopic_t *) * n);
+	if (SPI_processed > 0)
+	{
+		n = (int) SPI_processed;
+		topics = MemoryContextAllocZero(round_context, sizeof(rd_kafka_NewTopic_t *) * n);
+	}
 	PG_TRY();
 	{
-		int64		deadline;
-
-		KafkaDescribeTopics(topics, n);
-		queue = rd_kafka_queue_new(producer);
-		options = rd_kafka_AdminOptions_new(producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
-		rd_kafka_AdminOptions_set_request_timeout(options, 10000, errbuf, sizeof(errbuf));
-		rd_kafka_CreateTopics(producer, topics, n, options, queue);
-
-		deadline = InfraMonotonicNs() + 15 * NS_PER_SEC;
-		while (event == NULL && InfraMonotonicNs() < deadline && !ShutdownRequestPending)
+		if (n > 0)
+			KafkaDescribeTopics(topics, n);
+		KafkaEndTransaction();
+		if (n > 0)
 		{
-			event = rd_kafka_queue_poll(queue, 100);
-			CHECK_FOR_INTERRUPTS();
+			int64		deadline = InfraMonotonicNs() + 15 * NS_PER_SEC;
+
+			queue = rd_kafka_queue_new(producer);
+			options = rd_kafka_AdminOptions_new(producer, RD_KAFKA_ADMIN_OP_CREATETOPICS);
+			rd_kafka_AdminOptions_set_request_timeout(options, 10000, errbuf, sizeof(errbuf));
+			rd_kafka_CreateTopics(producer, topics, n, options, queue);
+			while (event == NULL && InfraMonotonicNs() < deadline && !ShutdownRequestPending)
+			{
+				event = rd_kafka_queue_poll(queue, 100);
+				CHECK_FOR_INTERRUPTS();
+			}
+			if (event != NULL && rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR)
+			{
+				StartTransactionCommand();
+				PushActiveSnapshot(GetTransactionSnapshot());
+				SPI_connect();
+				KafkaRecordTopicResults(event);
+				KafkaEndTransaction();
+			}
+			else
+				KafkaRecordError(event ? rd_kafka_event_error_string(event) :
+								 "no answer from the broker to CreateTopics");
 		}
-		if (event != NULL && rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR)
-			KafkaRecordTopicResults(event);
-		else
-			KafkaRecordError(event ? rd_kafka_event_error_string(event) :
-							 "no answer from the broker to CreateTopics");
 	}
 	PG_FINALLY();
 	{
@@ -1204,6 +1238,147 @@ KafkaCopyMessage(const OutboxRow *row, int j, Datum **e, bool **nl, int m)
 }
 
 /*
+ * Rewrite a partly settled row to hold only its kept messages (its first
+ * id moving up); a failed one counts an attempt and keeps the error.
+ */
+static void
+KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
+{
+	Oid			argtypes[10] = {INT8OID, INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TEXTOID};
+	Datum		args[10];
+	char		argnulls[10];
+	Datum	   *e[6];
+	bool	   *nl[6];
+	int			j;
+	int			k;
+	int			m = 0;
+
+	for (k = 0; k < 6; k++)
+	{
+		e[k] = palloc(sizeof(Datum) * kept);
+		nl[k] = palloc0(sizeof(bool) * kept);
+	}
+	for (j = 0; j < row->nmsgs; j++)
+		if (row->keep[j])
+			KafkaCopyMessage(row, j, e, nl, m++);
+	memset(argnulls, ' ', sizeof(argnulls));
+	args[0] = Int64GetDatum(row->first_id);
+	args[1] = e[0][0];
+	args[2] = Int32GetDatum(kept);
+	for (k = 0; k < 6; k++)
+		args[3 + k] = KafkaArray(e[k], nl[k], kept, message_column_types[k]);
+	args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
+	argnulls[9] = row->failed ? ' ' : 'n';
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.rewrite,
+											  "UPDATE infra.kafka_outbox_batches SET first_id = $2, messages = $3,"
+											  " ids = $4, topics = $5, partitions = $6, keys = $7, vals = $8, headers = $9,"
+											  " attempts = attempts OPERATOR(pg_catalog.+) ($10 IS NOT NULL)::integer,"
+											  " last_error = coalesce($10, last_error),"
+											  " last_attempt_at = CASE WHEN $10 IS NULL THEN last_attempt_at"
+											  " ELSE pg_catalog.clock_timestamp() END"
+											  " WHERE first_id OPERATOR(pg_catalog.=) $1",
+											  10, argtypes),
+									args, argnulls, false, 0),
+				   SPI_OK_UPDATE, "the rewrite of an outbox row", 0, NULL);
+}
+
+/*
+ * Delete the rows whose messages all went.
+ */
+static void
+KafkaDeleteRows(Datum *gone, int ngone)
+{
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		arg = KafkaArray(gone, NULL, ngone, INT8OID);
+
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
+											  "DELETE FROM infra.kafka_outbox_batches"
+											  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
+											  1, argtypes),
+									&arg, NULL, false, 0),
+				   SPI_OK_DELETE, "the delete of delivered messages", 0, NULL);
+}
+
+/*
+ * Count an attempt and the error for rows whose messages all failed.
+ */
+static void
+KafkaRecordFailedRows(Datum *failed, int nfailed, const char *first_error)
+{
+	Oid			argtypes[2] = {INT8ARRAYOID, TEXTOID};
+	Datum		args[2];
+
+	args[0] = KafkaArray(failed, NULL, nfailed, INT8OID);
+	args[1] = CStringGetTextDatum(first_error);
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.record_failure,
+											  "UPDATE infra.kafka_outbox_batches"
+											  " SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
+											  " last_error = $2, last_attempt_at = pg_catalog.clock_timestamp()"
+											  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
+											  2, argtypes),
+									args, NULL, false, 0),
+				   SPI_OK_UPDATE, "the record of failed messages", 0, NULL);
+}
+
+/*
+ * Move the round's dead messages to infra.kafka_dead_letters, and say so.
+ */
+static void
+KafkaMoveDeadLetters(OutboxRow *rows, OutboxMessage *messages, int n, int ndead)
+{
+	Oid			argtypes[9] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BYTEAARRAYOID,
+	BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
+	Datum		args[9];
+	Datum	   *e[9];
+	bool	   *nl[9];
+	int			k;
+	int			m = 0;
+	char	   *example = NULL;
+	int			i;
+
+	for (k = 0; k < 9; k++)
+	{
+		e[k] = palloc(sizeof(Datum) * ndead);
+		nl[k] = palloc0(sizeof(bool) * ndead);
+	}
+	for (i = 0; i < n; i++)
+	{
+		OutboxMessage *msg = &messages[i];
+		OutboxRow  *row = &rows[msg->row];
+
+		if (!msg->dead)
+			continue;
+		KafkaCopyMessage(row, msg->index, e, nl, m);
+		e[6][m] = TimestampTzGetDatum(row->created_at);
+		e[7][m] = Int32GetDatum(row->attempts + 1);
+		e[8][m] = CStringGetTextDatum(psprintf("%s: %s", rd_kafka_err2name(msg->err),
+											   rd_kafka_err2str(msg->err)));
+		if (example == NULL)
+			example = TextDatumGetCString(e[8][m]);
+		m++;
+	}
+	for (k = 0; k < 6; k++)
+		args[k] = KafkaArray(e[k], nl[k], m, message_column_types[k]);
+	args[6] = KafkaArray(e[6], nl[6], m, TIMESTAMPTZOID);
+	args[7] = KafkaArray(e[7], nl[7], m, INT4OID);
+	args[8] = KafkaArray(e[8], nl[8], m, TEXTOID);
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.dead_letter,
+											  "INSERT INTO infra.kafka_dead_letters"
+											  " (id, topic, partition, key, value, headers, created_at, attempts, error)"
+											  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+											  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+											  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+											  " pg_catalog.unnest($9))",
+											  9, argtypes),
+									args, NULL, false, 0),
+				   SPI_OK_INSERT, "the move to infra.kafka_dead_letters", 0, NULL);
+	ereport(LOG,
+			(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
+					ndead, example)));
+}
+
+/*
  * Settle a round in the outbox: rows whose messages all went (delivered or
  * dead-lettered) are deleted, rows with some left are rewritten to hold only
  * those (their first id moving up), rows whose messages all failed count an
@@ -1229,131 +1404,17 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 			kept += row->keep[j];
 		if (kept == 0)
 			gone[ngone++] = Int64GetDatum(row->first_id);
-		else if (kept == row->nmsgs)
-		{
-			if (row->failed)
-				failed[nfailed++] = Int64GetDatum(row->first_id);
-		}
-		else
-		{
-			Oid			argtypes[10] = {INT8OID, INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID,
-			INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TEXTOID};
-			Datum		args[10];
-			char		argnulls[10];
-			Datum	   *e[6];
-			bool	   *nl[6];
-			int			k;
-			int			m = 0;
-
-			for (k = 0; k < 6; k++)
-			{
-				e[k] = palloc(sizeof(Datum) * kept);
-				nl[k] = palloc0(sizeof(bool) * kept);
-			}
-			for (j = 0; j < row->nmsgs; j++)
-				if (row->keep[j])
-					KafkaCopyMessage(row, j, e, nl, m++);
-			memset(argnulls, ' ', sizeof(argnulls));
-			args[0] = Int64GetDatum(row->first_id);
-			args[1] = e[0][0];
-			args[2] = Int32GetDatum(kept);
-			for (k = 0; k < 6; k++)
-				args[3 + k] = KafkaArray(e[k], nl[k], kept, message_column_types[k]);
-			args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
-			argnulls[9] = row->failed ? ' ' : 'n';
-			SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.rewrite,
-													  "UPDATE infra.kafka_outbox_batches SET first_id = $2, messages = $3,"
-													  " ids = $4, topics = $5, partitions = $6, keys = $7, vals = $8, headers = $9,"
-													  " attempts = attempts OPERATOR(pg_catalog.+) ($10 IS NOT NULL)::integer,"
-													  " last_error = coalesce($10, last_error),"
-													  " last_attempt_at = CASE WHEN $10 IS NULL THEN last_attempt_at"
-													  " ELSE pg_catalog.clock_timestamp() END"
-													  " WHERE first_id OPERATOR(pg_catalog.=) $1",
-													  10, argtypes),
-											args, argnulls, false, 0),
-						   SPI_OK_UPDATE, "the rewrite of an outbox row", 0, NULL);
-		}
+		else if (kept < row->nmsgs)
+			KafkaRewriteRow(row, kept, first_error);
+		else if (row->failed)
+			failed[nfailed++] = Int64GetDatum(row->first_id);
 	}
-
 	if (ngone > 0)
-	{
-		Oid			argtypes[1] = {INT8ARRAYOID};
-		Datum		arg = KafkaArray(gone, NULL, ngone, INT8OID);
-
-		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
-												  "DELETE FROM infra.kafka_outbox_batches"
-												  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
-												  1, argtypes),
-										&arg, NULL, false, 0),
-					   SPI_OK_DELETE, "the delete of delivered messages", 0, NULL);
-	}
+		KafkaDeleteRows(gone, ngone);
 	if (nfailed > 0)
-	{
-		Oid			argtypes[2] = {INT8ARRAYOID, TEXTOID};
-		Datum		args[2];
-
-		args[0] = KafkaArray(failed, NULL, nfailed, INT8OID);
-		args[1] = CStringGetTextDatum(first_error);
-		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.record_failure,
-												  "UPDATE infra.kafka_outbox_batches"
-												  " SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
-												  " last_error = $2, last_attempt_at = pg_catalog.clock_timestamp()"
-												  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
-												  2, argtypes),
-										args, NULL, false, 0),
-					   SPI_OK_UPDATE, "the record of failed messages", 0, NULL);
-	}
+		KafkaRecordFailedRows(failed, nfailed, first_error);
 	if (ndead > 0)
-	{
-		Oid			argtypes[9] = {INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID, BYTEAARRAYOID,
-		BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZARRAYOID, INT4ARRAYOID, TEXTARRAYOID};
-		Datum		args[9];
-		Datum	   *e[9];
-		bool	   *nl[9];
-		int			k;
-		int			m = 0;
-		char	   *example = NULL;
-
-		for (k = 0; k < 9; k++)
-		{
-			e[k] = palloc(sizeof(Datum) * ndead);
-			nl[k] = palloc0(sizeof(bool) * ndead);
-		}
-		for (i = 0; i < n; i++)
-		{
-			OutboxMessage *msg = &messages[i];
-			OutboxRow  *row = &rows[msg->row];
-
-			if (!msg->dead)
-				continue;
-			KafkaCopyMessage(row, msg->index, e, nl, m);
-			e[6][m] = TimestampTzGetDatum(row->created_at);
-			e[7][m] = Int32GetDatum(row->attempts + 1);
-			e[8][m] = CStringGetTextDatum(psprintf("%s: %s", rd_kafka_err2name(msg->err),
-												   rd_kafka_err2str(msg->err)));
-			if (example == NULL)
-				example = TextDatumGetCString(e[8][m]);
-			m++;
-		}
-		for (k = 0; k < 6; k++)
-			args[k] = KafkaArray(e[k], nl[k], m, message_column_types[k]);
-		args[6] = KafkaArray(e[6], nl[6], m, TIMESTAMPTZOID);
-		args[7] = KafkaArray(e[7], nl[7], m, INT4OID);
-		args[8] = KafkaArray(e[8], nl[8], m, TEXTOID);
-		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.dead_letter,
-												  "INSERT INTO infra.kafka_dead_letters"
-												  " (id, topic, partition, key, value, headers, created_at, attempts, error)"
-												  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-												  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-												  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-												  " pg_catalog.unnest($9))",
-												  9, argtypes),
-										args, NULL, false, 0),
-					   SPI_OK_INSERT, "the move to infra.kafka_dead_letters", 0, NULL);
-		ereport(LOG,
-				(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
-						ndead, example)));
-	}
+		KafkaMoveDeadLetters(rows, messages, n, ndead);
 }
 
 /*
@@ -1381,139 +1442,74 @@ KafkaPendingAfterRound(bool rows_left_out, int64 kept)
 }
 
 /*
- * One round: produce the oldest outbox messages and settle them.  Returns
- * how long the worker may sleep: -1 (until woken) without a producer,
- * KAFKA_IDLE_POLL_MS when the outbox is empty, 0 when more may wait, or a
- * backoff after failures.
+ * Close the round's SPI connection and transaction, back in round memory.
  */
-static long
-KafkaWorkerServe(void)
+static void
+KafkaEndTransaction(void)
 {
-	OutboxRow  *rows;
-	int			nrows = 0;
-	int			nincluded = 0;
-	OutboxMessage *messages;
-	int			n = 0;
-	int			total = 0;
-	int64		cut = PG_INT64_MAX;
-	int			i;
-	int			outstanding;
-	int64		start_ns;
-	int			nok = 0;
-	int			nbad = 0;
-	int			ndead = 0;
-	char		first_error[KAFKA_ERROR_LEN] = "";
-	bool		more;
-	int64		pending;
-
-	if (round_context == NULL)
-		round_context = AllocSetContextCreate(TopMemoryContext, "infra kafka round",
-											  ALLOCSET_DEFAULT_SIZES);
-	if (my_stats == NULL)
-		my_stats = KafkaStatsFor(MyDatabaseId, true);
-	MemoryContextReset(round_context);
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
 	MemoryContextSwitchTo(round_context);
+}
 
-	if (!KafkaEnsureProducer())
-		return -1;
-	KafkaPoll(0);
-	KafkaAbsorbStats();
+/*
+ * The batch of the round: the oldest rows holding up to batch_size messages
+ * and KAFKA_BATCH_BYTES (at least one row), plus the first row left out,
+ * whose first id bounds what this round may produce.  Inside the read's
+ * transaction and SPI connection.
+ */
+static int
+KafkaQueryBatch(void)
+{
+	Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size), Int64GetDatum(KAFKA_BATCH_BYTES)};
+	Oid			argtypes[2] = {INT4OID, INT8OID};
 
-	StartTransactionCommand();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
-	if (my_stats->database[0] == '\0')
-	{
-		char	   *name = get_database_name(MyDatabaseId);
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.batch,
+											  "SELECT first_id, included,"
+											  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
+											  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
+											  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
+											  " created_at, attempts"
+											  " FROM (SELECT b.*,"
+											  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
+											  "   OPERATOR(pg_catalog.<) $1 AND"
+											  "  ((pg_catalog.sum(pg_catalog.pg_column_size(b.keys) OPERATOR(pg_catalog.+)"
+											  "    pg_catalog.pg_column_size(b.vals)) OVER w"
+											  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.keys))"
+											  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.vals))"
+											  "   OPERATOR(pg_catalog.<) $2 AS included"
+											  "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id"
+											  "   LIMIT $1 OPERATOR(pg_catalog.+) 1) b"
+											  "  WINDOW w AS (ORDER BY b.first_id)) r"
+											  " ORDER BY first_id",
+											  2, argtypes),
+									args, NULL, true, 0),
+				   SPI_OK_SELECT, "infra.kafka_outbox_batches", 10, batch_types);
+	return (int) SPI_processed;
+}
 
-		SpinLockAcquire(&my_stats->mutex);
-		strlcpy(my_stats->database, name, NAMEDATALEN);
-		SpinLockRelease(&my_stats->mutex);
-	}
-	KafkaCreateRegisteredTopics();
-	{
-		Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size),
-		Int64GetDatum(KAFKA_BATCH_BYTES)};
-		Oid			argtypes[2] = {INT4OID, INT8OID};
+/*
+ * Unpack the batch's included rows into round memory (failed and deferred
+ * messages are written back after SPI_finish); a row left out sets the cut.
+ */
+static void
+KafkaUnpackRows(KafkaRound *round, int nrows)
+{
+	const char *what = "infra.kafka_outbox_batches";
+	int			i;
 
-		/*
-		 * The oldest rows holding up to batch_size messages and
-		 * KAFKA_BATCH_BYTES (at least one row), plus the first row left out,
-		 * whose first id bounds what this round may produce.
-		 */
-		SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.batch,
-												  "SELECT first_id, included,"
-												  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
-												  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
-												  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
-												  " created_at, attempts"
-												  " FROM (SELECT b.*,"
-												  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
-												  "   OPERATOR(pg_catalog.<) $1 AND"
-												  "  ((pg_catalog.sum(pg_catalog.pg_column_size(b.keys) OPERATOR(pg_catalog.+)"
-												  "    pg_catalog.pg_column_size(b.vals)) OVER w"
-												  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.keys))"
-												  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.vals))"
-												  "   OPERATOR(pg_catalog.<) $2 AS included"
-												  "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id"
-												  "   LIMIT $1 OPERATOR(pg_catalog.+) 1) b"
-												  "  WINDOW w AS (ORDER BY b.first_id)) r"
-												  " ORDER BY first_id",
-												  2, argtypes),
-										args, NULL, true, 0),
-					   SPI_OK_SELECT, "infra.kafka_outbox_batches", 10, batch_types);
-	}
-	nrows = (int) SPI_processed;
-	if (nrows == 0)
-	{
-		SPI_finish();
-		PopActiveSnapshot();
-		CommitTransactionCommand();
-		MemoryContextSwitchTo(round_context);
-		SpinLockAcquire(&my_stats->mutex);
-		my_stats->pending = 0;
-		SpinLockRelease(&my_stats->mutex);
-		/* What the last busy rounds left unreported goes before the sleep. */
-		(void) pgstat_report_stat(true);
-		/* Idle: come back to serve librdkafka's statistics and errors. */
-		return KAFKA_IDLE_POLL_MS;
-	}
-
-	/*
-	 * The "kafka" circuit breaker, when configured, guards delivery: a round
-	 * with work is one call.  While it is open the outbox waits (nothing is
-	 * lost); the round's outcome is recorded below.
-	 */
-	{
-		int64		probe_in_ns;
-
-		if (!InfraBreakerAllow("kafka", &probe_in_ns))
-		{
-			SPI_finish();
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			MemoryContextSwitchTo(round_context);
-			KafkaSetState("breaker open");
-			return probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
-		}
-	}
-
-	/*
-	 * Unpack the rows into round memory: failed and deferred messages are
-	 * written back after SPI_finish.
-	 */
-	rows = MemoryContextAllocZero(round_context, sizeof(OutboxRow) * nrows);
+	round->rows = MemoryContextAllocZero(round_context, sizeof(OutboxRow) * nrows);
 	for (i = 0; i < nrows; i++)
 	{
-		OutboxRow  *row = &rows[i];
-		const char *what = "infra.kafka_outbox_batches";
+		OutboxRow  *row = &round->rows[i];
 		MemoryContext old;
 
-		row->first_id = DatumGetInt64(SpiGetValue(i, 1, false, NULL, "infra.kafka_outbox_batches"));
-		if (!DatumGetBool(SpiGetValue(i, 2, false, NULL, "infra.kafka_outbox_batches")))
+		row->first_id = DatumGetInt64(SpiGetValue(i, 1, false, NULL, what));
+		if (!DatumGetBool(SpiGetValue(i, 2, false, NULL, what)))
 		{
 			/* Rows come in first_id order: the rest are left out too. */
-			cut = row->first_id;
+			round->cut = row->first_id;
 			break;
 		}
 		old = MemoryContextSwitchTo(round_context);
@@ -1527,102 +1523,169 @@ KafkaWorkerServe(void)
 		row->attempts = DatumGetInt32(SpiGetValue(i, 10, false, NULL, what));
 		row->keep = palloc(sizeof(bool) * row->nmsgs);
 		MemoryContextSwitchTo(old);
-		total += row->nmsgs;
-		nincluded++;
+		round->total += row->nmsgs;
+		round->nincluded++;
 	}
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(round_context);
+}
 
-	/*
-	 * This round's messages in id order.  Rows of concurrent transactions
-	 * interleave their ids; only ids below the first left-out row's first id
-	 * go now.  A same-key message with a smaller id committed earlier (the
-	 * key's lock serialises its senders), so its row is visible and has a
-	 * smaller first id: it is in this round too, and goes first.  Per key,
-	 * Kafka therefore sees commit order.
-	 */
-	messages = palloc0(sizeof(OutboxMessage) * Max(total, 1));
-	for (i = 0; i < nincluded; i++)
+/*
+ * Step 1, read: the round's rows, in a transaction of their own.  False,
+ * with how long to sleep, when there is nothing to produce now: the outbox
+ * is empty, or the "kafka" circuit breaker (when configured) is open.
+ * While it is open the outbox waits (nothing is lost); a round with work is
+ * one call of the breaker, its outcome recorded when settling.
+ */
+static bool
+KafkaReadRound(KafkaRound *round, long *sleep_ms)
+{
+	int			nrows;
+	int64		probe_in_ns;
+
+	StartTransactionCommand();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	if (my_stats->database[0] == '\0')
 	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		SpinLockAcquire(&my_stats->mutex);
+		strlcpy(my_stats->database, name, NAMEDATALEN);
+		SpinLockRelease(&my_stats->mutex);
+	}
+	nrows = KafkaQueryBatch();
+	if (nrows == 0)
+	{
+		KafkaEndTransaction();
+		SpinLockAcquire(&my_stats->mutex);
+		my_stats->pending = 0;
+		SpinLockRelease(&my_stats->mutex);
+		/* What the last busy rounds left unreported goes before the sleep. */
+		(void) pgstat_report_stat(true);
+		/* Idle: come back to serve librdkafka's statistics and errors. */
+		*sleep_ms = KAFKA_IDLE_POLL_MS;
+		return false;
+	}
+	if (!InfraBreakerAllow("kafka", &probe_in_ns))
+	{
+		KafkaEndTransaction();
+		KafkaSetState("breaker open");
+		*sleep_ms = probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
+		return false;
+	}
+	KafkaUnpackRows(round, nrows);
+	KafkaEndTransaction();
+	return true;
+}
+
+/*
+ * The round's messages in id order.  Rows of concurrent transactions
+ * interleave their ids; only ids below the first left-out row's first id
+ * go now.  A same-key message with a smaller id committed earlier (the
+ * key's lock serialises its senders), so its row is visible and has a
+ * smaller first id: it is in this round too, and goes first.  Per key,
+ * Kafka therefore sees commit order.
+ */
+static void
+KafkaOrderMessages(KafkaRound *round)
+{
+	int			i;
+
+	round->messages = palloc0(sizeof(OutboxMessage) * Max(round->total, 1));
+	for (i = 0; i < round->nincluded; i++)
+	{
+		OutboxRow  *row = &round->rows[i];
 		int			j;
 
-		for (j = 0; j < rows[i].nmsgs; j++)
+		for (j = 0; j < row->nmsgs; j++)
 		{
-			int64		id = DatumGetInt64(rows[i].ids[j]);
+			int64		id = DatumGetInt64(row->ids[j]);
+			OutboxMessage *m;
 
-			rows[i].keep[j] = true;
-			if (id >= cut)
+			row->keep[j] = true;
+			if (id >= round->cut)
 				continue;
-			messages[n].id = id;
-			messages[n].row = i;
-			messages[n].index = j;
-			n++;
+			m = &round->messages[round->n++];
+			m->id = id;
+			m->row = i;
+			m->index = j;
 		}
 	}
-	qsort(messages, n, sizeof(OutboxMessage), KafkaMessageCmp);
-	/* A full or byte-limited round may have left rows: look again at once. */
-	more = true;
+	qsort(round->messages, round->n, sizeof(OutboxMessage), KafkaMessageCmp);
+}
 
-	/* librdkafka copies the payloads. */
-	start_ns = InfraMonotonicNs();
-	for (i = 0; i < n; i++)
-	{
-		OutboxRow  *row = &rows[messages[i].row];
-		int			j = messages[i].index;
-		char	   *topic = TextDatumGetCString(row->topics[j]);
-		bool		temporary;
-		rd_kafka_topic_t *rkt = KafkaTopic(topic, &temporary);
-		int32		partition = row->pnulls[j] ? RD_KAFKA_PARTITION_UA : DatumGetInt32(row->partitions[j]);
-		bytea	   *key = row->knulls[j] ? NULL : DatumGetByteaPP(row->keys[j]);
-		bytea	   *value = row->vnulls[j] ? NULL : DatumGetByteaPP(row->vals[j]);
-		Jsonb	   *user_headers = row->hnulls[j] ? NULL : DatumGetJsonbP(row->headers[j]);
-		rd_kafka_resp_err_t err;
-		rd_kafka_headers_t *headers;
+/*
+ * Hand one message to librdkafka (which copies the payload), waiting while
+ * its queue is full; a local refusal (too large, say) is reported like a
+ * delivery failure.
+ */
+static void
+KafkaProduceOne(KafkaRound *round, OutboxMessage *m)
+{
+	OutboxRow  *row = &round->rows[m->row];
+	int			j = m->index;
+	char	   *topic = TextDatumGetCString(row->topics[j]);
+	bool		temporary;
+	rd_kafka_topic_t *rkt = KafkaTopic(topic, &temporary);
+	int32		partition = row->pnulls[j] ? RD_KAFKA_PARTITION_UA : DatumGetInt32(row->partitions[j]);
+	bytea	   *key = row->knulls[j] ? NULL : DatumGetByteaPP(row->keys[j]);
+	bytea	   *value = row->vnulls[j] ? NULL : DatumGetByteaPP(row->vals[j]);
+	Jsonb	   *user_headers = row->hnulls[j] ? NULL : DatumGetJsonbP(row->headers[j]);
+	/* librdkafka owns the headers only once producev succeeds. */
+	rd_kafka_headers_t *headers = KafkaHeaders(m->id, user_headers);
+	rd_kafka_resp_err_t err;
 
-		/* librdkafka owns the headers only once producev succeeds. */
-		headers = KafkaHeaders(messages[i].id, user_headers);
-		for (;;)
-		{
-			err = rd_kafka_producev(producer,
-									RD_KAFKA_V_RKT(rkt),
-									RD_KAFKA_V_PARTITION(partition),
-									RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-									RD_KAFKA_V_KEY(key ? VARDATA_ANY(key) : NULL,
-												   key ? VARSIZE_ANY_EXHDR(key) : 0),
-									RD_KAFKA_V_VALUE(value ? VARDATA_ANY(value) : NULL,
-													 value ? VARSIZE_ANY_EXHDR(value) : 0),
-									RD_KAFKA_V_HEADERS(headers),
-									RD_KAFKA_V_OPAQUE(&messages[i]),
-									RD_KAFKA_V_END);
-			if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
-				break;
-			if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
-			{
-				/* Refused locally (e.g. too large): reported like a failure. */
-				rd_kafka_headers_destroy(headers);
-				messages[i].reported = true;
-				messages[i].err = err;
-				break;
-			}
-			KafkaPoll(10);
-		}
-		if (temporary)
-			rd_kafka_topic_destroy(rkt);
-		pfree(topic);
-	}
-
-	SpinLockAcquire(&my_stats->mutex);
-	my_stats->in_flight = n;
-	SpinLockRelease(&my_stats->mutex);
-
-	/* Wait for every report; stay responsive to shutdown and reload. */
 	for (;;)
 	{
-		outstanding = 0;
-		for (i = 0; i < n; i++)
-			outstanding += !messages[i].reported;
+		err = rd_kafka_producev(producer,
+								RD_KAFKA_V_RKT(rkt),
+								RD_KAFKA_V_PARTITION(partition),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+								RD_KAFKA_V_KEY(key ? VARDATA_ANY(key) : NULL,
+											   key ? VARSIZE_ANY_EXHDR(key) : 0),
+								RD_KAFKA_V_VALUE(value ? VARDATA_ANY(value) : NULL,
+												 value ? VARSIZE_ANY_EXHDR(value) : 0),
+								RD_KAFKA_V_HEADERS(headers),
+								RD_KAFKA_V_OPAQUE(m),
+								RD_KAFKA_V_END);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			break;
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		{
+			rd_kafka_headers_destroy(headers);
+			m->reported = true;
+			m->err = err;
+			break;
+		}
+		KafkaPoll(10);
+	}
+	if (temporary)
+		rd_kafka_topic_destroy(rkt);
+	pfree(topic);
+}
+
+/*
+ * Step 2, produce: every message of the round, then wait for every
+ * delivery report, staying responsive to shutdown and reload.
+ */
+static void
+KafkaProduceRound(KafkaRound *round)
+{
+	int			i;
+
+	round->start_ns = InfraMonotonicNs();
+	for (i = 0; i < round->n; i++)
+		KafkaProduceOne(round, &round->messages[i]);
+
+	SpinLockAcquire(&my_stats->mutex);
+	my_stats->in_flight = round->n;
+	SpinLockRelease(&my_stats->mutex);
+
+	for (;;)
+	{
+		int			outstanding = 0;
+
+		for (i = 0; i < round->n; i++)
+			outstanding += !round->messages[i].reported;
 		if (outstanding == 0)
 			break;
 		KafkaPoll(50);
@@ -1630,46 +1693,66 @@ KafkaWorkerServe(void)
 		if (ShutdownRequestPending)
 			break;
 	}
+}
 
-	/* Sort out the reports; what stays in the outbox keeps its place. */
-	for (i = 0; i < n; i++)
+/*
+ * Step 3, classify: delivered messages leave their row, permanent errors
+ * become dead letters, the rest stay (their row failed) and keep their
+ * place.
+ */
+static void
+KafkaClassifyReports(KafkaRound *round)
+{
+	int			i;
+
+	for (i = 0; i < round->n; i++)
 	{
-		OutboxMessage *m = &messages[i];
-		OutboxRow  *row = &rows[m->row];
+		OutboxMessage *m = &round->messages[i];
+		OutboxRow  *row = &round->rows[m->row];
 
 		if (!m->reported)
 			continue;
 		if (m->err == RD_KAFKA_RESP_ERR_NO_ERROR)
 		{
 			row->keep[m->index] = false;
-			nok++;
+			round->nok++;
 		}
 		else if (KafkaErrorIsPermanent(m->err))
 		{
 			row->keep[m->index] = false;
 			m->dead = true;
-			ndead++;
+			round->ndead++;
 		}
 		else
 		{
 			row->failed = true;
-			nbad++;
-			if (first_error[0] == '\0')
-				snprintf(first_error, sizeof(first_error), "%s: %s",
+			round->nbad++;
+			if (round->first_error[0] == '\0')
+				snprintf(round->first_error, sizeof(round->first_error), "%s: %s",
 						 rd_kafka_err2name(m->err), rd_kafka_err2str(m->err));
 		}
 	}
+}
+
+/*
+ * Step 4, settle: the outbox and the dead letters as the reports say, and
+ * the breaker's call, in a second transaction.  Returns the messages left
+ * pending (-1: not counted now).
+ */
+static int64
+KafkaSettleRound(KafkaRound *round)
+{
+	int64		pending;
 
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	KafkaSettle(rows, nincluded, messages, n, ndead, first_error);
-	InfraBreakerRecord("kafka", nbad > 0);
-	pending = KafkaPendingAfterRound(cut != PG_INT64_MAX, total - nok - ndead);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
-	MemoryContextSwitchTo(round_context);
+	KafkaSettle(round->rows, round->nincluded, round->messages, round->n, round->ndead,
+				round->first_error);
+	InfraBreakerRecord("kafka", round->nbad > 0);
+	pending = KafkaPendingAfterRound(round->cut != PG_INT64_MAX,
+									 round->total - round->nok - round->ndead);
+	KafkaEndTransaction();
 
 	/*
 	 * A background worker reports its table statistics itself: without it
@@ -1677,39 +1760,89 @@ KafkaWorkerServe(void)
 	 * never its dead tuples.  At most once a second while busy.
 	 */
 	(void) pgstat_report_stat(false);
+	return pending;
+}
+
+/*
+ * Step 5, account: kafka_stats' counters, the last error, and how long to
+ * sleep: a backoff doubling from KAFKA_RETRY_MIN_MS after failed rounds,
+ * else 0 (a full or byte-limited round may have left rows: look again).
+ */
+static long
+KafkaAccountRound(KafkaRound *round, int64 pending)
+{
+	long		backoff = KAFKA_RETRY_MIN_MS;
+	int			i;
 
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = 0;
-	my_stats->delivered_total += nok;
-	my_stats->failed_attempts_total += nbad;
-	my_stats->dead_lettered_total += ndead;
+	my_stats->delivered_total += round->nok;
+	my_stats->failed_attempts_total += round->nbad;
+	my_stats->dead_lettered_total += round->ndead;
 	my_stats->batches_total++;
 	if (pending >= 0)
 		my_stats->pending = pending;
-	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - start_ns) / 1e6;
-	if (nok > 0)
+	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - round->start_ns) / 1e6;
+	if (round->nok > 0)
 		my_stats->last_delivery_at = GetCurrentTimestamp();
-	strlcpy(my_stats->broker_state, nbad == 0 ? "up" : "failing",
+	strlcpy(my_stats->broker_state, round->nbad == 0 ? "up" : "failing",
 			sizeof(my_stats->broker_state));
 	SpinLockRelease(&my_stats->mutex);
 
-	if (nbad > 0)
+	if (round->nbad == 0)
 	{
-		long		backoff = KAFKA_RETRY_MIN_MS;
-
-		KafkaRecordError(last_client_error[0] ? psprintf("%s (%s)", first_error, last_client_error) : first_error);
-		if (failed_rounds++ == 0)
-			ereport(LOG,
-					(errmsg("infra worker could not deliver %d Kafka messages: %s",
-							nbad, first_error),
-					 errdetail("They stay in infra.kafka_outbox and are retried.")));
-		for (i = 1; i < failed_rounds && backoff < KAFKA_RETRY_MAX_MS; i++)
-			backoff *= 2;
-		return Min(backoff, KAFKA_RETRY_MAX_MS);
+		if (failed_rounds > 0)
+			ereport(LOG, (errmsg("infra worker delivers Kafka messages again")));
+		failed_rounds = 0;
+		last_client_error[0] = '\0';
+		return 0;
 	}
-	if (failed_rounds > 0)
-		ereport(LOG, (errmsg("infra worker delivers Kafka messages again")));
-	failed_rounds = 0;
-	last_client_error[0] = '\0';
-	return more ? 0 : -1;
+	KafkaRecordError(last_client_error[0] ?
+					 psprintf("%s (%s)", round->first_error, last_client_error) :
+					 round->first_error);
+	if (failed_rounds++ == 0)
+		ereport(LOG,
+				(errmsg("infra worker could not deliver %d Kafka messages: %s",
+						round->nbad, round->first_error),
+				 errdetail("They stay in infra.kafka_outbox and are retried.")));
+	for (i = 1; i < failed_rounds && backoff < KAFKA_RETRY_MAX_MS; i++)
+		backoff *= 2;
+	return Min(backoff, KAFKA_RETRY_MAX_MS);
+}
+
+/*
+ * One round: produce the oldest outbox messages and settle them, in named
+ * steps (read, produce, classify, settle, account), after creating the
+ * registered topics.  Returns how long the worker may sleep: -1 (until
+ * woken) without a producer, KAFKA_IDLE_POLL_MS when the outbox is empty,
+ * 0 when more may wait, or a backoff after failures.
+ */
+static long
+KafkaWorkerServe(void)
+{
+	KafkaRound	round;
+	long		sleep_ms;
+
+	if (round_context == NULL)
+		round_context = AllocSetContextCreate(TopMemoryContext, "infra kafka round",
+											  ALLOCSET_DEFAULT_SIZES);
+	if (my_stats == NULL)
+		my_stats = KafkaStatsFor(MyDatabaseId, true);
+	MemoryContextReset(round_context);
+	MemoryContextSwitchTo(round_context);
+
+	if (!KafkaEnsureProducer())
+		return -1;
+	KafkaPoll(0);
+	KafkaAbsorbStats();
+	KafkaCreateRegisteredTopics();
+
+	memset(&round, 0, sizeof(round));
+	round.cut = PG_INT64_MAX;
+	if (!KafkaReadRound(&round, &sleep_ms))
+		return sleep_ms;
+	KafkaOrderMessages(&round);
+	KafkaProduceRound(&round);
+	KafkaClassifyReports(&round);
+	return KafkaAccountRound(&round, KafkaSettleRound(&round));
 }
