@@ -22,8 +22,10 @@
 
 #include "httpd.h"
 #include "infra.h"
+#include "logging.h"
 #include "otlp.h"
 #include "producer.h"
+#include "querystats.h"
 #include "spans.h"
 
 PG_MODULE_MAGIC;

@@ -644,6 +644,59 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 }
 
 /*
+ * Insert one outbox row (args: first id, count and the six arrays) as the
+ * outbox's owner, as a restricted operation: the caller may not write the
+ * outbox itself.
+ */
+static void
+KafkaInsertOutboxRow(Datum *args)
+{
+	Oid			argtypes[8] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID};
+	bool		pushed_snapshot = false;
+	Oid			save_user;
+	int			save_context;
+
+	/* At pre-commit no snapshot is active any more; the INSERT needs one. */
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed_snapshot = true;
+	}
+	GetUserIdAndSecContext(&save_user, &save_context);
+	SetUserIdAndSecContext(outbox_writer, save_context |
+						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		SPI_connect();
+		if (insert_plan == NULL)
+		{
+			SPIPlanPtr	plan;
+
+			plan = SPI_prepare("INSERT INTO infra.kafka_outbox_batches "
+							   "(first_id, messages, ids, topics, partitions, keys, vals, headers) "
+							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+							   8, argtypes);
+			if (plan == NULL)
+				elog(ERROR, "could not prepare the outbox insert: %s",
+					 SPI_result_code_string(SPI_result));
+			SPI_keepplan(plan);
+			insert_plan = plan;
+		}
+		SpiCheckResult(SPI_execute_plan(insert_plan, args, NULL, false, 0),
+					   SPI_OK_INSERT, "the outbox insert", 0, NULL);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_context);
+	}
+	PG_END_TRY();
+	if (pushed_snapshot)
+		PopActiveSnapshot();
+}
+
+/*
  * Write buffered messages into the outbox as one row of
  * infra.kafka_outbox_batches.  all_levels at (pre-)commit; otherwise only
  * the current subtransaction's messages, the others staying buffered.
@@ -659,12 +712,7 @@ KafkaFlushBuffer(bool all_levels)
 	int			i;
 	int			dims[1];
 	int			lbs[1] = {1};
-	Oid			argtypes[8] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID};
 	Datum		args[8];
-	bool		pushed_snapshot = false;
-	Oid			save_user;
-	int			save_context;
 
 	if (buffered == NULL || nbuffered == 0)
 		return;
@@ -715,44 +763,7 @@ KafkaFlushBuffer(bool all_levels)
 	args[5] = PointerGetDatum(construct_md_array(keys, knulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
 	args[6] = PointerGetDatum(construct_md_array(vals, vnulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
 	args[7] = PointerGetDatum(construct_md_array(headers, hnulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
-
-	/* At pre-commit no snapshot is active any more; the INSERT needs one. */
-	if (!ActiveSnapshotSet())
-	{
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pushed_snapshot = true;
-	}
-	GetUserIdAndSecContext(&save_user, &save_context);
-	SetUserIdAndSecContext(outbox_writer, save_context |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		SPI_connect();
-		if (insert_plan == NULL)
-		{
-			SPIPlanPtr	plan;
-
-			plan = SPI_prepare("INSERT INTO infra.kafka_outbox_batches "
-							   "(first_id, messages, ids, topics, partitions, keys, vals, headers) "
-							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-							   8, argtypes);
-			if (plan == NULL)
-				elog(ERROR, "could not prepare the outbox insert: %s",
-					 SPI_result_code_string(SPI_result));
-			SPI_keepplan(plan);
-			insert_plan = plan;
-		}
-		SpiCheckResult(SPI_execute_plan(insert_plan, args, NULL, false, 0),
-					   SPI_OK_INSERT, "the outbox insert", 0, NULL);
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_context);
-	}
-	PG_END_TRY();
-	if (pushed_snapshot)
-		PopActiveSnapshot();
+	KafkaInsertOutboxRow(args);
 }
 
 /*

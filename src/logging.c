@@ -42,6 +42,7 @@
 #include "utils/jsonb.h"
 
 #include "infra.h"
+#include "logging.h"
 #include "tracing.h"
 
 PG_FUNCTION_INFO_V1(infra_log);

@@ -41,7 +41,4 @@ typedef void (*MetricsCollector) (StringInfo out);
 
 extern void MetricsRegisterCollector(MetricsCollector collector);
 
-/* For spans: a statement's normalised text (querystats.c). */
-extern bool QueryStatsText(uint64 queryid, char *buf, int buflen);
-
 #endif							/* INFRA_METRICS_H */

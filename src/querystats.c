@@ -53,6 +53,7 @@
 
 #include "infra.h"
 #include "metrics.h"
+#include "querystats.h"
 #include "shmem.h"
 
 PG_FUNCTION_INFO_V1(infra_query_metrics);

@@ -53,6 +53,7 @@
 #include "infra.h"
 #include "metrics.h"
 #include "shmem.h"
+#include "querystats.h"
 #include "spans.h"
 #include "tracing.h"
 

@@ -1,0 +1,75 @@
+/*-------------------------------------------------------------------------
+ *
+ * encode.h
+ *		infra-bridge: Kafka messages as COPY data, text and binary.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef BRIDGE_ENCODE_H
+#define BRIDGE_ENCODE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "bridge.h"
+
+/* What a column of a direct COPY gets from a message. */
+typedef enum CopyField
+{
+	FIELD_VALUE_TEXT,			/* json, jsonb, text: the value as text */
+	FIELD_VALUE_BYTEA,
+	FIELD_TOPIC,
+	FIELD_PARTITION,
+	FIELD_OFFSET,
+	FIELD_KEY_TEXT,
+	FIELD_KEY_BYTEA,
+	FIELD_TIMESTAMP,
+	FIELD_HEADERS
+} CopyField;
+
+/*
+ * How a field is sent in a binary COPY: the column type's binary form
+ * (what its receive function reads).
+ */
+typedef enum BinaryForm
+{
+	BINARY_NONE,				/* no binary form here: the COPY is text */
+	BINARY_BYTES,				/* text, json, bytea: the bytes themselves */
+	BINARY_JSONB,				/* version 1, then the JSON text */
+	BINARY_INT4,
+	BINARY_INT8,
+	BINARY_TIMESTAMPTZ			/* microseconds since 2000-01-01 UTC */
+} BinaryForm;
+
+/* A growable buffer for COPY data and SQL text. */
+typedef struct Buf
+{
+	char	   *data;
+	size_t		len;
+	size_t		cap;
+} Buf;
+
+/* What the columns of a route's direct COPY get, and in which form. */
+typedef struct CopyShape
+{
+	bool		binary;			/* the COPY is in binary format */
+	CopyField	fields[META_COUNT + 1];
+	BinaryForm	forms[META_COUNT + 1];
+	int			nfields;
+} CopyShape;
+
+extern void buf_append(Buf *b, const char *s, size_t n);
+extern void buf_puts(Buf *b, const char *s);
+extern void buf_printf(Buf *b, const char *fmt,...) __attribute__((format(printf, 2, 3)));
+extern void buf_be(Buf *b, uint64_t v, int bytes);
+
+extern BinaryForm binary_form(CopyField field, const char *type);
+extern void stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg);
+extern void direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg);
+extern void binary_header(Buf *b);
+extern void binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg);
+
+#endif							/* BRIDGE_ENCODE_H */
