@@ -561,39 +561,40 @@ share_out(void)
 }
 
 /*
- * Hand the gathered batch to the writers (after the one before it is
- * settled) and start gathering the next.
+ * The gathered array goes in flight; the old one gathers the next.
  */
 static void
-submit(void)
+swap_batches(void)
+{
+	rd_kafka_message_t **msgs = inflight;
+	int		   *msg_routes = inflight_routes;
+	int			cap = inflight_cap;
+
+	inflight = batch;
+	inflight_routes = batch_routes;
+	inflight_cap = batch_cap;
+	inflight_n = batch_count;
+	batch = msgs;
+	batch_routes = msg_routes;
+	batch_cap = cap;
+	if (batch_cap < 1024)
+	{
+		batch_cap = 1024;
+		batch = realloc(batch, sizeof(*batch) * (size_t) batch_cap);
+		batch_routes = realloc(batch_routes, sizeof(int) * (size_t) batch_cap);
+	}
+}
+
+/*
+ * Each message in flight to the job of its partition's writer (share_out
+ * chose them), and each writer's next offset per partition; messages of
+ * partitions no longer ours are dropped.
+ */
+static void
+assign_jobs(void)
 {
 	int			i;
 	int			w;
-
-	settle();
-	if (batch_count == 0)
-		return;
-
-	/* The gathered array goes in flight; the old one gathers the next. */
-	{
-		rd_kafka_message_t **msgs = inflight;
-		int		   *msg_routes = inflight_routes;
-		int			cap = inflight_cap;
-
-		inflight = batch;
-		inflight_routes = batch_routes;
-		inflight_cap = batch_cap;
-		inflight_n = batch_count;
-		batch = msgs;
-		batch_routes = msg_routes;
-		batch_cap = cap;
-		if (batch_cap < 1024)
-		{
-			batch_cap = 1024;
-			batch = realloc(batch, sizeof(*batch) * (size_t) batch_cap);
-			batch_routes = realloc(batch_routes, sizeof(int) * (size_t) batch_cap);
-		}
-	}
 
 	for (w = 0; w < cfg->writers; w++)
 	{
@@ -638,8 +639,16 @@ submit(void)
 		if (m->offset + 1 > pw->next)
 			pw->next = m->offset + 1;
 	}
-	batch_restart();
-	inflight_t0 = now_ms();
+}
+
+/*
+ * Start a thread per writer with work and a connection (settle writes the
+ * others' share itself, once it has connected).
+ */
+static void
+start_writers(void)
+{
+	int			w;
 
 	for (w = 0; w < cfg->writers; w++)
 	{
@@ -662,6 +671,23 @@ submit(void)
 			pthread_mutex_unlock(&writer_lock);
 		}
 	}
+}
+
+/*
+ * Hand the gathered batch to the writers (after the one before it is
+ * settled) and start gathering the next.
+ */
+static void
+submit(void)
+{
+	settle();
+	if (batch_count == 0)
+		return;
+	swap_batches();
+	assign_jobs();
+	batch_restart();
+	inflight_t0 = now_ms();
+	start_writers();
 }
 
 /*

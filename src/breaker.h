@@ -39,4 +39,6 @@ typedef enum BreakerStateKind
 extern bool InfraBreakerAllow(const char *name, int64 *probe_in_ns);
 extern void InfraBreakerRecord(const char *name, bool failed);
 
+extern void InfraBreakerInit(void);
+
 #endif							/* INFRA_BREAKER_H */

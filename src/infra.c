@@ -20,13 +20,20 @@
 #include "utils/guc.h"
 #include "utils/inval.h"
 
+#include "breaker.h"
 #include "httpd.h"
 #include "infra.h"
+#include "kafka.h"
 #include "logging.h"
+#include "metrics.h"
 #include "otlp.h"
 #include "producer.h"
 #include "querystats.h"
+#include "ratelimit.h"
+#include "shmem.h"
 #include "spans.h"
+#include "tracing.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 

@@ -56,4 +56,6 @@ typedef struct KafkaStats
 
 extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);
 
+extern void InfraKafkaInit(void);
+
 #endif							/* INFRA_KAFKA_H */

@@ -347,6 +347,60 @@ MetricsReadName(FunctionCallInfo fcinfo, MetricType type, MetricKey *key)
 }
 
 /*
+ * A label name must follow Prometheus' rules and not be reserved (names
+ * starting with "__"; "le" on a histogram).
+ */
+static void
+MetricsCheckLabelName(const char *name, MetricType type)
+{
+	const char *c;
+
+	for (c = name; *c; c++)
+	{
+		if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || *c == '_' ||
+			  (c > name && *c >= '0' && *c <= '9')))
+			break;
+	}
+	if (*c != '\0' || *name == '\0')
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid metric label name \"%s\"", name),
+				 errdetail("Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*."),
+				 errhint("Use letters, digits and underscores.")));
+	if (strncmp(name, "__", 2) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_RESERVED_NAME),
+				 errmsg("metric label name \"%s\" is reserved", name),
+				 errdetail("Label names starting with \"__\" are Prometheus' own.")));
+	if (type == METRIC_HISTOGRAM && strcmp(name, "le") == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_RESERVED_NAME),
+				 errmsg("metric label name \"le\" is reserved for histogram buckets")));
+}
+
+/*
+ * A label's value as text: a JSON string, number or boolean.
+ */
+static char *
+MetricsLabelValue(const JsonbValue *v, const char *name)
+{
+	switch (v->type)
+	{
+		case jbvString:
+			return pnstrdup(v->val.string.val, v->val.string.len);
+		case jbvNumeric:
+			return DatumGetCString(DirectFunctionCall1(numeric_out, NumericGetDatum(v->val.numeric)));
+		case jbvBool:
+			return pstrdup(v->val.boolean ? "true" : "false");
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("value of metric label \"%s\" must be a string, number or boolean", name)));
+	}
+	return NULL;				/* keep compiler quiet */
+}
+
+/*
  * Render the labels (a jsonb object of scalars) sorted by name into the key.
  * NULL means none.
  */
@@ -379,54 +433,13 @@ MetricsReadLabels(FunctionCallInfo fcinfo, int argno, MetricType type, MetricKey
 	it = JsonbIteratorInit(&labels->root);
 	while ((tok = JsonbIteratorNext(&it, &v, true)) != WJB_DONE)
 	{
-		char	   *name;
-		const char *c;
-
 		if (tok != WJB_KEY)
 			continue;
-		name = pnstrdup(v.val.string.val, v.val.string.len);
-		for (c = name; *c; c++)
-		{
-			if (!((*c >= 'a' && *c <= 'z') || (*c >= 'A' && *c <= 'Z') || *c == '_' ||
-				  (c > name && *c >= '0' && *c <= '9')))
-				break;
-		}
-		if (*c != '\0' || *name == '\0')
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("invalid metric label name \"%s\"", name),
-					 errdetail("Prometheus label names match [a-zA-Z_][a-zA-Z0-9_]*."),
-					 errhint("Use letters, digits and underscores.")));
-		if (strncmp(name, "__", 2) == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_RESERVED_NAME),
-					 errmsg("metric label name \"%s\" is reserved", name),
-					 errdetail("Label names starting with \"__\" are Prometheus' own.")));
-		if (type == METRIC_HISTOGRAM && strcmp(name, "le") == 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_RESERVED_NAME),
-					 errmsg("metric label name \"le\" is reserved for histogram buckets")));
+		pairs[npairs].name = pnstrdup(v.val.string.val, v.val.string.len);
+		MetricsCheckLabelName(pairs[npairs].name, type);
 		tok = JsonbIteratorNext(&it, &v, true);
 		Assert(tok == WJB_VALUE);
-		switch (v.type)
-		{
-			case jbvString:
-				pairs[npairs].value = pnstrdup(v.val.string.val, v.val.string.len);
-				break;
-			case jbvNumeric:
-				pairs[npairs].value =
-					DatumGetCString(DirectFunctionCall1(numeric_out,
-														NumericGetDatum(v.val.numeric)));
-				break;
-			case jbvBool:
-				pairs[npairs].value = pstrdup(v.val.boolean ? "true" : "false");
-				break;
-			default:
-				ereport(ERROR,
-						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-						 errmsg("value of metric label \"%s\" must be a string, number or boolean", name)));
-		}
-		pairs[npairs].name = name;
+		pairs[npairs].value = MetricsLabelValue(&v, pairs[npairs].name);
 		npairs++;
 	}
 
@@ -561,6 +574,80 @@ MetricsUpdate(MetricType type, const MetricKey *key, MetricOp op, double value,
 }
 
 /*
+ * A new family must not make the exposition ambiguous: a histogram's sample
+ * names (name_bucket, name_sum, name_count) must not be another family's,
+ * nor may a new name be one of an existing histogram's.
+ */
+static void
+MetricsCheckNameClash(MetricType type, const MetricKey *key)
+{
+	static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
+	int			len = strlen(key->name);
+	int			i;
+
+	for (i = 0; i < lengthof(suffixes); i++)
+	{
+		char		other[METRIC_NAME_LEN * 2];
+		int			slen = strlen(suffixes[i]);
+		MetricFamily *clash = NULL;
+
+		/* Hash keys are compared as whole, zero-filled buffers. */
+		memset(other, 0, sizeof(other));
+		if (type == METRIC_HISTOGRAM)
+		{
+			snprintf(other, sizeof(other), "%s%s", key->name, suffixes[i]);
+			if (strlen(other) < METRIC_NAME_LEN)
+				clash = hash_search(family_hash, other, HASH_FIND, NULL);
+		}
+		else if (len > slen && strcmp(key->name + len - slen, suffixes[i]) == 0)
+		{
+			memcpy(other, key->name, len - slen);
+			clash = hash_search(family_hash, other, HASH_FIND, NULL);
+			if (clash != NULL && clash->type != METRIC_HISTOGRAM)
+				clash = NULL;
+		}
+		if (clash != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("metric \"%s\" would clash with %s \"%s\" in the exposition",
+							key->name, type_names[clash->type], clash->name),
+					 errhint("A histogram exposes name_bucket, name_sum and name_count; use another name.")));
+	}
+}
+
+/*
+ * Under the exclusive lock: a new family for the key's name, with its
+ * buckets fixed (the given ones, else Prometheus' defaults) if a histogram.
+ */
+static MetricFamily *
+MetricsAddFamily(MetricType type, const MetricKey *key, int nbuckets, const double *bounds)
+{
+	MetricFamily *family;
+	bool		found;
+
+	MetricsCheckNameClash(type, key);
+	family = (MetricFamily *) hash_search(family_hash, key->name, HASH_ENTER_NULL, &found);
+	if (family == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of shared memory for metric families")));
+	family->type = type;
+	family->nseries = 0;
+	family->nbuckets = 0;
+	if (type == METRIC_HISTOGRAM)
+	{
+		if (nbuckets == 0)
+		{
+			nbuckets = lengthof(default_buckets);
+			bounds = default_buckets;
+		}
+		family->nbuckets = nbuckets;
+		memcpy(family->bounds, bounds, sizeof(double) * nbuckets);
+	}
+	return family;
+}
+
+/*
  * Under the exclusive lock: the series of the key, added if it is new,
  * with its family checked (type, buckets) or created.  Errors release the
  * lock through the usual abort path.
@@ -571,8 +658,6 @@ MetricsAddSeries(MetricType type, const MetricKey *key, int nbuckets, const doub
 	MetricFamily *family;
 	MetricSeries *series;
 	bool		found;
-	static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
-	int			i;
 
 	family = (MetricFamily *) hash_search(family_hash, key->name, HASH_FIND, NULL);
 	if (family != NULL && family->type != type)
@@ -603,58 +688,7 @@ MetricsAddSeries(MetricType type, const MetricKey *key, int nbuckets, const doub
 	}
 
 	if (family == NULL)
-	{
-		int			len = strlen(key->name);
-
-		/* Sample names of a histogram must not be another family's. */
-		for (i = 0; i < lengthof(suffixes); i++)
-		{
-			char		other[METRIC_NAME_LEN * 2];
-			int			slen = strlen(suffixes[i]);
-			MetricFamily *clash = NULL;
-
-			/* Hash keys are compared as whole, zero-filled buffers. */
-			memset(other, 0, sizeof(other));
-			if (type == METRIC_HISTOGRAM)
-			{
-				snprintf(other, sizeof(other), "%s%s", key->name, suffixes[i]);
-				if (strlen(other) < METRIC_NAME_LEN)
-					clash = hash_search(family_hash, other, HASH_FIND, NULL);
-			}
-			else if (len > slen && strcmp(key->name + len - slen, suffixes[i]) == 0)
-			{
-				memcpy(other, key->name, len - slen);
-				clash = hash_search(family_hash, other, HASH_FIND, NULL);
-				if (clash != NULL && clash->type != METRIC_HISTOGRAM)
-					clash = NULL;
-			}
-			if (clash != NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_DUPLICATE_OBJECT),
-						 errmsg("metric \"%s\" would clash with %s \"%s\" in the exposition",
-								key->name, type_names[clash->type], clash->name),
-						 errhint("A histogram exposes name_bucket, name_sum and name_count; use another name.")));
-		}
-
-		family = (MetricFamily *) hash_search(family_hash, key->name, HASH_ENTER_NULL, &found);
-		if (family == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_OUT_OF_MEMORY),
-					 errmsg("out of shared memory for metric families")));
-		family->type = type;
-		family->nseries = 0;
-		family->nbuckets = 0;
-		if (type == METRIC_HISTOGRAM)
-		{
-			if (nbuckets == 0)
-			{
-				nbuckets = lengthof(default_buckets);
-				bounds = default_buckets;
-			}
-			family->nbuckets = nbuckets;
-			memcpy(family->bounds, bounds, sizeof(double) * nbuckets);
-		}
-	}
+		family = MetricsAddFamily(type, key, nbuckets, bounds);
 
 	series = (MetricSeries *) hash_search(series_hash, key, HASH_ENTER_NULL, &found);
 	if (series == NULL)

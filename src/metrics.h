@@ -41,4 +41,6 @@ typedef void (*MetricsCollector) (StringInfo out);
 
 extern void MetricsRegisterCollector(MetricsCollector collector);
 
+extern void InfraMetricsInit(void);
+
 #endif							/* INFRA_METRICS_H */

@@ -17,4 +17,6 @@
 /* GUC */
 extern int	infra_rate_limit_max_keys;
 
+extern void InfraRateLimitInit(void);
+
 #endif							/* INFRA_RATELIMIT_H */

@@ -36,4 +36,6 @@ typedef struct InfraShmemSegment
 extern void InfraShmemRegister(const InfraShmemSegment *segment);
 extern void InfraShmemRequire(const char *function_name);
 
+extern void InfraShmemInit(void);
+
 #endif							/* INFRA_SHMEM_H */

@@ -31,4 +31,6 @@ typedef bool (*TraceparentSource) (char *buf);
 extern void TracingSetSpanSource(TraceparentSource source);
 
 
+extern void InfraTracingInit(void);
+
 #endif							/* INFRA_TRACING_H */

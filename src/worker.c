@@ -129,6 +129,8 @@ static void InfraWorkerDetach(int code, Datum arg);
 static void InfraWorkerProbeDatabase(void);
 static bool InfraWorkerExtensionPresent(void);
 static long InfraWorkerServe(void);
+static void InfraWorkerReload(void);
+static bool InfraWorkerAnnounce(bool present, bool serving, bool announced_wait);
 static void InfraWorkerLoop(void);
 static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
@@ -575,6 +577,50 @@ InfraWorkerServe(void)
 }
 
 /*
+ * SIGHUP: read the configuration again and say when.
+ */
+static void
+InfraWorkerReload(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	SpinLockAcquire(&my_slot->mutex);
+	my_slot->last_reload = now;
+	SpinLockRelease(&my_slot->mutex);
+	ereport(LOG,
+			(errmsg("infra worker for database \"%s\" reloaded its configuration",
+					my_slot->database)));
+}
+
+/*
+ * State and log line when the extension appears (present, not serving yet)
+ * or is missing (once); returns whether the wait has been announced.
+ */
+static bool
+InfraWorkerAnnounce(bool present, bool serving, bool announced_wait)
+{
+	if (present && !serving)
+	{
+		InfraWorkerSetState(INFRA_WORKER_RUNNING);
+		ereport(LOG,
+				(errmsg("infra worker serving database \"%s\"",
+						my_slot->database)));
+		return false;
+	}
+	if (!present && !announced_wait)
+	{
+		InfraWorkerSetState(INFRA_WORKER_WAITING_FOR_EXTENSION);
+		ereport(LOG,
+				(errmsg("infra worker waiting for CREATE EXTENSION infra in database \"%s\"",
+						my_slot->database)));
+		return true;
+	}
+	return announced_wait;
+}
+
+/*
  * Sleep on the latch, look at what changed, serve; forever.
  */
 static void
@@ -627,39 +673,13 @@ InfraWorkerLoop(void)
 		if (ShutdownRequestPending)
 			break;
 		if (ConfigReloadPending)
-		{
-			TimestampTz now = GetCurrentTimestamp();
-
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			SpinLockAcquire(&my_slot->mutex);
-			my_slot->last_reload = now;
-			SpinLockRelease(&my_slot->mutex);
-			ereport(LOG,
-					(errmsg("infra worker for database \"%s\" reloaded its configuration",
-							my_slot->database)));
-		}
+			InfraWorkerReload();
 
 		MemoryContextSwitchTo(loop_context);
 		present = InfraWorkerExtensionPresent();
 		/* Committing left us in TopMemoryContext. */
 		MemoryContextSwitchTo(loop_context);
-		if (present && !serving)
-		{
-			InfraWorkerSetState(INFRA_WORKER_RUNNING);
-			ereport(LOG,
-					(errmsg("infra worker serving database \"%s\"",
-							my_slot->database)));
-			announced_wait = false;
-		}
-		else if (!present && !announced_wait)
-		{
-			InfraWorkerSetState(INFRA_WORKER_WAITING_FOR_EXTENSION);
-			ereport(LOG,
-					(errmsg("infra worker waiting for CREATE EXTENSION infra in database \"%s\"",
-							my_slot->database)));
-			announced_wait = true;
-		}
+		announced_wait = InfraWorkerAnnounce(present, serving, announced_wait);
 		serving = present;
 
 		/* The services' work; each says how long it may sleep. */

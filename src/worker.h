@@ -59,4 +59,6 @@ extern void InfraWorkerWakeAtCommit(void);
 extern bool InfraWorkersHealthy(StringInfo why);
 extern const char *InfraWorkerFirstDatabase(void);
 
+extern void InfraWorkerInit(void);
+
 #endif							/* INFRA_WORKER_H */
