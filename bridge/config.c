@@ -163,7 +163,9 @@ valid_name_list(const char *value)
 }
 
 /*
- * One key of a [route NAME] section.
+ * One key of a [route NAME] section.  One branch per key, in the order of
+ * the documentation: longer than most functions, kept whole so that the
+ * keys read as one table.
  */
 static int
 config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,

@@ -419,6 +419,57 @@ writers_done(void)
 }
 
 /*
+ * Wait for a writer's thread; when it could not run (no connection) or
+ * must retry, write its share here, reconnecting, until done or stopping.
+ */
+static void
+finish_job(WriterJob *job, int w)
+{
+	if (job->running)
+		pthread_join(job->thread, NULL);
+	job->running = false;
+	if (job->n == 0)
+		return;
+	while (job->result == WRITE_RETRY && !bridge_stop)
+	{
+		if (!db_connect(cfg, w, false))
+			continue;
+		job->result = db_write_batch(cfg, w, job->msgs, job->n, job->routes,
+									 job->writes, job->nwrites, job->written, job->dead);
+	}
+}
+
+/*
+ * A written share: the partitions' expected offsets move on, Kafka's
+ * (informational) commit list gets them, and the counts add up per route.
+ */
+static void
+count_job(const WriterJob *job, rd_kafka_topic_partition_list_t *list,
+		  long long *consumed, long long *written, long long *dead)
+{
+	int			i;
+	int			r;
+
+	for (i = 0; i < job->nwrites; i++)
+	{
+		PartState  *ps = part_find(job->writes[i].topic, job->writes[i].partition, false);
+
+		if (ps != NULL)
+			ps->expected = job->writes[i].next;
+		rd_kafka_topic_partition_list_add(list, job->writes[i].topic,
+										  job->writes[i].partition)->offset = job->writes[i].next;
+	}
+	for (i = 0; i < job->n; i++)
+		if (job->routes[i] >= 0)
+			consumed[job->routes[i]]++;
+	for (r = 0; r < cfg->nroutes; r++)
+	{
+		written[r] += job->written[r];
+		dead[r] += job->dead[r];
+	}
+}
+
+/*
  * Wait for the batch in flight and act on each writer's outcome: offsets
  * known, Kafka told, figures counted; a writer whose connection failed
  * reconnects and writes its part again (unless stopping: then it is given
@@ -437,7 +488,6 @@ settle(void)
 	long long	all_dead = 0;
 	bool		conflict = false;
 	int			w;
-	int			i;
 	int			r;
 
 	if (inflight_n == 0)
@@ -450,40 +500,11 @@ settle(void)
 	{
 		WriterJob  *job = &jobs[w];
 
-		if (job->running)
-			pthread_join(job->thread, NULL);
-		job->running = false;
+		finish_job(job, w);
 		if (job->n == 0)
 			continue;
-		while (job->result == WRITE_RETRY && !bridge_stop)
-		{
-			if (!db_connect(cfg, w, false))
-				continue;
-			job->result = db_write_batch(cfg, w, job->msgs, job->n, job->routes,
-										 job->writes, job->nwrites, job->written, job->dead);
-		}
 		if (job->result == WRITE_OK)
-		{
-			int			j;
-
-			for (j = 0; j < job->nwrites; j++)
-			{
-				PartState  *ps = part_find(job->writes[j].topic, job->writes[j].partition, false);
-
-				if (ps != NULL)
-					ps->expected = job->writes[j].next;
-				rd_kafka_topic_partition_list_add(list, job->writes[j].topic,
-												  job->writes[j].partition)->offset = job->writes[j].next;
-			}
-			for (i = 0; i < job->n; i++)
-				if (job->routes[i] >= 0)
-					consumed[job->routes[i]]++;
-			for (r = 0; r < cfg->nroutes; r++)
-			{
-				written[r] += job->written[r];
-				dead[r] += job->dead[r];
-			}
-		}
+			count_job(job, list, consumed, written, dead);
 		else if (job->result == WRITE_CONFLICT)
 			conflict = true;
 		else

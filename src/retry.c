@@ -45,35 +45,16 @@
 #include "clock.h"
 #include "confcache.h"
 #include "infra.h"
+#include "retry.h"
 #include "sqlstate.h"
 
 PG_FUNCTION_INFO_V1(infra_backoff_delay);
 PG_FUNCTION_INFO_V1(infra_retry);
 PG_FUNCTION_INFO_V1(infra_retry_transaction);
 
-typedef enum BackoffStrategy
-{
-	BACKOFF_NONE,
-	BACKOFF_EXPONENTIAL,
-	BACKOFF_FULL_JITTER,
-	BACKOFF_EQUAL_JITTER,
-	BACKOFF_DECORRELATED
-} BackoffStrategy;
-
 static const char *const strategy_names[] = {
 	"none", "exponential", "full_jitter", "equal_jitter", "decorrelated"
 };
-
-/* One row of infra.retry_policies, as this backend caches it. */
-typedef struct RetryPolicy
-{
-	char		name[NAMEDATALEN];	/* cache key, must be first */
-	int32		max_attempts;
-	int64		base_us;
-	int64		cap_us;
-	BackoffStrategy strategy;
-	SqlstateList retry_on;
-} RetryPolicy;
 
 static void RetryPolicyRead(HeapTuple tuple, TupleDesc desc, void *entry);
 

@@ -785,7 +785,8 @@ SpansAppendJsonbAttributes(StringInfo buf, Jsonb *attributes)
 /*
  * A JSON value as an OTLP AnyValue: integers as intValue (a string, as
  * OTLP/JSON writes 64-bit integers), other numbers as doubleValue, arrays
- * as arrayValue, objects as kvlistValue, null as an empty value.
+ * as arrayValue, objects as kvlistValue, null as an empty value.  One case
+ * per JSON type, kept whole so that the mapping reads as one table.
  */
 static void
 SpansAppendAnyValue(StringInfo buf, JsonbValue *v)
