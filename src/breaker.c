@@ -29,6 +29,9 @@
  * is integer and float arithmetic only: events are formatted and appended
  * after it is released.
  *
+ * Called by SQL (breaker_* and the views), and by producer.c (the "kafka"
+ * breaker guards delivery) and otlp.c (the "network" breaker guards exports).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -3,6 +3,8 @@
  * clock.c
  *		Durations given in SQL as intervals, checked and made nanoseconds.
  *
+ * Called by every module that takes durations from SQL; no state.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -10,6 +10,8 @@
  * (infra.config_changed) sends that invalidation, so a change applies in
  * every backend once it commits.
  *
+ * Called by ratelimit.c, breaker.c and retry.c; no shared memory.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

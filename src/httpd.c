@@ -11,6 +11,9 @@
  * the worker's own thread (PostgreSQL's APIs are not thread-safe).  The
  * exposition reads shared memory only; the worker connects to no database.
  *
+ * Runs in its own background worker, started by the postmaster when
+ * infra.metrics_listen is set; calls metrics.c and worker.c.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

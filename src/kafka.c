@@ -33,6 +33,10 @@
  * Locking: KafkaStats has a spinlock; the worker writes it, backends read
  * a copy.
  *
+ * Called by SQL (kafka_send, kafka_flush, kafka_stats, ...) and its commit
+ * callbacks; producer.c reads and writes the per-database counters
+ * (KafkaStatsFor).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -18,6 +18,9 @@
  * untouched: those cannot be written from outside elog.c.  Hooks installed
  * before infra's run first and see the message as it was.
  *
+ * Called by PostgreSQL's error reporting (emit_log_hook) in every
+ * process, and by SQL (infra.log).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

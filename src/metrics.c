@@ -25,6 +25,9 @@
  * exclusive to add or remove one.  A series' values are under its own
  * spinlock, so concurrent updates of one series are exact.
  *
+ * Called by SQL, by httpd.c (the exposition served on /metrics) and by
+ * every module that registers a collector at load.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -21,6 +21,9 @@
  *
  * libcurl is used from this worker's own thread only.
  *
+ * Runs in its own background worker, started by the postmaster when
+ * infra.otlp_endpoint is set.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

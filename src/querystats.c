@@ -22,6 +22,9 @@
  * passes): the exclusive lock is held for a bounded, short time, never for
  * a sort of the whole table.  Evictions are counted.
  *
+ * Called by PostgreSQL's executor and utility hooks, by SQL, and by
+ * spans.c (QueryStatsText, the normalised text of a statement's span).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -26,6 +26,8 @@
  * such a key has nothing to remember, since a fresh entry would behave the
  * same.
  *
+ * Called by SQL only (rate_limit, throttle, rate_limit_wait, the view).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -24,6 +24,8 @@
  * is raised with its own SQLSTATE and a context line saying how many
  * attempts were made.
  *
+ * Called by SQL only (backoff_delay, retry, retry_transaction).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

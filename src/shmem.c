@@ -15,6 +15,9 @@
  * Segment creation runs under AddinShmemInitLock, as the server requires.
  * What a segment's own locks protect is stated in the module that owns it.
  *
+ * Called by every module's XxxInit (InfraShmemRegister) and by SQL
+ * functions that need shared memory (InfraShmemRequire).
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -23,6 +23,9 @@
  * the exporter consumes, so entries between tail and head stay put while
  * it reads them under the shared lock.  The counters are atomics.
  *
+ * Called by the statement hooks and SQL; otlp.c drains the ring;
+ * tracing.c asks it for the current span through the source it registers.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

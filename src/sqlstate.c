@@ -3,6 +3,8 @@
  * sqlstate.c
  *		SQLSTATE codes and patterns ('40001', '08%') given in SQL.
  *
+ * Called by breaker.c and retry.c; no state.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"

@@ -22,6 +22,10 @@
  * fill infra.worker_status, or to fetch the latch to set).  No palloc or
  * ereport happens with a spinlock held: readers copy the slot out first.
  *
+ * Started by the postmaster; modules register services for its loop
+ * (InfraWorkerRegisterService); backends call InfraWorkerWakeAtCommit; httpd.c
+ * asks InfraWorkersHealthy.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
