@@ -43,6 +43,7 @@
 #include <unistd.h>
 
 #include "bridge.h"
+#include "buf.h"
 #include "encode.h"
 
 /* Per-route statements made by db_check_routes. */

@@ -15,6 +15,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "bridge.h"
+#include "buf.h"
 
 /* What a column of a direct COPY gets from a message. */
 typedef enum CopyField
@@ -44,13 +45,6 @@ typedef enum BinaryForm
 	BINARY_TIMESTAMPTZ			/* microseconds since 2000-01-01 UTC */
 } BinaryForm;
 
-/* A growable buffer for COPY data and SQL text. */
-typedef struct Buf
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-} Buf;
 
 /* What the columns of a route's direct COPY get, and in which form. */
 typedef struct CopyShape
@@ -61,9 +55,6 @@ typedef struct CopyShape
 	int			nfields;
 } CopyShape;
 
-extern void buf_append(Buf *b, const char *s, size_t n);
-extern void buf_puts(Buf *b, const char *s);
-extern void buf_printf(Buf *b, const char *fmt,...) __attribute__((format(printf, 2, 3)));
 extern void buf_be(Buf *b, uint64_t v, int bytes);
 
 extern BinaryForm binary_form(CopyField field, const char *type);

@@ -11,7 +11,6 @@
  *-------------------------------------------------------------------------
  */
 #include <netdb.h>
-#include <stdarg.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 #include <microhttpd.h>
 
 #include "bridge.h"
+#include "buf.h"
 
 /* Batch latency buckets, in seconds. */
 static const double buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10};
@@ -161,37 +161,6 @@ metrics_lag(rd_kafka_t *rk)
 	free(next);
 }
 
-/* Append to a malloc'd string. */
-typedef struct Text
-{
-	char	   *data;
-	size_t		len;
-	size_t		cap;
-} Text;
-
-static void
-text_printf(Text *t, const char *fmt,...) __attribute__((format(printf, 2, 3)));
-
-static void
-text_printf(Text *t, const char *fmt,...)
-{
-	va_list		ap;
-	int			n;
-
-	va_start(ap, fmt);
-	n = vsnprintf(NULL, 0, fmt, ap);
-	va_end(ap);
-	if (t->len + (size_t) n + 1 > t->cap)
-	{
-		t->cap = (t->len + (size_t) n + 1) * 2;
-		t->data = realloc(t->data, t->cap);
-	}
-	va_start(ap, fmt);
-	vsnprintf(t->data + t->len, (size_t) n + 1, fmt, ap);
-	va_end(ap);
-	t->len += (size_t) n;
-}
-
 /* A label value, escaped for the text format. */
 static const char *
 label(const char *value, char *buf, size_t size)
@@ -217,7 +186,7 @@ label(const char *value, char *buf, size_t size)
 static char *
 render(void)
 {
-	Text		t = {0};
+	Buf			t = {0};
 	char		l1[300];
 	int			r;
 	size_t		b;
@@ -236,26 +205,26 @@ render(void)
 	pthread_mutex_lock(&lock);
 	for (c = 0; c < sizeof(counters) / sizeof(counters[0]); c++)
 	{
-		text_printf(&t, "# HELP %s %s\n# TYPE %s counter\n", counters[c].name, counters[c].help, counters[c].name);
+		buf_printf(&t, "# HELP %s %s\n# TYPE %s counter\n", counters[c].name, counters[c].help, counters[c].name);
 		for (r = 0; r < nroutes; r++)
-			text_printf(&t, "%s{route=\"%s\"} %lld\n", counters[c].name, label(routes[r].name, l1, sizeof(l1)),
+			buf_printf(&t, "%s{route=\"%s\"} %lld\n", counters[c].name, label(routes[r].name, l1, sizeof(l1)),
 						c == 0 ? routes[r].consumed : c == 1 ? routes[r].written : routes[r].dead);
 	}
-	text_printf(&t, "# HELP infra_bridge_batch_seconds Time to write a batch and its offsets (one transaction).\n"
+	buf_printf(&t, "# HELP infra_bridge_batch_seconds Time to write a batch and its offsets (one transaction).\n"
 				"# TYPE infra_bridge_batch_seconds histogram\n");
 	for (b = 0; b < NBUCKETS; b++)
 	{
 		cumulative += batch_counts[b];
-		text_printf(&t, "infra_bridge_batch_seconds_bucket{le=\"%g\"} %lld\n", buckets[b], cumulative);
+		buf_printf(&t, "infra_bridge_batch_seconds_bucket{le=\"%g\"} %lld\n", buckets[b], cumulative);
 	}
-	text_printf(&t, "infra_bridge_batch_seconds_bucket{le=\"+Inf\"} %lld\n", batch_total);
-	text_printf(&t, "infra_bridge_batch_seconds_sum %.6f\ninfra_bridge_batch_seconds_count %lld\n", batch_sum, batch_total);
-	text_printf(&t, "# HELP infra_bridge_lag_messages Messages in the partition after the bridge's position.\n"
+	buf_printf(&t, "infra_bridge_batch_seconds_bucket{le=\"+Inf\"} %lld\n", batch_total);
+	buf_printf(&t, "infra_bridge_batch_seconds_sum %.6f\ninfra_bridge_batch_seconds_count %lld\n", batch_sum, batch_total);
+	buf_printf(&t, "# HELP infra_bridge_lag_messages Messages in the partition after the bridge's position.\n"
 				"# TYPE infra_bridge_lag_messages gauge\n");
 	for (r = 0; r < nlags; r++)
-		text_printf(&t, "infra_bridge_lag_messages{topic=\"%s\",partition=\"%d\"} %lld\n",
+		buf_printf(&t, "infra_bridge_lag_messages{topic=\"%s\",partition=\"%d\"} %lld\n",
 					label(lags[r].topic, l1, sizeof(l1)), lags[r].partition, lags[r].lag);
-	text_printf(&t, "# HELP infra_bridge_postgresql_up 1 while the bridge is connected to PostgreSQL.\n"
+	buf_printf(&t, "# HELP infra_bridge_postgresql_up 1 while the bridge is connected to PostgreSQL.\n"
 				"# TYPE infra_bridge_postgresql_up gauge\ninfra_bridge_postgresql_up %d\n", db_up ? 1 : 0);
 	pthread_mutex_unlock(&lock);
 	return t.data;

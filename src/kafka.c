@@ -164,7 +164,7 @@ static Size KafkaShmemSize(void);
 static void KafkaShmemInit(void *segment, bool found, LWLockPadded *locks);
 static void KafkaCheckTopic(const char *topic);
 static Datum KafkaSend(FunctionCallInfo fcinfo, bytea *value);
-static Oid	KafkaOutboxOwner(void);
+static Oid	KafkaOutboxOwner(Oid namespace);
 static int64 KafkaMeasureBacklog(int64 my_id);
 static void KafkaCheckBacklog(int64 my_id);
 static Jsonb *KafkaContextHeaders(Jsonb *user_headers);
@@ -300,13 +300,12 @@ KafkaCheckTopic(const char *topic)
 }
 
 /*
- * The role that owns infra.kafka_outbox_batches.
+ * The role that owns kafka_outbox_batches in schema namespace (infra's).
  */
 static Oid
-KafkaOutboxOwner(void)
+KafkaOutboxOwner(Oid namespace)
 {
-	Oid			relid = get_relname_relid("kafka_outbox_batches",
-										  get_namespace_oid(INFRA_NAME, false));
+	Oid			relid = get_relname_relid("kafka_outbox_batches", namespace);
 	HeapTuple	tuple;
 	Oid			owner;
 
@@ -569,14 +568,15 @@ KafkaReadMessage(FunctionCallInfo fcinfo, bytea *value, BufferedMessage *msg)
 static void
 KafkaStartBuffer(void)
 {
+	Oid			namespace = get_namespace_oid(INFRA_NAME, false);
+
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(KafkaXactCallback, NULL);
 		RegisterSubXactCallback(KafkaSubXactCallback, NULL);
 		callbacks_registered = true;
 	}
-	outbox_sequence = get_relname_relid("kafka_outbox_id_seq",
-										get_namespace_oid(INFRA_NAME, false));
+	outbox_sequence = get_relname_relid("kafka_outbox_id_seq", namespace);
 	if (!OidIsValid(outbox_sequence))
 		elog(ERROR, "infra.kafka_outbox_id_seq does not exist");
 	buffered = MemoryContextAlloc(TopTransactionContext,
@@ -584,7 +584,7 @@ KafkaStartBuffer(void)
 	buffer_capacity = KAFKA_SEND_BUFFER;
 	nbuffered = 0;
 	buffered_bytes = 0;
-	outbox_writer = KafkaOutboxOwner();
+	outbox_writer = KafkaOutboxOwner(namespace);
 }
 
 /*

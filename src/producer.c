@@ -4,9 +4,10 @@
  *		The infra worker's Kafka producer: outbox rows to Kafka.
  *
  * One long-lived idempotent producer (enable.idempotence, acks=all) per
- * worker.  A round (KafkaWorkerServe) first creates the registered topics,
- * then goes through named steps: read a batch of outbox rows in id order
- * (its own transaction), produce them and wait for every delivery report,
+ * worker.  A round (KafkaWorkerServe) goes through named steps: read a
+ * batch of outbox rows in id order (its own transaction, which also tells
+ * whether registered topics wait to be created: then they are, before
+ * anything is produced), produce them and wait for every delivery report,
  * classify the reports, settle (delete the rows Kafka acknowledged, rewrite
  * partly delivered ones, record the error of the others, move dead letters;
  * a second transaction) and account (kafka_stats, backoff): a row leaves
@@ -130,6 +131,7 @@ typedef struct KafkaRound
 	int			ndead;			/* refused for good: dead letters */
 	char		first_error[KAFKA_ERROR_LEN];
 	int64		start_ns;		/* when producing began */
+	bool		topics_pending; /* infra.topics has some to create */
 } KafkaRound;
 
 static rd_kafka_t *producer = NULL;
@@ -167,6 +169,7 @@ static KafkaStats *my_stats = NULL;
 typedef struct WorkerPlans
 {
 	SPIPlanPtr	pending_topics;
+	SPIPlanPtr	any_pending_topic;
 	SPIPlanPtr	batch;
 	SPIPlanPtr	delete_delivered;
 	SPIPlanPtr	dead_letter;
@@ -220,9 +223,13 @@ static void KafkaNoteBrokers(int known, int up);
 static rd_kafka_topic_t *KafkaTopic(const char *name, bool *temporary);
 static bool KafkaErrorIsPermanent(rd_kafka_resp_err_t err);
 static SPIPlanPtr KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes);
+static void KafkaExec(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes, Datum *args,
+					  const char *nulls, bool read_only, int expected, const char *what,
+					  int ncols, const Oid *types);
 static void KafkaDescribeTopics(rd_kafka_NewTopic_t **topics, int n);
 static void KafkaRecordTopicResults(rd_kafka_event_t *event);
 static void KafkaEndTransaction(void);
+static bool KafkaAnyPendingTopic(void);
 static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
@@ -783,6 +790,21 @@ KafkaPlan(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes)
 }
 
 /*
+ * Run a statement of the worker (prepared and kept by KafkaPlan) and check
+ * what it returned: status expected, and ncols columns of types when types
+ * is given.
+ */
+static void
+KafkaExec(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes, Datum *args,
+		  const char *nulls, bool read_only, int expected, const char *what,
+		  int ncols, const Oid *types)
+{
+	SpiCheckResult(SPI_execute_plan(KafkaPlan(plan, sql, nargs, argtypes), args, nulls,
+									read_only, 0),
+				   expected, what, ncols, types);
+}
+
+/*
  * Describe the topics read into SPI_tuptable for the Admin API, into
  * topics[0..n-1] (each filled before anything can fail after it).
  */
@@ -890,12 +912,12 @@ KafkaCreateRegisteredTopics(void)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.pending_topics,
-											  "SELECT name, partitions, replication_factor, config FROM infra.topics"
-											  " WHERE broker_state OPERATOR(pg_catalog.=) 'pending'"
-											  " ORDER BY name LIMIT 100", 0, NULL),
-									NULL, NULL, true, 0),
-				   SPI_OK_SELECT, "infra.topics", 4, types);
+	KafkaExec(&plans.pending_topics,
+			  "SELECT name, partitions, replication_factor, config FROM infra.topics"
+			  " WHERE broker_state OPERATOR(pg_catalog.=) 'pending'"
+			  " ORDER BY name LIMIT 100",
+			  0, NULL, NULL, NULL, true,
+			  SPI_OK_SELECT, "infra.topics", 4, types);
 	if (SPI_processed > 0)
 	{
 		n = (int) SPI_processed;
@@ -1270,17 +1292,16 @@ KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
 		args[3 + k] = KafkaArray(e[k], nl[k], kept, message_column_types[k]);
 	args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
 	argnulls[9] = row->failed ? ' ' : 'n';
-	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.rewrite,
-											  "UPDATE infra.kafka_outbox_batches SET first_id = $2, messages = $3,"
-											  " ids = $4, topics = $5, partitions = $6, keys = $7, vals = $8, headers = $9,"
-											  " attempts = attempts OPERATOR(pg_catalog.+) ($10 IS NOT NULL)::integer,"
-											  " last_error = coalesce($10, last_error),"
-											  " last_attempt_at = CASE WHEN $10 IS NULL THEN last_attempt_at"
-											  " ELSE pg_catalog.clock_timestamp() END"
-											  " WHERE first_id OPERATOR(pg_catalog.=) $1",
-											  10, argtypes),
-									args, argnulls, false, 0),
-				   SPI_OK_UPDATE, "the rewrite of an outbox row", 0, NULL);
+	KafkaExec(&plans.rewrite,
+			  "UPDATE infra.kafka_outbox_batches SET first_id = $2, messages = $3,"
+			  " ids = $4, topics = $5, partitions = $6, keys = $7, vals = $8, headers = $9,"
+			  " attempts = attempts OPERATOR(pg_catalog.+) ($10 IS NOT NULL)::integer,"
+			  " last_error = coalesce($10, last_error),"
+			  " last_attempt_at = CASE WHEN $10 IS NULL THEN last_attempt_at"
+			  " ELSE pg_catalog.clock_timestamp() END"
+			  " WHERE first_id OPERATOR(pg_catalog.=) $1",
+			  10, argtypes, args, argnulls, false,
+			  SPI_OK_UPDATE, "the rewrite of an outbox row", 0, NULL);
 }
 
 /*
@@ -1292,12 +1313,11 @@ KafkaDeleteRows(Datum *gone, int ngone)
 	Oid			argtypes[1] = {INT8ARRAYOID};
 	Datum		arg = KafkaArray(gone, NULL, ngone, INT8OID);
 
-	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.delete_delivered,
-											  "DELETE FROM infra.kafka_outbox_batches"
-											  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
-											  1, argtypes),
-									&arg, NULL, false, 0),
-				   SPI_OK_DELETE, "the delete of delivered messages", 0, NULL);
+	KafkaExec(&plans.delete_delivered,
+			  "DELETE FROM infra.kafka_outbox_batches"
+			  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
+			  1, argtypes, &arg, NULL, false,
+			  SPI_OK_DELETE, "the delete of delivered messages", 0, NULL);
 }
 
 /*
@@ -1311,14 +1331,13 @@ KafkaRecordFailedRows(Datum *failed, int nfailed, const char *first_error)
 
 	args[0] = KafkaArray(failed, NULL, nfailed, INT8OID);
 	args[1] = CStringGetTextDatum(first_error);
-	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.record_failure,
-											  "UPDATE infra.kafka_outbox_batches"
-											  " SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
-											  " last_error = $2, last_attempt_at = pg_catalog.clock_timestamp()"
-											  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
-											  2, argtypes),
-									args, NULL, false, 0),
-				   SPI_OK_UPDATE, "the record of failed messages", 0, NULL);
+	KafkaExec(&plans.record_failure,
+			  "UPDATE infra.kafka_outbox_batches"
+			  " SET attempts = attempts OPERATOR(pg_catalog.+) 1,"
+			  " last_error = $2, last_attempt_at = pg_catalog.clock_timestamp()"
+			  " WHERE first_id OPERATOR(pg_catalog.=) ANY ($1)",
+			  2, argtypes, args, NULL, false,
+			  SPI_OK_UPDATE, "the record of failed messages", 0, NULL);
 }
 
 /*
@@ -1363,16 +1382,15 @@ KafkaMoveDeadLetters(OutboxRow *rows, OutboxMessage *messages, int n, int ndead)
 	args[6] = KafkaArray(e[6], nl[6], m, TIMESTAMPTZOID);
 	args[7] = KafkaArray(e[7], nl[7], m, INT4OID);
 	args[8] = KafkaArray(e[8], nl[8], m, TEXTOID);
-	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.dead_letter,
-											  "INSERT INTO infra.kafka_dead_letters"
-											  " (id, topic, partition, key, value, headers, created_at, attempts, error)"
-											  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
-											  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
-											  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
-											  " pg_catalog.unnest($9))",
-											  9, argtypes),
-									args, NULL, false, 0),
-				   SPI_OK_INSERT, "the move to infra.kafka_dead_letters", 0, NULL);
+	KafkaExec(&plans.dead_letter,
+			  "INSERT INTO infra.kafka_dead_letters"
+			  " (id, topic, partition, key, value, headers, created_at, attempts, error)"
+			  " SELECT * FROM ROWS FROM (pg_catalog.unnest($1), pg_catalog.unnest($2),"
+			  " pg_catalog.unnest($3), pg_catalog.unnest($4), pg_catalog.unnest($5),"
+			  " pg_catalog.unnest($6), pg_catalog.unnest($7), pg_catalog.unnest($8),"
+			  " pg_catalog.unnest($9))",
+			  9, argtypes, args, NULL, false,
+			  SPI_OK_INSERT, "the move to infra.kafka_dead_letters", 0, NULL);
 	ereport(LOG,
 			(errmsg("infra worker moved %d Kafka messages to infra.kafka_dead_letters: %s",
 					ndead, example)));
@@ -1465,27 +1483,26 @@ KafkaQueryBatch(void)
 	Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size), Int64GetDatum(KAFKA_BATCH_BYTES)};
 	Oid			argtypes[2] = {INT4OID, INT8OID};
 
-	SpiCheckResult(SPI_execute_plan(KafkaPlan(&plans.batch,
-											  "SELECT first_id, included,"
-											  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
-											  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
-											  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
-											  " created_at, attempts"
-											  " FROM (SELECT b.*,"
-											  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
-											  "   OPERATOR(pg_catalog.<) $1 AND"
-											  "  ((pg_catalog.sum(pg_catalog.pg_column_size(b.keys) OPERATOR(pg_catalog.+)"
-											  "    pg_catalog.pg_column_size(b.vals)) OVER w"
-											  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.keys))"
-											  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.vals))"
-											  "   OPERATOR(pg_catalog.<) $2 AS included"
-											  "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id"
-											  "   LIMIT $1 OPERATOR(pg_catalog.+) 1) b"
-											  "  WINDOW w AS (ORDER BY b.first_id)) r"
-											  " ORDER BY first_id",
-											  2, argtypes),
-									args, NULL, true, 0),
-				   SPI_OK_SELECT, "infra.kafka_outbox_batches", 10, batch_types);
+	KafkaExec(&plans.batch,
+			  "SELECT first_id, included,"
+			  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
+			  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
+			  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
+			  " created_at, attempts"
+			  " FROM (SELECT b.*,"
+			  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
+			  "   OPERATOR(pg_catalog.<) $1 AND"
+			  "  ((pg_catalog.sum(pg_catalog.pg_column_size(b.keys) OPERATOR(pg_catalog.+)"
+			  "    pg_catalog.pg_column_size(b.vals)) OVER w"
+			  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.keys))"
+			  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.vals))"
+			  "   OPERATOR(pg_catalog.<) $2 AS included"
+			  "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id"
+			  "   LIMIT $1 OPERATOR(pg_catalog.+) 1) b"
+			  "  WINDOW w AS (ORDER BY b.first_id)) r"
+			  " ORDER BY first_id",
+			  2, argtypes, args, NULL, true,
+			  SPI_OK_SELECT, "infra.kafka_outbox_batches", 10, batch_types);
 	return (int) SPI_processed;
 }
 
@@ -1529,6 +1546,24 @@ KafkaUnpackRows(KafkaRound *round, int nrows)
 }
 
 /*
+ * Are there registered topics to create?  Asked in the read's transaction,
+ * so that creating them (in transactions of their own) costs nothing when
+ * there are none, which is nearly always.
+ */
+static bool
+KafkaAnyPendingTopic(void)
+{
+	static const Oid types[1] = {BOOLOID};
+
+	KafkaExec(&plans.any_pending_topic,
+			  "SELECT EXISTS (SELECT FROM infra.topics"
+			  " WHERE broker_state OPERATOR(pg_catalog.=) 'pending')",
+			  0, NULL, NULL, NULL, true,
+			  SPI_OK_SELECT, "infra.topics", 1, types);
+	return DatumGetBool(SpiGetValue(0, 1, false, NULL, "infra.topics"));
+}
+
+/*
  * Step 1, read: the round's rows, in a transaction of their own.  False,
  * with how long to sleep, when there is nothing to produce now: the outbox
  * is empty, or the "kafka" circuit breaker (when configured) is open.
@@ -1552,6 +1587,7 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 		strlcpy(my_stats->database, name, NAMEDATALEN);
 		SpinLockRelease(&my_stats->mutex);
 	}
+	round->topics_pending = KafkaAnyPendingTopic();
 	nrows = KafkaQueryBatch();
 	if (nrows == 0)
 	{
@@ -1812,8 +1848,8 @@ KafkaAccountRound(KafkaRound *round, int64 pending)
 
 /*
  * One round: produce the oldest outbox messages and settle them, in named
- * steps (read, produce, classify, settle, account), after creating the
- * registered topics.  Returns how long the worker may sleep: -1 (until
+ * steps (read, produce, classify, settle, account), creating the
+ * registered topics still pending between the read and the produce.  Returns how long the worker may sleep: -1 (until
  * woken) without a producer, KAFKA_IDLE_POLL_MS when the outbox is empty,
  * 0 when more may wait, or a backoff after failures.
  */
@@ -1822,6 +1858,7 @@ KafkaWorkerServe(void)
 {
 	KafkaRound	round;
 	long		sleep_ms;
+	bool		ready;
 
 	if (round_context == NULL)
 		round_context = AllocSetContextCreate(TopMemoryContext, "infra kafka round",
@@ -1835,11 +1872,14 @@ KafkaWorkerServe(void)
 		return -1;
 	KafkaPoll(0);
 	KafkaAbsorbStats();
-	KafkaCreateRegisteredTopics();
 
 	memset(&round, 0, sizeof(round));
 	round.cut = PG_INT64_MAX;
-	if (!KafkaReadRound(&round, &sleep_ms))
+	ready = KafkaReadRound(&round, &sleep_ms);
+	/* Before anything is produced, so a new topic has its settings. */
+	if (round.topics_pending)
+		KafkaCreateRegisteredTopics();
+	if (!ready)
 		return sleep_ms;
 	KafkaOrderMessages(&round);
 	KafkaProduceRound(&round);

@@ -8,6 +8,8 @@ package InfraTest;
 use strict;
 use warnings;
 
+use IPC::Run;
+
 use Exporter 'import';
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -15,7 +17,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(infra_node worker_pid worker_status wait_until kafka_bootstrap kafka_ctl
-  slurp_log_since src_path);
+  kafka_create_topic bridge_spawn slurp_log_since src_path);
 
 # Path of a file in the test copy of the source tree.
 sub src_path
@@ -95,6 +97,23 @@ sub kafka_ctl
 	my ($cmd) = @_;
 	my $dir = $ENV{INFRA_KAFKA_DIR} // die "INFRA_KAFKA_DIR is not set\n";
 	return system(src_path('test/kafka/broker.sh'), $cmd, $dir) == 0;
+}
+
+# kafka_create_topic(TOPIC, PARTITIONS): create a topic on the test broker.
+sub kafka_create_topic
+{
+	my ($topic, $partitions) = @_;
+	my $dir = $ENV{INFRA_KAFKA_DIR} // die "INFRA_KAFKA_DIR is not set\n";
+	system(src_path('test/kafka/broker.sh'), 'create-topic', $dir, $topic, $partitions) == 0
+	  or die "cannot create topic $topic";
+}
+
+# bridge_spawn(INI, LOG): start infra-bridge on a configuration file, its
+# output appended to LOG; returns the IPC::Run harness.
+sub bridge_spawn
+{
+	my ($ini, $log) = @_;
+	return IPC::Run::start([ 'infra-bridge', '--config', $ini ], '<', \undef, '>>', $log, '2>>', $log);
 }
 
 1;

@@ -20,13 +20,6 @@ my $connstr = $node->connstr('postgres');
 # Topics and groups of this run only (a broker may outlive one run).
 my $run = $$;
 
-sub create_topic
-{
-	my ($topic, $partitions) = @_;
-	system(src_path('test/kafka/broker.sh'), 'create-topic', $ENV{INFRA_KAFKA_DIR}, $topic, $partitions) == 0
-	  or die "cannot create topic $topic";
-}
-
 # Produce lines "key:value" from a file with kcat.
 sub produce_file
 {
@@ -100,7 +93,7 @@ my @bridges;
 sub bridge_start
 {
 	my ($ini, $log) = @_;
-	my $h = IPC::Run::start([ 'infra-bridge', '--config', $ini ], '<', \undef, '>>', $log, '2>>', $log);
+	my $h = bridge_spawn($ini, $log);
 	push @bridges, $h;
 	return $h;
 }
@@ -118,7 +111,7 @@ sub distinct_rows
 }
 
 # --- 100,000 messages over 4 partitions --------------------------------------
-create_topic("bridge_a_$run", 4);
+kafka_create_topic("bridge_a_$run", 4);
 $node->safe_psql('postgres', 'CREATE TABLE events_a (id bigserial, payload jsonb, part int, off bigint)');
 produce_json("bridge_a_$run", 1, 100000);
 my $mport = PostgreSQL::Test::Cluster::get_free_port();
@@ -169,7 +162,7 @@ like(slurp_file($log), qr/"msg":"stopped: 100000 rows written/, 'and a last log 
 unlike(slurp_file($log), qr/"level":"error"/, 'no errors logged');
 
 # --- SIGKILL, again and again, mid-stream -------------------------------------
-create_topic("bridge_k_$run", 4);
+kafka_create_topic("bridge_k_$run", 4);
 $node->safe_psql('postgres', 'CREATE TABLE events_k (id bigserial, payload jsonb, part int, off bigint)');
 produce_json("bridge_k_$run", 1, 100000);
 $ini = config_for("g_k_$run", "bridge_k_$run", 'events_k', batch_size => 2000);
@@ -205,7 +198,7 @@ $b->signal('TERM');
 $b->finish;
 
 # --- two members of one group, one killed ---------------------------------------
-create_topic("bridge_g_$run", 4);
+kafka_create_topic("bridge_g_$run", 4);
 $node->safe_psql('postgres', 'CREATE TABLE events_g (id bigserial, payload jsonb, part int, off bigint)');
 produce_json("bridge_g_$run", 1, 30000);
 $ini = config_for("g_g_$run", "bridge_g_$run", 'events_g', batch_size => 1000);
@@ -232,7 +225,7 @@ $b2->finish;
 # No session settings of the test's own: a member killed without leaving the
 # group is noticed after the bridge's default session timeout (6 s), not
 # the 45 s of librdkafka's, which kept a restarted bridge idle that long.
-create_topic("bridge_r_$run", 2);
+kafka_create_topic("bridge_r_$run", 2);
 $node->safe_psql('postgres', 'CREATE TABLE events_r (id bigserial, payload jsonb, part int, off bigint)');
 produce_json("bridge_r_$run", 1, 100);
 $ini = config_for("g_r_$run", "bridge_r_$run", 'events_r', kafka => '');
@@ -250,7 +243,7 @@ $b->signal('TERM');
 $b->finish;
 
 # --- poison messages interleaved ----------------------------------------------------
-create_topic("bridge_p_$run", 2);
+kafka_create_topic("bridge_p_$run", 2);
 $node->safe_psql('postgres',
 	'CREATE TABLE events_p (id bigserial, payload jsonb CHECK (payload ? \'n\'), part int, off bigint)');
 produce_json("bridge_p_$run", 1, 5000, 100);
@@ -283,7 +276,7 @@ ok(wait_until(sub { count_rows('events_p') >= 4950 + 99 }, 60), 'and the bridge 
 
 # SIGHUP with a valid file that adds a route: the consumer is rebuilt and
 # the new route's topic consumed, the old one's where it stopped.
-create_topic("bridge_h_$run", 1);
+kafka_create_topic("bridge_h_$run", 1);
 $node->safe_psql('postgres', 'CREATE TABLE events_h (payload jsonb, part int, off bigint)');
 produce_json("bridge_h_$run", 1, 300);
 my $body = slurp_file($ini);

@@ -61,7 +61,7 @@ sub run_until
 {
 	my ($file, $cond, $what) = @_;
 	my $log = "$file.log";
-	my $h = IPC::Run::start([ 'infra-bridge', '--config', $file ], '<', \undef, '>>', $log, '2>>', $log);
+	my $h = bridge_spawn($file, $log);
 	my $ok = wait_until($cond, 120);
 	sleep 1;    # anything more would arrive now
 	$h->signal('TERM');
@@ -336,7 +336,7 @@ table = down
 format = json
 INI
 my $log = "$file.log";
-my $h = IPC::Run::start([ 'infra-bridge', '--config', $file ], '<', \undef, '>>', $log, '2>>', $log);
+my $h = bridge_spawn($file, $log);
 ok(wait_until(sub { $node->safe_psql('postgres', q{SELECT count(*) FROM down}) == 1 }, 60), 'before: consuming');
 kafka_ctl('stop') or die;
 ok(wait_until(sub { slurp_file($log) =~ /"level":"warning","msg":"Kafka: .*retrying/ }, 60),

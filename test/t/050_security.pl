@@ -283,8 +283,7 @@ ok( wait_until(
 my $btopic = "sec_bridge_$run";
 for my $t ($btopic, "${btopic}_typed")
 {
-	system(src_path('test/kafka/broker.sh'), 'create-topic', $ENV{INFRA_KAFKA_DIR}, $t, 1) == 0
-	  or die "cannot create topic $t";
+	kafka_create_topic($t, 1);
 }
 $node->safe_psql('postgres', qq{
 CREATE TABLE public.bridged (payload jsonb, part integer, off bigint);
@@ -342,7 +341,7 @@ INI
 	close $fh;
 }
 my $blog = "$dir/bridge.log";
-my $bridge = IPC::Run::start([ 'infra-bridge', '--config', $ini ], '<', \undef, '>>', $blog, '2>>', $blog);
+my $bridge = bridge_spawn($ini, $blog);
 ok( wait_until(
 		sub {
 			$node->safe_psql('postgres',

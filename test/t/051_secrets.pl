@@ -116,8 +116,7 @@ $seen .= $http->get("http://127.0.0.1:$port/metrics")->{content} // '';
 # --- the bridge's conninfo password ---------------------------------------------------
 $node->safe_psql('postgres', 'CREATE TABLE public.sink_t (payload jsonb)');
 my $btopic = "secrets_b_$$";
-system(src_path('test/kafka/broker.sh'), 'create-topic', $ENV{INFRA_KAFKA_DIR}, $btopic, 1) == 0
-  or die;
+kafka_create_topic($btopic, 1);
 my $bport = PostgreSQL::Test::Cluster::get_free_port();
 my $connstr = $node->connstr('postgres') . ' password=S3cretBridge';
 my $ini = "$dir/bridge.ini";
@@ -138,7 +137,7 @@ column = payload
 INI
 close $fh;
 my $blog = "$dir/bridge.log";
-my $bridge = IPC::Run::start([ 'infra-bridge', '--config', $ini ], '<', \undef, '>>', $blog, '2>>', $blog);
+my $bridge = bridge_spawn($ini, $blog);
 ok(wait_until(sub { -s $blog && slurp_file($blog) =~ /connected to PostgreSQL/ }, 30),
 	'the bridge connects with a password in its conninfo');
 $seen .= $http->get("http://127.0.0.1:$bport/metrics")->{content} // '';

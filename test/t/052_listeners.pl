@@ -43,7 +43,7 @@ column = payload
 INI
 close $fh;
 my $blog = "$dir/bridge.log";
-my $bridge = IPC::Run::start([ 'infra-bridge', '--config', $ini ], '<', \undef, '>>', $blog, '2>>', $blog);
+my $bridge = bridge_spawn($ini, $blog);
 
 # One scrape on a new connection: (status, seconds it took).
 sub scrape
