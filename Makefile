@@ -3,7 +3,8 @@
 #   make / make install    build and install infra.so and infra-bridge
 #   make deps              install every system package and test tool
 #   make test              deps, build, install, then every test against a
-#                          throwaway PostgreSQL cluster and a real Kafka broker
+#                          throwaway PostgreSQL cluster and a real Kafka broker,
+#                          for PostgreSQL 15 and 18 (PG=18: that one only)
 #   make run / make stop   a sandbox: PostgreSQL with infra preloaded + Kafka
 #   make restart           restart the sandbox's PostgreSQL (keeps ALTER SYSTEM)
 #   make bench             benchmarks under test/bench/
@@ -14,6 +15,12 @@ OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
 DATA = $(wildcard sql/infra--*.sql)
 PGFILEDESC = "infra - in-database infrastructure"
 
+# make PG=18 (or PG=15): build against one of the PostgreSQL versions infra
+# is tested with (make deps installs them; test/lib.sh says where).
+# PG_CONFIG=/path/to/pg_config builds against any other installation.
+ifdef PG
+PG_CONFIG := $(shell test/pg-config.sh $(PG))
+endif
 PG_CONFIG ?= pg_config
 PG_CPPFLAGS = -I$(srcdir)/src
 # Our own sources build warnings-free or not at all.
@@ -34,6 +41,12 @@ EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster output_iso
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
 
+# A server built elsewhere (the PostgreSQL 18 wheel) may name warning options
+# this machine's gcc does not know (-Wmissing-variable-declarations is gcc
+# 14's): drop those, keep the rest.
+CFLAGS_UNKNOWN := $(foreach f,$(filter -W%,$(CFLAGS)),$(if $(shell $(CC) $(f) -E -x c /dev/null 2>&1 | grep unrecognized),$(f)))
+override CFLAGS := $(filter-out $(CFLAGS_UNKNOWN),$(CFLAGS))
+
 # The isolation specs' database: an infra worker must serve it (PGXS sets
 # its own name in Makefile.global, so this comes after the include).
 ISOLATION_TESTDB = infra_isolation
@@ -45,9 +58,12 @@ $(OBJS): $(wildcard src/*.h)
 # ---------------------------------------------------------------------------
 # infra-bridge: a standalone daemon, built with the server's compiler flags.
 BRIDGE_SRCS = $(sort $(wildcard bridge/*.c))
+# It is a libpq client, built against the system's libpq (libpq-dev's
+# pg_config), whichever server version the extension is built for.
+LIBPQ_CONFIG ?= /usr/bin/pg_config
 BRIDGE_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -O2 -g -Wall -Wextra \
-	-Wno-unused-parameter -Werror -I$(shell $(PG_CONFIG) --includedir)
-BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lpthread -L$(shell $(PG_CONFIG) --libdir) -lpq
+	-Wno-unused-parameter -Werror -I$(shell $(LIBPQ_CONFIG) --includedir)
+BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lpthread -L$(shell $(LIBPQ_CONFIG) --libdir) -lpq
 
 all: bridge/infra-bridge
 
@@ -81,10 +97,10 @@ test/mock/mock_cluster: test/mock/mock_cluster.c
 deps:
 	test/deps.sh
 
+# make test: every tested PostgreSQL version (PG=18 or PG=15: just that one),
+# each built and installed from a copy of the sources (test/matrix.sh).
 test: deps
-	$(MAKE) all test/mock/mock_cluster
-	$(MAKE) install
-	test/run.sh
+	test/matrix.sh $(PG)
 
 # make run: dependencies, build and install quietly (the output goes to a
 # log, shown when something fails), then the sandbox.

@@ -53,9 +53,6 @@ REVOKE ALL ON FUNCTION infra.worker_status() FROM PUBLIC;
 REVOKE ALL ON infra.worker_status FROM PUBLIC;
 GRANT SELECT ON infra.worker_status TO pg_monitor;
 GRANT EXECUTE ON FUNCTION infra.worker_status() TO pg_monitor;
-REVOKE ALL ON FUNCTION infra.shmem_segments() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION infra.shmem_segments() TO pg_monitor;
-GRANT SELECT ON infra.shmem_segments TO pg_monitor;
 
 /*
  * Configuration tables carry this trigger: backends cache them and drop the
@@ -345,9 +342,6 @@ REVOKE ALL ON infra.circuit_breakers FROM PUBLIC;
 GRANT SELECT ON infra.circuit_breakers TO PUBLIC;
 REVOKE ALL ON FUNCTION infra.breaker_force(text, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.breaker_reset(text) FROM PUBLIC;
-REVOKE ALL ON FUNCTION infra.circuit_breaker_states(), infra.circuit_breaker_events() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION infra.circuit_breaker_states(), infra.circuit_breaker_events() TO pg_monitor;
-GRANT SELECT ON infra.circuit_breaker_state, infra.circuit_breaker_events TO pg_monitor;
 
 /* ---------------------------------------------------------------------------
  * Retry with backoff (src/retry.c).
@@ -459,25 +453,15 @@ ALTER TABLE infra.kafka_outbox_batches
 COMMENT ON TABLE infra.kafka_outbox_batches IS
 'Messages sent by committed transactions and not yet acknowledged by Kafka, a transaction''s messages per row; read infra.kafka_outbox instead.';
 
-CREATE FUNCTION infra.kafka_payload_text(bytes bytea)
-RETURNS text
-AS 'MODULE_PATHNAME', 'infra_kafka_payload_text'
-LANGUAGE C STABLE STRICT PARALLEL SAFE;
-
-COMMENT ON FUNCTION infra.kafka_payload_text(bytea) IS
-'A message key or value as text: itself when it is valid UTF-8 (in a UTF-8 database, or ASCII), else bytea''s text form.';
-
 CREATE VIEW infra.kafka_outbox AS
-    SELECT m.id, m.topic, m.partition,
-           infra.kafka_payload_text(m.key) AS key,
-           infra.kafka_payload_text(m.value) AS value,
-           m.headers, b.created_at, b.attempts, b.last_error, b.last_attempt_at
+    SELECT m.id, m.topic, m.partition, m.key, m.value, m.headers,
+           b.created_at, b.attempts, b.last_error, b.last_attempt_at
       FROM infra.kafka_outbox_batches b,
            unnest(b.ids, b.topics, b.partitions, b.keys, b.vals, b.headers)
                AS m(id, topic, partition, key, value, headers);
 
 COMMENT ON VIEW infra.kafka_outbox IS
-'Messages sent by committed transactions and not yet acknowledged by Kafka, one row each, key and value as text (bytea''s text form when not valid UTF-8); the infra worker removes each once Kafka has it.';
+'Messages sent by committed transactions and not yet acknowledged by Kafka, one row each; the infra worker removes each once Kafka has it.';
 
 CREATE FUNCTION infra.kafka_send(
     topic text,
@@ -487,7 +471,7 @@ CREATE FUNCTION infra.kafka_send(
     partition integer DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'infra_kafka_send_text'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION infra.kafka_send(
     topic text,
@@ -497,7 +481,7 @@ CREATE FUNCTION infra.kafka_send(
     partition integer DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'infra_kafka_send_bytea'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 CREATE FUNCTION infra.kafka_send(
     topic text,
@@ -507,20 +491,15 @@ CREATE FUNCTION infra.kafka_send(
     partition integer DEFAULT NULL)
 RETURNS bigint
 AS 'MODULE_PATHNAME', 'infra_kafka_send_jsonb'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
+LANGUAGE C VOLATILE PARALLEL UNSAFE SECURITY DEFINER;
 
 COMMENT ON FUNCTION infra.kafka_send(text, text, text, jsonb, integer) IS
 'Queue a message for Kafka in this transaction: delivered (at least once, with header infra-msg-id) if and only if the transaction commits; per key in commit order. Returns the message id.';
 
-/*
- * SECURITY DEFINER: it looks at the outbox, which its callers may not read;
- * it tells only whether earlier messages are still pending.
- */
 CREATE FUNCTION infra.kafka_flush(timeout interval DEFAULT '30 seconds')
 RETURNS boolean
 AS 'MODULE_PATHNAME', 'infra_kafka_flush'
-LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE STRICT PARALLEL UNSAFE;
 
 COMMENT ON FUNCTION infra.kafka_flush(interval) IS
 'Wait until every message committed before the call has been delivered; false if timeout passes first.';
@@ -542,8 +521,7 @@ CREATE FUNCTION infra.kafka_stats(
     OUT produce_latency_p99_ms double precision)
 RETURNS record
 AS 'MODULE_PATHNAME', 'infra_kafka_stats'
-LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED SECURITY DEFINER
-SET search_path = pg_catalog, pg_temp;
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
 
 CREATE VIEW infra.kafka_stats AS
     SELECT s.*, b.state AS breaker_state
@@ -591,8 +569,6 @@ GRANT SELECT ON infra.kafka_stats TO pg_monitor;
 REVOKE ALL ON FUNCTION infra.kafka_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION infra.kafka_stats() TO pg_monitor;
 REVOKE ALL ON infra.kafka_stats FROM PUBLIC;
-/* Payloads are data: monitoring roles may look, applications may not. */
-GRANT SELECT ON infra.kafka_outbox TO pg_monitor;
 
 /*
  * Publish row changes: AFTER INSERT OR UPDATE OR DELETE ... FOR EACH ROW
@@ -603,7 +579,6 @@ GRANT SELECT ON infra.kafka_outbox TO pg_monitor;
 CREATE FUNCTION infra.kafka_publish()
 RETURNS trigger
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     topic text := TG_ARGV[0];
@@ -668,7 +643,6 @@ REVOKE ALL ON FUNCTION infra.kafka_publish() FROM PUBLIC;
 CREATE FUNCTION infra.topic_validate(name text)
 RETURNS boolean
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     parts text[];
@@ -710,7 +684,6 @@ CREATE FUNCTION infra.topic_name(domain text, entity text, version integer DEFAU
                                  env text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql STABLE PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     result text;
@@ -734,7 +707,6 @@ CREATE FUNCTION infra.topic_parse(name text,
     OUT env text, OUT domain text, OUT entity text, OUT version integer)
 RETURNS record
 LANGUAGE plpgsql IMMUTABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     parts text[];
@@ -772,7 +744,6 @@ CREATE FUNCTION infra.topic_register(domain text, entity text, version integer D
     config jsonb DEFAULT '{}', description text DEFAULT NULL, env text DEFAULT NULL)
 RETURNS text
 LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     topic text := infra.topic_name(domain, entity, version, env);
@@ -801,13 +772,11 @@ $$;
 CREATE FUNCTION infra.topic_exists(name text)
 RETURNS boolean
 LANGUAGE sql STABLE STRICT PARALLEL SAFE
-SET search_path = pg_catalog, pg_temp
 AS $$ SELECT EXISTS (SELECT FROM infra.topics t WHERE t.name = topic_exists.name) $$;
 
 CREATE FUNCTION infra.topic_drop(name text)
 RETURNS boolean
 LANGUAGE sql STRICT
-SET search_path = pg_catalog, pg_temp
 AS $$ WITH d AS (DELETE FROM infra.topics t WHERE t.name = topic_drop.name RETURNING 1)
       SELECT EXISTS (SELECT FROM d) $$;
 
@@ -872,13 +841,15 @@ LANGUAGE C STRICT VOLATILE PARALLEL SAFE;
 
 /*
  * Query text is shown to its own user and to members of pg_read_all_stats,
- * as pg_stat_statements does (infra.query_metrics() hides the others).
+ * as pg_stat_statements does.
  */
 CREATE VIEW infra.query_metrics AS
     SELECT m.queryid, r.rolname AS username, d.datname AS database,
            m.calls, m.errors, m.rows, m.total_ms, m.min_ms, m.max_ms, m.mean_ms,
            m.ewma_ms, m.p50_ms, m.p95_ms, m.p99_ms,
-           m.query
+           CASE WHEN m.userid = (SELECT oid FROM pg_catalog.pg_roles WHERE rolname = current_user)
+                  OR pg_catalog.pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER')
+                THEN m.query ELSE '<insufficient privilege>' END AS query
       FROM infra.query_metrics() m
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = m.userid
       LEFT JOIN pg_catalog.pg_database d ON d.oid = m.dbid;

@@ -58,6 +58,7 @@
 #include "metrics.h"
 #include "shmem.h"
 #include "sqlstate.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_breaker_allow);
 PG_FUNCTION_INFO_V1(infra_breaker_success);
@@ -764,6 +765,8 @@ infra_breaker_allow(PG_FUNCTION_ARGS)
 	BreakerConfig cfg;
 	int64		probe_in_ns;
 
+	INFRA_CHECK_SCHEMA();
+
 	BreakerLookup(BreakerName(fcinfo), &cfg);
 	PG_RETURN_BOOL(BreakerAllow(&cfg, &probe_in_ns));
 }
@@ -777,6 +780,8 @@ infra_breaker_success(PG_FUNCTION_ARGS)
 {
 	BreakerConfig cfg;
 	bool		slow = false;
+
+	INFRA_CHECK_SCHEMA();
 
 	BreakerLookup(BreakerName(fcinfo), &cfg);
 	if (!PG_ARGISNULL(1))
@@ -794,6 +799,8 @@ infra_breaker_failure(PG_FUNCTION_ARGS)
 {
 	BreakerConfig cfg;
 	BreakerOutcome outcome = OUTCOME_FAILURE;
+
+	INFRA_CHECK_SCHEMA();
 
 	BreakerLookup(BreakerName(fcinfo), &cfg);
 	if (!PG_ARGISNULL(1))
@@ -816,6 +823,8 @@ infra_breaker_call(PG_FUNCTION_ARGS)
 	int64		probe_in_ns;
 	int64		start_ns;
 	uint64		processed = 0;
+
+	INFRA_CHECK_SCHEMA();
 
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
@@ -881,6 +890,8 @@ infra_breaker_force(PG_FUNCTION_ARGS)
 	char	   *state;
 	int			to;
 
+	INFRA_CHECK_SCHEMA();
+
 	if (PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -917,6 +928,8 @@ infra_breaker_reset(PG_FUNCTION_ARGS)
 	BreakerSlot *slot;
 	BreakerChange change = {0};
 
+	INFRA_CHECK_SCHEMA();
+
 	BreakerLookup(BreakerName(fcinfo), cfg);
 	slot = &breaker_shared->slots[cfg->slot];
 	SpinLockAcquire(&slot->mutex);
@@ -941,6 +954,8 @@ infra_breaker_states(PG_FUNCTION_ARGS)
 	TimestampTz now;
 	int			nslots;
 	int			i;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.circuit_breaker_state");
 	InitMaterializedSRF(fcinfo, 0);
@@ -993,6 +1008,8 @@ infra_breaker_events(PG_FUNCTION_ARGS)
 	uint64		nevents;
 	uint64		first;
 	uint64		n;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.circuit_breaker_events");
 	InitMaterializedSRF(fcinfo, 0);

@@ -22,6 +22,65 @@ extern PGDLLEXPORT void _PG_init(void);
 #endif
 
 /*
+ * Query jumbling's header moved from utils/ to nodes/ in PostgreSQL 16.
+ */
+#if PG_VERSION_NUM >= 160000
+#define INFRA_QUERYJUMBLE_H "nodes/queryjumble.h"
+#else
+#define INFRA_QUERYJUMBLE_H "utils/queryjumble.h"
+#endif
+
+/*
+ * A constant's location recorded by query jumbling.  From PostgreSQL 18 the
+ * jumbler also records where each $n parameter is (to renumber around
+ * squashed lists), which is no constant to replace, and records a squashed
+ * list "IN (1, 2, 3)" as one location whose length it knows.
+ */
+#if PG_VERSION_NUM >= 180000
+#define InfraLocationIsParam(loc)	((loc)->extern_param)
+#define InfraLocationIsList(loc)	((loc)->squashed)
+#else
+#define InfraLocationIsParam(loc)	((void) (loc), false)
+#define InfraLocationIsList(loc)	((void) (loc), false)
+#endif
+
+/*
+ * ExecutorRun lost its execute_once argument in PostgreSQL 18.
+ * INFRA_EXECUTOR_RUN_PARAMS declares a hook's parameters,
+ * INFRA_EXECUTOR_RUN_ARGS passes them on.
+ */
+#if PG_VERSION_NUM >= 180000
+#define INFRA_EXECUTOR_RUN_PARAMS \
+	QueryDesc *queryDesc, ScanDirection direction, uint64 count
+#define INFRA_EXECUTOR_RUN_ARGS queryDesc, direction, count
+#else
+#define INFRA_EXECUTOR_RUN_PARAMS \
+	QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once
+#define INFRA_EXECUTOR_RUN_ARGS queryDesc, direction, count, execute_once
+#endif
+
+/*
+ * A string GUC's value lives in GUC's own memory from PostgreSQL 16 on: a
+ * check hook that replaces *newval frees and allocates it with these.
+ */
+#if PG_VERSION_NUM >= 160000
+#define InfraGucFree(p)			guc_free(p)
+#define InfraGucStrdup(s)		guc_strdup(LOG, (s))
+#else
+#define InfraGucFree(p)			free(p)
+#define InfraGucStrdup(s)		strdup(s)
+#endif
+
+/*
+ * This backend's local transaction id: in PGPROC's vxid from PostgreSQL 17.
+ */
+#if PG_VERSION_NUM >= 170000
+#define InfraLocalXid()			(MyProc->vxid.lxid)
+#else
+#define InfraLocalXid()			(MyProc->lxid)
+#endif
+
+/*
  * Whether this process's stderr goes to the logging collector's pipe.  The
  * postmaster defines it for elog.c without declaring it in a header (up to
  * PostgreSQL 17 at least); infra's log hook needs it to write where elog.c

@@ -74,6 +74,7 @@
 #include "spicheck.h"
 #include "tracing.h"
 #include "worker.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_kafka_send_text);
 PG_FUNCTION_INFO_V1(infra_kafka_send_bytea);
@@ -839,6 +840,8 @@ KafkaSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 Datum
 infra_kafka_send_text(PG_FUNCTION_ARGS)
 {
+	INFRA_CHECK_SCHEMA();
+
 	return KafkaSend(fcinfo, PG_ARGISNULL(1) ? NULL : (bytea *) PG_GETARG_TEXT_PP(1));
 }
 
@@ -848,6 +851,8 @@ infra_kafka_send_text(PG_FUNCTION_ARGS)
 Datum
 infra_kafka_send_bytea(PG_FUNCTION_ARGS)
 {
+	INFRA_CHECK_SCHEMA();
+
 	return KafkaSend(fcinfo, PG_ARGISNULL(1) ? NULL : PG_GETARG_BYTEA_PP(1));
 }
 
@@ -859,6 +864,8 @@ Datum
 infra_kafka_send_jsonb(PG_FUNCTION_ARGS)
 {
 	bytea	   *value = NULL;
+
+	INFRA_CHECK_SCHEMA();
 
 	if (!PG_ARGISNULL(1))
 	{
@@ -879,6 +886,8 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 	int64		deadline;
 	int64		last_id;
 	bool		isnull;
+
+	INFRA_CHECK_SCHEMA();
 
 	deadline = InfraMonotonicNs() +
 		InfraIntervalToNs(PG_GETARG_INTERVAL_P(0), "timeout", true);
@@ -929,6 +938,8 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 	Datum		values[14];
 	bool		nulls[14];
 	bool		isnull;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.kafka_stats");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -1004,6 +1015,8 @@ infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 	char		nulls[2] = {' ', ' '};
 	uint64		moved;
 
+	INFRA_CHECK_SCHEMA();
+
 	values[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
 	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
@@ -1056,6 +1069,8 @@ infra_kafka_payload_text(PG_FUNCTION_ARGS)
 	bool		ascii = true;
 	int			i;
 
+	INFRA_CHECK_SCHEMA();
+
 	for (i = 0; i < len && ascii; i++)
 		ascii = data[i] != '\0' && !IS_HIGHBIT_SET(data[i]);
 	if (ascii || (GetDatabaseEncoding() == PG_UTF8 && pg_verify_mbstr(PG_UTF8, data, len, true)))
@@ -1071,6 +1086,8 @@ infra_kafka_payload_text(PG_FUNCTION_ARGS)
 Datum
 infra_kafka_wake_worker(PG_FUNCTION_ARGS)
 {
+	INFRA_CHECK_SCHEMA();
+
 	InfraWorkerWakeAtCommit();
 	PG_RETURN_VOID();
 }

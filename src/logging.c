@@ -47,6 +47,7 @@
 #include "infra.h"
 #include "logging.h"
 #include "tracing.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_log);
 
@@ -110,6 +111,8 @@ infra_log(PG_FUNCTION_ARGS)
 	int			elevel = -1;
 	StringInfoData buf;
 	int			i;
+
+	INFRA_CHECK_SCHEMA();
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,

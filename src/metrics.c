@@ -52,6 +52,7 @@
 #include "infra.h"
 #include "metrics.h"
 #include "shmem.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_counter_inc);
 PG_FUNCTION_INFO_V1(infra_gauge_set);
@@ -259,6 +260,8 @@ MetricsSqlUpdate(FunctionCallInfo fcinfo, MetricType type, MetricOp op, const ch
 Datum
 infra_counter_inc(PG_FUNCTION_ARGS)
 {
+	INFRA_CHECK_SCHEMA();
+
 	return MetricsSqlUpdate(fcinfo, METRIC_COUNTER, METRIC_OP_INC, "infra.counter_inc()");
 }
 
@@ -268,6 +271,8 @@ infra_counter_inc(PG_FUNCTION_ARGS)
 Datum
 infra_gauge_set(PG_FUNCTION_ARGS)
 {
+	INFRA_CHECK_SCHEMA();
+
 	return MetricsSqlUpdate(fcinfo, METRIC_GAUGE, METRIC_OP_SET, "infra.gauge_set()");
 }
 
@@ -277,6 +282,8 @@ infra_gauge_set(PG_FUNCTION_ARGS)
 Datum
 infra_gauge_add(PG_FUNCTION_ARGS)
 {
+	INFRA_CHECK_SCHEMA();
+
 	return MetricsSqlUpdate(fcinfo, METRIC_GAUGE, METRIC_OP_ADD, "infra.gauge_add()");
 }
 
@@ -292,6 +299,8 @@ infra_histogram_observe(PG_FUNCTION_ARGS)
 	double		value;
 	double		bounds[METRIC_MAX_BUCKETS];
 	int			nbuckets;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.histogram_observe()");
 	MetricsReadName(fcinfo, METRIC_HISTOGRAM, &key);
@@ -760,6 +769,8 @@ infra_metrics_reset(PG_FUNCTION_ARGS)
 	MetricSeries *series;
 	int64		removed = 0;
 
+	INFRA_CHECK_SCHEMA();
+
 	InfraShmemRequire("infra.metrics_reset()");
 	if (name != NULL)
 		snprintf(total, sizeof(total), "%s_total", name);
@@ -796,6 +807,8 @@ infra_metrics(PG_FUNCTION_ARGS)
 	double	   *bounds;
 	int			n = 0;
 	int			i;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.metrics()");
 	InitMaterializedSRF(fcinfo, 0);
@@ -918,6 +931,8 @@ MetricsLabelsJsonb(const char *labels)
 Datum
 infra_metrics_prometheus(PG_FUNCTION_ARGS)
 {
+	INFRA_CHECK_SCHEMA();
+
 	InfraShmemRequire("infra.metrics_prometheus()");
 	PG_RETURN_TEXT_P(cstring_to_text(MetricsExposition()));
 }

@@ -51,6 +51,7 @@
 #include "infra.h"
 #include "spicheck.h"
 #include "otlp.h"
+#include "version.h"
 #include "spans.h"
 #include "tracing.h"
 #include "worker.h"
@@ -301,13 +302,14 @@ static bool
 OtlpBreaker(bool allow_only, bool failed, int64 *probe_in_ns)
 {
 	bool		allowed = true;
+	char		installed[NAMEDATALEN];
 
 	*probe_in_ns = 0;
 	if (!OidIsValid(MyDatabaseId))
 		return true;
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
-	if (OidIsValid(get_extension_oid(INFRA_NAME, true)))
+	if (InfraSchemaVersionMatches(installed, sizeof(installed)))
 	{
 		if (allow_only)
 			allowed = InfraBreakerAllow("network", probe_in_ns);

@@ -51,13 +51,14 @@
 #include "utils/acl.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
-#include "utils/queryjumble.h"
 #include "utils/timestamp.h"
 
 #include "infra.h"
+#include INFRA_QUERYJUMBLE_H	/* compat.h names it */
 #include "metrics.h"
 #include "querystats.h"
 #include "shmem.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_query_metrics);
 PG_FUNCTION_INFO_V1(infra_query_metrics_info);
@@ -158,8 +159,7 @@ static Size QSHashSize(void);
 static void QSShmemInit(void *segment, bool found, LWLockPadded *locks);
 static void QSPostParseAnalyze(ParseState *pstate, Query *query, JumbleState *jstate);
 static void QSExecutorStart(QueryDesc *queryDesc, int eflags);
-static void QSExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count,
-						  bool execute_once);
+static void QSExecutorRun(INFRA_EXECUTOR_RUN_PARAMS);
 static void QSExecutorFinish(QueryDesc *queryDesc);
 static void QSExecutorEnd(QueryDesc *queryDesc);
 static void QSProcessUtility(PlannedStmt *pstmt, const char *queryString, bool readOnlyTree,
@@ -388,6 +388,11 @@ QSNormalise(const char *query, int location, int len, JumbleState *jstate, int *
 	{
 		int			loc = locs[i].location - location;
 
+		/* A $n stays as written; a squashed list's length is known. */
+		if (InfraLocationIsParam(&locs[i]))
+			locs[i].length = -1;
+		if (InfraLocationIsParam(&locs[i]) || InfraLocationIsList(&locs[i]))
+			continue;
 		locs[i].length = -1;
 		if (loc < 0 || loc >= len || loc == last_loc)
 			continue;
@@ -792,15 +797,15 @@ QSExecutorStart(QueryDesc *queryDesc, int eflags)
 }
 
 static void
-QSExecutorRun(QueryDesc *queryDesc, ScanDirection direction, uint64 count, bool execute_once)
+QSExecutorRun(INFRA_EXECUTOR_RUN_PARAMS)
 {
 	nesting_level++;
 	PG_TRY();
 	{
 		if (prev_executor_run)
-			prev_executor_run(queryDesc, direction, count, execute_once);
+			prev_executor_run(INFRA_EXECUTOR_RUN_ARGS);
 		else
-			standard_ExecutorRun(queryDesc, direction, count, execute_once);
+			standard_ExecutorRun(INFRA_EXECUTOR_RUN_ARGS);
 	}
 	PG_FINALLY();
 	{
@@ -917,6 +922,8 @@ infra_query_metrics(PG_FUNCTION_ARGS)
 	Oid			me = GetUserId();
 	bool		read_all;
 
+	INFRA_CHECK_SCHEMA();
+
 	InfraShmemRequire("infra.query_metrics");
 	/* pg_stat_statements' rule: other users' texts need pg_read_all_stats. */
 	read_all = has_privs_of_role(me, ROLE_PG_READ_ALL_STATS);
@@ -975,6 +982,8 @@ infra_query_metrics_info(PG_FUNCTION_ARGS)
 	int			used = 0;
 	int			i;
 
+	INFRA_CHECK_SCHEMA();
+
 	InfraShmemRequire("infra.query_metrics_info");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
 		elog(ERROR, "return type must be a row type");
@@ -997,6 +1006,8 @@ infra_query_metrics_reset(PG_FUNCTION_ARGS)
 {
 	HASH_SEQ_STATUS status;
 	QSHashEntry *h;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.query_metrics_reset");
 	LWLockAcquire(qs_shared->lock, LW_EXCLUSIVE);

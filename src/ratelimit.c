@@ -58,6 +58,7 @@
 #include "metrics.h"
 #include "ratelimit.h"
 #include "shmem.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_rate_limit);
 PG_FUNCTION_INFO_V1(infra_rate_limit_named);
@@ -530,6 +531,8 @@ infra_rate_limit(PG_FUNCTION_ARGS)
 	RateLimitArgs args;
 	RateLimitResult result;
 
+	INFRA_CHECK_SCHEMA();
+
 	RateLimitReadArgs(fcinfo, &args);
 	RateLimitApply(&args, &result);
 	PG_RETURN_BOOL(result.allowed);
@@ -547,6 +550,8 @@ infra_throttle(PG_FUNCTION_ARGS)
 	TupleDesc	tupdesc;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
+
+	INFRA_CHECK_SCHEMA();
 
 	RateLimitReadArgs(fcinfo, &args);
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)
@@ -574,6 +579,8 @@ infra_rate_limit_wait(PG_FUNCTION_ARGS)
 	RateLimitResult result;
 	int64		timeout_ns;
 	int64		deadline;
+
+	INFRA_CHECK_SCHEMA();
 
 	RateLimitReadArgs(fcinfo, &args);
 	if (PG_ARGISNULL(5))
@@ -644,6 +651,8 @@ infra_rate_limit_named(PG_FUNCTION_ARGS)
 	RateLimitArgs args;
 	RateLimitResult result;
 
+	INFRA_CHECK_SCHEMA();
+
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		ereport(ERROR,
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
@@ -668,6 +677,8 @@ infra_rate_limit_reset(PG_FUNCTION_ARGS)
 	RateLimitEntry *entry;
 	RateLimitKey key;
 	int64		removed = 0;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.rate_limit_reset()");
 	if (!PG_ARGISNULL(0))
@@ -700,6 +711,8 @@ infra_rate_limits(PG_FUNCTION_ARGS)
 	RateLimitEntry *entry;
 	int64		now_ns;
 	TimestampTz now;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.rate_limits()");
 	InitMaterializedSRF(fcinfo, 0);

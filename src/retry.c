@@ -49,6 +49,7 @@
 #include "infra.h"
 #include "retry.h"
 #include "sqlstate.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_backoff_delay);
 PG_FUNCTION_INFO_V1(infra_retry);
@@ -157,6 +158,8 @@ infra_backoff_delay(PG_FUNCTION_ARGS)
 	int64		base_us;
 	int64		cap_us;
 	BackoffStrategy strategy;
+
+	INFRA_CHECK_SCHEMA();
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2) || PG_ARGISNULL(3))
 		ereport(ERROR,
@@ -272,6 +275,8 @@ infra_retry(PG_FUNCTION_ARGS)
 	char	   *sql;
 	int			attempt;
 
+	INFRA_CHECK_SCHEMA();
+
 	RetryArgs(fcinfo, &sql, &policy);
 
 	for (attempt = 1;; attempt++)
@@ -329,6 +334,8 @@ infra_retry_transaction(PG_FUNCTION_ARGS)
 	RetryPolicy policy;
 	char	   *sql;
 	int			attempt;
+
+	INFRA_CHECK_SCHEMA();
 
 	if (call == NULL || !IsA(call, CallContext) || call->atomic)
 		ereport(ERROR,

@@ -31,6 +31,7 @@
 
 #include "infra.h"
 #include "shmem.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_shmem_segments);
 
@@ -173,6 +174,8 @@ infra_shmem_segments(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			i;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.shmem_segments()");
 	InitMaterializedSRF(fcinfo, 0);

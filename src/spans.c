@@ -59,6 +59,7 @@
 #include "querystats.h"
 #include "spans.h"
 #include "tracing.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_span_start);
 PG_FUNCTION_INFO_V1(infra_span_end);
@@ -366,6 +367,8 @@ infra_span_start(PG_FUNCTION_ARGS)
 	int			i;
 	char		id[17];
 
+	INFRA_CHECK_SCHEMA();
+
 	InfraShmemRequire("infra.span_start()");
 	if (PG_ARGISNULL(0))
 		ereport(ERROR,
@@ -426,6 +429,8 @@ infra_span_end(PG_FUNCTION_ARGS)
 	int			found = -1;
 	int			i;
 	OpenSpan	span;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.span_end()");
 	if (PG_ARGISNULL(0))
@@ -1009,6 +1014,8 @@ infra_trace_stats(PG_FUNCTION_ARGS)
 	TimestampTz last_export_at;
 	TimestampTz last_error_at;
 	char		last_error[SPAN_ERROR_LEN];
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.trace_stats");
 	if (get_call_result_type(fcinfo, NULL, &tupdesc) != TYPEFUNC_COMPOSITE)

@@ -30,6 +30,7 @@
 
 #include "infra.h"
 #include "tracing.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_traceparent);
 PG_FUNCTION_INFO_V1(infra_new_correlation_id);
@@ -136,8 +137,8 @@ TraceparentCheckHook(char **newval, void **extra, GucSource source)
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("ignoring invalid infra.traceparent \"%s\": %s", *newval, why),
 			 errhint("Use the W3C form 00-<trace id>-<parent id>-<flags>, e.g. 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01.")));
-	free(*newval);
-	*newval = strdup("");
+	InfraGucFree(*newval);
+	*newval = InfraGucStrdup("");
 	return *newval != NULL;
 }
 
@@ -203,6 +204,8 @@ infra_traceparent(PG_FUNCTION_ARGS)
 {
 	const char *tp = InfraTraceparent();
 
+	INFRA_CHECK_SCHEMA();
+
 	if (tp == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_TEXT_P(cstring_to_text(tp));
@@ -217,6 +220,8 @@ infra_new_correlation_id(PG_FUNCTION_ARGS)
 {
 	uint8		b[16];
 	char		id[37];
+
+	INFRA_CHECK_SCHEMA();
 
 	if (!pg_strong_random(b, sizeof(b)))
 		ereport(ERROR,

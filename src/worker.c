@@ -50,6 +50,7 @@
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 #include "utils/varlena.h"
 
@@ -58,6 +59,7 @@
 #include "metrics.h"
 #include "shmem.h"
 #include "worker.h"
+#include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_worker_status);
 PGDLLEXPORT void InfraWorkerMain(Datum main_arg);
@@ -131,10 +133,10 @@ static void InfraWorkerSetState(InfraWorkerState state);
 static void InfraWorkerRecordError(const char *message);
 static void InfraWorkerDetach(int code, Datum arg);
 static void InfraWorkerProbeDatabase(void);
-static bool InfraWorkerExtensionPresent(void);
+static InfraWorkerState InfraWorkerLook(char *installed, Size size);
 static long InfraWorkerServe(void);
 static void InfraWorkerReload(void);
-static bool InfraWorkerAnnounce(bool present, bool serving, bool announced_wait);
+static void InfraWorkerAnnounce(InfraWorkerState state, const char *installed);
 static void InfraWorkerLoop(void);
 static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
@@ -373,8 +375,8 @@ InfraWorkerXactCallback(XactEvent event, void *arg)
 }
 
 /*
- * CREATE or DROP EXTENSION in this database may start or stop what the
- * worker serves, and CREATE DATABASE may create one a worker waits for:
+ * CREATE, ALTER (UPDATE) or DROP EXTENSION in this database may start or
+ * stop what the worker serves, and CREATE DATABASE may create one a worker waits for:
  * wake them at commit so they look again.
  */
 static void
@@ -385,7 +387,7 @@ InfraWorkerObjectAccess(ObjectAccessType access, Oid classId, Oid objectId,
 		prev_object_access_hook(access, classId, objectId, subId, arg);
 
 	if (classId == ExtensionRelationId &&
-		(access == OAT_POST_CREATE || access == OAT_DROP))
+		(access == OAT_POST_CREATE || access == OAT_POST_ALTER || access == OAT_DROP))
 		InfraWorkerWakeAtCommit();
 	if (classId == DatabaseRelationId && access == OAT_POST_CREATE)
 		wake_probers_at_commit = true;
@@ -413,6 +415,10 @@ InfraWorkerSetState(InfraWorkerState state)
 		case INFRA_WORKER_WAITING_FOR_EXTENSION:
 			snprintf(activity, sizeof(activity),
 					 "waiting for CREATE EXTENSION infra");
+			break;
+		case INFRA_WORKER_WAITING_FOR_UPDATE:
+			snprintf(activity, sizeof(activity),
+					 "waiting for ALTER EXTENSION infra UPDATE");
 			break;
 		default:
 			snprintf(activity, sizeof(activity), "%s",
@@ -535,17 +541,28 @@ InfraWorkerProbeDatabase(void)
 }
 
 /*
- * Is CREATE EXTENSION infra in effect in our database?
+ * Is CREATE EXTENSION infra in effect in our database, and at this
+ * library's version?  RUNNING if so, else what the worker waits for;
+ * installed gets the version found.
  */
-static bool
-InfraWorkerExtensionPresent(void)
+static InfraWorkerState
+InfraWorkerLook(char *installed, Size size)
 {
-	bool		present;
+	bool		matches;
 
 	StartTransactionCommand();
-	present = OidIsValid(get_extension_oid(INFRA_NAME, true));
+
+	/*
+	 * A backend wakes us from its commit callback, before it sends its
+	 * catalog invalidations: a catalog snapshot kept from our last look
+	 * would still miss its CREATE EXTENSION.  Look with a new one.
+	 */
+	InvalidateCatalogSnapshot();
+	matches = InfraSchemaVersionMatches(installed, size);
 	CommitTransactionCommand();
-	return present;
+	if (matches)
+		return INFRA_WORKER_RUNNING;
+	return installed[0] ? INFRA_WORKER_WAITING_FOR_UPDATE : INFRA_WORKER_WAITING_FOR_EXTENSION;
 }
 
 /*
@@ -599,29 +616,28 @@ InfraWorkerReload(void)
 }
 
 /*
- * State and log line when the extension appears (present, not serving yet)
- * or is missing (once); returns whether the wait has been announced.
+ * State and log line when what the worker does changes: it serves, or waits
+ * for CREATE EXTENSION, or for ALTER EXTENSION UPDATE.
  */
-static bool
-InfraWorkerAnnounce(bool present, bool serving, bool announced_wait)
+static void
+InfraWorkerAnnounce(InfraWorkerState state, const char *installed)
 {
-	if (present && !serving)
-	{
-		InfraWorkerSetState(INFRA_WORKER_RUNNING);
+	InfraWorkerSetState(state);
+	if (state == INFRA_WORKER_RUNNING)
 		ereport(LOG,
 				(errmsg("infra worker serving database \"%s\"",
 						my_slot->database)));
-		return false;
-	}
-	if (!present && !announced_wait)
-	{
-		InfraWorkerSetState(INFRA_WORKER_WAITING_FOR_EXTENSION);
+	else if (state == INFRA_WORKER_WAITING_FOR_UPDATE)
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("infra worker waiting: infra's SQL objects in database \"%s\" are version %s, but the loaded infra library is version %s",
+						my_slot->database, installed, INFRA_VERSION),
+				 errhint("Run ALTER EXTENSION infra UPDATE; in that database (or install infra %s's library if it is newer); the worker serves nothing until the versions agree.",
+						 installed)));
+	else
 		ereport(LOG,
 				(errmsg("infra worker waiting for CREATE EXTENSION infra in database \"%s\"",
 						my_slot->database)));
-		return true;
-	}
-	return announced_wait;
 }
 
 /*
@@ -633,8 +649,7 @@ InfraWorkerLoop(void)
 	MemoryContext loop_context;
 	int			i;
 	sigjmp_buf	local_sigjmp_buf;
-	volatile bool serving = false;
-	volatile bool announced_wait = false;
+	volatile InfraWorkerState seen = INFRA_WORKER_STARTING;
 
 	loop_context = AllocSetContextCreate(TopMemoryContext,
 										 "infra worker loop",
@@ -670,7 +685,8 @@ InfraWorkerLoop(void)
 
 	for (;;)
 	{
-		bool		present;
+		InfraWorkerState state;
+		char		installed[NAMEDATALEN];
 		long		timeout = -1;
 
 		CHECK_FOR_INTERRUPTS();
@@ -680,14 +696,15 @@ InfraWorkerLoop(void)
 			InfraWorkerReload();
 
 		MemoryContextSwitchTo(loop_context);
-		present = InfraWorkerExtensionPresent();
+		state = InfraWorkerLook(installed, sizeof(installed));
 		/* Committing left us in TopMemoryContext. */
 		MemoryContextSwitchTo(loop_context);
-		announced_wait = InfraWorkerAnnounce(present, serving, announced_wait);
-		serving = present;
+		if (state != seen)
+			InfraWorkerAnnounce(state, installed);
+		seen = state;
 
 		/* The services' work; each says how long it may sleep. */
-		if (present)
+		if (state == INFRA_WORKER_RUNNING)
 			timeout = InfraWorkerServe();
 
 		MemoryContextSwitchTo(loop_context);
@@ -793,6 +810,8 @@ InfraWorkerStateName(InfraWorkerState state)
 			return "waiting_for_database";
 		case INFRA_WORKER_WAITING_FOR_EXTENSION:
 			return "waiting_for_extension";
+		case INFRA_WORKER_WAITING_FOR_UPDATE:
+			return "waiting_for_update";
 		case INFRA_WORKER_RUNNING:
 			return "running";
 	}
@@ -819,6 +838,8 @@ infra_worker_status(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			i;
+
+	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.worker_status()");
 	InitMaterializedSRF(fcinfo, 0);

