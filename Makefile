@@ -8,6 +8,7 @@
 #   make run / make stop   a sandbox: PostgreSQL with infra preloaded + Kafka
 #   make restart           restart the sandbox's PostgreSQL (keeps ALTER SYSTEM)
 #   make bench             benchmarks under test/bench/
+#   make deb               Debian packages (postgresql-15-infra, infra-bridge)
 
 EXTENSION = infra
 MODULE_big = infra
@@ -36,7 +37,7 @@ REGRESS = $(sort $(basename $(notdir $(filter-out sql/infra--%,$(wildcard sql/*.
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --use-existing
 
-EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster output_iso
+EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster output_iso build
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -65,22 +66,28 @@ BRIDGE_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -O2 -g -Wall -Wextra \
 	-Wno-unused-parameter -Werror -I$(shell $(LIBPQ_CONFIG) --includedir)
 BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lpthread -L$(shell $(LIBPQ_CONFIG) --libdir) -lpq
 
+# WITH_BRIDGE=no: the extension alone (its Debian package; the bridge has
+# its own).
+WITH_BRIDGE ?= yes
+ifeq ($(WITH_BRIDGE),yes)
 all: bridge/infra-bridge
+install: install-bridge
+uninstall: uninstall-bridge
+endif
 
+# BRIDGE_EXTRA: more compiler and linker flags (the Debian build's hardening).
 bridge/infra-bridge: $(BRIDGE_SRCS) $(wildcard bridge/*.h)
-	$(CC) $(BRIDGE_CFLAGS) -o $@ $(BRIDGE_SRCS) $(BRIDGE_LIBS)
+	$(CC) $(BRIDGE_CFLAGS) $(BRIDGE_EXTRA) -o $@ $(BRIDGE_SRCS) $(BRIDGE_LIBS)
 
 # The daemon goes next to PostgreSQL's programs and where users look for
 # commands (on PATH).
 BRIDGE_BINDIR ?= /usr/local/bin
 
-install: install-bridge
 install-bridge: bridge/infra-bridge
 	$(MKDIR_P) '$(DESTDIR)$(bindir)' '$(DESTDIR)$(BRIDGE_BINDIR)'
 	$(INSTALL_PROGRAM) bridge/infra-bridge '$(DESTDIR)$(bindir)/infra-bridge'
 	$(INSTALL_PROGRAM) bridge/infra-bridge '$(DESTDIR)$(BRIDGE_BINDIR)/infra-bridge'
 
-uninstall: uninstall-bridge
 uninstall-bridge:
 	rm -f '$(DESTDIR)$(bindir)/infra-bridge' '$(DESTDIR)$(BRIDGE_BINDIR)/infra-bridge'
 
@@ -92,7 +99,7 @@ test/mock/mock_cluster: test/mock/mock_cluster.c
 
 # ---------------------------------------------------------------------------
 # Project targets.
-.PHONY: deps test run restart stop bench install-bridge uninstall-bridge
+.PHONY: deps test run restart stop bench deb install-bridge uninstall-bridge
 
 deps:
 	test/deps.sh
@@ -101,6 +108,12 @@ deps:
 # each built and installed from a copy of the sources (test/matrix.sh).
 test: deps
 	test/matrix.sh $(PG)
+
+# make deb: the Debian packages postgresql-15-infra and infra-bridge
+# (debhelper, pg_buildext; lintian must report no error) into DEB_DIR.
+DEB_DIR ?= build/deb
+deb: deps
+	test/deb.sh build $(DEB_DIR)
 
 # make run: dependencies, build and install quietly (the output goes to a
 # log, shown when something fails), then the sandbox.

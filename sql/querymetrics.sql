@@ -68,7 +68,11 @@ SET infra.query_metrics_max = 10;
 CREATE TABLE qm_par AS SELECT g AS x FROM generate_series(1, 10000) g;
 ANALYZE qm_par;
 SELECT infra.query_metrics_reset();
-SET force_parallel_mode = on;
+-- Parallel workers forced (force_parallel_mode, renamed debug_parallel_query
+-- in PostgreSQL 16).
+SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000
+                       THEN 'debug_parallel_query' ELSE 'force_parallel_mode' END,
+                  'on', false) AS parallel_forced;
 SET parallel_setup_cost = 0;
 SET parallel_tuple_cost = 0;
 SET min_parallel_table_scan_size = 0;
@@ -76,7 +80,9 @@ SET max_parallel_workers_per_gather = 2;
 EXPLAIN (COSTS OFF) SELECT count(*) FROM qm_par WHERE x > 0;
 SELECT count(*) FROM qm_par WHERE x > 0;
 SELECT count(*) FROM qm_par WHERE x > 0;
-RESET force_parallel_mode;
+SELECT set_config(CASE WHEN current_setting('server_version_num')::int >= 160000
+                       THEN 'debug_parallel_query' ELSE 'force_parallel_mode' END,
+                  'off', false) AS parallel_forced;
 RESET parallel_setup_cost;
 RESET parallel_tuple_cost;
 RESET min_parallel_table_scan_size;

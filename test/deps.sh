@@ -6,6 +6,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 # Build: PGXS and the libraries the extension and the bridge link against.
+# Packages (make deb): debhelper, pg_buildext, lintian.
 # Test: kcat, promtool (prometheus), sqlsmith (the fuzz test), Perl's
 # IPC::Run for TAP, redis (the rate-limit benchmark's baseline), Java +
 # Maven for the Kafka broker, Python for test-only tools.
@@ -16,6 +17,7 @@ packages=(
 	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith procps
 	openjdk-17-jre-headless maven
 	python3 python3-venv unzip
+	debhelper postgresql-server-dev-all lintian
 )
 
 missing=()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # matrix.sh MAJOR...: the whole suite (test/run.sh) once per PostgreSQL
-# version.  Each version's extension and bridge are built and installed
+# version, then (when 15 is among them) the Debian packages (test/deb.sh).  Each version's extension and bridge are built and installed
 # from a copy of the sources in a directory of their own, so the work tree
 # keeps its own build.  Prints every version's summary, then one line
 # counting them all; exits non-zero when any version failed.
@@ -54,6 +54,32 @@ for v in "$@"; do
 		sed -n '/^== summary$/,$p' "$results/run-$v.out" | sed '1d; /^tests: /d'
 	} >>"$results/summary"
 done
+
+# The Debian packages (for Debian's PostgreSQL 15): built, lintian-clean,
+# installed into a throwaway root and used.
+case " $* " in
+*" 15 "*)
+	say "Debian packages"
+	started=$(date +%s)
+	{ "$here/deb.sh" build "$results/deb" && "$here/deb.sh" check "$results/deb"; } 2>&1 |
+		tee "$results/deb.out"
+	rc=${PIPESTATUS[0]}
+	p=$(grep -c '^ok [0-9]' "$results/deb.out")
+	f=$(grep -c '^not ok [0-9]' "$results/deb.out")
+	if [ "$rc" != 0 ] && [ "$f" = 0 ]; then
+		f=1
+	fi
+	[ "$rc" = 0 ] || status=1
+	secs=$(($(date +%s) - started))
+	passed=$((passed + p))
+	failed=$((failed + f))
+	counts="$counts; Debian packages: $p passed, $f failed in ${secs}s"
+	{
+		echo "-- Debian packages (${secs}s)"
+		grep -E '^(W|E): |^# ' "$results/deb.out" | sed 's/^/deb: /'
+	} >>"$results/summary"
+	;;
+esac
 
 echo
 say "summary, every PostgreSQL version"
