@@ -37,7 +37,7 @@ REGRESS = $(sort $(basename $(notdir $(filter-out sql/infra--%,$(wildcard sql/*.
 ISOLATION = $(sort $(basename $(notdir $(wildcard test/specs/*.spec))))
 ISOLATION_OPTS = --inputdir=$(srcdir)/test --use-existing
 
-EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster output_iso build
+EXTRA_CLEAN = bridge/infra-bridge bridge/*.o test/mock/mock_cluster output_iso build $(PG_BUILD_STAMP)
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
@@ -53,8 +53,12 @@ override CFLAGS := $(filter-out $(CFLAGS_UNKNOWN),$(CFLAGS))
 ISOLATION_TESTDB = infra_isolation
 
 # PGXS tracks no header dependencies without --enable-depend: rebuild every
-# object when any of our headers changes.
-$(OBJS): $(wildcard src/*.h)
+# object when any of our headers changes, or when the server built for is
+# another (make PG=18 after make, say): src/.pg-build names it.
+PG_BUILD_STAMP = src/.pg-build
+$(shell echo '$(PG_CONFIG) $(VERSION)' | cmp -s - $(PG_BUILD_STAMP) || \
+	echo '$(PG_CONFIG) $(VERSION)' > $(PG_BUILD_STAMP))
+$(OBJS) $(OBJS:.o=.bc): $(wildcard src/*.h) $(PG_BUILD_STAMP)
 
 # ---------------------------------------------------------------------------
 # infra-bridge: a standalone daemon, built with the server's compiler flags.

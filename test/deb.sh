@@ -84,8 +84,9 @@ check() {
 	! test -e "$root$pg/bin/infra-bridge" && ! test -e "$root/usr/local/bin/infra-bridge"
 	check_ok $? "postgresql-15-infra carries no bridge"
 	test -x "$root/usr/bin/infra-bridge" && test -f "$root/etc/infra/bridge.ini.example" &&
-		grep -q '^ExecStart=/usr/bin/infra-bridge ' "$root/lib/systemd/system/infra-bridge.service"
-	check_ok $? "infra-bridge installs /usr/bin/infra-bridge, /etc/infra/bridge.ini.example and its systemd unit"
+		grep -q '^ExecStart=/usr/bin/infra-bridge ' "$root/lib/systemd/system/infra-bridge.service" &&
+		test -f "$root/usr/share/man/man1/infra-bridge.1.gz"
+	check_ok $? "infra-bridge installs /usr/bin/infra-bridge, /etc/infra/bridge.ini.example, its systemd unit and man page"
 	dpkg-deb -f "$ext_deb" Depends | grep -q 'postgresql-15' &&
 		dpkg-deb -f "$ext_deb" Depends | grep -q 'librdkafka'
 	check_ok $? "postgresql-15-infra depends on postgresql-15 and librdkafka"
