@@ -9,6 +9,17 @@
 
 \echo Use "ALTER EXTENSION infra UPDATE TO '1.1'" to load this file. \quit
 
+/*
+ * Message ids carry the timeline they were allocated on: after a failover
+ * that lost WAL, the new primary's sequence may hand out ids the old one
+ * used.  Rows already waiting keep the 1.0 form (NULL timeline), so that a
+ * deduplicating consumer still recognises a message sent again.
+ */
+ALTER TABLE infra.kafka_outbox_batches
+    ADD COLUMN timeline integer CHECK (timeline > 0);
+COMMENT ON COLUMN infra.kafka_outbox_batches.timeline IS
+'The WAL timeline the row''s ids were allocated on, part of each message''s infra-msg-id (ids stay unique across failovers); NULL for rows written before 1.1.';
+
 /* Monitoring roles read the shared-memory and breaker views; PUBLIC not. */
 REVOKE ALL ON FUNCTION infra.shmem_segments() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION infra.shmem_segments() TO pg_monitor;
@@ -56,10 +67,9 @@ ALTER FUNCTION infra.kafka_send(text, text, text, jsonb, integer) SECURITY INVOK
 ALTER FUNCTION infra.kafka_send(text, bytea, text, jsonb, integer) SECURITY INVOKER;
 ALTER FUNCTION infra.kafka_send(text, jsonb, text, jsonb, integer) SECURITY INVOKER;
 
-/* These two read the outbox for callers who may not: definer, fixed path. */
+/* It reads the outbox for callers who may not: definer, fixed path (as
+ * kafka_stats, made again below). */
 ALTER FUNCTION infra.kafka_flush(interval)
-    SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION infra.kafka_stats()
     SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 /* SQL and PL/pgSQL functions resolve names in pg_catalog only. */
@@ -67,10 +77,7 @@ ALTER FUNCTION infra.kafka_publish() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION infra.topic_validate(text) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION infra.topic_name(text, text, integer, text) SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION infra.topic_parse(text) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION infra.topic_register(text, text, integer, integer, integer, jsonb, text, text)
-    SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION infra.topic_exists(text) SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION infra.topic_drop(text) SET search_path = pg_catalog, pg_temp;
 
 /* infra.query_metrics() masks other users' query text itself now. */
 CREATE OR REPLACE VIEW infra.query_metrics AS
@@ -81,3 +88,87 @@ CREATE OR REPLACE VIEW infra.query_metrics AS
       FROM infra.query_metrics() m
       LEFT JOIN pg_catalog.pg_roles r ON r.oid = m.userid
       LEFT JOIN pg_catalog.pg_database d ON d.oid = m.dbid;
+
+/*
+ * On a standby, registering or dropping a topic is refused up front
+ * (25006, with a hint) by infra.kafka_wake_worker(), now called first.
+ */
+CREATE OR REPLACE FUNCTION infra.topic_register(domain text, entity text, version integer DEFAULT 1,
+    partitions integer DEFAULT 1, replication_factor integer DEFAULT 1,
+    config jsonb DEFAULT '{}', description text DEFAULT NULL, env text DEFAULT NULL)
+RETURNS text
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    topic text := infra.topic_name(domain, entity, version, env);
+    p record := infra.topic_parse(topic);
+BEGIN
+    /* First: on a standby it refuses (25006) with what to do. */
+    PERFORM infra.kafka_wake_worker();
+    IF partitions IS NULL OR partitions NOT BETWEEN 1 AND 10000 THEN
+        RAISE EXCEPTION 'partitions must be between 1 and 10000, not %', coalesce(partitions::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Partitions are the unit of parallelism of consumers.';
+    END IF;
+    IF replication_factor IS NULL OR replication_factor NOT BETWEEN 1 AND 32 THEN
+        RAISE EXCEPTION 'replication_factor must be between 1 and 32, not %', coalesce(replication_factor::text, 'NULL')
+            USING ERRCODE = '22023', HINT = 'Use at most the number of brokers.';
+    END IF;
+    INSERT INTO infra.topics (name, env, domain, entity, version, partitions,
+                              replication_factor, config, description)
+    VALUES (topic, p.env, p.domain, p.entity, p.version, partitions,
+            replication_factor, coalesce(config, '{}'), description);
+    RETURN topic;
+EXCEPTION WHEN unique_violation THEN
+    RAISE EXCEPTION 'topic "%" is already registered', topic
+        USING ERRCODE = '42710', HINT = 'Register a new version, or infra.topic_drop() it first.';
+END
+$$;
+
+CREATE OR REPLACE FUNCTION infra.topic_drop(name text)
+RETURNS boolean
+LANGUAGE sql STRICT
+SET search_path = pg_catalog, pg_temp
+AS $$ SELECT infra.kafka_wake_worker();  -- on a standby it refuses (25006)
+      WITH d AS (DELETE FROM infra.topics t WHERE t.name = topic_drop.name RETURNING 1)
+      SELECT EXISTS (SELECT FROM d) $$;
+
+/*
+ * kafka_stats says why the outbox waits (waiting_for): a new column of the
+ * function, so the function and its view are made again, with their grants.
+ */
+DROP VIEW infra.kafka_stats;
+DROP FUNCTION infra.kafka_stats();
+CREATE FUNCTION infra.kafka_stats(
+    OUT pending bigint,
+    OUT in_flight bigint,
+    OUT delivered_total bigint,
+    OUT failed_attempts_total bigint,
+    OUT oldest_pending_age interval,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT last_delivery_at timestamptz,
+    OUT broker_state text,
+    OUT last_batch_ms double precision,
+    OUT batches_total bigint,
+    OUT dead_lettered_total bigint,
+    OUT produce_latency_avg_ms double precision,
+    OUT produce_latency_p99_ms double precision,
+    OUT waiting_for text)
+RETURNS record
+AS 'MODULE_PATHNAME', 'infra_kafka_stats'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+
+CREATE VIEW infra.kafka_stats AS
+    SELECT s.*, b.state AS breaker_state
+      FROM infra.kafka_stats() s
+      LEFT JOIN infra.circuit_breaker_state b ON b.name = 'kafka';
+
+COMMENT ON VIEW infra.kafka_stats IS
+'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic); waiting_for: why the outbox waits (standbys behind infra.kafka_wait_for_standbys), NULL when it does not.';
+
+GRANT SELECT ON infra.kafka_stats TO pg_monitor;
+REVOKE ALL ON FUNCTION infra.kafka_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION infra.kafka_stats() TO pg_monitor;
+REVOKE ALL ON infra.kafka_stats FROM PUBLIC;

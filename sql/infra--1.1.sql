@@ -445,7 +445,8 @@ CREATE TABLE infra.kafka_outbox_batches (
     attempts integer NOT NULL DEFAULT 0,
     last_error text,
     last_attempt_at timestamptz,
-    CHECK (cardinality(ids) = messages)
+    CHECK (cardinality(ids) = messages),
+    timeline integer CHECK (timeline > 0)
 );
 
 /* Payloads are mostly unique: do not spend the commit on compressing them. */
@@ -458,6 +459,9 @@ ALTER TABLE infra.kafka_outbox_batches
 
 COMMENT ON TABLE infra.kafka_outbox_batches IS
 'Messages sent by committed transactions and not yet acknowledged by Kafka, a transaction''s messages per row; read infra.kafka_outbox instead.';
+
+COMMENT ON COLUMN infra.kafka_outbox_batches.timeline IS
+'The WAL timeline the row''s ids were allocated on, part of each message''s infra-msg-id (ids stay unique across failovers); NULL for rows written before 1.1.';
 
 CREATE FUNCTION infra.kafka_payload_text(bytes bytea)
 RETURNS text
@@ -539,7 +543,8 @@ CREATE FUNCTION infra.kafka_stats(
     OUT batches_total bigint,
     OUT dead_lettered_total bigint,
     OUT produce_latency_avg_ms double precision,
-    OUT produce_latency_p99_ms double precision)
+    OUT produce_latency_p99_ms double precision,
+    OUT waiting_for text)
 RETURNS record
 AS 'MODULE_PATHNAME', 'infra_kafka_stats'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED SECURITY DEFINER
@@ -551,7 +556,7 @@ CREATE VIEW infra.kafka_stats AS
       LEFT JOIN infra.circuit_breaker_state b ON b.name = 'kafka';
 
 COMMENT ON VIEW infra.kafka_stats IS
-'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic).';
+'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic); waiting_for: why the outbox waits (standbys behind infra.kafka_wait_for_standbys), NULL when it does not.';
 
 /* Messages Kafka refused for good (too large, invalid topic, not authorised). */
 CREATE TABLE infra.kafka_dead_letters (
@@ -767,6 +772,12 @@ COMMENT ON TABLE infra.topics IS
 
 SELECT pg_catalog.pg_extension_config_dump('infra.topics', '');
 
+/* Wakes the worker at commit; refuses on a standby. */
+CREATE FUNCTION infra.kafka_wake_worker()
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_kafka_wake_worker'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
 CREATE FUNCTION infra.topic_register(domain text, entity text, version integer DEFAULT 1,
     partitions integer DEFAULT 1, replication_factor integer DEFAULT 1,
     config jsonb DEFAULT '{}', description text DEFAULT NULL, env text DEFAULT NULL)
@@ -778,6 +789,8 @@ DECLARE
     topic text := infra.topic_name(domain, entity, version, env);
     p record := infra.topic_parse(topic);
 BEGIN
+    /* First: on a standby it refuses (25006) with what to do. */
+    PERFORM infra.kafka_wake_worker();
     IF partitions IS NULL OR partitions NOT BETWEEN 1 AND 10000 THEN
         RAISE EXCEPTION 'partitions must be between 1 and 10000, not %', coalesce(partitions::text, 'NULL')
             USING ERRCODE = '22023', HINT = 'Partitions are the unit of parallelism of consumers.';
@@ -790,7 +803,6 @@ BEGIN
                               replication_factor, config, description)
     VALUES (topic, p.env, p.domain, p.entity, p.version, partitions,
             replication_factor, coalesce(config, '{}'), description);
-    PERFORM infra.kafka_wake_worker();
     RETURN topic;
 EXCEPTION WHEN unique_violation THEN
     RAISE EXCEPTION 'topic "%" is already registered', topic
@@ -808,16 +820,12 @@ CREATE FUNCTION infra.topic_drop(name text)
 RETURNS boolean
 LANGUAGE sql STRICT
 SET search_path = pg_catalog, pg_temp
-AS $$ WITH d AS (DELETE FROM infra.topics t WHERE t.name = topic_drop.name RETURNING 1)
+AS $$ SELECT infra.kafka_wake_worker();  -- on a standby it refuses (25006)
+      WITH d AS (DELETE FROM infra.topics t WHERE t.name = topic_drop.name RETURNING 1)
       SELECT EXISTS (SELECT FROM d) $$;
 
 COMMENT ON FUNCTION infra.topic_drop(text) IS
 'Remove a topic from the registry (the topic and its data stay on the broker); true if it was registered.';
-
-CREATE FUNCTION infra.kafka_wake_worker()
-RETURNS void
-AS 'MODULE_PATHNAME', 'infra_kafka_wake_worker'
-LANGUAGE C VOLATILE PARALLEL UNSAFE;
 
 REVOKE ALL ON infra.topics FROM PUBLIC;
 GRANT SELECT ON infra.topics TO PUBLIC;

@@ -22,6 +22,7 @@
 #include <netdb.h>
 #include <sys/socket.h>
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
@@ -275,6 +276,15 @@ HttpdHandle(void *cls, struct MHD_Connection *connection, const char *url,
 								  "text/plain; charset=utf-8",
 								  "could not render the metrics; see the server log\n");
 	}
+	else if (strcmp(url, "/healthz/primary") == 0 || strcmp(url, "/healthz/standby") == 0)
+	{
+		/* For a load balancer: 200 only on a node of that role. */
+		bool		standby = RecoveryInProgress();
+		bool		wanted = strcmp(url, "/healthz/standby") == 0;
+
+		result = HttpdRespond(connection, standby == wanted ? MHD_HTTP_OK : MHD_HTTP_SERVICE_UNAVAILABLE,
+							  "text/plain; charset=utf-8", standby ? "standby\n" : "primary\n");
+	}
 	else if (strcmp(url, "/healthz") == 0)
 	{
 		StringInfoData why;
@@ -288,7 +298,7 @@ HttpdHandle(void *cls, struct MHD_Connection *connection, const char *url,
 	}
 	else
 		result = HttpdRespond(connection, MHD_HTTP_NOT_FOUND, "text/plain; charset=utf-8",
-							  "not found: try /metrics or /healthz\n");
+							  "not found: try /metrics, /healthz, /healthz/primary or /healthz/standby\n");
 	MemoryContextSwitchTo(old);
 	return result;
 }

@@ -32,6 +32,7 @@
 #include "ratelimit.h"
 #include "shmem.h"
 #include "spans.h"
+#include "standbys.h"
 #include "tracing.h"
 #include "worker.h"
 
@@ -53,6 +54,7 @@ _PG_init(void)
 	InfraBreakerInit();
 	InfraKafkaInit();
 	InfraProducerInit();
+	InfraStandbysInit();
 	InfraTracingInit();
 	InfraQueryStatsInit();
 	InfraMetricsInit();

@@ -42,6 +42,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
@@ -623,6 +624,7 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 {
 	BufferedMessage msg;
 
+	InfraRequirePrimary("send Kafka messages");
 	KafkaReadMessage(fcinfo, value, &msg);
 	if (buffered == NULL)
 		KafkaStartBuffer();
@@ -649,15 +651,15 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 }
 
 /*
- * Insert one outbox row (args: first id, count and the six arrays) as the
- * outbox's owner, as a restricted operation: the caller may not write the
- * outbox itself.
+ * Insert one outbox row (args: first id, count, the six arrays and the
+ * timeline) as the outbox's owner, as a restricted operation: the caller
+ * may not write the outbox itself.
  */
 static void
 KafkaInsertOutboxRow(Datum *args)
 {
-	Oid			argtypes[8] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID};
+	Oid			argtypes[9] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, INT4OID};
 	bool		pushed_snapshot = false;
 	Oid			save_user;
 	int			save_context;
@@ -679,9 +681,9 @@ KafkaInsertOutboxRow(Datum *args)
 			SPIPlanPtr	plan;
 
 			plan = SPI_prepare("INSERT INTO infra.kafka_outbox_batches "
-							   "(first_id, messages, ids, topics, partitions, keys, vals, headers) "
-							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-							   8, argtypes);
+							   "(first_id, messages, ids, topics, partitions, keys, vals, headers, timeline) "
+							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+							   9, argtypes);
 			if (plan == NULL)
 				elog(ERROR, "could not prepare the outbox insert: %s",
 					 SPI_result_code_string(SPI_result));
@@ -717,7 +719,7 @@ KafkaFlushBuffer(bool all_levels)
 	int			i;
 	int			dims[1];
 	int			lbs[1] = {1};
-	Datum		args[8];
+	Datum		args[9];
 
 	if (buffered == NULL || nbuffered == 0)
 		return;
@@ -768,6 +770,8 @@ KafkaFlushBuffer(bool all_levels)
 	args[5] = PointerGetDatum(construct_md_array(keys, knulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
 	args[6] = PointerGetDatum(construct_md_array(vals, vnulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT));
 	args[7] = PointerGetDatum(construct_md_array(headers, hnulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
+	/* The ids were allocated in this transaction, so on this timeline. */
+	args[8] = Int32GetDatum((int32) GetWALInsertionTimeLine());
 	KafkaInsertOutboxRow(args);
 }
 
@@ -888,6 +892,7 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 	bool		isnull;
 
 	INFRA_CHECK_SCHEMA();
+	InfraRequirePrimary("wait for Kafka deliveries");
 
 	deadline = InfraMonotonicNs() +
 		InfraIntervalToNs(PG_GETARG_INTERVAL_P(0), "timeout", true);
@@ -935,8 +940,8 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	KafkaStats	copy;
-	Datum		values[14];
-	bool		nulls[14];
+	Datum		values[15];
+	bool		nulls[15];
 	bool		isnull;
 
 	INFRA_CHECK_SCHEMA();
@@ -994,6 +999,8 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 	nulls[12] = copy.latency_at == 0;
 	values[13] = Float8GetDatum(copy.latency_p99_ms);
 	nulls[13] = copy.latency_at == 0;
+	values[14] = CStringGetTextDatum(copy.waiting_for);
+	nulls[14] = copy.waiting_for[0] == '\0';
 	{
 		HeapTuple	tuple = heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls);
 		Datum		result = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);
@@ -1010,20 +1017,22 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 Datum
 infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 {
-	Oid			argtypes[2] = {TEXTOID, INT8ARRAYOID};
-	Datum		values[2];
-	char		nulls[2] = {' ', ' '};
+	Oid			argtypes[3] = {TEXTOID, INT8ARRAYOID, INT4OID};
+	Datum		values[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	uint64		moved;
 
 	INFRA_CHECK_SCHEMA();
+	InfraRequirePrimary("requeue dead letters");
 
 	values[0] = PG_ARGISNULL(0) ? (Datum) 0 : PG_GETARG_DATUM(0);
 	nulls[0] = PG_ARGISNULL(0) ? 'n' : ' ';
 	values[1] = PG_ARGISNULL(1) ? (Datum) 0 : PG_GETARG_DATUM(1);
 	nulls[1] = PG_ARGISNULL(1) ? 'n' : ' ';
+	values[2] = Int32GetDatum((int32) GetWALInsertionTimeLine());
 
 	SPI_connect();
-	/* Back as one outbox row, with new ids in the order of the old ones. */
+	/* Back as one outbox row, with new ids (of this timeline) in the order of the old ones. */
 	SpiCheckResult(SPI_execute_with_args("WITH back AS ("
 										 " DELETE FROM infra.kafka_dead_letters"
 										 " WHERE ($1 IS NULL OR topic OPERATOR(pg_catalog.=) $1)"
@@ -1033,17 +1042,17 @@ infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 										 " SELECT pg_catalog.nextval('infra.kafka_outbox_id_seq'::pg_catalog.regclass) AS new_id, *"
 										 " FROM (SELECT * FROM back ORDER BY id) b)"
 										 " INSERT INTO infra.kafka_outbox_batches"
-										 " (first_id, messages, ids, topics, partitions, keys, vals, headers, created_at)"
+										 " (first_id, messages, ids, topics, partitions, keys, vals, headers, created_at, timeline)"
 										 " SELECT pg_catalog.min(new_id), pg_catalog.count(*),"
 										 " pg_catalog.array_agg(new_id ORDER BY new_id),"
 										 " pg_catalog.array_agg(topic ORDER BY new_id),"
 										 " pg_catalog.array_agg(partition ORDER BY new_id),"
 										 " pg_catalog.array_agg(key ORDER BY new_id),"
 										 " pg_catalog.array_agg(value ORDER BY new_id),"
-										 " pg_catalog.array_agg(headers ORDER BY new_id), pg_catalog.min(created_at)"
+										 " pg_catalog.array_agg(headers ORDER BY new_id), pg_catalog.min(created_at), $3"
 										 " FROM renumbered HAVING pg_catalog.count(*) OPERATOR(pg_catalog.>) 0"
 										 " RETURNING messages",
-										 2, argtypes, values, nulls, false, 0),
+										 3, argtypes, values, nulls, false, 0),
 				   SPI_OK_INSERT_RETURNING, "the dead-letter requeue", 1, int4_type);
 	moved = 0;
 	if (SPI_processed > 0)
@@ -1087,6 +1096,7 @@ Datum
 infra_kafka_wake_worker(PG_FUNCTION_ARGS)
 {
 	INFRA_CHECK_SCHEMA();
+	InfraRequirePrimary("change the topic registry");
 
 	InfraWorkerWakeAtCommit();
 	PG_RETURN_VOID();

@@ -52,6 +52,7 @@ typedef struct KafkaStats
 	double		latency_avg_ms; /* librdkafka statistics: queue + rtt */
 	double		latency_p99_ms;
 	TimestampTz latency_at;		/* when they were taken; 0: never */
+	char		waiting_for[256];	/* why the outbox waits ("": it does not) */
 } KafkaStats;
 
 extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);

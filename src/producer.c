@@ -60,6 +60,7 @@
 #include "kafka.h"
 #include "producer.h"
 #include "spicheck.h"
+#include "standbys.h"
 #include "worker.h"
 
 /* How long a message may wait for the broker before it counts as failed. */
@@ -74,6 +75,9 @@
  */
 #define KAFKA_STATS_INTERVAL_MS "5000"
 #define KAFKA_IDLE_POLL_MS 5000
+/* Waiting for standbys: this long within a round, then this long apart. */
+#define KAFKA_STANDBY_WAIT_MS 200
+#define KAFKA_STANDBY_RETRY_MS 20
 
 /* Longest the worker waits for the brokers' metadata when it starts. */
 #define KAFKA_PROBE_MS 3000
@@ -113,6 +117,7 @@ typedef struct OutboxRow
 	bool	   *hnulls;
 	TimestampTz created_at;
 	int			attempts;
+	int32		timeline;		/* its ids' timeline; 0: written before 1.1 */
 	bool	   *keep;			/* still in the outbox after this round */
 	bool		failed;			/* a message of it failed (retriably) */
 } OutboxRow;
@@ -180,8 +185,8 @@ typedef struct WorkerPlans
 static WorkerPlans plans;
 
 /* What the round's read of the outbox returns. */
-static const Oid batch_types[10] = {INT8OID, BOOLOID, INT8ARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID};
+static const Oid batch_types[11] = {INT8OID, BOOLOID, INT8ARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID, INT4OID};
 static char *producer_settings = NULL;	/* brokers + config it was built with */
 static int	failed_rounds = 0;
 static char last_client_error[KAFKA_ERROR_LEN];
@@ -233,6 +238,8 @@ static bool KafkaAnyPendingTopic(void);
 static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
+static void KafkaSetWaiting(const char *why);
+static bool KafkaCommitsDurable(void);
 static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
 
 char	   *infra_kafka_brokers = NULL;
@@ -615,6 +622,57 @@ KafkaSetState(const char *state)
 }
 
 /*
+ * Why the outbox waits, for kafka_stats; NULL: it does not.
+ */
+static void
+KafkaSetWaiting(const char *why)
+{
+	SpinLockAcquire(&my_stats->mutex);
+	strlcpy(my_stats->waiting_for, why ? why : "", sizeof(my_stats->waiting_for));
+	SpinLockRelease(&my_stats->mutex);
+}
+
+/*
+ * May the round's messages go?  Their commits must be flushed here (no
+ * message goes out for a commit a crash could still take back, as with
+ * synchronous_commit = off) and, with infra.kafka_wait_for_standbys, on
+ * the standbys it names.  Every commit the round's snapshot sees was
+ * written before the WAL position taken now.  Waits up to
+ * KAFKA_STANDBY_WAIT_MS in the read transaction; false when the standbys
+ * are still behind (kafka_stats' waiting_for says which).
+ */
+static bool
+KafkaCommitsDurable(void)
+{
+	XLogRecPtr	lsn = GetXLogInsertRecPtr();
+	int64		deadline = InfraMonotonicNs() + (int64) KAFKA_STANDBY_WAIT_MS * 1000000;
+	/* The round's rows stay the current SPI result for the caller. */
+	SPITupleTable *rows = SPI_tuptable;
+	uint64		nrows = SPI_processed;
+	bool		flushed;
+	StringInfoData why;
+
+	XLogFlush(lsn);
+	if (!StandbysWaitWanted())
+		return true;
+	initStringInfo(&why);
+	for (;;)
+	{
+		resetStringInfo(&why);
+		flushed = StandbysFlushed(lsn, &why);
+		KafkaSetWaiting(flushed ? NULL : why.data);
+		if (flushed || InfraMonotonicNs() >= deadline)
+			break;
+		/* Their feedback sets no latch of ours: look again shortly. */
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_tuptable = rows;
+	SPI_processed = nrows;
+	return flushed;
+}
+
+/*
  * Have a producer built from the current settings.  A change of settings
  * (SIGHUP) drains the old producer before replacing it.  False when Kafka
  * is not configured.
@@ -721,16 +779,25 @@ KafkaWorkerShutdown(void)
 }
 
 /*
- * Headers of one message: the user's (a JSON object) and infra-msg-id.
+ * Headers of one message: the user's (a JSON object) and infra-msg-id,
+ * "<system identifier>/<database oid>/<timeline>/<outbox id>": the timeline
+ * the id was allocated on keeps ids unique when a failover lost WAL and the
+ * new primary's sequence hands out ids the old one used.  Rows written
+ * before 1.1 (no timeline) keep the 1.0 form, without it, so a message sent
+ * again carries the id it had.
  */
 static rd_kafka_headers_t *
-KafkaHeaders(int64 id, Jsonb *user_headers)
+KafkaHeaders(int64 id, int32 timeline, Jsonb *user_headers)
 {
 	rd_kafka_headers_t *headers = rd_kafka_headers_new(8);
-	char		msg_id[64];
+	char		msg_id[80];
 
-	snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/" INT64_FORMAT,
-			 GetSystemIdentifier(), MyDatabaseId, id);
+	if (timeline > 0)
+		snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/%d/" INT64_FORMAT,
+				 GetSystemIdentifier(), MyDatabaseId, timeline, id);
+	else
+		snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/" INT64_FORMAT,
+				 GetSystemIdentifier(), MyDatabaseId, id);
 	rd_kafka_header_add(headers, KAFKA_MSG_ID_HEADER, -1, msg_id, -1);
 
 	if (user_headers != NULL)
@@ -1488,7 +1555,7 @@ KafkaQueryBatch(void)
 			  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
 			  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
 			  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
-			  " created_at, attempts"
+			  " created_at, attempts, timeline"
 			  " FROM (SELECT b.*,"
 			  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
 			  "   OPERATOR(pg_catalog.<) $1 AND"
@@ -1502,7 +1569,7 @@ KafkaQueryBatch(void)
 			  "  WINDOW w AS (ORDER BY b.first_id)) r"
 			  " ORDER BY first_id",
 			  2, argtypes, args, NULL, true,
-			  SPI_OK_SELECT, "infra.kafka_outbox_batches", 10, batch_types);
+			  SPI_OK_SELECT, "infra.kafka_outbox_batches", 11, batch_types);
 	return (int) SPI_processed;
 }
 
@@ -1521,6 +1588,8 @@ KafkaUnpackRows(KafkaRound *round, int nrows)
 	{
 		OutboxRow  *row = &round->rows[i];
 		MemoryContext old;
+		Datum		tl;
+		bool		tl_null;
 
 		row->first_id = DatumGetInt64(SpiGetValue(i, 1, false, NULL, what));
 		if (!DatumGetBool(SpiGetValue(i, 2, false, NULL, what)))
@@ -1538,6 +1607,8 @@ KafkaUnpackRows(KafkaRound *round, int nrows)
 		KafkaUnpack(SpiGetValue(i, 8, false, NULL, what), JSONBOID, &row->headers, &row->hnulls, NULL);
 		row->created_at = DatumGetTimestampTz(SpiGetValue(i, 9, false, NULL, what));
 		row->attempts = DatumGetInt32(SpiGetValue(i, 10, false, NULL, what));
+		tl = SpiGetValue(i, 11, true, &tl_null, what);
+		row->timeline = tl_null ? 0 : DatumGetInt32(tl);
 		row->keep = palloc(sizeof(bool) * row->nmsgs);
 		MemoryContextSwitchTo(old);
 		round->total += row->nmsgs;
@@ -1608,6 +1679,12 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 		*sleep_ms = probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
 		return false;
 	}
+	if (!KafkaCommitsDurable())
+	{
+		KafkaEndTransaction();
+		*sleep_ms = KAFKA_STANDBY_RETRY_MS;
+		return false;
+	}
 	KafkaUnpackRows(round, nrows);
 	KafkaEndTransaction();
 	return true;
@@ -1667,7 +1744,7 @@ KafkaProduceOne(KafkaRound *round, OutboxMessage *m)
 	bytea	   *value = row->vnulls[j] ? NULL : DatumGetByteaPP(row->vals[j]);
 	Jsonb	   *user_headers = row->hnulls[j] ? NULL : DatumGetJsonbP(row->headers[j]);
 	/* librdkafka owns the headers only once producev succeeds. */
-	rd_kafka_headers_t *headers = KafkaHeaders(m->id, user_headers);
+	rd_kafka_headers_t *headers = KafkaHeaders(m->id, row->timeline, user_headers);
 	rd_kafka_resp_err_t err;
 
 	for (;;)

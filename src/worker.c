@@ -31,6 +31,7 @@
 #include "postgres.h"
 
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/objectaccess.h"
 #include "catalog/pg_database.h"
 #include "catalog/pg_extension.h"
@@ -140,6 +141,7 @@ static void InfraWorkerAnnounce(InfraWorkerState state, const char *installed);
 static void InfraWorkerLoop(void);
 static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
+static InfraWorkerState InfraWorkerShownState(const InfraWorkerSlot *slot);
 static void InfraWorkerSlotCopy(int i, InfraWorkerSlot *copy);
 
 void
@@ -812,10 +814,40 @@ InfraWorkerStateName(InfraWorkerState state)
 			return "waiting_for_extension";
 		case INFRA_WORKER_WAITING_FOR_UPDATE:
 			return "waiting_for_update";
+		case INFRA_WORKER_WAITING_FOR_PROMOTION:
+			return "waiting_for_promotion";
 		case INFRA_WORKER_RUNNING:
 			return "running";
 	}
 	return "unknown";
+}
+
+/*
+ * What a slot's worker does, as the status view and /healthz say it: on a
+ * standby, where the postmaster starts it only at promotion, it waits for
+ * that.
+ */
+static InfraWorkerState
+InfraWorkerShownState(const InfraWorkerSlot *slot)
+{
+	if (slot->pid == 0 && RecoveryInProgress())
+		return INFRA_WORKER_WAITING_FOR_PROMOTION;
+	return slot->state;
+}
+
+/*
+ * Refuse what writes tables (the outbox, the dead letters, the topic
+ * registry) on a standby, with what to do instead.
+ */
+void
+InfraRequirePrimary(const char *what)
+{
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("cannot %s on a standby", what),
+				 errdetail("This server is in recovery: infra's tables are read-only here, and its worker waits for promotion."),
+				 errhint("Connect to the primary, e.g. with target_session_attrs=read-write in the connection string.")));
 }
 
 /*
@@ -856,7 +888,7 @@ infra_worker_status(PG_FUNCTION_ARGS)
 		values[0] = Int32GetDatum(copy.pid);
 		nulls[0] = copy.pid == 0;
 		values[1] = CStringGetTextDatum(copy.database);
-		values[2] = CStringGetTextDatum(InfraWorkerStateName(copy.state));
+		values[2] = CStringGetTextDatum(InfraWorkerStateName(InfraWorkerShownState(&copy)));
 		values[3] = TimestampTzGetDatum(copy.started_at);
 		nulls[3] = copy.started_at == 0;
 		values[4] = TimestampTzGetDatum(copy.last_reload);
@@ -880,6 +912,11 @@ WorkerCollectMetrics(StringInfo out)
 
 	if (worker_shared == NULL)
 		return;
+	/* A load balancer routes on it; a standby's workers wait by design. */
+	MetricsWriteFamily(out, "infra_node_role", "gauge",
+					   "1 for this server's role: primary, or standby (in recovery).");
+	MetricsWriteSample(out, "infra_node_role", "role=\"primary\"", RecoveryInProgress() ? 0 : 1);
+	MetricsWriteSample(out, "infra_node_role", "role=\"standby\"", RecoveryInProgress() ? 1 : 0);
 	MetricsWriteFamily(out, "infra_worker_up", "gauge",
 					   "1 when the infra worker of the database is running.");
 	for (i = 0; i < worker_shared->nslots; i++)
@@ -915,11 +952,12 @@ InfraWorkersHealthy(StringInfo why)
 		InfraWorkerSlot copy;
 
 		InfraWorkerSlotCopy(i, &copy);
-		if (copy.state == INFRA_WORKER_RUNNING && copy.pid != 0)
+		if ((copy.state == INFRA_WORKER_RUNNING && copy.pid != 0) ||
+			InfraWorkerShownState(&copy) == INFRA_WORKER_WAITING_FOR_PROMOTION)
 			continue;
 		healthy = false;
 		appendStringInfo(why, "infra worker for database \"%s\" is %s%s%s\n",
-						 copy.database, InfraWorkerStateName(copy.state),
+						 copy.database, InfraWorkerStateName(InfraWorkerShownState(&copy)),
 						 copy.last_error[0] ? ": " : "", copy.last_error);
 	}
 	return healthy;

@@ -30,6 +30,7 @@ typedef enum InfraWorkerState
 	INFRA_WORKER_WAITING_FOR_DATABASE,
 	INFRA_WORKER_WAITING_FOR_EXTENSION,
 	INFRA_WORKER_WAITING_FOR_UPDATE,	/* SQL objects of another version */
+	INFRA_WORKER_WAITING_FOR_PROMOTION, /* a standby: started at promotion */
 	INFRA_WORKER_RUNNING
 } InfraWorkerState;
 
@@ -58,6 +59,7 @@ typedef struct InfraWorkerService
 extern void InfraWorkerRegisterService(const InfraWorkerService *service);
 extern void InfraWorkerWakeAtCommit(void);
 extern bool InfraWorkersHealthy(StringInfo why);
+extern void InfraRequirePrimary(const char *what);
 extern const char *InfraWorkerFirstDatabase(void);
 
 extern void InfraWorkerInit(void);

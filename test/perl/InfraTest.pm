@@ -27,14 +27,15 @@ sub src_path
 	return "$src/$rel";
 }
 
-# infra_node(NAME, preload => 1, conf => "extra lines"): an initialised,
-# not yet started node.
+# infra_node(NAME, preload => 1, conf => "extra lines", init => {...}): an
+# initialised, not yet started node (init: PostgreSQL::Test::Cluster's
+# init options, e.g. allows_streaming => 1).
 sub infra_node
 {
 	my ($name, %opts) = @_;
 	my $preload = $opts{preload} // 1;
 	my $node = PostgreSQL::Test::Cluster->new($name);
-	$node->init;
+	$node->init(%{ $opts{init} // {} });
 	$node->append_conf('postgresql.conf',
 		"shared_preload_libraries = 'infra'\n") if $preload;
 	$node->append_conf('postgresql.conf', "max_worker_processes = 24\n");

@@ -53,7 +53,7 @@ my @got = consume($t);
 is(scalar @got, 3, 'exactly the three committed messages arrive');
 is_deeply([ map { $_->[1] } @got[0, 1] ], [ 'one', '{"two": 2}' ], 'values, text and jsonb, in order');
 is($got[0][0], 'k1', 'the key is kept');
-like($got[0][2], qr/infra-msg-id=\d+\/\d+\/\d+/, 'infra-msg-id header present');
+like($got[0][2], qr{infra-msg-id=\d+/\d+/1/\d+}, 'infra-msg-id header: system id, database, timeline, outbox id');
 like($got[0][2], qr/origin=test/, 'user headers are sent');
 like($got[0][2], qr/n=1/, 'non-string header values are sent as JSON');
 is($got[2][3], '0', 'an explicit partition is used');

@@ -87,12 +87,17 @@ SELECT string_agg(c.oid::regclass::text, ' ' ORDER BY c.relname)
    AND d.refobjid = (SELECT oid FROM pg_extension WHERE extname = 'infra')});
 my @tables = split / /, $tables;
 cmp_ok(scalar @tables, '>=', 9, "the extension's tables are found (@tables)");
-# One query fingerprinting them all: each table's row count and rows' md5
-# (infra.topics without broker_state, which the worker sets once it serves).
+# One query fingerprinting them all: each table's row count and rows' md5,
+# over the columns 1.0 has (1.1 adds some; infra.topics without
+# broker_state, which the worker sets once it serves).
+my %columns = map {
+	my $t = $_;
+	($t => $node->safe_psql('postgres', qq{
+SELECT string_agg('t.' || quote_ident(attname), ', ' ORDER BY attnum) FROM pg_attribute
+ WHERE attrelid = '$t'::regclass AND attnum > 0 AND NOT attisdropped AND attname <> 'broker_state'}))
+} @tables;
 my $fingerprint_sql = join " || E'\\n' || ", map {
-	my $row = $_ eq 'infra.topics'
-	  ? '(t.name, t.env, t.domain, t.entity, t.version, t.partitions, t.replication_factor, t.config, t.description, t.created_at)'
-	  : 't';
+	my $row = "ROW($columns{$_})";
 	"(SELECT '$_ ' || count(*) || ' ' || coalesce(md5(string_agg(CAST($row AS text), '|' ORDER BY CAST($row AS text))), '-') FROM $_ t)";
 } @tables;
 my $before = $node->safe_psql('postgres', "SELECT $fingerprint_sql");
@@ -107,6 +112,8 @@ my $after = $node->safe_psql('postgres',
 is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'infra'"),
 	'1.1', 'ALTER EXTENSION infra UPDATE reaches 1.1');
 is($after, $before, 'every row of every table is still there, unchanged');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.kafka_outbox_batches WHERE timeline IS NULL'),
+	'1', 'the waiting batch has no timeline: its messages keep their 1.0 ids');
 is($node->safe_psql('postgres', 'SELECT last_value FROM infra.kafka_outbox_id_seq'),
 	$seq_before, 'the message id sequence goes on where it was');
 
@@ -130,7 +137,8 @@ my @got = split /\n/, $kout;
 is_deeply([ map { (split / /, $_)[0] } @got ], [ 'k=one', 'k=two', 'k=three', 'k=dead' ],
 	'Kafka has the three waiting messages, in order, then the dead letter');
 like($got[1], qr/h=1/, 'headers written under 1.0 are sent');
-like($got[0], qr/infra-msg-id=/, 'messages carry their infra-msg-id');
+like($got[0], qr{infra-msg-id=\d+/\d+/\d+(,|$)}, 'messages waiting since 1.0 keep the 1.0 form of infra-msg-id (a dedupe recognises them)');
+like($got[3], qr{infra-msg-id=\d+/\d+/1/\d+(,|$)}, 'a message queued under 1.1 carries its timeline in infra-msg-id');
 is($node->safe_psql('postgres',
 		"SELECT infra.rate_limit('upgrade_api', cost => 10)::text || ' ' || infra.rate_limit('upgrade_api')::text"),
 	'true false', 'a rate limiter configured under 1.0 works after the update (burst 10, then empty)');
