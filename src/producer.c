@@ -35,6 +35,7 @@
 
 #include "lib/stringinfo.h"
 #include "storage/fd.h"
+#include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
 #include "catalog/pg_type.h"
@@ -185,8 +186,8 @@ typedef struct WorkerPlans
 static WorkerPlans plans;
 
 /* What the round's read of the outbox returns. */
-static const Oid batch_types[11] = {INT8OID, BOOLOID, INT8ARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID, INT4OID};
+static const Oid batch_types[12] = {INT8OID, BOOLOID, INT8ARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID, INT4OID, XIDOID};
 static char *producer_settings = NULL;	/* brokers + config it was built with */
 static int	failed_rounds = 0;
 static char last_client_error[KAFKA_ERROR_LEN];
@@ -239,7 +240,7 @@ static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
 static void KafkaSetWaiting(const char *why);
-static bool KafkaCommitsDurable(void);
+static bool KafkaCommitsDurable(int nrows);
 static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
 
 char	   *infra_kafka_brokers = NULL;
@@ -633,28 +634,45 @@ KafkaSetWaiting(const char *why)
 }
 
 /*
- * May the round's messages go?  Their commits must be flushed here (no
- * message goes out for a commit a crash could still take back, as with
- * synchronous_commit = off) and, with infra.kafka_wait_for_standbys, on
- * the standbys it names.  Every commit the round's snapshot sees was
- * written before the WAL position taken now.  Waits up to
- * KAFKA_STANDBY_WAIT_MS in the read transaction; false when the standbys
- * are still behind (kafka_stats' waiting_for says which).
+ * May the round's first nrows rows go?  Their commits must be durable here
+ * (no message goes out for a commit a crash could still take back): a
+ * synchronous commit is flushed before others see it; an asynchronous one
+ * (synchronous_commit = off) may not be yet, and the commit-LSN of its xid
+ * (what hint bits use) says how far to flush.  With
+ * infra.kafka_wait_for_standbys, the standbys it names must also have
+ * flushed past them: past the local flush position, which every commit the
+ * round sees precedes.  Waits up to KAFKA_STANDBY_WAIT_MS in the read
+ * transaction; false when the standbys are still behind (kafka_stats'
+ * waiting_for says which).
  */
 static bool
-KafkaCommitsDurable(void)
+KafkaCommitsDurable(int nrows)
 {
-	XLogRecPtr	lsn = GetXLogInsertRecPtr();
 	int64		deadline = InfraMonotonicNs() + (int64) KAFKA_STANDBY_WAIT_MS * 1000000;
 	/* The round's rows stay the current SPI result for the caller. */
 	SPITupleTable *rows = SPI_tuptable;
-	uint64		nrows = SPI_processed;
+	uint64		processed = SPI_processed;
+	XLogRecPtr	async_lsn = InvalidXLogRecPtr;
+	XLogRecPtr	lsn;
 	bool		flushed;
 	StringInfoData why;
+	int			i;
 
-	XLogFlush(lsn);
+	for (i = 0; i < nrows; i++)
+	{
+		const char *what = "infra.kafka_outbox_batches";
+		TransactionId xmin;
+
+		if (!DatumGetBool(SpiGetValue(i, 2, false, NULL, what)))
+			break;
+		xmin = DatumGetTransactionId(SpiGetValue(i, 12, false, NULL, what));
+		async_lsn = Max(async_lsn, TransactionIdGetCommitLSN(xmin));
+	}
+	if (!XLogRecPtrIsInvalid(async_lsn) && XLogNeedsFlush(async_lsn))
+		XLogFlush(async_lsn);
 	if (!StandbysWaitWanted())
 		return true;
+	lsn = GetFlushRecPtr(NULL);
 	initStringInfo(&why);
 	for (;;)
 	{
@@ -668,7 +686,7 @@ KafkaCommitsDurable(void)
 		CHECK_FOR_INTERRUPTS();
 	}
 	SPI_tuptable = rows;
-	SPI_processed = nrows;
+	SPI_processed = processed;
 	return flushed;
 }
 
@@ -1555,7 +1573,7 @@ KafkaQueryBatch(void)
 			  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
 			  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
 			  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
-			  " created_at, attempts, timeline"
+			  " created_at, attempts, timeline, row_xmin"
 			  " FROM (SELECT b.*,"
 			  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
 			  "   OPERATOR(pg_catalog.<) $1 AND"
@@ -1564,12 +1582,12 @@ KafkaQueryBatch(void)
 			  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.keys))"
 			  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.vals))"
 			  "   OPERATOR(pg_catalog.<) $2 AS included"
-			  "  FROM (SELECT * FROM infra.kafka_outbox_batches ORDER BY first_id"
+			  "  FROM (SELECT *, xmin AS row_xmin FROM infra.kafka_outbox_batches ORDER BY first_id"
 			  "   LIMIT $1 OPERATOR(pg_catalog.+) 1) b"
 			  "  WINDOW w AS (ORDER BY b.first_id)) r"
 			  " ORDER BY first_id",
 			  2, argtypes, args, NULL, true,
-			  SPI_OK_SELECT, "infra.kafka_outbox_batches", 11, batch_types);
+			  SPI_OK_SELECT, "infra.kafka_outbox_batches", 12, batch_types);
 	return (int) SPI_processed;
 }
 
@@ -1679,7 +1697,7 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 		*sleep_ms = probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
 		return false;
 	}
-	if (!KafkaCommitsDurable())
+	if (!KafkaCommitsDurable(nrows))
 	{
 		KafkaEndTransaction();
 		*sleep_ms = KAFKA_STANDBY_RETRY_MS;

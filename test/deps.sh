@@ -7,6 +7,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 # Build: PGXS and the libraries the extension and the bridge link against.
 # Packages (make deb): debhelper, pg_buildext, lintian.
+# Failover test: Patroni and etcd.
 # Test: kcat, promtool (prometheus), sqlsmith (the fuzz test), Perl's
 # IPC::Run for TAP, redis (the rate-limit benchmark's baseline), Java +
 # Maven for the Kafka broker, Python for test-only tools.
@@ -18,6 +19,7 @@ packages=(
 	openjdk-17-jre-headless maven
 	python3 python3-venv unzip
 	debhelper postgresql-server-dev-all lintian
+	patroni etcd-server etcd-client
 )
 
 missing=()

@@ -3,6 +3,8 @@
 #
 #   broker.sh fetch              resolve the jars into the cache (Maven)
 #   broker.sh start DIR          format DIR on first use, start, wait until ready
+#   broker.sh launch DIR         start without waiting (a cluster's nodes need
+#                                each other); broker.sh wait DIR waits
 #   broker.sh stop DIR           SIGTERM and wait for a clean exit
 #   broker.sh kill DIR           SIGKILL (a crash); "start DIR" brings it back
 #   broker.sh pause DIR          SIGSTOP (a hang)
@@ -101,8 +103,7 @@ PROPS
 		{ cat "$dir/format.log" >&2; die "formatting Kafka storage failed"; }
 }
 
-start() {
-	local i
+launch() {
 	[ -n "$(ls "$KAFKA_LIB"/kafka_2.13-*.jar 2>/dev/null)" ] ||
 		die "Kafka jars missing in $KAFKA_LIB: run 'make deps'"
 	if alive; then
@@ -110,13 +111,17 @@ start() {
 	fi
 	[ -f "$dir/server.properties" ] || configure
 	: >>"$dir/server.log"
-	local mark
-	mark=$(wc -l <"$dir/server.log")
+	wc -l <"$dir/server.log" >"$dir/log.mark"
 	nohup java -Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
 		-Dlog4j2.configurationFile="$dir/log4j2.properties" \
 		-cp "$KAFKA_LIB/*" kafka.Kafka "$dir/server.properties" \
 		>>"$dir/broker.out" 2>&1 </dev/null &
 	echo $! >"$dir/broker.pid"
+}
+
+wait_ready() {
+	local i mark
+	mark=$(cat "$dir/log.mark")
 	for i in $(seq 1 240); do
 		if ! alive; then
 			tail -n 30 "$dir/broker.out" "$dir/server.log" >&2
@@ -140,9 +145,16 @@ wait_gone() {
 	return 1
 }
 
+start() {
+	launch
+	wait_ready
+}
+
 case "$cmd" in
 fetch) fetch ;;
 start) start ;;
+launch) launch ;;
+wait) wait_ready ;;
 stop)
 	pid=$(pid_of)
 	if alive; then
@@ -167,7 +179,7 @@ create-topic)
 		--create --if-not-exists --topic "$3" --partitions "$4" --replication-factor 1 >/dev/null
 	;;
 *)
-	sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac
