@@ -81,6 +81,16 @@ extern PGDLLEXPORT void _PG_init(void);
 #endif
 
 /*
+ * check_synchronous_standby_names() is declared in utils/guc_hooks.h from
+ * PostgreSQL 16, in replication/syncrep.h before.
+ */
+#if PG_VERSION_NUM >= 160000
+#define INFRA_GUC_HOOKS_H "utils/guc_hooks.h"
+#else
+#define INFRA_GUC_HOOKS_H "replication/syncrep.h"
+#endif
+
+/*
  * Whether this process's stderr goes to the logging collector's pipe.  The
  * postmaster defines it for elog.c without declaring it in a header (up to
  * PostgreSQL 17 at least); infra's log hook needs it to write where elog.c

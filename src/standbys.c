@@ -37,6 +37,7 @@
 #include "utils/pg_lsn.h"
 
 #include "infra.h"
+#include INFRA_GUC_HOOKS_H	/* compat.h names it */
 #include "spicheck.h"
 #include "standbys.h"
 

@@ -5,6 +5,8 @@
 #   broker.sh start DIR          format DIR on first use, start, wait until ready
 #   broker.sh launch DIR         start without waiting (a cluster's nodes need
 #                                each other); broker.sh wait DIR waits
+#   broker.sh common-config DIR  append the settings every node shares to
+#                                DIR/server.properties, write its log config
 #   broker.sh stop DIR           SIGTERM and wait for a clean exit
 #   broker.sh kill DIR           SIGKILL (a crash); "start DIR" brings it back
 #   broker.sh pause DIR          SIGSTOP (a hang)
@@ -52,6 +54,31 @@ fetch() {
 	chmod -R a+rX "$INFRA_CACHE"
 }
 
+# What every node of ours shares: few threads (a test machine has two
+# cores) and a log file, appended to DIR/server.properties.
+common_config() {
+	cat >>"$dir/server.properties" <<PROPS
+num.network.threads=2
+num.io.threads=2
+num.recovery.threads.per.data.dir=1
+log.cleaner.threads=1
+PROPS
+	cat >"$dir/log4j2.properties" <<PROPS
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $dir/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = org.apache.kafka
+logger.kafka.level = warn
+logger.state.name = state.change.logger
+logger.state.level = warn
+PROPS
+}
+
 configure() {
 	local bport cport
 	mkdir -p "$dir/data"
@@ -78,25 +105,8 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-log.cleaner.threads=1
 PROPS
-	cat >"$dir/log4j2.properties" <<PROPS
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = $dir/server.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = file
-logger.kafka.name = org.apache.kafka
-logger.kafka.level = warn
-logger.state.name = state.change.logger
-logger.state.level = warn
-PROPS
+	common_config
 	java_cmd kafka.tools.StorageTool format --standalone \
 		-t "$(java_cmd kafka.tools.StorageTool random-uuid)" \
 		-c "$dir/server.properties" >"$dir/format.log" 2>&1 ||
@@ -154,6 +164,7 @@ case "$cmd" in
 fetch) fetch ;;
 start) start ;;
 launch) launch ;;
+common-config) common_config ;;
 wait) wait_ready ;;
 stop)
 	pid=$(pid_of)
@@ -179,7 +190,7 @@ create-topic)
 		--create --if-not-exists --topic "$3" --partitions "$4" --replication-factor 1 >/dev/null
 	;;
 *)
-	sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

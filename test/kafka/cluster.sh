@@ -62,25 +62,8 @@ group.initial.rebalance.delay.ms=0
 unclean.leader.election.enable=false
 broker.session.timeout.ms=4000
 broker.heartbeat.interval.ms=1000
-num.network.threads=2
-num.io.threads=2
-num.recovery.threads.per.data.dir=1
-log.cleaner.threads=1
 PROPS
-		cat >"$p/log4j2.properties" <<PROPS
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = $p/server.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = file
-logger.kafka.name = org.apache.kafka
-logger.kafka.level = warn
-logger.state.name = state.change.logger
-logger.state.level = warn
-PROPS
+		"$here/broker.sh" common-config "$p"
 		java_cmd kafka.tools.StorageTool format -t "$cluster_id" -c "$p/server.properties" \
 			>"$p/format.log" 2>&1 ||
 			{ cat "$p/format.log" >&2; die "formatting Kafka node $id failed"; }

@@ -3,7 +3,7 @@
 # transactions it saw commit), infra-bridge consuming the topic back into
 # the cluster through a multi-host conninfo.  The primary's postmaster is
 # SIGKILLed and Patroni promotes the synchronous standby; later a
-# switchover.  With Patroni's synchronous mode and
+# switchover back to it.  With Patroni's synchronous mode and
 # infra.kafka_wait_for_standbys = 'synchronous_standby_names':
 # - every transaction the client saw commit has its message in Kafka;
 # - no message in Kafka belongs to a transaction the new primary lacks;
@@ -307,15 +307,24 @@ my $t_deliver = time;
 ok(wait_until(sub { psql_rw("SELECT infra.kafka_flush('1 s')") eq 't' }, 60), 'delivery resumes');
 diag sprintf('delivery caught up %.1f s after the kill', time - $killed_at);
 
-# --- a switchover to the synchronous standby ------------------------------------
-ok(wait_until(sub { my $s = sync_standby(); $s && $s->{name} ne $new->{name} }, 60),
-	'a synchronous standby again (the old primary rejoined or the replica took the role)');
-my $target = sync_standby();
-my ($sout, $serr);
+# --- a switchover back to the old primary ---------------------------------------
+# It rejoins as a replica (pg_rewind).  In synchronous mode Patroni switches
+# over only to a synchronous standby: make both replicas synchronous.
+ok( wait_until(
+		sub { my $m = members(); ($m->{ $old->{name} }{role} // '') =~ /replica|sync_standby/ && ($m->{ $old->{name} }{state} // '') =~ /running|streaming/ },
+		120),
+	"the old primary $old->{name} rejoined as a replica");
+my ($sout, $serr) = ('', '');
+IPC::Run::run([ 'patronictl', '-c', $new->{yml}, 'edit-config', '--force', '-s', 'synchronous_node_count=2' ],
+	'>', \$sout, '2>', \$serr, IPC::Run::timeout(60));
+ok(wait_until(sub { (members()->{ $old->{name} }{role} // '') eq 'sync_standby' }, 60),
+	"$old->{name} is a synchronous standby") or diag "$sout\n$serr";
+my $target = $old;
+($sout, $serr) = ('', '');
 IPC::Run::run([ 'patronictl', '-c', $new->{yml}, 'switchover', '--leader', $new->{name},
 		'--candidate', $target->{name}, '--force' ], '>', \$sout, '2>', \$serr, IPC::Run::timeout(60));
 ok(wait_until(sub { my $l = leader(); $l && $l->{name} eq $target->{name} }, 60),
-	"patronictl switchover to $target->{name}") or diag "$sout\n$serr";
+	"patronictl switchover back to $target->{name}") or diag "$sout\n$serr";
 my $at_switch = scalar lines("$dir/committed_sync");
 ok(wait_until(sub { scalar(lines("$dir/committed_sync")) > $at_switch + 20 }, 60),
 	'the load commits on the switched-to primary');
@@ -339,7 +348,7 @@ ok($bridge->pumpable, 'and is still running');
 # --- the same with asynchronous replication and no wait: report the cost ------
 $sout = $serr = '';
 IPC::Run::run([ 'patronictl', '-c', $target->{yml}, 'edit-config', '--force',
-		'-s', 'synchronous_mode=false', '-p', "infra.kafka_wait_for_standbys=''" ],
+		'-s', 'synchronous_mode=false', '-s', 'synchronous_node_count=1', '-p', "infra.kafka_wait_for_standbys=''" ],
 	'>', \$sout, '2>', \$serr, IPC::Run::timeout(60));
 ok(wait_until(sub { psql_rw('SHOW synchronous_standby_names') eq '' && psql_rw('SHOW infra.kafka_wait_for_standbys') eq '' }, 60),
 	'asynchronous replication, no wait for standbys') or diag "$sout\n$serr";
