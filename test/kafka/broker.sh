@@ -13,8 +13,9 @@
 #   broker.sh resume DIR         SIGCONT
 #   broker.sh bootstrap DIR      print host:port of the broker
 #   broker.sh status DIR         exit 0 when the broker answers metadata
-#   broker.sh create-topic DIR NAME PARTITIONS
-#                                create a topic (Kafka's own TopicCommand)
+#   broker.sh create-topic DIR NAME PARTITIONS [KEY=VALUE...]
+#                                create a topic (Kafka's own TopicCommand),
+#                                with topic settings
 #
 # DIR holds server.properties, the data, logs and pid; ports are chosen free
 # at the first start and kept, so a restarted broker has the same address.
@@ -186,11 +187,16 @@ resume) kill -CONT "$(pid_of)" ;;
 bootstrap) cat "$dir/bootstrap" ;;
 status) alive && answers ;;
 create-topic)
+	topic=$3 partitions=$4
+	shift 4
+	configs=()
+	for c in "$@"; do configs+=(--config "$c"); done
 	java_cmd org.apache.kafka.tools.TopicCommand --bootstrap-server "$(cat "$dir/bootstrap")" \
-		--create --if-not-exists --topic "$3" --partitions "$4" --replication-factor 1 >/dev/null
+		--create --if-not-exists --topic "$topic" --partitions "$partitions" --replication-factor 1 \
+		"${configs[@]}" >/dev/null
 	;;
 *)
-	sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

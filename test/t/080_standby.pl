@@ -57,7 +57,12 @@ like($http->get("http://127.0.0.1:$sport/metrics")->{content}, qr/^standby_hits_
 	'the metrics registry works and /metrics serves it');
 is($standby->safe_psql('postgres', "SELECT count(*) > 0 FROM infra.query_metrics"), 't', 'query metrics work');
 $standby->safe_psql('postgres', "SELECT infra.log('info', 'from the standby')");
-pass('infra.log works');
+like(slurp_file($standby->logfile), qr/from the standby/, 'infra.log works');
+$standby->safe_psql('postgres', q{
+SET infra.trace_sample_rate = 1;
+SELECT infra.span_end(infra.span_start('on the standby'))});
+is($standby->safe_psql('postgres', 'SELECT queued > 0 FROM infra.trace_stats'), 't',
+	'spans work (queued in shared memory)');
 
 foreach my $case (
 	[ "SELECT infra.kafka_send('t', 'v')", 'send Kafka messages' ],
