@@ -82,6 +82,7 @@ value.converter=org.apache.kafka.connect.storage.StringConverter
 offset.storage.file.filename=$work/connect/offsets
 plugin.path=$INFRA_CACHE/debezium-3.6/plugins
 connector.client.config.override.policy=All
+listeners=http://127.0.0.1:$(free_port)
 EOF
 connector() {  # connector NAME TUNED: the outbox connector's properties
 	cat <<EOF
@@ -123,9 +124,15 @@ cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(cat "$work/connect/connect.pid"
 dbz_run() {
 	local setting=$1 t start end ms before after
 	as_test_user mkdir -p "$work/connect"
-	connector "dbz_$setting" "$setting" >"$work/connector_$setting.properties"
+	connector "$setting" "$setting" >"$work/connector_$setting.properties"
 	rm -f "$work/connect/offsets"
 	as_test_user env INFRA_CACHE="$INFRA_CACHE" "$connect" start "$work/connect" "$work/worker.properties" "$work/connector_$setting.properties"
+	# With snapshot.mode = no_data, what commits before its slot streams is
+	# not captured: wait for the slot to be in use.
+	for _ in $(seq 1 600); do
+		[ "$(psql -X -qAt -c "SELECT active FROM pg_replication_slots WHERE slot_name = 'dbz_$setting'")" = t ] && break
+		sleep 0.1
+	done
 	# Warm-up: 10,000 messages through the whole path.
 	t="warm_$setting"
 	new_topic "$t"

@@ -5,11 +5,12 @@
 # 1. Paired TPS.  One cluster with pg_stat_statements and infra both
 #    preloaded; each configuration is a set of per-session settings
 #    (PGOPTIONS: pg_stat_statements.track, infra.query_metrics,
-#    infra.trace_sample_rate), so nothing restarts between them.  Rounds of
-#    BENCH_SECONDS (default 2) run every configuration once, in an order that
-#    alternates round to round (ABCD, DCBA, ...); a configuration's cost is
-#    the median over BENCH_ROUNDS rounds (default 12) of its TPS against the
-#    base configuration's in the same round, with the quartiles as spread.
+#    infra.trace_sample_rate), so nothing restarts between them.  Each
+#    round runs every configuration for BENCH_SECONDS (default 2) right
+#    next to a run of the base configuration, base first in odd rounds and
+#    second in even ones (ABBA); a configuration's cost is the median over
+#    BENCH_ROUNDS rounds (default 12) of its TPS against its base run, with
+#    the quartiles as spread.
 #      base      both libraries loaded, everything off (tracing at sampling 0)
 #      pgss      pg_stat_statements.track = top (its default)
 #      qm        infra.query_metrics = on
@@ -75,51 +76,55 @@ tps_of() {
 }
 
 # --- 1. paired TPS -------------------------------------------------------------
-configs="base pgss qm trace1"
+# Each configuration runs right next to base, in the order ABBA across
+# rounds, so that both sides of a pair see the same machine.
+configs="pgss qm trace1"
 for r in $(seq 1 "$rounds"); do
-	order=$configs
-	[ $((r % 2)) = 0 ] && order=$(echo "$configs" | tr ' ' '\n' | tac | tr '\n' ' ')
-	for c in $order; do
-		echo "$r $c $(tps_of "$c" -S)" >>"$work/tps"
+	for c in $configs; do
+		if [ $((r % 2)) = 1 ]; then
+			b=$(tps_of base -S)
+			x=$(tps_of "$c" -S)
+		else
+			x=$(tps_of "$c" -S)
+			b=$(tps_of base -S)
+		fi
+		echo "$r $c $x $b" >>"$work/tps"
 	done
 	if [ $((r % 2)) = 1 ]; then
-		echo "$r select1 $(tps_of base -f "$work/select1.sql")" >>"$work/tps"
-		echo "$r counter $(tps_of base -f "$work/counter.sql")" >>"$work/tps"
+		b=$(tps_of base -f "$work/select1.sql")
+		x=$(tps_of base -f "$work/counter.sql")
 	else
-		echo "$r counter $(tps_of base -f "$work/counter.sql")" >>"$work/tps"
-		echo "$r select1 $(tps_of base -f "$work/select1.sql")" >>"$work/tps"
+		x=$(tps_of base -f "$work/counter.sql")
+		b=$(tps_of base -f "$work/select1.sql")
 	fi
+	echo "$r counter $x $b" >>"$work/tps"
 done
 
 # quartiles: "p25 p50 p75" of the numbers on stdin.
 quartiles() {
 	sort -g | awk '{ v[NR] = $1 } END { printf "%.1f %.1f %.1f", v[int(NR * 0.25) + 1], v[int((NR + 1) / 2)], v[int(NR * 0.75) + 1] }'
 }
-# paired A B: per round, (1 - A/B) * 100 (the cost of A against B, in %).
+# paired C: per round, (1 - C/base) * 100, the cost of C in % against the
+# base run next to it; quartiles over the rounds.
 paired() {
-	awk -v a="$1" -v b="$2" '$2 == a { x[$1] = $3 } $2 == b { y[$1] = $3 }
-		END { for (r in x) if (r in y) print (1 - x[r] / y[r]) * 100 }' "$work/tps" | quartiles
+	awk -v c="$1" '$2 == c { print (1 - $3 / $4) * 100 }' "$work/tps" | quartiles
 }
-median_tps() { awk -v c="$1" '$2 == c { print $3 }' "$work/tps" | quartiles | awk '{ print $2 }'; }
+median_tps() { awk -v c="$1" -v f="$2" '$2 == c { print $f }' "$work/tps" | quartiles | awk '{ print $2 }'; }
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v <= t ? "meets" : "MISSES") }'; }
 
-echo "paired TPS: pgbench -S -M prepared, 4 clients, scale 10, $rounds rounds of ${seconds}s, order alternating"
-printf '%-34s %10s   %s\n' configuration "median tps" "cost against base, %: median (quartiles)"
-for c in $configs; do
-	if [ "$c" = base ]; then
-		printf '%-34s %10.0f\n' "base (both loaded, all off)" "$(median_tps base)"
-	else
-		read -r q1 q2 q3 <<<"$(paired "$c" base)"
-		printf '%-34s %10.0f   %6s  (%s .. %s)\n' "$c" "$(median_tps "$c")" "$q2" "$q1" "$q3"
-	fi
+echo "paired TPS: pgbench -S -M prepared, 4 clients, scale 10, $rounds rounds of ${seconds}s, each run next to base (ABBA)"
+printf '%-34s %10s %10s   %s\n' configuration "median tps" "its base" "cost against base, %: median (quartiles)"
+for c in $configs counter; do
+	read -r q1 q2 q3 <<<"$(paired "$c")"
+	label=$c
+	[ "$c" = counter ] && label="counter_inc() against SELECT 1"
+	printf '%-34s %10.0f %10.0f   %6s  (%s .. %s)\n' "$label" "$(median_tps "$c" 3)" "$(median_tps "$c" 4)" "$q2" "$q1" "$q3"
 done
-read -r c1 c2 c3 <<<"$(paired counter select1)"
-printf '%-34s %10s   %6s  (%s .. %s)\n' "counter_inc() against SELECT 1" "" "$c2" "$c1" "$c3"
 spans=$(grep -o '"spanId"' "$work/otlp.jsonl" 2>/dev/null | wc -l)
 echo "spans received by the OTLP receiver (trace1 rounds): $spans"
-read -r _ qm_cost _ <<<"$(paired qm base)"
-read -r _ pgss_cost _ <<<"$(paired pgss base)"
-read -r _ t1_cost _ <<<"$(paired trace1 base)"
+read -r _ qm_cost _ <<<"$(paired qm)"
+read -r _ pgss_cost _ <<<"$(paired pgss)"
+read -r _ t1_cost _ <<<"$(paired trace1)"
 
 # --- 2. instructions per statement ---------------------------------------------
 as_test_user "$here/../pgcluster.sh" stop "$work/pg" >/dev/null

@@ -59,6 +59,8 @@ rootLogger.level = info
 rootLogger.appenderRef.file.ref = file
 logger.kafka.name = org.apache.kafka
 logger.kafka.level = warn
+logger.connect.name = org.apache.kafka.connect.runtime.Connect
+logger.connect.level = info
 PROPS
 	nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$dir/log4j2.properties" \
 		-cp "$CONNECT_LIB/*" org.apache.kafka.connect.cli.ConnectStandalone "$worker" "$@" \
