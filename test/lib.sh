@@ -61,10 +61,11 @@ free_port() {
 		'print IO::Socket::INET->new(Listen => 1, LocalAddr => "127.0.0.1", LocalPort => 0, ReuseAddr => 1)->sockport, "\n"'
 }
 
-# Run "$@" as the unprivileged test user when we are root, else as ourselves.
+# Run "$@" as the unprivileged test user when we are root, else as ourselves;
+# it uses our cache and our PostgreSQL (PG_CONFIG), not its own defaults.
 as_test_user() {
 	if [ "$(id -u)" = 0 ]; then
-		runuser -u "$INFRA_TEST_USER" -- "$@"
+		runuser -u "$INFRA_TEST_USER" -- env INFRA_CACHE="$INFRA_CACHE" PG_CONFIG="$PG_CONFIG" "$@"
 	else
 		"$@"
 	fi

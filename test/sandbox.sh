@@ -94,6 +94,13 @@ start)
 			{ cat "$box/kafka-start.log"; die "the Kafka broker did not start"; }
 	fi
 	stop_pg
+	# A sandbox made with another PostgreSQL version (make run PG=18 after
+	# make run) cannot start: make a new cluster for this one.
+	major=$("$PG_CONFIG" --version | sed 's/^PostgreSQL \([0-9]*\).*/\1/')
+	if [ -f "$pg/data/PG_VERSION" ] && [ "$(cat "$pg/data/PG_VERSION")" != "$major" ]; then
+		say "the sandbox's cluster is PostgreSQL $(cat "$pg/data/PG_VERSION"); making a new one for $major"
+		rm -rf "$pg"
+	fi
 	if [ ! -f "$pg/data/PG_VERSION" ]; then
 		say "creating the PostgreSQL cluster"
 		as_test_user "$here/pgcluster.sh" start "$pg" >/dev/null
