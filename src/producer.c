@@ -130,6 +130,7 @@ typedef struct KafkaRound
 	int			nincluded;
 	int			total;			/* messages in the included rows */
 	int64		cut;			/* first id of the first row left out */
+	XLogRecPtr	async_commit_lsn;	/* how far asynchronous commits of its rows reach */
 	OutboxMessage *messages;	/* what goes now, in id order */
 	int			n;
 	int			nok;			/* delivered */
@@ -240,7 +241,7 @@ static void KafkaCreateRegisteredTopics(void);
 static void KafkaRecordError(const char *message);
 static void KafkaSetState(const char *state);
 static void KafkaSetWaiting(const char *why);
-static bool KafkaCommitsDurable(int nrows);
+static bool KafkaCommitsDurable(XLogRecPtr async_commit_lsn);
 static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
 
 char	   *infra_kafka_brokers = NULL;
@@ -634,42 +635,27 @@ KafkaSetWaiting(const char *why)
 }
 
 /*
- * May the round's first nrows rows go?  Their commits must be durable here
- * (no message goes out for a commit a crash could still take back): a
+ * May the round's messages go?  Their commits must be durable here (no
+ * message goes out for a commit a crash could still take back): a
  * synchronous commit is flushed before others see it; an asynchronous one
- * (synchronous_commit = off) may not be yet, and the commit-LSN of its xid
- * (what hint bits use) says how far to flush.  With
- * infra.kafka_wait_for_standbys, the standbys it names must also have
+ * (synchronous_commit = off) may not be yet, and async_commit_lsn (the
+ * commit LSN of the rows' xids, what hint bits use) says how far to flush.
+ * With infra.kafka_wait_for_standbys, the standbys it names must also have
  * flushed past them: past the local flush position, which every commit the
  * round sees precedes.  Waits up to KAFKA_STANDBY_WAIT_MS in the read
  * transaction; false when the standbys are still behind (kafka_stats'
  * waiting_for says which).
  */
 static bool
-KafkaCommitsDurable(int nrows)
+KafkaCommitsDurable(XLogRecPtr async_commit_lsn)
 {
 	int64		deadline = InfraMonotonicNs() + (int64) KAFKA_STANDBY_WAIT_MS * 1000000;
-	/* The round's rows stay the current SPI result for the caller. */
-	SPITupleTable *rows = SPI_tuptable;
-	uint64		processed = SPI_processed;
-	XLogRecPtr	async_lsn = InvalidXLogRecPtr;
 	XLogRecPtr	lsn;
 	bool		flushed;
 	StringInfoData why;
-	int			i;
 
-	for (i = 0; i < nrows; i++)
-	{
-		const char *what = "infra.kafka_outbox_batches";
-		TransactionId xmin;
-
-		if (!DatumGetBool(SpiGetValue(i, 2, false, NULL, what)))
-			break;
-		xmin = DatumGetTransactionId(SpiGetValue(i, 12, false, NULL, what));
-		async_lsn = Max(async_lsn, TransactionIdGetCommitLSN(xmin));
-	}
-	if (!XLogRecPtrIsInvalid(async_lsn) && XLogNeedsFlush(async_lsn))
-		XLogFlush(async_lsn);
+	if (!XLogRecPtrIsInvalid(async_commit_lsn) && XLogNeedsFlush(async_commit_lsn))
+		XLogFlush(async_commit_lsn);
 	if (!StandbysWaitWanted())
 		return true;
 	lsn = GetFlushRecPtr(NULL);
@@ -680,14 +666,11 @@ KafkaCommitsDurable(int nrows)
 		flushed = StandbysFlushed(lsn, &why);
 		KafkaSetWaiting(flushed ? NULL : why.data);
 		if (flushed || InfraMonotonicNs() >= deadline)
-			break;
+			return flushed;
 		/* Their feedback sets no latch of ours: look again shortly. */
 		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1, PG_WAIT_EXTENSION);
 		CHECK_FOR_INTERRUPTS();
 	}
-	SPI_tuptable = rows;
-	SPI_processed = processed;
-	return flushed;
 }
 
 /*
@@ -1627,6 +1610,8 @@ KafkaUnpackRows(KafkaRound *round, int nrows)
 		row->attempts = DatumGetInt32(SpiGetValue(i, 10, false, NULL, what));
 		tl = SpiGetValue(i, 11, true, &tl_null, what);
 		row->timeline = tl_null ? 0 : DatumGetInt32(tl);
+		round->async_commit_lsn = Max(round->async_commit_lsn,
+									  TransactionIdGetCommitLSN(DatumGetTransactionId(SpiGetValue(i, 12, false, NULL, what))));
 		row->keep = palloc(sizeof(bool) * row->nmsgs);
 		MemoryContextSwitchTo(old);
 		round->total += row->nmsgs;
@@ -1697,13 +1682,14 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 		*sleep_ms = probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
 		return false;
 	}
-	if (!KafkaCommitsDurable(nrows))
+	KafkaUnpackRows(round, nrows);
+	if (!KafkaCommitsDurable(round->async_commit_lsn))
 	{
+		/* The rows unpacked are dropped with the round's memory. */
 		KafkaEndTransaction();
 		*sleep_ms = KAFKA_STANDBY_RETRY_MS;
 		return false;
 	}
-	KafkaUnpackRows(round, nrows);
 	KafkaEndTransaction();
 	return true;
 }

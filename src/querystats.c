@@ -388,13 +388,11 @@ QSNormalise(const char *query, int location, int len, JumbleState *jstate, int *
 	{
 		int			loc = locs[i].location - location;
 
-		/* A $n stays as written; a squashed list's length is known. */
-		if (InfraLocationIsParam(&locs[i]))
-			locs[i].length = -1;
-		if (InfraLocationIsParam(&locs[i]) || InfraLocationIsList(&locs[i]))
+		/* A squashed list's length is known; a $n stays as written. */
+		if (InfraLocationIsList(&locs[i]))
 			continue;
 		locs[i].length = -1;
-		if (loc < 0 || loc >= len || loc == last_loc)
+		if (InfraLocationIsParam(&locs[i]) || loc < 0 || loc >= len || loc == last_loc)
 			continue;
 		for (;;)
 		{

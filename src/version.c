@@ -123,17 +123,12 @@ InfraCheckSchemaVersion(void)
 		checked_in = InfraLocalXid();
 		return;
 	}
-	if (InfraVersionIsOlder(installed))
-		ereport(ERROR,
-				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("infra's SQL objects in database \"%s\" are version %s, but the loaded infra library is version %s",
-						get_database_name(MyDatabaseId), installed, INFRA_VERSION),
-				 errhint("Run ALTER EXTENSION infra UPDATE; to update them to %s.",
-						 INFRA_VERSION)));
 	ereport(ERROR,
 			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 			 errmsg("infra's SQL objects in database \"%s\" are version %s, but the loaded infra library is version %s",
 					get_database_name(MyDatabaseId), installed, INFRA_VERSION),
+			 InfraVersionIsOlder(installed) ?
+			 errhint("Run ALTER EXTENSION infra UPDATE; to update them to %s.", INFRA_VERSION) :
 			 errhint("Install infra %s's library (make install, or its package), then restart PostgreSQL.",
 					 installed)));
 }

@@ -950,14 +950,16 @@ InfraWorkersHealthy(StringInfo why)
 	for (i = 0; i < worker_shared->nslots; i++)
 	{
 		InfraWorkerSlot copy;
+		InfraWorkerState shown;
 
 		InfraWorkerSlotCopy(i, &copy);
-		if ((copy.state == INFRA_WORKER_RUNNING && copy.pid != 0) ||
-			InfraWorkerShownState(&copy) == INFRA_WORKER_WAITING_FOR_PROMOTION)
+		shown = InfraWorkerShownState(&copy);
+		if ((shown == INFRA_WORKER_RUNNING && copy.pid != 0) ||
+			shown == INFRA_WORKER_WAITING_FOR_PROMOTION)
 			continue;
 		healthy = false;
 		appendStringInfo(why, "infra worker for database \"%s\" is %s%s%s\n",
-						 copy.database, InfraWorkerStateName(InfraWorkerShownState(&copy)),
+						 copy.database, InfraWorkerStateName(shown),
 						 copy.last_error[0] ? ": " : "", copy.last_error);
 	}
 	return healthy;

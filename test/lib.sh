@@ -55,6 +55,29 @@ INFRA_TEST_USER=${INFRA_TEST_USER:-infratest}
 say() { printf '== %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# java_log_config FILE LOG [LINE...]: a log4j2 configuration for our Java
+# processes (Kafka, Connect) writing to LOG: INFO, org.apache.kafka at WARN,
+# then the extra lines given.
+java_log_config() {
+	local file=$1 log=$2
+	shift 2
+	{
+		cat <<PROPS
+status = warn
+appender.file.type = File
+appender.file.name = file
+appender.file.fileName = $log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = info
+rootLogger.appenderRef.file.ref = file
+logger.kafka.name = org.apache.kafka
+logger.kafka.level = warn
+PROPS
+		printf '%s\n' "$@"
+	} >"$file"
+}
+
 # A TCP port nobody listens on at the moment, on 127.0.0.1.
 free_port() {
 	perl -MIO::Socket::INET -e \

@@ -21,7 +21,7 @@ if [ "${1:-}" != --inner ]; then
 	if [ "$(id -u)" = 0 ]; then
 		chown -R "$INFRA_TEST_USER" "$work"
 	fi
-	as_test_user env INFRA_CACHE="$INFRA_CACHE" PG_CONFIG="$PG_CONFIG" \
+	as_test_user \
 		bash "$work/src/test/run.sh" --inner "$work"
 	rc=$?
 	if [ $rc = 0 ] && [ -z "${INFRA_KEEP:-}" ]; then

@@ -90,7 +90,7 @@ start)
 	[ "$(id -u)" = 0 ] && chown "$INFRA_TEST_USER" "$box"
 	if [ -z "${INFRA_SANDBOX_KAFKA:-}" ] && ! as_test_user "$here/kafka/broker.sh" status "$kafka" >/dev/null 2>&1; then
 		say "starting Kafka $KAFKA_VERSION"
-		as_test_user env INFRA_CACHE="$INFRA_CACHE" "$here/kafka/broker.sh" start "$kafka" >"$box/kafka-start.log" 2>&1 ||
+		as_test_user "$here/kafka/broker.sh" start "$kafka" >"$box/kafka-start.log" 2>&1 ||
 			{ cat "$box/kafka-start.log"; die "the Kafka broker did not start"; }
 	fi
 	stop_pg

@@ -23,7 +23,7 @@ psql -X -q -c 'CREATE EXTENSION infra' \
 	-c 'CREATE TABLE via_bridge (payload jsonb)'
 
 
-as_test_user env INFRA_CACHE="$INFRA_CACHE" "$here/../kafka/broker.sh" create-topic "$work/kafka" bench_bridge 4
+as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" bench_bridge 4
 # About 100 bytes of JSON each, keyed so they spread over the partitions.
 awk -v n="$messages" 'BEGIN { for (i = 1; i <= n; i++)
 	printf "k%d:{\"id\":%d,\"kind\":\"order.created\",\"amount\":%d.%02d,\"note\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n",

@@ -30,7 +30,7 @@ connect=$here/../debezium/connect.sh
 "$connect" fetch
 bench_start_broker
 bench_start_pg "infra.kafka_brokers=$bootstrap" "wal_level=logical" "max_replication_slots=4" "max_wal_senders=4"
-bench_on_exit() { as_test_user env INFRA_CACHE="$INFRA_CACHE" "$connect" kill "$work/connect" >/dev/null 2>&1 || true; }
+bench_on_exit() { as_test_user "$connect" kill "$work/connect" >/dev/null 2>&1 || true; }
 
 psql -X -q -c 'CREATE EXTENSION infra' -c "
 CREATE TABLE outbox (
@@ -41,7 +41,7 @@ CREATE TABLE outbox (
     payload text)"
 
 new_topic() {
-	as_test_user env INFRA_CACHE="$INFRA_CACHE" "$here/../kafka/broker.sh" create-topic "$work/kafka" "$1" 1 \
+	as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" "$1" 1 \
 		message.timestamp.type=LogAppendTime
 }
 # end_offset TOPIC: messages on partition 0.
@@ -126,7 +126,7 @@ dbz_run() {
 	as_test_user mkdir -p "$work/connect"
 	connector "$setting" "$setting" >"$work/connector_$setting.properties"
 	rm -f "$work/connect/offsets"
-	as_test_user env INFRA_CACHE="$INFRA_CACHE" "$connect" start "$work/connect" "$work/worker.properties" "$work/connector_$setting.properties"
+	as_test_user "$connect" start "$work/connect" "$work/worker.properties" "$work/connector_$setting.properties"
 	# With snapshot.mode = no_data, what commits before its slot streams is
 	# not captured: wait for the slot to be in use.
 	for _ in $(seq 1 600); do
@@ -165,7 +165,7 @@ dbz_run() {
 	sleep 10
 	after=$(cpu_ticks)
 	echo "idle dbz_$setting $(awk -v d=$((after - before)) -v hz="$(getconf CLK_TCK)" 'BEGIN { printf "%.1f", d / hz / 10 * 100 }')" >>"$work/results"
-	as_test_user env INFRA_CACHE="$INFRA_CACHE" "$connect" stop "$work/connect"
+	as_test_user "$connect" stop "$work/connect"
 	psql -X -q -c "SELECT pg_drop_replication_slot('dbz_$setting')" >/dev/null 2>&1 || true
 }
 

@@ -18,7 +18,7 @@ bench_cleanup() {
 trap bench_cleanup EXIT
 
 bench_start_broker() {
-	as_test_user env INFRA_CACHE="$INFRA_CACHE" "$here/../kafka/broker.sh" start "$work/kafka"
+	as_test_user "$here/../kafka/broker.sh" start "$work/kafka"
 	bootstrap=$(cat "$work/kafka/bootstrap")
 }
 

@@ -48,20 +48,9 @@ start() {
 	local worker=$3 i
 	shift 3
 	mkdir -p "$dir"
-	cat >"$dir/log4j2.properties" <<PROPS
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = $dir/connect.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = file
-logger.kafka.name = org.apache.kafka
-logger.kafka.level = warn
-logger.connect.name = org.apache.kafka.connect.runtime.Connect
-logger.connect.level = info
-PROPS
+	# "Kafka Connect started" is how start() knows it is up.
+	java_log_config "$dir/log4j2.properties" "$dir/connect.log" \
+		"logger.connect.name = org.apache.kafka.connect.runtime.Connect" "logger.connect.level = info"
 	nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$dir/log4j2.properties" \
 		-cp "$CONNECT_LIB/*" org.apache.kafka.connect.cli.ConnectStandalone "$worker" "$@" \
 		>>"$dir/connect.out" 2>&1 </dev/null &

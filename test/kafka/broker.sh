@@ -64,20 +64,8 @@ num.io.threads=2
 num.recovery.threads.per.data.dir=1
 log.cleaner.threads=1
 PROPS
-	cat >"$dir/log4j2.properties" <<PROPS
-status = warn
-appender.file.type = File
-appender.file.name = file
-appender.file.fileName = $dir/server.log
-appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
-rootLogger.level = info
-rootLogger.appenderRef.file.ref = file
-logger.kafka.name = org.apache.kafka
-logger.kafka.level = warn
-logger.state.name = state.change.logger
-logger.state.level = warn
-PROPS
+	java_log_config "$dir/log4j2.properties" "$dir/server.log" \
+		"logger.state.name = state.change.logger" "logger.state.level = warn"
 }
 
 configure() {
