@@ -657,7 +657,12 @@ KafkaCommitsDurable(XLogRecPtr async_commit_lsn)
 	if (!XLogRecPtrIsInvalid(async_commit_lsn) && XLogNeedsFlush(async_commit_lsn))
 		XLogFlush(async_commit_lsn);
 	if (!StandbysWaitWanted())
+	{
+		/* The setting was turned off while waiting: no reason is left. */
+		if (my_stats->waiting_for[0] != '\0')
+			KafkaSetWaiting(NULL);
 		return true;
+	}
 	lsn = GetFlushRecPtr(NULL);
 	initStringInfo(&why);
 	for (;;)

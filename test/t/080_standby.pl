@@ -121,6 +121,14 @@ ok( wait_until(
 	'kafka_stats.waiting_for says which standbys it waits for');
 note $primary->safe_psql('postgres', 'SELECT waiting_for FROM infra.kafka_stats');
 is(scalar(grep { $_->[0] eq 'standby away' } consume($topic)), 0, 'Kafka does not have it yet');
+# Turned off while waiting: the message goes, and no stale reason stays.
+$primary->safe_psql('postgres', "ALTER SYSTEM RESET infra.kafka_wait_for_standbys; SELECT pg_reload_conf()");
+ok(flushed($primary, 60), 'the setting turned off: the message goes');
+is($primary->safe_psql('postgres', 'SELECT waiting_for IS NULL FROM infra.kafka_stats'), 't',
+	'and kafka_stats no longer says it waits');
+$primary->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_wait_for_standbys = 'ANY 1 (standby)'; SELECT pg_reload_conf()");
+$primary->safe_psql('postgres', "SELECT infra.kafka_send('$topic', 'standby away again')");
+ok(!flushed($primary, 2), 'on again, with the standby away: the next message waits');
 $standby->start;
 ok(flushed($primary, 60), 'the standby back: the message goes');
 is($primary->safe_psql('postgres', 'SELECT waiting_for IS NULL FROM infra.kafka_stats'), 't',
