@@ -66,9 +66,14 @@ BRIDGE_SRCS = $(sort $(wildcard bridge/*.c))
 # It is a libpq client, built against the system's libpq (libpq-dev's
 # pg_config), whichever server version the extension is built for.
 LIBPQ_CONFIG ?= /usr/bin/pg_config
+# bridge/json.c parses JSON with PostgreSQL's own parser: the frontend
+# libpgcommon and libpgport of the same installation (server headers).
 BRIDGE_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -O2 -g -Wall -Wextra \
-	-Wno-unused-parameter -Werror -I$(shell $(LIBPQ_CONFIG) --includedir)
-BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lpthread -L$(shell $(LIBPQ_CONFIG) --libdir) -lpq
+	-Wno-unused-parameter -Werror -I$(shell $(LIBPQ_CONFIG) --includedir) \
+	-I$(shell $(LIBPQ_CONFIG) --includedir-server)
+BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lpthread \
+	-L$(shell $(LIBPQ_CONFIG) --pkglibdir) -lpgcommon -lpgport \
+	-L$(shell $(LIBPQ_CONFIG) --libdir) -lpq
 
 # WITH_BRIDGE=no: the extension alone (its Debian package; the bridge has
 # its own).

@@ -170,6 +170,8 @@ typedef struct Column
 	char		name[64];		/* as in the catalog */
 	char		quoted[140];	/* quote_ident */
 	char		type[64];		/* format_type */
+	char		typtype;		/* pg_type's: b base, d domain, e enum, ... */
+	char		typcategory;	/* pg_type's: A array, ... */
 	bool		has_default;
 } Column;
 
@@ -287,8 +289,9 @@ load_columns(RouteTargets *rt)
 
 	res = PQexecParams(conn,
 					   "SELECT attname, quote_ident(attname), format_type(atttypid, atttypmod),"
-					   " atthasdef OR attidentity <> '' OR attgenerated <> ''"
-					   " FROM pg_attribute WHERE attrelid = $1::regclass AND attnum > 0"
+					   " atthasdef OR attidentity <> '' OR attgenerated <> '', typtype, typcategory"
+					   " FROM pg_attribute JOIN pg_type ON pg_type.oid = atttypid"
+					   " WHERE attrelid = $1::regclass AND attnum > 0"
 					   " AND NOT attisdropped ORDER BY attnum",
 					   1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
@@ -308,6 +311,8 @@ load_columns(RouteTargets *rt)
 		snprintf(c->quoted, sizeof(c->quoted), "%s", PQgetvalue(res, i, 1));
 		snprintf(c->type, sizeof(c->type), "%s", PQgetvalue(res, i, 2));
 		c->has_default = strcmp(PQgetvalue(res, i, 3), "t") == 0;
+		c->typtype = PQgetvalue(res, i, 4)[0];
+		c->typcategory = PQgetvalue(res, i, 5)[0];
 	}
 	PQclear(res);
 	return true;
@@ -396,7 +401,7 @@ add_json_column_targets(RouteTargets *rt)
 		{
 			const Column *c = route_column(rt->cols, rt->ncols, tok, rt->route, rt->table);
 
-			if (c == NULL || !add_target(rt, c, FIELD_VALUE_TEXT, "r.%s", c->quoted))
+			if (c == NULL || !add_target(rt, c, FIELD_JSON_KEY, "r.%s", c->quoted))
 				return false;
 		}
 		return true;
@@ -409,7 +414,7 @@ add_json_column_targets(RouteTargets *rt)
 			taken |= rt->target[t] == &rt->cols[i];
 		/* Columns with defaults keep them unless listed. */
 		if (!rt->cols[i].has_default && !taken &&
-			!add_target(rt, &rt->cols[i], FIELD_VALUE_TEXT, "r.%s", rt->cols[i].quoted))
+			!add_target(rt, &rt->cols[i], FIELD_JSON_KEY, "r.%s", rt->cols[i].quoted))
 			return false;
 	}
 	return true;
@@ -532,10 +537,25 @@ build_insert(RouteTargets *rt, char **sql)
 }
 
 /*
- * One value into one column, no conflict handling, no dedupe: the batch
- * can be COPYed straight into the table, the way a hand-written pipeline
- * would (the staging path is the fallback when that COPY meets a bad
- * message); binary when every column has a binary form the bridge writes.
+ * Can a json_columns route COPY this column the JSON value's text (json.c
+ * picks it) and get what jsonb_populate_record would give it?  Scalar
+ * types (base, enum, range, multirange; not arrays, composites, domains,
+ * json), and jsonb.
+ */
+static bool
+json_key_direct(const Column *c)
+{
+	return strchr("berm", c->typtype) != NULL && c->typcategory != 'A' &&
+		strcmp(c->type, "json") != 0;
+}
+
+/*
+ * No conflict handling, no dedupe: the batch can be COPYed straight into
+ * the table, the way a hand-written pipeline would (the staging path is
+ * the fallback when that COPY meets a bad message): one value into one
+ * column, binary when every column has a binary form the bridge writes;
+ * or json_columns, text, the bridge picking the JSON keys out itself when
+ * every such column is one json_key_direct allows.
  */
 static void
 build_copy(RouteTargets *rt, RouteSql *rs)
@@ -543,12 +563,23 @@ build_copy(RouteTargets *rt, RouteSql *rs)
 	const BridgeRoute *route = rt->route;
 	Buf			copy = {0};
 	int			t;
+	int			k;
 
 	free(rs->copy);
 	rs->copy = NULL;
-	if (route->format == FORMAT_JSON_COLUMNS || route->upsert || route->dedupe)
+	for (k = 0; k < rs->shape.nkeys; k++)
+		free((char *) rs->shape.keys[k]);
+	rs->shape.nkeys = 0;
+	if (route->upsert || route->dedupe || rt->nt > SHAPE_MAX_FIELDS)
 		return;
-	rs->shape.binary = true;
+	for (t = 0; t < rt->nt; t++)
+		if (rt->fields[t] == FIELD_JSON_KEY && !json_key_direct(rt->target[t]))
+		{
+			log_info("route \"%s\": column %s (%s) is filled by jsonb_populate_record on the server",
+					 route->name, rt->target[t]->quoted, rt->target[t]->type);
+			return;
+		}
+	rs->shape.binary = route->format != FORMAT_JSON_COLUMNS;
 	buf_printf(&copy, "COPY %s (", rt->table);
 	for (t = 0; t < rt->nt; t++)
 	{
@@ -556,6 +587,13 @@ build_copy(RouteTargets *rt, RouteSql *rs)
 		rs->shape.fields[t] = rt->fields[t];
 		rs->shape.forms[t] = binary_form(rt->fields[t], rt->target[t]->type);
 		rs->shape.binary &= rs->shape.forms[t] != BINARY_NONE;
+		if (rt->fields[t] == FIELD_JSON_KEY)
+		{
+			k = rs->shape.nkeys++;
+			rs->shape.keys[k] = strdup(rt->target[t]->name);
+			rs->shape.raw[k] = strcmp(rt->target[t]->type, "jsonb") == 0;
+			rs->shape.key_of[t] = k;
+		}
 	}
 	buf_puts(&copy, rs->shape.binary ? ") FROM STDIN (FORMAT binary)" : ") FROM STDIN");
 	rs->shape.nfields = rt->nt;
@@ -720,16 +758,17 @@ copy_send(Buf *data)
 }
 
 /*
- * End the COPY and return its outcome: the server's last result, whose
- * status the caller checks (NULL when the connection is gone).
+ * End the COPY (abort it, with that error, when error is not NULL) and
+ * return its outcome: the server's last result, whose status the caller
+ * checks (NULL when the connection is gone).
  */
 static PGresult *
-copy_end(void)
+copy_end(const char *error)
 {
 	PGresult   *res;
 	PGresult   *last = NULL;
 
-	(void) PQputCopyEnd(conn, NULL);
+	(void) PQputCopyEnd(conn, error);
 	while ((res = PQgetResult(conn)) != NULL)
 	{
 		if (last != NULL)
@@ -873,7 +912,9 @@ copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_
 			const int *routes, Buf *copy, Buf *scratch, long long *written)
 {
 	const RouteSql *rs = &route_sql[r];
+	bool		json = config->routes[r].format == FORMAT_JSON_COLUMNS;
 	PGresult   *res = copy_start(rs->copy);
+	Buf			picked = {0};
 	int			i;
 
 	if (res == NULL)
@@ -883,17 +924,30 @@ copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_
 			binary_header(copy);
 		for (i = lo; i <= hi; i++)
 		{
-			if (routes[i] == r && rs->shape.binary)
+			if (routes[i] != r)
+				continue;
+			if (rs->shape.binary)
 				binary_row(copy, scratch, &rs->shape, messages[i]);
-			else if (routes[i] == r)
+			else if (!json)
 				direct_row(copy, scratch, &rs->shape, messages[i]);
+			else if (!json_columns_row(copy, scratch, &picked, &rs->shape, messages[i]))
+			{
+				/* Not certain to read as the server would: it decides. */
+				free(picked.data);
+				PQclear(copy_end("a message for the staging path"));
+				log_debug("route \"%s\": message at %s [%d] offset %lld goes through the staging table",
+						  config->routes[r].name, rd_kafka_topic_name(messages[i]->rkt),
+						  (int) messages[i]->partition, (long long) messages[i]->offset);
+				return DIRECT_BAD_DATA;
+			}
 			if (copy->len >= COPY_PIECE && !copy_send(copy))
 				break;
 		}
+		free(picked.data);
 		if (rs->shape.binary)
 			buf_be(copy, UINT16_MAX, 2);	/* the trailer */
 		(void) copy_send(copy);
-		res = copy_end();
+		res = copy_end(NULL);
 	}
 	if (res != NULL && PQresultStatus(res) == PGRES_COMMAND_OK)
 	{
@@ -939,7 +993,7 @@ write_staged(const BridgeConfig *config, rd_kafka_message_t **messages, int n, c
 	if (res == NULL)
 	{
 		(void) copy_send(copy);
-		res = copy_end();
+		res = copy_end(NULL);
 	}
 	if (res == NULL || PQresultStatus(res) != PGRES_COMMAND_OK)
 	{

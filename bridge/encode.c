@@ -21,6 +21,7 @@
 
 #include "buf.h"
 #include "encode.h"
+#include "json.h"
 
 
 /*
@@ -55,6 +56,8 @@ binary_form(CopyField field, const char *type)
 			return strcmp(type, "bigint") == 0 ? BINARY_INT8 : BINARY_NONE;
 		case FIELD_TIMESTAMP:
 			return strcmp(type, "timestamp with time zone") == 0 ? BINARY_TIMESTAMPTZ : BINARY_NONE;
+		case FIELD_JSON_KEY:
+			return BINARY_NONE;
 	}
 	return BINARY_NONE;
 }
@@ -276,6 +279,58 @@ stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *ms
 	buf_puts(b, "\n");
 }
 
+/* One metadata or whole-value field of a direct COPY row, text format. */
+static void
+direct_field(Buf *b, Buf *scratch, CopyField field, const rd_kafka_message_t *msg)
+{
+	const void *id;
+	size_t		id_size;
+
+	switch (field)
+	{
+		case FIELD_VALUE_TEXT:
+			if (msg->payload == NULL)
+				buf_puts(b, "\\N");
+			else
+				copy_text(b, msg->payload, msg->len);
+			break;
+		case FIELD_VALUE_BYTEA:
+			copy_bytea(b, msg->payload, msg->len);
+			break;
+		case FIELD_TOPIC:
+			{
+				const char *topic = rd_kafka_topic_name(msg->rkt);
+
+				copy_text(b, topic, strlen(topic));
+				break;
+			}
+		case FIELD_PARTITION:
+			buf_int(b, msg->partition);
+			break;
+		case FIELD_OFFSET:
+			buf_int(b, msg->offset);
+			break;
+		case FIELD_KEY_TEXT:
+			if (msg->key == NULL)
+				buf_puts(b, "\\N");
+			else
+				copy_text(b, msg->key, msg->key_len);
+			break;
+		case FIELD_KEY_BYTEA:
+			copy_bytea(b, msg->key, msg->key_len);
+			break;
+		case FIELD_TIMESTAMP:
+			copy_timestamp(b, msg);
+			break;
+		case FIELD_HEADERS:
+			copy_headers(b, scratch, msg, &id, &id_size);
+			break;
+		case FIELD_JSON_KEY:
+			buf_puts(b, "\\N");	/* json_columns_row's */
+			break;
+	}
+}
+
 /*
  * One row of a route's direct COPY: its columns, in their order.
  */
@@ -286,53 +341,40 @@ direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *
 
 	for (f = 0; f < rs->nfields; f++)
 	{
-		const void *id;
-		size_t		id_size;
-
 		if (f > 0)
 			buf_puts(b, "\t");
-		switch (rs->fields[f])
-		{
-			case FIELD_VALUE_TEXT:
-				if (msg->payload == NULL)
-					buf_puts(b, "\\N");
-				else
-					copy_text(b, msg->payload, msg->len);
-				break;
-			case FIELD_VALUE_BYTEA:
-				copy_bytea(b, msg->payload, msg->len);
-				break;
-			case FIELD_TOPIC:
-				{
-					const char *topic = rd_kafka_topic_name(msg->rkt);
-
-					copy_text(b, topic, strlen(topic));
-					break;
-				}
-			case FIELD_PARTITION:
-				buf_int(b, msg->partition);
-				break;
-			case FIELD_OFFSET:
-				buf_int(b, msg->offset);
-				break;
-			case FIELD_KEY_TEXT:
-				if (msg->key == NULL)
-					buf_puts(b, "\\N");
-				else
-					copy_text(b, msg->key, msg->key_len);
-				break;
-			case FIELD_KEY_BYTEA:
-				copy_bytea(b, msg->key, msg->key_len);
-				break;
-			case FIELD_TIMESTAMP:
-				copy_timestamp(b, msg);
-				break;
-			case FIELD_HEADERS:
-				copy_headers(b, scratch, msg, &id, &id_size);
-				break;
-		}
+		direct_field(b, scratch, rs->fields[f], msg);
 	}
 	buf_puts(b, "\n");
+}
+
+/*
+ * One row of a json_columns route's direct COPY (text format), the JSON
+ * keys' values picked by json.c into picked.  False, nothing written, when
+ * the message must go through the staging path (json.c says when).
+ */
+bool
+json_columns_row(Buf *b, Buf *scratch, Buf *picked, const CopyShape *rs, const rd_kafka_message_t *msg)
+{
+	JsonPick	picks[SHAPE_MAX_FIELDS];
+	int			f;
+
+	picked->len = 0;
+	if (!json_pick(msg->payload, msg->len, rs->keys, rs->raw, rs->nkeys, picks, picked))
+		return false;
+	for (f = 0; f < rs->nfields; f++)
+	{
+		if (f > 0)
+			buf_puts(b, "\t");
+		if (rs->fields[f] != FIELD_JSON_KEY)
+			direct_field(b, scratch, rs->fields[f], msg);
+		else if (picks[rs->key_of[f]].kind == JSON_PICK_VALUE)
+			copy_text(b, picked->data + picks[rs->key_of[f]].off, picks[rs->key_of[f]].len);
+		else
+			buf_puts(b, "\\N");
+	}
+	buf_puts(b, "\n");
+	return true;
 }
 
 /* A big-endian integer of this many bytes, as binary COPY has them. */
@@ -442,6 +484,9 @@ binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *
 					binary_bytes(b, form, scratch->data, scratch->len);
 				else
 					binary_bytes(b, form, NULL, 0);
+				break;
+			case FIELD_JSON_KEY:	/* json_columns routes COPY text */
+				binary_bytes(b, form, NULL, 0);
 				break;
 		}
 	}

@@ -28,7 +28,8 @@ typedef enum CopyField
 	FIELD_KEY_TEXT,
 	FIELD_KEY_BYTEA,
 	FIELD_TIMESTAMP,
-	FIELD_HEADERS
+	FIELD_HEADERS,
+	FIELD_JSON_KEY				/* json_columns: a top-level key's value */
 } CopyField;
 
 /*
@@ -46,13 +47,23 @@ typedef enum BinaryForm
 } BinaryForm;
 
 
-/* What the columns of a route's direct COPY get, and in which form. */
+/* Columns of a route's COPY at most. */
+#define SHAPE_MAX_FIELDS 256
+
+/*
+ * What the columns of a route's direct COPY get, and in which form; for
+ * FIELD_JSON_KEY, which key of keys (a jsonb column's: raw).
+ */
 typedef struct CopyShape
 {
 	bool		binary;			/* the COPY is in binary format */
-	CopyField	fields[META_COUNT + 1];
-	BinaryForm	forms[META_COUNT + 1];
+	CopyField	fields[SHAPE_MAX_FIELDS];
+	BinaryForm	forms[SHAPE_MAX_FIELDS];
+	int			key_of[SHAPE_MAX_FIELDS];
 	int			nfields;
+	const char *keys[SHAPE_MAX_FIELDS];
+	bool		raw[SHAPE_MAX_FIELDS];
+	int			nkeys;
 } CopyShape;
 
 extern void buf_be(Buf *b, uint64_t v, int bytes);
@@ -60,6 +71,8 @@ extern void buf_be(Buf *b, uint64_t v, int bytes);
 extern BinaryForm binary_form(CopyField field, const char *type);
 extern void stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg);
 extern void direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg);
+extern bool json_columns_row(Buf *b, Buf *scratch, Buf *picked, const CopyShape *rs,
+							 const rd_kafka_message_t *msg);
 extern void binary_header(Buf *b);
 extern void binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg);
 

@@ -98,4 +98,28 @@ extern PGDLLEXPORT void _PG_init(void);
  */
 extern PGDLLIMPORT bool redirection_done;
 
+/*
+ * infra-bridge's json_columns routes parse JSON with PostgreSQL's own parser
+ * (common/jsonapi.h, frontend libpgcommon).  Its callbacks return an error
+ * code from PostgreSQL 16; from 17 its lexer lives where the caller says
+ * and freeJsonLexContext frees it.
+ */
+#if PG_VERSION_NUM >= 160000
+#define InfraJsonCallbackResult JsonParseErrorType
+#define INFRA_JSON_CALLBACK_DONE return JSON_SUCCESS
+#else
+#define InfraJsonCallbackResult void
+#define INFRA_JSON_CALLBACK_DONE return
+#endif
+#if PG_VERSION_NUM >= 170000
+#define InfraJsonLexMake(storage, json, len) \
+	makeJsonLexContextCstringLen(&(storage), (json), (len), PG_UTF8, true)
+#define InfraJsonLexFree(lex) freeJsonLexContext(lex)
+#else
+#define InfraJsonLexMake(storage, json, len) \
+	((void) &(storage), makeJsonLexContextCstringLen((json), (len), PG_UTF8, true))
+#define InfraJsonLexFree(lex) \
+	do { pfree((lex)->strval->data); pfree((lex)->strval); pfree(lex); } while (0)
+#endif
+
 #endif							/* INFRA_COMPAT_H */
