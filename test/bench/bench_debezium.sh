@@ -17,8 +17,10 @@
 #  Sink: infra-bridge against Debezium's JDBC sink connector and COPY FROM a
 #  file, 1,000,000 JSON messages, into jsonb and onto typed columns, with
 #  PostgreSQL's CPU per row (debezium/sink.sh).
-#  Faults: each tool SIGKILLed mid-stream and restarted; lost and duplicated
-#  messages / rows counted (debezium/faults.sh).
+#  Faults: each tool SIGKILLed mid-stream and restarted (and infra's worker
+#  stopped with pg_terminate_backend); lost and duplicated messages / rows
+#  counted; what killing the worker costs the other sessions
+#  (debezium/faults.sh).
 # Prints the ratios against the targets.  BENCH_PARTS picks parts (default
 # "outbox sink faults").
 set -euo pipefail
@@ -52,7 +54,119 @@ plugin.path=$INFRA_CACHE/debezium-3.6/plugins
 connector.client.config.override.policy=All
 listeners=http://127.0.0.1:$connect_port
 EOF
-for part in ${BENCH_PARTS:-outbox sink}; do
+psql -X -q -c "
+CREATE TABLE outbox (
+    id bigserial PRIMARY KEY,
+    aggregatetype text NOT NULL,
+    aggregateid text NOT NULL,
+    type text NOT NULL,
+    payload text)"
+
+new_topic() {
+	as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" "$1" 1 \
+		message.timestamp.type=LogAppendTime
+}
+# end_offset TOPIC: messages on partition 0.
+end_offset() { kcat -Q -b "$bootstrap" -t "$1:0:-1" 2>/dev/null | awk '{ print $NF }'; }
+wait_count() {
+	local t=$1 n=$2 i
+	for i in $(seq 1 6000); do
+		[ "$(end_offset "$t")" -ge "$n" ] 2>/dev/null && return 0
+		sleep 0.1
+	done
+	die "topic $t has $(end_offset "$t") of $n messages after 600 s"
+}
+# last_append TOPIC: the broker's timestamp of its last message, in ms.
+last_append() {
+	local end
+	end=$(end_offset "$1")
+	kcat -C -b "$bootstrap" -t "$1" -p 0 -o $((end - 1)) -c 1 -q -f '%T\n'
+}
+
+connector() {  # connector NAME TUNED: the outbox connector's properties
+	cat <<EOF
+name=$1
+connector.class=io.debezium.connector.postgresql.PostgresConnector
+plugin.name=pgoutput
+database.hostname=127.0.0.1
+database.port=$port
+database.user=postgres
+database.password=unused
+database.dbname=postgres
+topic.prefix=dbz_$1
+table.include.list=public.outbox
+publication.name=dbz_$1
+publication.autocreate.mode=filtered
+slot.name=dbz_$1
+snapshot.mode=no_data
+tombstones.on.delete=false
+transforms=outbox
+transforms.outbox.type=io.debezium.transforms.outbox.EventRouter
+transforms.outbox.route.topic.replacement=\${routedByValue}
+EOF
+	if [ "$2" = tuned ]; then
+		cat <<EOF
+poll.interval.ms=1
+max.batch.size=20480
+max.queue.size=81920
+producer.override.enable.idempotence=true
+producer.override.acks=all
+producer.override.linger.ms=5
+producer.override.batch.size=262144
+EOF
+	fi
+}
+
+# sink_connector NAME TOPIC TABLE SETTING: its configuration as JSON for the
+# REST API; "tuned" per the connector's documentation.
+sink_connector() {
+	local url="jdbc:postgresql://127.0.0.1:$port/postgres" tuned=
+	if [ "$4" = tuned ]; then
+		url="$url?reWriteBatchedInserts=true"
+		tuned=$(printf ', "%s": "%s"' \
+			tasks.max "${BENCH_DBZ_TASKS:-4}" \
+			batch.size "${BENCH_DBZ_BATCH:-10000}" \
+			consumer.override.max.poll.records "${BENCH_DBZ_BATCH:-10000}")
+	fi
+	printf '{ "name": "%s", "config": { "name": "%s"' "$1" "$1"
+	printf ', "%s": "%s"' \
+		connector.class io.debezium.connector.jdbc.JdbcSinkConnector \
+		topics "$2" \
+		connection.url "$url" \
+		connection.username postgres \
+		connection.password unused \
+		insert.mode insert \
+		primary.key.mode none \
+		schema.evolution none \
+		collection.name.format "$3" \
+		key.converter org.apache.kafka.connect.storage.StringConverter \
+		value.converter org.apache.kafka.connect.json.JsonConverter \
+		value.converter.schemas.enable true \
+		consumer.override.auto.offset.reset earliest
+	printf '%s } }\n' "$tuned"
+}
+# sink_messages N: N JSON messages (at least) in $work/sink_*.txt, the same
+# rows four ways: plain JSON (the bridge), JSON with an inline schema (the
+# JDBC sink; jsonb path: the value as one io.debezium.data.Json string;
+# typed path: a struct), and files for COPY.
+sink_messages() {
+	[ -f "$work/sink_plain.txt" ] && [ "$(wc -l <"$work/sink_plain.txt")" -ge "$1" ] && return 0
+	awk -v n="$1" -v dir="$work" 'BEGIN {
+	js = "{\"schema\":{\"type\":\"struct\",\"optional\":false,\"fields\":[{\"field\":\"payload\",\"type\":\"string\",\"optional\":false,\"name\":\"io.debezium.data.Json\"}]},\"payload\":{\"payload\":\""
+	ts = "{\"schema\":{\"type\":\"struct\",\"optional\":false,\"fields\":[{\"field\":\"id\",\"type\":\"int64\",\"optional\":false},{\"field\":\"kind\",\"type\":\"string\",\"optional\":false},{\"field\":\"amount\",\"type\":\"double\",\"optional\":false},{\"field\":\"note\",\"type\":\"string\",\"optional\":false}]},\"payload\":"
+	for (i = 1; i <= n; i++) {
+		v = sprintf("{\"id\":%d,\"kind\":\"order.created\",\"amount\":%d.%02d,\"note\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}", i, i % 1000, i % 100)
+		e = v; gsub(/"/, "\\\"", e)
+		print "k" i ":" v > (dir "/sink_plain.txt")
+		print "k" i ":" js e "\"}}" > (dir "/sink_dbz_json.txt")
+		print "k" i ":" ts v "}" > (dir "/sink_dbz_typed.txt")
+		print v > (dir "/sink_copy_json.txt")
+		printf "%d\torder.created\t%d.%02d\txxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n", i, i % 1000, i % 100 > (dir "/sink_copy_typed.txt")
+	}
+}'
+}
+
+for part in ${BENCH_PARTS:-outbox sink faults}; do
 	. "$here/debezium/$part.sh"
 	echo
 done

@@ -1,34 +1,5 @@
 # Sourced by bench_debezium.sh: the outbox side (see there).
 
-psql -X -q -c "
-CREATE TABLE outbox (
-    id bigserial PRIMARY KEY,
-    aggregatetype text NOT NULL,
-    aggregateid text NOT NULL,
-    type text NOT NULL,
-    payload text)"
-
-new_topic() {
-	as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" "$1" 1 \
-		message.timestamp.type=LogAppendTime
-}
-# end_offset TOPIC: messages on partition 0.
-end_offset() { kcat -Q -b "$bootstrap" -t "$1:0:-1" 2>/dev/null | awk '{ print $NF }'; }
-wait_count() {
-	local t=$1 n=$2 i
-	for i in $(seq 1 6000); do
-		[ "$(end_offset "$t")" -ge "$n" ] 2>/dev/null && return 0
-		sleep 0.1
-	done
-	die "topic $t has $(end_offset "$t") of $n messages after 600 s"
-}
-# last_append TOPIC: the broker's timestamp of its last message, in ms.
-last_append() {
-	local end
-	end=$(end_offset "$1")
-	kcat -C -b "$bootstrap" -t "$1" -p 0 -o $((end - 1)) -c 1 -q -f '%T\n'
-}
-
 payload="repeat('x', 92) || lpad(g::text, 8, '0')"   # 100 bytes, unique
 statements() {  # statements KIND FILE: the throughput run's transactions
 	: >"$2"
@@ -40,40 +11,6 @@ statements() {  # statements KIND FILE: the throughput run's transactions
 			echo "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT '$3', 'k' || (g % 100), 'e', $payload FROM generate_series($((b * per_txn + 1)), $(((b + 1) * per_txn))) g;"
 		fi
 	done >>"$2"
-}
-
-connector() {  # connector NAME TUNED: the outbox connector's properties
-	cat <<EOF
-name=$1
-connector.class=io.debezium.connector.postgresql.PostgresConnector
-plugin.name=pgoutput
-database.hostname=127.0.0.1
-database.port=$port
-database.user=postgres
-database.password=unused
-database.dbname=postgres
-topic.prefix=dbz_$1
-table.include.list=public.outbox
-publication.name=dbz_$1
-publication.autocreate.mode=filtered
-slot.name=dbz_$1
-snapshot.mode=no_data
-tombstones.on.delete=false
-transforms=outbox
-transforms.outbox.type=io.debezium.transforms.outbox.EventRouter
-transforms.outbox.route.topic.replacement=\${routedByValue}
-EOF
-	if [ "$2" = tuned ]; then
-		cat <<EOF
-poll.interval.ms=1
-max.batch.size=20480
-max.queue.size=81920
-producer.override.enable.idempotence=true
-producer.override.acks=all
-producer.override.linger.ms=5
-producer.override.batch.size=262144
-EOF
-	fi
 }
 
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(cat "$work/connect/connect.pid")/stat"; }

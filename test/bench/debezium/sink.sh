@@ -51,22 +51,7 @@ sink_done() {
 }
 
 # --- the messages ------------------------------------------------------------------
-# The same rows three ways: plain JSON (the bridge), JSON with an inline schema
-# (the JDBC sink; jsonb path: the value as one io.debezium.data.Json string;
-# typed path: a struct), and files for COPY.
-awk -v n="$sink_n" -v dir="$work" 'BEGIN {
-	js = "{\"schema\":{\"type\":\"struct\",\"optional\":false,\"fields\":[{\"field\":\"payload\",\"type\":\"string\",\"optional\":false,\"name\":\"io.debezium.data.Json\"}]},\"payload\":{\"payload\":\""
-	ts = "{\"schema\":{\"type\":\"struct\",\"optional\":false,\"fields\":[{\"field\":\"id\",\"type\":\"int64\",\"optional\":false},{\"field\":\"kind\",\"type\":\"string\",\"optional\":false},{\"field\":\"amount\",\"type\":\"double\",\"optional\":false},{\"field\":\"note\",\"type\":\"string\",\"optional\":false}]},\"payload\":"
-	for (i = 1; i <= n; i++) {
-		v = sprintf("{\"id\":%d,\"kind\":\"order.created\",\"amount\":%d.%02d,\"note\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}", i, i % 1000, i % 100)
-		e = v; gsub(/"/, "\\\"", e)
-		print "k" i ":" v > (dir "/sink_plain.txt")
-		print "k" i ":" js e "\"}}" > (dir "/sink_dbz_json.txt")
-		print "k" i ":" ts v "}" > (dir "/sink_dbz_typed.txt")
-		print v > (dir "/sink_copy_json.txt")
-		printf "%d\torder.created\t%d.%02d\txxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\n", i, i % 1000, i % 100 > (dir "/sink_copy_typed.txt")
-	}
-}'
+sink_messages "$sink_n"
 chmod a+r "$work"/sink_copy_*.txt
 for t in sink_plain sink_dbz_json sink_dbz_typed; do
 	as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" "$t" 4
@@ -109,34 +94,6 @@ for path in json typed; do
 done
 
 # --- Debezium's JDBC sink ---------------------------------------------------------------
-# sink_connector NAME TOPIC TABLE SETTING: its configuration as JSON for the
-# REST API; "tuned" per the connector's documentation.
-sink_connector() {
-	local url="jdbc:postgresql://127.0.0.1:$port/postgres" tuned=
-	if [ "$4" = tuned ]; then
-		url="$url?reWriteBatchedInserts=true"
-		tuned=$(printf ', "%s": "%s"' \
-			tasks.max "${BENCH_DBZ_TASKS:-4}" \
-			batch.size "${BENCH_DBZ_BATCH:-10000}" \
-			consumer.override.max.poll.records "${BENCH_DBZ_BATCH:-10000}")
-	fi
-	printf '{ "name": "%s", "config": { "name": "%s"' "$1" "$1"
-	printf ', "%s": "%s"' \
-		connector.class io.debezium.connector.jdbc.JdbcSinkConnector \
-		topics "$2" \
-		connection.url "$url" \
-		connection.username postgres \
-		connection.password unused \
-		insert.mode insert \
-		primary.key.mode none \
-		schema.evolution none \
-		collection.name.format "$3" \
-		key.converter org.apache.kafka.connect.storage.StringConverter \
-		value.converter org.apache.kafka.connect.json.JsonConverter \
-		value.converter.schemas.enable true \
-		consumer.override.auto.offset.reset earliest
-	printf '%s } }\n' "$tuned"
-}
 rest() {
 	curl -fsS -X "$1" -H 'Content-Type: application/json' \
 		"http://127.0.0.1:$connect_port/connectors${2:-}" ${3:+--data-binary "@$3"}
