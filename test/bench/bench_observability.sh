@@ -5,12 +5,17 @@
 # 1. Paired TPS.  One cluster with pg_stat_statements and infra both
 #    preloaded; each configuration is a set of per-session settings
 #    (PGOPTIONS: pg_stat_statements.track, infra.query_metrics,
-#    infra.trace_sample_rate), so nothing restarts between them.  Each
-#    round runs every configuration for BENCH_SECONDS (default 2) right
-#    next to a run of the base configuration, base first in odd rounds and
-#    second in even ones (ABBA); a configuration's cost is the median over
-#    BENCH_ROUNDS rounds (default 12) of its TPS against its base run, with
-#    the quartiles as spread.
+#    infra.trace_sample_rate), so nothing restarts between them.  A pair
+#    is two pgbench runs (one client each) at the same time, the
+#    configuration's and the base's, for BENCH_SECONDS (default 2), each
+#    pgbench and its backend pinned to a CPU of its own (swapped every
+#    other round): the two sides run on like machines at the same moment,
+#    so their TPS ratio keeps what the configuration costs and little
+#    else.  Each round runs every pair; a configuration's cost is the median over
+#    BENCH_ROUNDS rounds (default 30) of 1 - its TPS / base's, with the 95%
+#    confidence interval of that median (order statistics: no assumption
+#    on the noise's shape), and a base-against-base pair (A/A) shows what the
+#    method resolves.
 #      base      both libraries loaded, everything off (tracing at sampling 0)
 #      pgss      pg_stat_statements.track = top (its default)
 #      qm        infra.query_metrics = on
@@ -28,7 +33,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib.sh"
 
 seconds=${BENCH_SECONDS:-2}
-rounds=${BENCH_ROUNDS:-12}
+rounds=${BENCH_ROUNDS:-30}
 statements=${BENCH_STATEMENTS:-1000}
 work=$(new_workdir infra-bench)
 receiver_pid=
@@ -36,7 +41,7 @@ receiver_pid=
 cleanup() {
 	as_test_user "$here/../pgcluster.sh" stop "$work/pg" >/dev/null 2>&1 || true
 	[ -n "$receiver_pid" ] && kill "$receiver_pid" 2>/dev/null
-	rm -rf "$work"
+	[ -n "${BENCH_KEEP:-}" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 
@@ -68,55 +73,63 @@ settings() {
 	echo "-c pg_stat_statements.track=$track -c infra.query_metrics=$qm -c infra.trace_sample_rate=$rate"
 }
 
-tps_of() {
-	local conf=$1
-	shift
-	PGOPTIONS=$(settings "$conf") pgbench -n -M prepared -c 4 -j 2 -T "$seconds" "$@" bench 2>/dev/null |
-		sed -n 's/^tps = \([0-9.]*\).*/\1/p'
+# pair X XSCRIPT B BSCRIPT CPU: configurations X and B, each running its
+# pgbench script (-S for the built-in select-only) with one client, at the
+# same time, each pgbench and its backend pinned to a CPU of its own: X's to
+# CPU (0 or 1), B's to the other.  Prints "tps_x tps_b".
+pair() {
+	local i conf script cpu pid
+	for i in x b; do
+		if [ "$i" = x ]; then conf=$1 script=$2 cpu=$5; else conf=$3 script=$4 cpu=$((1 - $5)); fi
+		# shellcheck disable=SC2046
+		PGAPPNAME=pair_$i PGOPTIONS=$(settings "$conf") taskset -c "$cpu" \
+			pgbench -n -M prepared -c 1 -j 1 -T "$seconds" \
+			$([ "$script" = -S ] && echo -S || echo -f "$script") bench >"$work/pair_$i" 2>/dev/null &
+	done
+	for i in x b; do
+		cpu=$([ "$i" = x ] && echo "$5" || echo $((1 - $5)))
+		pid=
+		while [ -z "$pid" ]; do
+			pid=$(psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pair_$i'")
+		done
+		taskset -p -c "$cpu" "$pid" >/dev/null
+	done
+	wait
+	echo "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pair_x") $(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pair_b")"
 }
 
 # --- 1. paired TPS -------------------------------------------------------------
-# Each configuration runs right next to base, in the order ABBA across
-# rounds, so that both sides of a pair see the same machine.
-configs="pgss qm trace1"
+configs="aa pgss qm trace1"
 for r in $(seq 1 "$rounds"); do
+	first=$((r % 2))   # X's CPU: 1 in odd rounds, 0 in even ones
 	for c in $configs; do
-		if [ $((r % 2)) = 1 ]; then
-			b=$(tps_of base -S)
-			x=$(tps_of "$c" -S)
-		else
-			x=$(tps_of "$c" -S)
-			b=$(tps_of base -S)
-		fi
-		echo "$r $c $x $b" >>"$work/tps"
+		echo "$r $c $(pair "$([ "$c" = aa ] && echo base || echo "$c")" -S base -S "$first")" >>"$work/tps"
 	done
-	if [ $((r % 2)) = 1 ]; then
-		b=$(tps_of base -f "$work/select1.sql")
-		x=$(tps_of base -f "$work/counter.sql")
-	else
-		x=$(tps_of base -f "$work/counter.sql")
-		b=$(tps_of base -f "$work/select1.sql")
-	fi
-	echo "$r counter $x $b" >>"$work/tps"
+	echo "$r counter $(pair base "$work/counter.sql" base "$work/select1.sql" "$first")" >>"$work/tps"
 done
 
-# quartiles: "p25 p50 p75" of the numbers on stdin.
-quartiles() {
-	sort -g | awk '{ v[NR] = $1 } END { printf "%.1f %.1f %.1f", v[int(NR * 0.25) + 1], v[int((NR + 1) / 2)], v[int(NR * 0.75) + 1] }'
+# median_ci: "lo median hi" of the numbers on stdin, lo..hi the 95%
+# confidence interval of the median: order statistics n/2 -+ 0.98 sqrt(n)
+# (the binomial's normal approximation).
+median_ci() {
+	sort -g | awk '{ v[NR] = $1 } END {
+		k = int(NR / 2 - 0.98 * sqrt(NR)); if (k < 1) k = 1
+		printf "%.1f %.1f %.1f", v[k], (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2), v[NR - k + 1] }'
 }
 # paired C: per round, (1 - C/base) * 100, the cost of C in % against the
-# base run next to it; quartiles over the rounds.
+# base run beside it; median and its interval over the rounds.
 paired() {
-	awk -v c="$1" '$2 == c { print (1 - $3 / $4) * 100 }' "$work/tps" | quartiles
+	awk -v c="$1" '$2 == c { print (1 - $3 / $4) * 100 }' "$work/tps" | median_ci
 }
-median_tps() { awk -v c="$1" -v f="$2" '$2 == c { print $f }' "$work/tps" | quartiles | awk '{ print $2 }'; }
+median_tps() { awk -v c="$1" -v f="$2" '$2 == c { print $f }' "$work/tps" | median_ci | awk '{ print $2 }'; }
 verdict() { awk -v v="$1" -v t="$2" 'BEGIN { print (v <= t ? "meets" : "MISSES") }'; }
 
-echo "paired TPS: pgbench -S -M prepared, 4 clients, scale 10, $rounds rounds of ${seconds}s, each run next to base (ABBA)"
-printf '%-34s %10s %10s   %s\n' configuration "median tps" "its base" "cost against base, %: median (quartiles)"
+echo "paired TPS: pgbench -S -M prepared, scale 10, $rounds rounds; each configuration (1 client) for ${seconds}s at the same time as base (1 client), each on a CPU of its own"
+printf '%-34s %10s %10s   %s\n' configuration "median tps" "its base" "cost against base, %: median (95% interval)"
 for c in $configs counter; do
 	read -r q1 q2 q3 <<<"$(paired "$c")"
 	label=$c
+	[ "$c" = aa ] && label="base against base (A/A)"
 	[ "$c" = counter ] && label="counter_inc() against SELECT 1"
 	printf '%-34s %10.0f %10.0f   %6s  (%s .. %s)\n' "$label" "$(median_tps "$c" 3)" "$(median_tps "$c" 4)" "$q2" "$q1" "$q3"
 done

@@ -41,6 +41,14 @@ sink_wait() {
 	die "polling $1 ended"
 }
 
+# sink_start: a checkpoint first, so that each run pays for its own; then
+# cpu0 and t0.
+sink_start() {
+	psql -X -q -c CHECKPOINT
+	cpu0=$(pg_cpu)
+	t0=$(now_ms)
+}
+
 # sink_done LABEL TABLE T0_MS CPU0: records rows, time and server CPU.
 sink_done() {
 	local end cpu rows
@@ -58,8 +66,11 @@ for t in sink_plain sink_dbz_json sink_dbz_typed; do
 	kcat -P -b "$bootstrap" -t "$t" -K : -l "$work/$t.txt" -X linger.ms=50 -X batch.num.messages=10000
 done
 for tool in bridge dbz dbzdef copy; do
-	psql -X -q -c "CREATE TABLE ${tool}_json (payload jsonb)" \
-		-c "CREATE TABLE ${tool}_typed (id bigint NOT NULL, kind text NOT NULL, amount numeric NOT NULL, note text NOT NULL)"
+	# Autovacuum off: its pass over a freshly loaded table would land in
+	# whichever tool's run comes next.
+	psql -X -q -c "CREATE TABLE ${tool}_json (payload jsonb) WITH (autovacuum_enabled = off)" \
+		-c "CREATE TABLE ${tool}_typed (id bigint NOT NULL, kind text NOT NULL, amount numeric NOT NULL, note text NOT NULL)
+			WITH (autovacuum_enabled = off)"
 done
 # The broker creates its group-offsets topic at a group's first use: not timed.
 timeout 60 kcat -b "$bootstrap" -G sink_warmup -X auto.offset.reset=earliest -c 1 -q -o beginning sink_plain >/dev/null 2>&1 || true
@@ -82,8 +93,7 @@ for path in json typed; do
 			echo "format = json_columns"
 		fi
 	} >"$work/bridge_$path.ini"
-	cpu0=$(pg_cpu)
-	t0=$(now_ms)
+	sink_start
 	"$PG_BINDIR/infra-bridge" --config "$work/bridge_$path.ini" 2>"$work/bridge_$path.log" &
 	sink_tool_pid=$!
 	sink_wait "bridge_$path" "$sink_n" infra-bridge
@@ -116,8 +126,7 @@ for setting in tuned defaults; do
 		[ $setting = tuned ] || [ $path = json ] || continue   # defaults: the jsonb path only
 		table=$([ $setting = tuned ] && echo dbz || echo dbzdef)_$path
 		sink_connector "$table" "sink_dbz_$path" "$table" "$setting" >"$work/$table.json"
-		cpu0=$(pg_cpu)
-		t0=$(now_ms)
+		sink_start
 		rest POST "" "$work/$table.json" >/dev/null
 		sink_wait "$table" "$sink_n" "Kafka Connect"
 		sink_done "$table" "$table" "$t0" "$cpu0"
@@ -128,8 +137,7 @@ as_test_user "$here/../debezium/connect.sh" stop "$work/connect"
 
 # --- COPY FROM a file ----------------------------------------------------------------------
 for path in json typed; do
-	cpu0=$(pg_cpu)
-	t0=$(now_ms)
+	sink_start
 	pid=$(psql -X -qAt -c 'SELECT pg_backend_pid()' -c "COPY copy_$path FROM '$work/sink_copy_$path.txt'")
 	# Its CPU counts once the postmaster has reaped the backend.
 	while [ -e "/proc/$pid" ]; do sleep 0.05; done
