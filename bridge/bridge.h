@@ -153,7 +153,25 @@ extern void metrics_set_routes(const BridgeConfig *config);
 extern void metrics_batch(const long long *consumed, const long long *written,
 						  const long long *dead, double seconds);
 extern void metrics_db_up(bool up);
-extern void metrics_lag(rd_kafka_t *rk);
+extern void metrics_lag(rd_kafka_t *rk, int64_t (*next_to_write) (const char *topic, int32_t partition),
+						int (*route_of) (const char *topic));
+extern void metrics_written(rd_kafka_message_t *const *msgs, const int *routes, int n);
+
+/* A partition whose message timestamps the probe looks up (-1: not that one). */
+typedef struct FreshTarget
+{
+	char		topic[256];
+	int32_t		partition;
+	int64_t		next_offset;	/* the oldest not yet written */
+	int64_t		newest_offset;	/* the newest on the broker */
+} FreshTarget;
+
+extern int	metrics_probe_targets(FreshTarget *targets, int max);
+extern void metrics_probe_result(const FreshTarget *t, int64_t next_ts, int64_t newest_ts);
+
+/* fresh.c: the probe thread */
+extern bool fresh_start(rd_kafka_conf_t *conf);
+extern void fresh_stop(void);
 
 /* Set by signal handlers. */
 extern volatile int bridge_stop;

@@ -32,6 +32,7 @@ typedef struct PartState
 	char		topic[256];
 	int32_t		partition;
 	int64_t		expected;		/* stored next_offset; -1: no row yet */
+	int64_t		start;			/* where reading resumed (-1: not known) */
 	int			batched;		/* its messages in the batch in flight */
 	int			writer;			/* the writer that writes them */
 	int			slot;			/* its PartitionWrite in that writer's job */
@@ -89,7 +90,29 @@ part_find(const char *topic, int32_t partition, bool create)
 	snprintf(parts[nparts].topic, sizeof(parts[nparts].topic), "%s", topic);
 	parts[nparts].partition = partition;
 	parts[nparts].expected = -1;
+	parts[nparts].start = -1;
 	return &parts[nparts++];
+}
+
+/* For the freshness gauges: the route of a topic (-1: none). */
+static int
+route_of(const char *topic)
+{
+	return config_route_for_topic(cfg, topic);
+}
+
+/*
+ * For the lag: the next offset of a partition to write, the stored one, or
+ * where reading started before any was stored; -1 when not known.
+ */
+static int64_t
+next_to_write(const char *topic, int32_t partition)
+{
+	PartState  *ps = part_find(topic, partition, false);
+
+	if (ps == NULL)
+		return -1;
+	return ps->expected >= 0 ? ps->expected : ps->start;
 }
 
 /*
@@ -193,7 +216,10 @@ resume_offset(PartState *ps, int64_t deadline)
 	if (!stored_offset(ps->topic, ps->partition, &next))
 		next = -1;
 	ps->expected = next;
-	return next >= 0 ? next : start_offset(ps->topic, ps->partition, deadline);
+	if (next < 0)
+		next = start_offset(ps->topic, ps->partition, deadline);
+	ps->start = next >= 0 ? next : -1;
+	return next;
 }
 
 /*
@@ -248,18 +274,18 @@ on_error(rd_kafka_t *consumer, int err, const char *reason, void *opaque)
 /*
  * A consumer for the configuration, subscribed to every route's topics.
  */
-static rd_kafka_t *
-consumer_new(void)
+static rd_kafka_conf_t *
+kafka_conf(bool member)
 {
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
-	rd_kafka_topic_partition_list_t *topics;
 	char		errstr[512];
-	rd_kafka_t *consumer;
+	char		probe_group[BRIDGE_VALUE_LEN + 32];
 	int			i;
-	int			r;
+	/* The probe assigns partitions itself and commits nothing: its group
+	 * id (librdkafka's consumer wants one) is never joined. */
 	const char *fixed[][2] = {
 		{"bootstrap.servers", cfg->brokers},
-		{"group.id", cfg->group},
+		{"group.id", member ? cfg->group : probe_group},
 		{"enable.auto.commit", "false"},
 		{"enable.auto.offset.store", "false"},
 		{"enable.partition.eof", "false"},
@@ -275,10 +301,11 @@ consumer_new(void)
 		{"session.timeout.ms", "6000"},
 		{"heartbeat.interval.ms", "1000"},
 		/* Throughput. */
-		{"queued.min.messages", "1000000"},
+		{"queued.min.messages", member ? "1000000" : "1"},
 		{"fetch.wait.max.ms", "100"},
 	};
 
+	snprintf(probe_group, sizeof(probe_group), "%s.freshness-probe", cfg->group);
 	for (i = 0; i < (int) (sizeof(fixed) / sizeof(fixed[0])); i++)
 		if (rd_kafka_conf_set(conf, fixed[i][0], fixed[i][1], errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		{
@@ -293,6 +320,27 @@ consumer_new(void)
 			rd_kafka_conf_destroy(conf);
 			return NULL;
 		}
+	return conf;
+}
+
+/*
+ * The group's consumer, subscribed to the routes' topics; and the
+ * freshness probe (fresh.c), a consumer of the same settings outside the
+ * group.
+ */
+static rd_kafka_t *
+consumer_new(void)
+{
+	rd_kafka_conf_t *conf = kafka_conf(true);
+	rd_kafka_conf_t *probe_conf;
+	rd_kafka_topic_partition_list_t *topics;
+	char		errstr[512];
+	rd_kafka_t *consumer;
+	int			i;
+	int			r;
+
+	if (conf == NULL)
+		return NULL;
 	rd_kafka_conf_set_rebalance_cb(conf, rebalance);
 	rd_kafka_conf_set_error_cb(conf, on_error);
 	consumer = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
@@ -314,6 +362,9 @@ consumer_new(void)
 		return NULL;
 	}
 	rd_kafka_topic_partition_list_destroy(topics);
+	probe_conf = kafka_conf(false);
+	if (probe_conf != NULL)
+		(void) fresh_start(probe_conf);
 	return consumer;
 }
 
@@ -397,6 +448,8 @@ writer_main(void *arg)
 
 	job->result = db_write_batch(cfg, (int) (job - jobs), job->msgs, job->n, job->routes,
 								 job->writes, job->nwrites, job->written, job->dead);
+	if (job->result == WRITE_OK)
+		metrics_written(job->msgs, job->routes, job->n);
 	/* Here rather than in the main thread, which gathers the next batch. */
 	if (job->result != WRITE_RETRY)
 		job_release(job);
@@ -436,6 +489,8 @@ finish_job(WriterJob *job, int w)
 			continue;
 		job->result = db_write_batch(cfg, w, job->msgs, job->n, job->routes,
 									 job->writes, job->nwrites, job->written, job->dead);
+		if (job->result == WRITE_OK)
+			metrics_written(job->msgs, job->routes, job->n);
 	}
 }
 
@@ -762,6 +817,7 @@ consumer_close(void)
 {
 	if (rk == NULL)
 		return;
+	fresh_stop();
 	rd_kafka_consumer_close(rk);
 	rd_kafka_destroy(rk);
 	rk = NULL;
@@ -858,7 +914,7 @@ bridge_run(BridgeConfig *config, const char *path)
 
 		if (now_ms() - lag_at >= 1000)
 		{
-			metrics_lag(rk);
+			metrics_lag(rk, next_to_write, route_of);
 			lag_at = now_ms();
 		}
 

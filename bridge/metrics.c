@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 
 #include <microhttpd.h>
 
@@ -41,7 +42,33 @@ typedef struct LagFigure
 	char		topic[256];
 	int			partition;
 	long long	lag;
+	int64_t		position;		/* the next offset to write */
+	int64_t		high;			/* high watermark: the newest offset + 1 */
+	int			route;			/* whose topic it is (-1: none) */
 } LagFigure;
+
+/* End-to-end buckets (kafka_send's commit to the row's), in seconds. */
+static const double e2e_buckets[] = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60};
+#define NE2E (sizeof(e2e_buckets) / sizeof(e2e_buckets[0]))
+
+/*
+ * Freshness of a partition, in Kafka message timestamps (ms; -1: not
+ * known): the last message written (and by which route), the oldest not
+ * yet written and the newest on the broker (both looked up by the probe
+ * thread, fresh.c, at the offsets noted).
+ */
+typedef struct FreshFigure
+{
+	char		topic[256];
+	int			partition;
+	int			route;
+	int64_t		written_ts;
+	int64_t		written_offset;
+	int64_t		next_ts;
+	int64_t		next_offset;
+	int64_t		newest_ts;
+	int64_t		newest_offset;
+} FreshFigure;
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static RouteFigures routes[BRIDGE_MAX_ROUTES];
@@ -51,6 +78,11 @@ static double batch_sum = 0;
 static long long batch_total = 0;
 static LagFigure lags[MAX_LAG_PARTITIONS];
 static int	nlags = 0;
+static FreshFigure fresh[MAX_LAG_PARTITIONS];
+static int	nfresh = 0;
+static long long e2e_counts[BRIDGE_MAX_ROUTES][NE2E + 1];
+static double e2e_sum[BRIDGE_MAX_ROUTES];
+static long long e2e_total[BRIDGE_MAX_ROUTES];
 static bool db_up = false;
 static struct MHD_Daemon *daemon_handle = NULL;
 
@@ -85,6 +117,156 @@ metrics_set_routes(const BridgeConfig *config)
 	}
 	memcpy(routes, next, sizeof(RouteFigures) * (size_t) config->nroutes);
 	nroutes = config->nroutes;
+	/* Route numbers may mean other routes now: start the histograms over. */
+	memset(e2e_counts, 0, sizeof(e2e_counts));
+	memset(e2e_sum, 0, sizeof(e2e_sum));
+	memset(e2e_total, 0, sizeof(e2e_total));
+	nfresh = 0;
+	pthread_mutex_unlock(&lock);
+}
+
+static int64_t
+wall_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* The freshness entry of a partition, made when create; NULL: none. Under lock. */
+static FreshFigure *
+fresh_find(const char *topic, int partition, bool create)
+{
+	int			i;
+
+	for (i = 0; i < nfresh; i++)
+		if (fresh[i].partition == partition && strcmp(fresh[i].topic, topic) == 0)
+			return &fresh[i];
+	if (!create || nfresh >= MAX_LAG_PARTITIONS)
+		return NULL;
+	memset(&fresh[nfresh], 0, sizeof(FreshFigure));
+	snprintf(fresh[nfresh].topic, sizeof(fresh[nfresh].topic), "%s", topic);
+	fresh[nfresh].partition = partition;
+	fresh[nfresh].route = -1;
+	fresh[nfresh].written_ts = fresh[nfresh].next_ts = fresh[nfresh].newest_ts = -1;
+	fresh[nfresh].written_offset = fresh[nfresh].next_offset = fresh[nfresh].newest_offset = -1;
+	return &fresh[nfresh++];
+}
+
+/*
+ * Messages just committed (written or dead-lettered), routes[i] the route
+ * of msgs[i] (-1: none): each partition's last message written, and the
+ * end-to-end time of those kafka_send sent (their infra-commit-time
+ * header, microseconds since 1970) up to now, this commit.
+ */
+void
+metrics_written(rd_kafka_message_t *const *msgs, const int *routes, int n)
+{
+	struct timespec ts;
+	int64_t		now_us;
+	int			i;
+
+	clock_gettime(CLOCK_REALTIME, &ts);
+	now_us = (int64_t) ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+	pthread_mutex_lock(&lock);
+	for (i = 0; i < n; i++)
+	{
+		const rd_kafka_message_t *m = msgs[i];
+		rd_kafka_headers_t *headers = NULL;
+		const void *value;
+		size_t		size;
+		FreshFigure *f;
+		int			r = routes[i];
+
+		if (r < 0 || r >= nroutes)
+			continue;
+		f = fresh_find(rd_kafka_topic_name(m->rkt), m->partition, true);
+		if (f != NULL && m->offset >= f->written_offset)
+		{
+			f->written_offset = m->offset;
+			f->written_ts = rd_kafka_message_timestamp(m, NULL);
+			f->route = r;
+		}
+		if (rd_kafka_message_headers(m, &headers) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+			rd_kafka_header_get_last(headers, "infra-commit-time", &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+			value != NULL && size > 0 && size < 32)
+		{
+			char		text[32];
+			char	   *end;
+			long long	committed;
+			double		seconds;
+			size_t		b;
+
+			memcpy(text, value, size);
+			text[size] = '\0';
+			committed = strtoll(text, &end, 10);
+			if (*end != '\0' || committed <= 0)
+				continue;
+			/* Clocks of two machines: a skew below zero counts as zero. */
+			seconds = now_us > committed ? (double) (now_us - committed) / 1e6 : 0;
+			for (b = 0; b < NE2E && seconds > e2e_buckets[b]; b++)
+				;
+			e2e_counts[r][b]++;
+			e2e_sum[r] += seconds;
+			e2e_total[r]++;
+		}
+	}
+	pthread_mutex_unlock(&lock);
+}
+
+/*
+ * For the probe thread (fresh.c): the assigned partitions whose oldest
+ * unwritten message (position, when lagging) or newest message (high - 1,
+ * when lagging or nothing written yet) has no known timestamp for its
+ * current offset; at most max of them.  Returns how many.
+ */
+int
+metrics_probe_targets(FreshTarget *targets, int max)
+{
+	int			i;
+	int			n = 0;
+
+	pthread_mutex_lock(&lock);
+	for (i = 0; i < nlags && n < max; i++)
+	{
+		FreshFigure *f = fresh_find(lags[i].topic, lags[i].partition, false);
+		FreshTarget *t = &targets[n];
+
+		memset(t, 0, sizeof(*t));
+		snprintf(t->topic, sizeof(t->topic), "%.*s", (int) sizeof(t->topic) - 1, lags[i].topic);
+		t->partition = lags[i].partition;
+		t->next_offset = t->newest_offset = -1;
+		if (lags[i].lag > 0 && lags[i].position >= 0 && (f == NULL || f->next_offset != lags[i].position))
+			t->next_offset = lags[i].position;
+		if (lags[i].high > 0 && (lags[i].lag > 0 || f == NULL || f->written_ts < 0) &&
+			(f == NULL || f->newest_offset != lags[i].high - 1))
+			t->newest_offset = lags[i].high - 1;
+		if (t->next_offset >= 0 || t->newest_offset >= 0)
+			n++;
+	}
+	pthread_mutex_unlock(&lock);
+	return n;
+}
+
+/* What the probe found (a timestamp -1: not found). */
+void
+metrics_probe_result(const FreshTarget *t, int64_t next_ts, int64_t newest_ts)
+{
+	FreshFigure *f;
+
+	pthread_mutex_lock(&lock);
+	f = fresh_find(t->topic, t->partition, true);
+	if (f != NULL && t->next_offset >= 0 && next_ts >= 0)
+	{
+		f->next_offset = t->next_offset;
+		f->next_ts = next_ts;
+	}
+	if (f != NULL && t->newest_offset >= 0 && newest_ts >= 0)
+	{
+		f->newest_offset = t->newest_offset;
+		f->newest_ts = newest_ts;
+	}
 	pthread_mutex_unlock(&lock);
 }
 
@@ -123,10 +305,15 @@ metrics_db_up(bool up)
 }
 
 /*
- * Lag of the assigned partitions: high watermark minus position.
+ * Lag of the assigned partitions: high watermark minus the next offset to
+ * write, what next_to_write says (the offset stored with the last batch
+ * written; -1: none yet, then the consumer's position or the partition's
+ * first offset).  Messages
+ * read but not yet written (PostgreSQL slow or away) are lag too.
  */
 void
-metrics_lag(rd_kafka_t *rk)
+metrics_lag(rd_kafka_t *rk, int64_t (*next_to_write) (const char *topic, int32_t partition),
+			int (*route_of) (const char *topic))
 {
 	rd_kafka_topic_partition_list_t *assigned = NULL;
 	int			i;
@@ -148,9 +335,15 @@ metrics_lag(rd_kafka_t *rk)
 			continue;
 		snprintf(next[n].topic, sizeof(next[n].topic), "%s", p->topic);
 		next[n].partition = p->partition;
-		next[n].lag = p->offset >= 0 ? high - p->offset : high - low;
+		next[n].position = next_to_write(p->topic, p->partition);
+		/* Nothing written yet: where reading started (or will). */
+		if (next[n].position < 0)
+			next[n].position = p->offset >= 0 ? p->offset : low;
+		next[n].lag = high - next[n].position;
 		if (next[n].lag < 0)
 			next[n].lag = 0;
+		next[n].high = high;
+		next[n].route = route_of(p->topic);
 		n++;
 	}
 	rd_kafka_topic_partition_list_destroy(assigned);
@@ -181,6 +374,86 @@ label(const char *value, char *buf, size_t size)
 	}
 	buf[o] = '\0';
 	return buf;
+}
+
+/*
+ * Freshness in seconds, per assigned partition: the lag (0 when caught up,
+ * else the age of the oldest message not yet written; while the probe has
+ * not looked, that of the last written, which is older: never too low),
+ * the age of the last message written and of the newest on the broker;
+ * and the end-to-end histogram per route.  Under lock.
+ */
+static void
+render_freshness(Buf *t)
+{
+	int64_t		now = wall_ms();
+	char		l1[300];
+	char		l2[300];
+	int			i;
+	int			r;
+	size_t		b;
+
+	buf_puts(t, "# HELP infra_bridge_lag_seconds Age of the oldest message of the partition not yet written (0 when caught up).\n"
+			 "# TYPE infra_bridge_lag_seconds gauge\n");
+	for (i = 0; i < nlags; i++)
+	{
+		FreshFigure *f = fresh_find(lags[i].topic, lags[i].partition, false);
+		int64_t		ts = -1;
+
+		if (lags[i].lag == 0)
+			ts = now;
+		else if (f != NULL && f->next_ts >= 0)
+			ts = f->next_ts;
+		else if (f != NULL && f->written_ts >= 0)
+			ts = f->written_ts;
+		if (ts < 0)
+			continue;
+		buf_printf(t, "infra_bridge_lag_seconds{route=\"%s\",topic=\"%s\",partition=\"%d\"} %.3f\n",
+				   lags[i].route >= 0 && lags[i].route < nroutes ? label(routes[lags[i].route].name, l2, sizeof(l2)) : "",
+				   label(lags[i].topic, l1, sizeof(l1)), lags[i].partition,
+				   now > ts ? (double) (now - ts) / 1000.0 : 0.0);
+	}
+	buf_puts(t, "# HELP infra_bridge_last_written_age_seconds Age (Kafka timestamp) of the partition's last message written.\n"
+			 "# TYPE infra_bridge_last_written_age_seconds gauge\n");
+	for (i = 0; i < nfresh; i++)
+		if (fresh[i].written_ts >= 0 && fresh[i].route >= 0 && fresh[i].route < nroutes)
+			buf_printf(t, "infra_bridge_last_written_age_seconds{route=\"%s\",topic=\"%s\",partition=\"%d\"} %.3f\n",
+					   label(routes[fresh[i].route].name, l2, sizeof(l2)), label(fresh[i].topic, l1, sizeof(l1)),
+					   fresh[i].partition, now > fresh[i].written_ts ? (double) (now - fresh[i].written_ts) / 1000.0 : 0.0);
+	buf_puts(t, "# HELP infra_bridge_newest_message_age_seconds Age (Kafka timestamp) of the partition's newest message on the broker.\n"
+			 "# TYPE infra_bridge_newest_message_age_seconds gauge\n");
+	for (i = 0; i < nlags; i++)
+	{
+		FreshFigure *f = fresh_find(lags[i].topic, lags[i].partition, false);
+		int64_t		ts = -1;
+
+		if (f != NULL && lags[i].lag == 0 && f->written_offset == lags[i].high - 1)
+			ts = f->written_ts;
+		else if (f != NULL && f->newest_offset == lags[i].high - 1)
+			ts = f->newest_ts;
+		if (ts < 0)
+			continue;
+		buf_printf(t, "infra_bridge_newest_message_age_seconds{route=\"%s\",topic=\"%s\",partition=\"%d\"} %.3f\n",
+				   lags[i].route >= 0 && lags[i].route < nroutes ? label(routes[lags[i].route].name, l2, sizeof(l2)) : "",
+				   label(lags[i].topic, l1, sizeof(l1)), lags[i].partition,
+				   now > ts ? (double) (now - ts) / 1000.0 : 0.0);
+	}
+	buf_puts(t, "# HELP infra_bridge_end_to_end_seconds From the commit of kafka_send's transaction (header infra-commit-time) to the commit of its row here.\n"
+			 "# TYPE infra_bridge_end_to_end_seconds histogram\n");
+	for (r = 0; r < nroutes; r++)
+	{
+		long long	cumulative = 0;
+
+		label(routes[r].name, l2, sizeof(l2));
+		for (b = 0; b < NE2E; b++)
+		{
+			cumulative += e2e_counts[r][b];
+			buf_printf(t, "infra_bridge_end_to_end_seconds_bucket{route=\"%s\",le=\"%g\"} %lld\n", l2, e2e_buckets[b], cumulative);
+		}
+		buf_printf(t, "infra_bridge_end_to_end_seconds_bucket{route=\"%s\",le=\"+Inf\"} %lld\n", l2, e2e_total[r]);
+		buf_printf(t, "infra_bridge_end_to_end_seconds_sum{route=\"%s\"} %.6f\n", l2, e2e_sum[r]);
+		buf_printf(t, "infra_bridge_end_to_end_seconds_count{route=\"%s\"} %lld\n", l2, e2e_total[r]);
+	}
 }
 
 static char *
@@ -219,11 +492,12 @@ render(void)
 	}
 	buf_printf(&t, "infra_bridge_batch_seconds_bucket{le=\"+Inf\"} %lld\n", batch_total);
 	buf_printf(&t, "infra_bridge_batch_seconds_sum %.6f\ninfra_bridge_batch_seconds_count %lld\n", batch_sum, batch_total);
-	buf_printf(&t, "# HELP infra_bridge_lag_messages Messages in the partition after the bridge's position.\n"
+	buf_printf(&t, "# HELP infra_bridge_lag_messages Messages of the partition not yet written (after the offset stored with the last batch).\n"
 				"# TYPE infra_bridge_lag_messages gauge\n");
 	for (r = 0; r < nlags; r++)
 		buf_printf(&t, "infra_bridge_lag_messages{topic=\"%s\",partition=\"%d\"} %lld\n",
 					label(lags[r].topic, l1, sizeof(l1)), lags[r].partition, lags[r].lag);
+	render_freshness(&t);
 	buf_printf(&t, "# HELP infra_bridge_postgresql_up 1 while the bridge is connected to PostgreSQL.\n"
 				"# TYPE infra_bridge_postgresql_up gauge\ninfra_bridge_postgresql_up %d\n", db_up ? 1 : 0);
 	pthread_mutex_unlock(&lock);

@@ -1124,7 +1124,9 @@ KafkaCollectMetrics(StringInfo out)
 		{"infra_kafka_broker_up", "gauge", "1 when the broker is reachable: the last delivery round reached it without errors or, idle, the producer is connected."},
 		{"infra_kafka_produce_latency_avg_seconds", "gauge", "Average produce latency (queue and round trip), from librdkafka statistics."},
 		{"infra_kafka_produce_latency_p99_seconds", "gauge", "99th percentile produce latency (queue and round trip), from librdkafka statistics."},
+		{"infra_kafka_oldest_pending_age_seconds", "gauge", "Age of the oldest message waiting in the outbox (0 when it is empty), as of now; it grows while nothing is delivered."},
 	};
+	TimestampTz now = GetCurrentTimestamp();
 	KafkaStats	copies[INFRA_MAX_DATABASES];
 	int			n = 0;
 	int			f;
@@ -1155,12 +1157,14 @@ KafkaCollectMetrics(StringInfo out)
 				s->delivered_total, s->failed_attempts_total, s->dead_lettered_total,
 				s->batches_total, s->pending, s->in_flight,
 				strcmp(s->broker_state, "up") == 0,
-				s->latency_avg_ms / 1000.0, s->latency_p99_ms / 1000.0
+				s->latency_avg_ms / 1000.0, s->latency_p99_ms / 1000.0,
+				s->oldest_pending_at == 0 ? 0 :
+				Max(0, (double) (now - s->oldest_pending_at) / USECS_PER_SEC)
 			};
 
 			StaticAssertStmt(lengthof(values) == lengthof(families), "a value per family");
 			/* No latency sample yet: no series, rather than a false 0. */
-			if (f >= 7 && s->latency_at == 0)
+			if (f >= 7 && f <= 8 && s->latency_at == 0)
 				continue;
 			initStringInfo(&labels);
 			MetricsAppendLabel(&labels, "database", s->database);

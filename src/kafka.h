@@ -15,6 +15,8 @@
 
 /* The header every message carries its unique id in; only infra sets it. */
 #define KAFKA_MSG_ID_HEADER "infra-msg-id"
+/* When the message's transaction committed, microseconds since 1970. */
+#define KAFKA_COMMIT_TIME_HEADER "infra-commit-time"
 
 /* Longest error kept for kafka_stats. */
 #define KAFKA_ERROR_LEN 256
@@ -53,6 +55,7 @@ typedef struct KafkaStats
 	double		latency_p99_ms;
 	TimestampTz latency_at;		/* when they were taken; 0: never */
 	char		waiting_for[256];	/* why the outbox waits ("": it does not) */
+	TimestampTz oldest_pending_at;	/* created_at of the outbox's head; 0: empty */
 } KafkaStats;
 
 extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);

@@ -793,10 +793,11 @@ KafkaWorkerShutdown(void)
  * again carries the id it had.
  */
 static rd_kafka_headers_t *
-KafkaHeaders(int64 id, int32 timeline, Jsonb *user_headers)
+KafkaHeaders(int64 id, int32 timeline, TimestampTz written_at, Jsonb *user_headers)
 {
 	rd_kafka_headers_t *headers = rd_kafka_headers_new(8);
 	char		msg_id[80];
+	char		commit_time[32];
 
 	if (timeline > 0)
 		snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/%d/" INT64_FORMAT,
@@ -805,6 +806,17 @@ KafkaHeaders(int64 id, int32 timeline, Jsonb *user_headers)
 		snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/" INT64_FORMAT,
 				 GetSystemIdentifier(), MyDatabaseId, id);
 	rd_kafka_header_add(headers, KAFKA_MSG_ID_HEADER, -1, msg_id, -1);
+	/*
+	 * infra-commit-time, for end-to-end latency (infra-bridge's): when the
+	 * sending transaction wrote the message's outbox row, in microseconds
+	 * since 1970.  That is at its commit (just before the commit record),
+	 * or for a transaction of more than a thousand messages at each
+	 * thousand.  The commit timestamp itself cannot serve: a row the worker
+	 * rewrote (a failed attempt) has the worker's transaction as xmin.
+	 */
+	snprintf(commit_time, sizeof(commit_time), INT64_FORMAT,
+			 (int64) written_at + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC);
+	rd_kafka_header_add(headers, KAFKA_COMMIT_TIME_HEADER, -1, commit_time, -1);
 
 	if (user_headers != NULL)
 	{
@@ -818,8 +830,12 @@ KafkaHeaders(int64 id, int32 timeline, Jsonb *user_headers)
 			if (tok == WJB_KEY)
 			{
 				name = pnstrdup(v.val.string.val, v.val.string.len);
-				/* kafka_send refuses it; a row written otherwise loses it. */
-				if (pg_strcasecmp(name, KAFKA_MSG_ID_HEADER) == 0)
+				/*
+				 * kafka_send refuses infra-msg-id; a row written otherwise
+				 * loses it.  infra-commit-time is infra's too.
+				 */
+				if (pg_strcasecmp(name, KAFKA_MSG_ID_HEADER) == 0 ||
+					pg_strcasecmp(name, KAFKA_COMMIT_TIME_HEADER) == 0)
 					name = NULL;
 			}
 			else if (tok == WJB_VALUE && name != NULL)
@@ -1643,6 +1659,29 @@ KafkaAnyPendingTopic(void)
 }
 
 /*
+ * The oldest created_at among the batch's rows (the head of the outbox), for
+ * infra_kafka_oldest_pending_age_seconds: a scrape shows its age, which
+ * keeps growing while nothing is delivered.  0 when the outbox is empty.
+ */
+static void
+KafkaNoteOldest(int nrows)
+{
+	TimestampTz oldest = 0;
+	int			i;
+
+	for (i = 0; i < nrows; i++)
+	{
+		TimestampTz created = DatumGetTimestampTz(SpiGetValue(i, 9, false, NULL, "infra.kafka_outbox_batches"));
+
+		if (oldest == 0 || created < oldest)
+			oldest = created;
+	}
+	SpinLockAcquire(&my_stats->mutex);
+	my_stats->oldest_pending_at = oldest;
+	SpinLockRelease(&my_stats->mutex);
+}
+
+/*
  * Step 1, read: the round's rows, in a transaction of their own.  False,
  * with how long to sleep, when there is nothing to produce now: the outbox
  * is empty, or the "kafka" circuit breaker (when configured) is open.
@@ -1668,6 +1707,7 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 	}
 	round->topics_pending = KafkaAnyPendingTopic();
 	nrows = KafkaQueryBatch();
+	KafkaNoteOldest(nrows);
 	if (nrows == 0)
 	{
 		KafkaEndTransaction();
@@ -1753,7 +1793,7 @@ KafkaProduceOne(KafkaRound *round, OutboxMessage *m)
 	bytea	   *value = row->vnulls[j] ? NULL : DatumGetByteaPP(row->vals[j]);
 	Jsonb	   *user_headers = row->hnulls[j] ? NULL : DatumGetJsonbP(row->headers[j]);
 	/* librdkafka owns the headers only once producev succeeds. */
-	rd_kafka_headers_t *headers = KafkaHeaders(m->id, row->timeline, user_headers);
+	rd_kafka_headers_t *headers = KafkaHeaders(m->id, row->timeline, row->created_at, user_headers);
 	rd_kafka_resp_err_t err;
 
 	for (;;)
@@ -1904,6 +1944,8 @@ KafkaAccountRound(KafkaRound *round, int64 pending)
 	my_stats->batches_total++;
 	if (pending >= 0)
 		my_stats->pending = pending;
+	if (pending == 0)
+		my_stats->oldest_pending_at = 0;
 	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - round->start_ns) / 1e6;
 	if (round->nok > 0)
 		my_stats->last_delivery_at = GetCurrentTimestamp();
