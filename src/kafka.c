@@ -1134,6 +1134,9 @@ KafkaCollectMetrics(StringInfo out)
 
 	if (kafka_shared == NULL)
 		return;
+	MetricsWriteOne(out, "infra_kafka_max_pending_messages", "gauge",
+					"Messages the outbox may hold (infra.kafka_max_pending); past it kafka_send fails or waits (infra.kafka_on_full).",
+					(double) infra_kafka_max_pending);
 	for (i = 0; i < INFRA_MAX_DATABASES; i++)
 	{
 		KafkaStats *stats = &kafka_shared->stats[i];

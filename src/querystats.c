@@ -118,6 +118,7 @@ typedef struct QSShared
 	int64		evicted_errors; /* that the totals /metrics shows never */
 	int64		evicted_rows;	/* go down: under lock exclusively too */
 	double		evicted_ms;
+	uint64		evicted_hist[QS_BUCKETS];
 	TimestampTz reset_at;
 	QSEntry		entries[FLEXIBLE_ARRAY_MEMBER];
 } QSShared;
@@ -258,6 +259,7 @@ QSStartOver(QSShared *shared)
 	shared->evictions = 0;
 	shared->evicted_calls = shared->evicted_errors = shared->evicted_rows = 0;
 	shared->evicted_ms = 0;
+	memset(shared->evicted_hist, 0, sizeof(shared->evicted_hist));
 	shared->reset_at = GetCurrentTimestamp();
 }
 
@@ -549,6 +551,12 @@ QSTakeSlot(void)
 	qs_shared->evicted_errors += qs_shared->entries[best].errors;
 	qs_shared->evicted_rows += qs_shared->entries[best].rows;
 	qs_shared->evicted_ms += qs_shared->entries[best].total_ms;
+	{
+		int			b;
+
+		for (b = 0; b < QS_BUCKETS; b++)
+			qs_shared->evicted_hist[b] += qs_shared->entries[best].hist[b];
+	}
 	return best;
 }
 
@@ -1017,6 +1025,10 @@ infra_query_metrics_reset(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/* Bounds of infra_query_duration_seconds' buckets, in seconds. */
+static const double qs_le[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30};
+
 /*
  * Built-in series: totals over every statement (evicted ones included, so
  * they only go down at infra.query_metrics_reset()) and the table's use.
@@ -1031,15 +1043,30 @@ QueryStatsCollectMetrics(StringInfo out)
 	int			used = 0;
 	int64		evictions;
 	int			i;
+	int			b;
+	int			to[QS_BUCKETS];
+	uint64		counts[lengthof(qs_le) + 1];
+	uint64		cumulative = 0;
 
 	if (qs_shared == NULL)
 		return;
+	/* Each of our buckets into the first Prometheus bucket that holds it all. */
+	for (b = 0; b < QS_BUCKETS; b++)
+	{
+		double		upper_s = (b == 0 ? 1.0 : ldexp(1.0, b / QS_SUB) * (1.0 + (double) (b % QS_SUB + 1) / QS_SUB)) / 1e6;
+
+		for (to[b] = 0; to[b] < (int) lengthof(qs_le) && upper_s > qs_le[to[b]]; to[b]++)
+			;
+	}
+	memset(counts, 0, sizeof(counts));
 	LWLockAcquire(qs_shared->lock, LW_SHARED);
 	calls = qs_shared->evicted_calls;
 	errors = qs_shared->evicted_errors;
 	rows = qs_shared->evicted_rows;
 	ms = qs_shared->evicted_ms;
 	evictions = qs_shared->evictions;
+	for (b = 0; b < QS_BUCKETS; b++)
+		counts[to[b]] += qs_shared->evicted_hist[b];
 	for (i = 0; i < qs_shared->nused; i++)
 	{
 		QSEntry    *e = &qs_shared->entries[i];
@@ -1052,10 +1079,30 @@ QueryStatsCollectMetrics(StringInfo out)
 			errors += e->errors;
 			rows += e->rows;
 			ms += e->total_ms;
+			for (b = 0; b < QS_BUCKETS; b++)
+				counts[to[b]] += e->hist[b];
 		}
 		SpinLockRelease(&e->mutex);
 	}
 	LWLockRelease(qs_shared->lock);
+
+	/* The histogram's count is the bucket counts' sum: a statement being
+	 * counted between the reads cannot make them disagree. */
+	MetricsWriteFamily(out, "infra_query_duration_seconds", "histogram",
+					   "Duration of top-level statements (infra.query_metrics), every statement together.");
+	for (b = 0; b <= (int) lengthof(qs_le); b++)
+	{
+		char		labels[48];
+
+		cumulative += counts[b];
+		if (b < (int) lengthof(qs_le))
+			snprintf(labels, sizeof(labels), "le=\"%g\"", qs_le[b]);
+		else
+			strlcpy(labels, "le=\"+Inf\"", sizeof(labels));
+		MetricsWriteSample(out, "infra_query_duration_seconds_bucket", labels, (double) cumulative);
+	}
+	MetricsWriteSample(out, "infra_query_duration_seconds_sum", NULL, ms / 1000.0);
+	MetricsWriteSample(out, "infra_query_duration_seconds_count", NULL, (double) cumulative);
 
 	MetricsWriteOne(out, "infra_query_calls_total", "counter",
 					"Top-level statements executed (infra.query_metrics).", (double) calls);

@@ -818,6 +818,9 @@ RateLimitCollectMetrics(StringInfo out)
 	}
 	MetricsWriteOne(out, "infra_rate_limit_keys", "gauge",
 					"Keys in the shared rate-limit table.", (double) hash_get_num_entries(rate_limit_hash));
+	MetricsWriteOne(out, "infra_rate_limit_max_keys", "gauge",
+					"Keys the shared rate-limit table holds (infra.rate_limit_max_keys); past it, idle keys are evicted.",
+					(double) infra_rate_limit_max_keys);
 	MetricsWriteOne(out, "infra_rate_limit_evictions_total", "counter",
 					"Idle rate-limit keys evicted to make room.",
 					(double) pg_atomic_read_u64(&rate_limit_shared->evictions));

@@ -16,8 +16,9 @@ if [ "${1:-}" != --inner ]; then
 	work=$(new_workdir infra-test)
 	mkdir -p "$work/src"
 	cp -r "$top/sql" "$top/expected" "$top/test" "$top/bridge" "$top/README.md" "$work/src/"
-	# The doc test runs the docs' examples.
+	# The doc test runs the docs' examples; TAP 055 checks monitoring/.
 	[ ! -d "$top/docs" ] || cp -r "$top/docs" "$work/src/"
+	[ ! -d "$top/monitoring" ] || cp -r "$top/monitoring" "$work/src/"
 	if [ "$(id -u)" = 0 ]; then
 		chown -R "$INFRA_TEST_USER" "$work"
 	fi
