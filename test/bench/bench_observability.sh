@@ -77,12 +77,15 @@ settings() {
 # pgbench script (-S for the built-in select-only) with one client, at the
 # same time, each pgbench and its backend pinned to a CPU of its own: X's to
 # CPU (0 or 1), B's to the other.  Prints "tps_x tps_b".
+pair_n=0
 pair() {
 	local i conf script cpu pid
+	# Names of this pair's own (a backend of the last pair may still be going).
+	pair_n=$((pair_n + 1))
 	for i in x b; do
 		if [ "$i" = x ]; then conf=$1 script=$2 cpu=$5; else conf=$3 script=$4 cpu=$((1 - $5)); fi
 		# shellcheck disable=SC2046
-		PGAPPNAME=pair_$i PGOPTIONS=$(settings "$conf") taskset -c "$cpu" \
+		PGAPPNAME=pair_${i}_$pair_n PGOPTIONS=$(settings "$conf") taskset -c "$cpu" \
 			pgbench -n -M prepared -c 1 -j 1 -T "$seconds" \
 			$([ "$script" = -S ] && echo -S || echo -f "$script") bench >"$work/pair_$i" 2>/dev/null &
 	done
@@ -90,7 +93,7 @@ pair() {
 		cpu=$([ "$i" = x ] && echo "$5" || echo $((1 - $5)))
 		pid=
 		while [ -z "$pid" ]; do
-			pid=$(psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pair_$i'")
+			pid=$(psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pair_${i}_$pair_n'")
 		done
 		taskset -p -c "$cpu" "$pid" >/dev/null
 	done

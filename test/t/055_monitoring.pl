@@ -81,6 +81,9 @@ my $bridge = bridge_spawn("$dir/bridge.ini", "$dir/bridge.log");
 ok(wait_until(sub { $node->safe_psql('postgres', 'SELECT count(*) FROM sink') == 1 }, 60), 'the bridge wrote it')
   or diag(slurp_file("$dir/bridge.log"));
 
+# A statement of 300 ms for the query latency histogram.
+$node->safe_psql('postgres', 'SELECT pg_sleep(0.3)');
+
 my $http = HTTP::Tiny->new(timeout => 10);
 for my $target ([ 'infra', $port ], [ 'bridge', $bport ])
 {
@@ -89,6 +92,18 @@ for my $target ([ 'infra', $port ], [ 'bridge', $bport ])
 	open my $out, '>', "$dir/$target->[0].prom" or die;
 	print $out $res->{content};
 	close $out;
+}
+{
+	my $m = slurp_file("$dir/infra.prom");
+	my @buckets = $m =~ /^infra_query_duration_seconds_bucket\{le="([^"]+)"\} (\S+)$/mg;
+	my %le = @buckets;
+	my @counts = map { $buckets[ 2 * $_ + 1 ] } 0 .. $#buckets / 2;
+	ok(!grep({ $counts[$_] < $counts[ $_ - 1 ] } 1 .. $#counts), 'query latency buckets are cumulative');
+	my ($count) = $m =~ /^infra_query_duration_seconds_count (\S+)$/m;
+	my ($calls) = $m =~ /^infra_query_calls_total (\S+)$/m;
+	is($count, $calls, 'the histogram counts every statement infra_query_calls_total counts');
+	is($le{'+Inf'}, $count, '+Inf bucket = count');
+	cmp_ok($le{'0.5'} - $le{'0.25'}, '>=', 1, 'the 300 ms statement is in the (0.25, 0.5] bucket');
 }
 my $check = run_ok(
 	[ $ENV{INFRA_PYTHON} // 'python3', src_path('test/monitoring_check.py'), $rules, $dashboard, $dir, "$dir/infra.prom", "$dir/bridge.prom" ],
