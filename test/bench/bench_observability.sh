@@ -89,13 +89,16 @@ pair() {
 			pgbench -n -M prepared -c 1 -j 1 -T "$seconds" \
 			$([ "$script" = -S ] && echo -S || echo -f "$script") bench >"$work/pair_$i" 2>/dev/null &
 	done
-	for i in x b; do
-		cpu=$([ "$i" = x ] && echo "$5" || echo $((1 - $5)))
-		pid=
-		while [ -z "$pid" ]; do
-			pid=$(psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pair_${i}_$pair_n'")
+	# pgbench's first connection (it reads the scale) ends at once: pin
+	# whatever backend of the pair's names is there, a few times over.
+	for _ in 1 2 3 4; do
+		sleep 0.1
+		for i in x b; do
+			cpu=$([ "$i" = x ] && echo "$5" || echo $((1 - $5)))
+			for pid in $(psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE application_name = 'pair_${i}_$pair_n'"); do
+				taskset -p -c "$cpu" "$pid" >/dev/null 2>&1 || true
+			done
 		done
-		taskset -p -c "$cpu" "$pid" >/dev/null
 	done
 	wait
 	echo "$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pair_x") $(sed -n 's/^tps = \([0-9.]*\).*/\1/p' "$work/pair_b")"
