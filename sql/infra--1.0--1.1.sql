@@ -172,3 +172,148 @@ GRANT SELECT ON infra.kafka_stats TO pg_monitor;
 REVOKE ALL ON FUNCTION infra.kafka_stats() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION infra.kafka_stats() TO pg_monitor;
 REVOKE ALL ON infra.kafka_stats FROM PUBLIC;
+
+/*
+ * Metrics from SQL: each row a query the infra worker of this database runs
+ * every "interval" in a read-only transaction with a statement timeout, as
+ * the role run_as names (see docs/metrics.md); every value column (gauges,
+ * counters) becomes <name>_<column> on /metrics, the label columns its
+ * labels.  The rows below come with the extension, disabled: they serve
+ * what postgres_exporter's default collectors do, under its metric names.
+ */
+CREATE TABLE infra.metric_queries (
+    name text PRIMARY KEY
+        CHECK (name ~ '^[a-zA-Z_:][a-zA-Z0-9_:]*$' AND length(name) < 48 AND name !~ '^infra_'),
+    query text NOT NULL,
+    "interval" interval NOT NULL DEFAULT '30 seconds'
+        CHECK ("interval" >= '1 second' AND "interval" <= '1 day'),
+    timeout interval NOT NULL DEFAULT '2 seconds'
+        CHECK (timeout >= '1 millisecond' AND timeout <= "interval"),
+    labels text[] NOT NULL DEFAULT '{}',
+    gauges text[] NOT NULL DEFAULT '{}',
+    counters text[] NOT NULL DEFAULT '{}',
+    help text,
+    run_as name NOT NULL DEFAULT 'pg_monitor',
+    allow_superuser boolean NOT NULL DEFAULT false,
+    enabled boolean NOT NULL DEFAULT false,
+    author name NOT NULL DEFAULT CURRENT_USER,
+    CHECK (cardinality(gauges) + cardinality(counters) > 0)
+);
+
+COMMENT ON TABLE infra.metric_queries IS
+'Queries whose results infra serves on /metrics: value columns (gauges, counters) become <name>_<column>, labels their labels; run by the infra worker every interval, read-only, with timeout, as run_as (a role the row''s author is a member of; a superuser only with allow_superuser and a superuser author). Off until enabled. Status: infra.metric_query_status.';
+
+COMMENT ON COLUMN infra.metric_queries.author IS
+'The role that last wrote the row (set by a trigger): run_as must be a role it is a member of.';
+
+CREATE FUNCTION infra.metric_queries_author()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    NEW.author := current_user;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER metric_queries_author
+    BEFORE INSERT OR UPDATE ON infra.metric_queries
+    FOR EACH ROW EXECUTE FUNCTION infra.metric_queries_author();
+
+CREATE FUNCTION infra.metric_queries_changed()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'infra_metric_queries_changed'
+LANGUAGE C;
+
+CREATE TRIGGER metric_queries_changed
+    AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON infra.metric_queries
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.metric_queries_changed();
+
+INSERT INTO infra.metric_queries (name, labels, gauges, counters, help, query) VALUES
+    ('pg_database', '{datname}', '{size_bytes}', '{}',
+     'Disk space used by the database, in bytes.',
+     $q$SELECT datname, pg_catalog.pg_database_size(oid) AS size_bytes
+          FROM pg_catalog.pg_database WHERE datallowconn$q$),
+    ('pg_stat_database', '{datname}', '{numbackends}',
+     '{xact_commit,xact_rollback,blks_read,blks_hit,tup_returned,tup_fetched,tup_inserted,tup_updated,tup_deleted,conflicts,temp_files,temp_bytes,deadlocks,blk_read_time,blk_write_time}',
+     'pg_stat_database, per database.',
+     $q$SELECT datname, numbackends, xact_commit, xact_rollback, blks_read, blks_hit,
+               tup_returned, tup_fetched, tup_inserted, tup_updated, tup_deleted,
+               conflicts, temp_files, temp_bytes, deadlocks, blk_read_time, blk_write_time
+          FROM pg_catalog.pg_stat_database WHERE datname IS NOT NULL$q$),
+    ('pg_replication', '{}', '{lag_seconds,is_replica}', '{}',
+     'Replay lag of this server if a standby (0 on a primary), and whether it is one.',
+     $q$SELECT CASE WHEN NOT pg_catalog.pg_is_in_recovery()
+                      OR pg_catalog.pg_last_wal_receive_lsn() = pg_catalog.pg_last_wal_replay_lsn() THEN 0
+                    ELSE greatest(0, extract(epoch FROM pg_catalog.clock_timestamp()
+                                                        - pg_catalog.pg_last_xact_replay_timestamp()))
+               END::float8 AS lag_seconds,
+               pg_catalog.pg_is_in_recovery()::integer AS is_replica$q$),
+    ('pg_stat_replication', '{application_name,client_addr,state,pid}', '{pg_wal_lsn_diff,replay_lag_seconds}', '{}',
+     'Each standby streaming from this server: bytes and seconds its replay is behind.',
+     $q$SELECT application_name, pg_catalog.coalesce(pg_catalog.host(client_addr), '') AS client_addr,
+               state, pid,
+               pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)::float8 AS pg_wal_lsn_diff,
+               extract(epoch FROM replay_lag)::float8 AS replay_lag_seconds
+          FROM pg_catalog.pg_stat_replication$q$),
+    ('pg_locks', '{datname,mode}', '{count}', '{}',
+     'Locks held or awaited, per database and mode.',
+     $q$SELECT d.datname, m.mode, pg_catalog.count(l.locktype) AS count
+          FROM pg_catalog.pg_database d
+         CROSS JOIN (VALUES ('accesssharelock'), ('rowsharelock'), ('rowexclusivelock'),
+                            ('shareupdateexclusivelock'), ('sharelock'), ('sharerowexclusivelock'),
+                            ('exclusivelock'), ('accessexclusivelock'), ('sireadlock')) AS m(mode)
+          LEFT JOIN pg_catalog.pg_locks l ON l.database = d.oid AND pg_catalog.lower(l.mode) = m.mode
+         WHERE d.datallowconn
+         GROUP BY d.datname, m.mode$q$),
+    ('pg_stat_activity', '{datname,state}', '{count,max_tx_duration}', '{}',
+     'Sessions per database and state, and the age of the oldest transaction among them, in seconds.',
+     $q$SELECT d.datname, s.state, pg_catalog.count(a.pid) AS count,
+               pg_catalog.coalesce(pg_catalog.max(extract(epoch FROM pg_catalog.clock_timestamp() - a.xact_start)), 0)::float8
+                   AS max_tx_duration
+          FROM pg_catalog.pg_database d
+         CROSS JOIN (VALUES ('active'), ('idle'), ('idle in transaction'),
+                            ('idle in transaction (aborted)'), ('fastpath function call'), ('disabled')) AS s(state)
+          LEFT JOIN pg_catalog.pg_stat_activity a ON a.datname = d.datname AND a.state = s.state
+         WHERE d.datallowconn
+         GROUP BY d.datname, s.state$q$),
+    ('pg_stat_user_tables', '{datname,schemaname,relname}', '{n_live_tup,n_dead_tup}',
+     '{vacuum_count,autovacuum_count,analyze_count,autoanalyze_count}',
+     'infra''s own tables: live and dead rows, vacuums and analyzes.',
+     $q$SELECT pg_catalog.current_database() AS datname, schemaname, relname, n_live_tup, n_dead_tup,
+               vacuum_count, autovacuum_count, analyze_count, autoanalyze_count
+          FROM pg_catalog.pg_stat_user_tables WHERE schemaname = 'infra'$q$);
+
+/* pg_dump keeps rows users add; the ones above come with CREATE EXTENSION. */
+SELECT pg_catalog.pg_extension_config_dump('infra.metric_queries',
+    $$WHERE name NOT IN ('pg_database', 'pg_stat_database', 'pg_replication', 'pg_stat_replication',
+                         'pg_locks', 'pg_stat_activity', 'pg_stat_user_tables')$$);
+
+CREATE FUNCTION infra.metric_query_status(
+    OUT database text,
+    OUT name text,
+    OUT last_run_at timestamptz,
+    OUT last_success_at timestamptz,
+    OUT duration_ms double precision,
+    OUT series bigint,
+    OUT runs bigint,
+    OUT failures bigint,
+    OUT last_error text)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_metric_query_status'
+LANGUAGE C VOLATILE PARALLEL RESTRICTED;
+
+CREATE VIEW infra.metric_query_status AS SELECT * FROM infra.metric_query_status();
+
+COMMENT ON VIEW infra.metric_query_status IS
+'Each enabled metric query of every database: its last run, success, duration, series served, runs, failures and last error (NULL after a success).';
+
+REVOKE ALL ON infra.metric_queries FROM PUBLIC;
+GRANT SELECT ON infra.metric_queries TO pg_monitor;
+REVOKE ALL ON FUNCTION infra.metric_queries_author() FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.metric_queries_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.metric_query_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION infra.metric_query_status() TO pg_monitor;
+REVOKE ALL ON infra.metric_query_status FROM PUBLIC;
+GRANT SELECT ON infra.metric_query_status TO pg_monitor;

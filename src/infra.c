@@ -25,6 +25,7 @@
 #include "infra.h"
 #include "kafka.h"
 #include "logging.h"
+#include "metricqueries.h"
 #include "metrics.h"
 #include "otlp.h"
 #include "producer.h"
@@ -57,6 +58,7 @@ _PG_init(void)
 	InfraStandbysInit();
 	InfraTracingInit();
 	InfraQueryStatsInit();
+	InfraMetricQueriesInit();
 	InfraMetricsInit();
 	InfraHttpdInit();
 	InfraLoggingInit();

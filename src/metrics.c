@@ -586,6 +586,43 @@ MetricsUpdate(MetricType type, const MetricKey *key, MetricOp op, double value,
 }
 
 /*
+ * Does the registry have a family of this name (or a histogram whose
+ * samples take it)?  For metric queries, whose families must not be the
+ * registry's.
+ */
+bool
+MetricsFamilyExists(const char *name)
+{
+	static const char *const suffixes[] = {"_bucket", "_sum", "_count"};
+	char		key[METRIC_NAME_LEN * 2];
+	MetricFamily *found;
+	int			len = strlen(name);
+	int			i;
+
+	if (metrics_shared == NULL || len >= METRIC_NAME_LEN)
+		return false;
+	LWLockAcquire(metrics_shared->lock, LW_SHARED);
+	memset(key, 0, sizeof(key));
+	memcpy(key, name, len);
+	found = hash_search(family_hash, key, HASH_FIND, NULL);
+	for (i = 0; i < lengthof(suffixes) && found == NULL; i++)
+	{
+		int			slen = strlen(suffixes[i]);
+
+		if (len > slen && strcmp(name + len - slen, suffixes[i]) == 0)
+		{
+			memset(key, 0, sizeof(key));
+			memcpy(key, name, len - slen);
+			found = hash_search(family_hash, key, HASH_FIND, NULL);
+			if (found != NULL && found->type != METRIC_HISTOGRAM)
+				found = NULL;
+		}
+	}
+	LWLockRelease(metrics_shared->lock);
+	return found != NULL;
+}
+
+/*
  * A new family must not make the exposition ambiguous: a histogram's sample
  * names (name_bucket, name_sum, name_count) must not be another family's,
  * nor may a new name be one of an existing histogram's.

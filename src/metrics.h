@@ -40,6 +40,7 @@ extern char *MetricsExposition(void);
 typedef void (*MetricsCollector) (StringInfo out);
 
 extern void MetricsRegisterCollector(MetricsCollector collector);
+extern bool MetricsFamilyExists(const char *name);
 
 extern void InfraMetricsInit(void);
 
