@@ -1198,7 +1198,7 @@ INSERT INTO infra.metric_queries (name, labels, gauges, counters, help, query) V
                pg_catalog.pg_is_in_recovery()::integer AS is_replica$q$),
     ('pg_stat_replication', '{application_name,client_addr,state,pid}', '{pg_wal_lsn_diff,replay_lag_seconds}', '{}',
      'Each standby streaming from this server: bytes and seconds its replay is behind.',
-     $q$SELECT application_name, pg_catalog.coalesce(pg_catalog.host(client_addr), '') AS client_addr,
+     $q$SELECT application_name, coalesce(pg_catalog.host(client_addr), '') AS client_addr,
                state, pid,
                pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_current_wal_lsn(), replay_lsn)::float8 AS pg_wal_lsn_diff,
                extract(epoch FROM replay_lag)::float8 AS replay_lag_seconds
@@ -1216,7 +1216,7 @@ INSERT INTO infra.metric_queries (name, labels, gauges, counters, help, query) V
     ('pg_stat_activity', '{datname,state}', '{count,max_tx_duration}', '{}',
      'Sessions per database and state, and the age of the oldest transaction among them, in seconds.',
      $q$SELECT d.datname, s.state, pg_catalog.count(a.pid) AS count,
-               pg_catalog.coalesce(pg_catalog.max(extract(epoch FROM pg_catalog.clock_timestamp() - a.xact_start)), 0)::float8
+               coalesce(pg_catalog.max(extract(epoch FROM pg_catalog.clock_timestamp() - a.xact_start)), 0)::float8
                    AS max_tx_duration
           FROM pg_catalog.pg_database d
          CROSS JOIN (VALUES ('active'), ('idle'), ('idle in transaction'),

@@ -26,8 +26,8 @@
  * which has no database connection.
  *
  * The worker sleeps without a timer while no query is enabled: a statement
- * trigger on the table wakes it at commit and sends a relcache
- * invalidation, which tells it to read the table again.
+ * trigger on the table moves a generation counter in shared memory at
+ * commit and wakes it, and it reads the table again.
  *
  *-------------------------------------------------------------------------
  */
@@ -94,6 +94,7 @@ typedef struct MQSlot
 typedef struct MQShared
 {
 	LWLock	   *lock;
+	pg_atomic_uint64 generation;	/* bumped by each commit that changed the table */
 	MQSlot		slots[MQ_SLOTS];
 } MQShared;
 
@@ -125,9 +126,9 @@ static MQShared *mq_shared = NULL;
 static MemoryContext mq_context = NULL;
 static MQRow *rows = NULL;
 static int	nrows = 0;
-static bool rows_stale = true;
-static bool callback_registered = false;
-static Oid	table_oid = InvalidOid;
+static bool rows_read = false;
+static uint64 rows_generation = 0;
+static bool changed_in_xact = false;
 static char mq_database[NAMEDATALEN];
 
 static Size MQShmemSize(void);
@@ -135,6 +136,7 @@ static void MQShmemInit(void *segment, bool found, LWLockPadded *locks);
 static long MQServe(void);
 static void MQShutdown(void);
 static void MQCollectMetrics(StringInfo out);
+static void MQXactCallback(XactEvent event, void *arg);
 
 /*
  * In _PG_init.
@@ -165,6 +167,26 @@ InfraMetricQueriesInit(void)
 	InfraShmemRegister(&seg);
 	InfraWorkerRegisterService(&service);
 	MetricsRegisterCollector(MQCollectMetrics);
+	/* After the worker's own: called before it, so the generation has moved
+	 * when the worker is woken. */
+	RegisterXactCallback(MQXactCallback, NULL);
+}
+
+/*
+ * A commit that changed infra.metric_queries moves the generation before
+ * the worker is woken (XactCallbacks run newest first, and the change is
+ * visible by then); an abort forgets the change.
+ */
+static void
+MQXactCallback(XactEvent event, void *arg)
+{
+	if (!changed_in_xact)
+		return;
+	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT) && mq_shared != NULL)
+		pg_atomic_fetch_add_u64(&mq_shared->generation, 1);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		changed_in_xact = false;
 }
 
 static Size
@@ -179,7 +201,10 @@ MQShmemInit(void *segment, bool found, LWLockPadded *locks)
 	MQShared   *shared = (MQShared *) segment;
 
 	if (!found)
+	{
 		memset(shared, 0, sizeof(MQShared));
+		pg_atomic_init_u64(&shared->generation, 0);
+	}
 	shared->lock = &locks[0].lock;
 }
 
@@ -261,13 +286,6 @@ MQFamilyServedElsewhere(const MQSlot *mine, const char *family)
  * Reading infra.metric_queries
  * ------------------------------------------------------------------------- */
 
-static void
-MQRelcacheCallback(Datum arg, Oid relid)
-{
-	if (relid == InvalidOid || relid == table_oid)
-		rows_stale = true;
-}
-
 /* A text[] datum as a palloc'd array of C strings. */
 static char **
 MQTextArray(Datum d, int *n)
@@ -307,13 +325,11 @@ MQReadRows(void)
 	StartTransactionCommand();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
-	table_oid = get_relname_relid("metric_queries", get_namespace_oid("infra", false));
 	strlcpy(mq_database, get_database_name(MyDatabaseId), NAMEDATALEN);
-	rows_stale = false;
 	SpiCheckResult(SPI_execute("SELECT name, query,"
-							   " (pg_catalog.extract(epoch FROM \"interval\") OPERATOR(pg_catalog.*) 1000)::bigint,"
-							   " (pg_catalog.extract(epoch FROM timeout) OPERATOR(pg_catalog.*) 1000)::integer,"
-							   " labels, gauges, counters, pg_catalog.coalesce(help, ''), run_as::text,"
+							   " (pg_catalog.date_part('epoch', \"interval\") OPERATOR(pg_catalog.*) 1000)::bigint,"
+							   " (pg_catalog.date_part('epoch', timeout) OPERATOR(pg_catalog.*) 1000)::integer,"
+							   " labels, gauges, counters, coalesce(help, ''), run_as::text,"
 							   " allow_superuser, author::text"
 							   " FROM infra.metric_queries WHERE enabled ORDER BY name",
 							   true, 0),
@@ -365,6 +381,8 @@ MQReadRows(void)
 	mq_context = next_context;
 	rows = next;
 	nrows = n;
+	/* Only now: an error above leaves the table to be read again. */
+	rows_read = true;
 	MQFreeGone();
 }
 
@@ -641,7 +659,9 @@ MQRun(MQRow *r)
 		/* Not SPI's read_only (its errors would speak of functions): the
 		 * transaction is read-only. */
 		ret = SPI_execute(r->query, false, infra_metric_query_max_series + 1);
-		disable_timeout(STATEMENT_TIMEOUT, false);
+		/* A timeout that fired just as it returned is still this query's. */
+		disable_timeout(STATEMENT_TIMEOUT, true);
+		CHECK_FOR_INTERRUPTS();
 		SetUserIdAndSecContext(save_user, save_sec);
 		if (ret != SPI_OK_SELECT || SPI_tuptable == NULL)
 			ereport(ERROR,
@@ -743,14 +763,13 @@ MQServe(void)
 	long		sleep_ms = -1;
 	int			i;
 
-	if (!callback_registered)
+	/* The generation first: a change while reading makes another read. */
+	if (!rows_read || pg_atomic_read_u64(&mq_shared->generation) != rows_generation)
 	{
-		CacheRegisterRelcacheCallback(MQRelcacheCallback, (Datum) 0);
-		callback_registered = true;
-	}
-	/* Invalidations arrive with a transaction's start (the worker's loop has one). */
-	if (rows_stale)
+		rows_generation = pg_atomic_read_u64(&mq_shared->generation);
+		rows_read = false;
 		MQReadRows();
+	}
 	now = GetCurrentTimestamp();
 	for (i = 0; i < nrows; i++)
 	{
@@ -837,22 +856,20 @@ MQCollectMetrics(StringInfo out)
 }
 
 /*
- * Statement trigger on infra.metric_queries: the worker of this database
- * reads the table again when the change commits (a relcache invalidation)
- * and is woken for it.  The row trigger infra.metric_queries_author() keeps
- * who wrote each row.
+ * Statement trigger on infra.metric_queries: when the change commits, the
+ * generation moves and the worker of this database is woken to read the
+ * table again.  The row trigger infra.metric_queries_author() keeps who
+ * wrote each row.
  */
 Datum
 infra_metric_queries_changed(PG_FUNCTION_ARGS)
 {
-	TriggerData *trigdata = (TriggerData *) fcinfo->context;
-
 	INFRA_CHECK_SCHEMA();
 	if (!CALLED_AS_TRIGGER(fcinfo))
 		ereport(ERROR,
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("infra.metric_queries_changed() must be called as a trigger")));
-	CacheInvalidateRelcache(trigdata->tg_relation);
+	changed_in_xact = true;
 	InfraWorkerWakeAtCommit();
 	return PointerGetDatum(NULL);
 }
