@@ -281,8 +281,10 @@ kafka_conf(bool member)
 	char		errstr[512];
 	char		probe_group[BRIDGE_VALUE_LEN + 32];
 	int			i;
-	/* The probe assigns partitions itself and commits nothing: its group
-	 * id (librdkafka's consumer wants one) is never joined. */
+	/*
+	 * The probe assigns partitions itself and commits nothing: its group id
+	 * (librdkafka's consumer wants one) is never joined.
+	 */
 	const char *fixed[][2] = {
 		{"bootstrap.servers", cfg->brokers},
 		{"group.id", member ? cfg->group : probe_group},

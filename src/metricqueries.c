@@ -167,8 +167,10 @@ InfraMetricQueriesInit(void)
 	InfraShmemRegister(&seg);
 	InfraWorkerRegisterService(&service);
 	MetricsRegisterCollector(MQCollectMetrics);
-	/* After the worker's own: called before it, so the generation has moved
-	 * when the worker is woken. */
+	/*
+	 * After the worker's own: called before it, so the generation has moved
+	 * when the worker is woken.
+	 */
 	RegisterXactCallback(MQXactCallback, NULL);
 }
 
@@ -656,8 +658,10 @@ MQRun(MQRow *r)
 		XactReadOnly = true;
 		SetUserIdAndSecContext(r->run_as, save_sec | SECURITY_RESTRICTED_OPERATION | SECURITY_LOCAL_USERID_CHANGE);
 		enable_timeout_after(STATEMENT_TIMEOUT, r->timeout_ms);
-		/* Not SPI's read_only (its errors would speak of functions): the
-		 * transaction is read-only. */
+		/*
+		 * Not SPI's read_only (its errors would speak of functions): the
+		 * transaction is read-only.
+		 */
 		ret = SPI_execute(r->query, false, infra_metric_query_max_series + 1);
 		/* A timeout that fired just as it returned is still this query's. */
 		disable_timeout(STATEMENT_TIMEOUT, true);

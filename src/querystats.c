@@ -1086,8 +1086,10 @@ QueryStatsCollectMetrics(StringInfo out)
 	}
 	LWLockRelease(qs_shared->lock);
 
-	/* The histogram's count is the bucket counts' sum: a statement being
-	 * counted between the reads cannot make them disagree. */
+	/*
+	 * The histogram's count is the bucket counts' sum: a statement being
+	 * counted between the reads cannot make them disagree.
+	 */
 	MetricsWriteFamily(out, "infra_query_duration_seconds", "histogram",
 					   "Duration of top-level statements (infra.query_metrics), every statement together.");
 	for (b = 0; b <= (int) lengthof(qs_le); b++)
