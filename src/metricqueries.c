@@ -808,8 +808,9 @@ MQShutdown(void)
 
 /*
  * The served results (a family the registry has since taken is left out:
- * the exposition must not name it twice), and per query whether its last
- * run succeeded and how long it took.
+ * the exposition must not name it twice; so is every result of a database
+ * whose worker no longer serves it), and per query whether its last run
+ * succeeded.
  */
 static void
 MQCollectMetrics(StringInfo out)
@@ -830,7 +831,8 @@ MQCollectMetrics(StringInfo out)
 		LWLockAcquire(mq_shared->lock, LW_SHARED);
 		memcpy(copy, &mq_shared->slots[i], sizeof(MQSlot));
 		LWLockRelease(mq_shared->lock);
-		if (copy->database_oid == InvalidOid || copy->runs == 0)
+		/* A database whose worker stopped serving (DROP EXTENSION) shows nothing. */
+		if (copy->database_oid == InvalidOid || copy->runs == 0 || !InfraWorkerServing(copy->database_oid))
 			continue;
 		initStringInfo(&labels);
 		MetricsAppendLabel(&labels, "database", copy->database);

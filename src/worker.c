@@ -966,6 +966,30 @@ InfraWorkersHealthy(StringInfo why)
 }
 
 /*
+ * Is a worker serving this database now (running, its extension there and
+ * of the library's version)?  For what a worker publishes to be shown only
+ * while it stands (metric queries after DROP EXTENSION).
+ */
+bool
+InfraWorkerServing(Oid database_oid)
+{
+	int			i;
+
+	if (worker_shared == NULL)
+		return false;
+	for (i = 0; i < worker_shared->nslots; i++)
+	{
+		InfraWorkerSlot copy;
+
+		InfraWorkerSlotCopy(i, &copy);
+		if (copy.database_oid == database_oid && copy.pid != 0 &&
+			InfraWorkerShownState(&copy) == INFRA_WORKER_RUNNING)
+			return true;
+	}
+	return false;
+}
+
+/*
  * The first database of infra.database (where infra's workers without a
  * database of their own read configuration), or NULL when none is listed.
  */

@@ -59,6 +59,7 @@ typedef struct InfraWorkerService
 extern void InfraWorkerRegisterService(const InfraWorkerService *service);
 extern void InfraWorkerWakeAtCommit(void);
 extern bool InfraWorkersHealthy(StringInfo why);
+extern bool InfraWorkerServing(Oid database_oid);
 extern void InfraRequirePrimary(const char *what);
 extern const char *InfraWorkerFirstDatabase(void);
 

@@ -158,4 +158,14 @@ $node->safe_psql('postgres', q{UPDATE infra.metric_queries SET enabled = false W
 ok(wait_until(sub { scrape() !~ /^as_alice_v/m }, 30), 'disabled: its series are gone');
 is(status('as_alice', 'count(*)'), 0, 'and its status row');
 
+# DROP EXTENSION: the database's results go (the worker no longer serves it).
+like(scrape(), qr/^pg_database_size_bytes\{/m, 'still served before DROP EXTENSION');
+$node->safe_psql('postgres', 'DROP EXTENSION infra');
+ok(wait_until(sub { my $s = scrape(); $s ne '' && $s !~ /^pg_database_size_bytes/m && $s !~ /^infra_metric_query_success/m }, 30),
+	'after DROP EXTENSION nothing of its queries is served');
+$node->safe_psql('postgres', 'CREATE EXTENSION infra');
+ok(wait_until(sub { $node->safe_psql('postgres', q{SELECT count(*) FROM infra.metric_query_status}) == 0 }, 30),
+	'created again: the default rows, disabled, run nothing');
+unlike(scrape(), qr/^pg_database_size_bytes/m, 'and serve nothing');
+
 done_testing();
