@@ -63,7 +63,8 @@ volatile int bridge_reload = 0;
 static void settle(void);
 static void reseek(void);
 
-static int64_t
+/* Milliseconds of CLOCK_MONOTONIC, for deadlines and durations. */
+int64_t
 now_ms(void)
 {
 	struct timespec ts;

@@ -36,15 +36,6 @@ static pthread_mutex_t fresh_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t fresh_wake = PTHREAD_COND_INITIALIZER;
 static rd_kafka_t *probe = NULL;
 
-static int64_t
-mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 /*
  * The timestamp (ms) of the message at offset of topic/partition, or of
  * the first after it (compaction, retention); -1 when none came in time.
@@ -53,7 +44,7 @@ static int64_t
 fetch_timestamp(const char *topic, int32_t partition, int64_t offset)
 {
 	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
-	int64_t		deadline = mono_ms() + FRESH_FETCH_MS;
+	int64_t		deadline = now_ms() + FRESH_FETCH_MS;
 	int64_t		ts = -1;
 
 	rd_kafka_resp_err_t err;
@@ -68,7 +59,7 @@ fetch_timestamp(const char *topic, int32_t partition, int64_t offset)
 		return -1;
 	}
 	rd_kafka_topic_partition_list_destroy(list);
-	while (ts < 0 && mono_ms() < deadline)
+	while (ts < 0 && now_ms() < deadline)
 	{
 		rd_kafka_message_t *m = rd_kafka_consumer_poll(probe, 200);
 

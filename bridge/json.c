@@ -218,8 +218,19 @@ json_pick(const char *json, size_t len, const char *const *keys, const bool *raw
 {
 	JsonLexContext storage;
 	JsonLexContext *lex;
-	JsonSemAction sem;
-	PickState	st;
+	JsonSemAction sem = {
+		.object_start = on_object_start,
+		.object_end = on_end,
+		.array_start = on_array_start,
+		.array_end = on_end,
+		.object_field_start = on_field_start,
+		.object_field_end = on_field_end,
+		.scalar = on_scalar,
+	};
+	PickState	st = {
+		.keys = keys, .raw = raw, .nkeys = nkeys, .picks = picks, .out = out,
+		.field = -1, .ok = true,
+	};
 	JsonParseErrorType err;
 	int			i;
 
@@ -229,25 +240,9 @@ json_pick(const char *json, size_t len, const char *const *keys, const bool *raw
 		return false;
 	for (i = 0; i < nkeys; i++)
 		picks[i].kind = JSON_PICK_MISSING;
-	memset(&st, 0, sizeof(st));
-	memset(&sem, 0, sizeof(sem));
 	lex = InfraJsonLexMake(storage, (char *) json, (int) len);
 	st.lex = lex;
-	st.keys = keys;
-	st.raw = raw;
-	st.nkeys = nkeys;
-	st.picks = picks;
-	st.out = out;
-	st.field = -1;
-	st.ok = true;
 	sem.semstate = &st;
-	sem.object_start = on_object_start;
-	sem.object_end = on_end;
-	sem.array_start = on_array_start;
-	sem.array_end = on_end;
-	sem.object_field_start = on_field_start;
-	sem.object_field_end = on_field_end;
-	sem.scalar = on_scalar;
 	err = pg_parse_json(lex, &sem);
 	InfraJsonLexFree(lex);
 	return err == JSON_SUCCESS && st.ok && st.top_object;

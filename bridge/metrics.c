@@ -165,6 +165,7 @@ metrics_written(rd_kafka_message_t *const *msgs, const int *routes, int n)
 {
 	struct timespec ts;
 	int64_t		now_us;
+	FreshFigure *f = NULL;
 	int			i;
 
 	clock_gettime(CLOCK_REALTIME, &ts);
@@ -176,12 +177,13 @@ metrics_written(rd_kafka_message_t *const *msgs, const int *routes, int n)
 		rd_kafka_headers_t *headers = NULL;
 		const void *value;
 		size_t		size;
-		FreshFigure *f;
 		int			r = routes[i];
 
 		if (r < 0 || r >= nroutes)
 			continue;
-		f = fresh_find(rd_kafka_topic_name(m->rkt), m->partition, true);
+		/* A job's messages come a partition at a time: look it up once a run. */
+		if (f == NULL || f->partition != m->partition || strcmp(f->topic, rd_kafka_topic_name(m->rkt)) != 0)
+			f = fresh_find(rd_kafka_topic_name(m->rkt), m->partition, true);
 		if (f != NULL && m->offset >= f->written_offset)
 		{
 			f->written_offset = m->offset;
@@ -376,6 +378,18 @@ label(const char *value, char *buf, size_t size)
 	return buf;
 }
 
+/* One freshness sample: now - ts (ms) in seconds, never below zero. Under lock. */
+static void
+age_sample(Buf *t, const char *name, int route, const char *topic, int partition, int64_t now, int64_t ts)
+{
+	char		l1[300];
+	char		l2[300];
+
+	buf_printf(t, "%s{route=\"%s\",topic=\"%s\",partition=\"%d\"} %.3f\n", name,
+			   route >= 0 && route < nroutes ? label(routes[route].name, l2, sizeof(l2)) : "",
+			   label(topic, l1, sizeof(l1)), partition, now > ts ? (double) (now - ts) / 1000.0 : 0.0);
+}
+
 /*
  * Freshness in seconds, per assigned partition: the lag (0 when caught up,
  * else the age of the oldest message not yet written; while the probe has
@@ -387,7 +401,6 @@ static void
 render_freshness(Buf *t)
 {
 	int64_t		now = wall_ms();
-	char		l1[300];
 	char		l2[300];
 	int			i;
 	int			r;
@@ -408,18 +421,14 @@ render_freshness(Buf *t)
 			ts = f->written_ts;
 		if (ts < 0)
 			continue;
-		buf_printf(t, "infra_bridge_lag_seconds{route=\"%s\",topic=\"%s\",partition=\"%d\"} %.3f\n",
-				   lags[i].route >= 0 && lags[i].route < nroutes ? label(routes[lags[i].route].name, l2, sizeof(l2)) : "",
-				   label(lags[i].topic, l1, sizeof(l1)), lags[i].partition,
-				   now > ts ? (double) (now - ts) / 1000.0 : 0.0);
+		age_sample(t, "infra_bridge_lag_seconds", lags[i].route, lags[i].topic, lags[i].partition, now, ts);
 	}
 	buf_puts(t, "# HELP infra_bridge_last_written_age_seconds Age (Kafka timestamp) of the partition's last message written.\n"
 			 "# TYPE infra_bridge_last_written_age_seconds gauge\n");
 	for (i = 0; i < nfresh; i++)
 		if (fresh[i].written_ts >= 0 && fresh[i].route >= 0 && fresh[i].route < nroutes)
-			buf_printf(t, "infra_bridge_last_written_age_seconds{route=\"%s\",topic=\"%s\",partition=\"%d\"} %.3f\n",
-					   label(routes[fresh[i].route].name, l2, sizeof(l2)), label(fresh[i].topic, l1, sizeof(l1)),
-					   fresh[i].partition, now > fresh[i].written_ts ? (double) (now - fresh[i].written_ts) / 1000.0 : 0.0);
+			age_sample(t, "infra_bridge_last_written_age_seconds", fresh[i].route, fresh[i].topic,
+					   fresh[i].partition, now, fresh[i].written_ts);
 	buf_puts(t, "# HELP infra_bridge_newest_message_age_seconds Age (Kafka timestamp) of the partition's newest message on the broker.\n"
 			 "# TYPE infra_bridge_newest_message_age_seconds gauge\n");
 	for (i = 0; i < nlags; i++)
@@ -433,10 +442,8 @@ render_freshness(Buf *t)
 			ts = f->newest_ts;
 		if (ts < 0)
 			continue;
-		buf_printf(t, "infra_bridge_newest_message_age_seconds{route=\"%s\",topic=\"%s\",partition=\"%d\"} %.3f\n",
-				   lags[i].route >= 0 && lags[i].route < nroutes ? label(routes[lags[i].route].name, l2, sizeof(l2)) : "",
-				   label(lags[i].topic, l1, sizeof(l1)), lags[i].partition,
-				   now > ts ? (double) (now - ts) / 1000.0 : 0.0);
+		age_sample(t, "infra_bridge_newest_message_age_seconds", lags[i].route, lags[i].topic,
+				   lags[i].partition, now, ts);
 	}
 	buf_puts(t, "# HELP infra_bridge_end_to_end_seconds From the commit of kafka_send's transaction (header infra-commit-time) to the commit of its row here.\n"
 			 "# TYPE infra_bridge_end_to_end_seconds histogram\n");

@@ -264,6 +264,24 @@ MQFreeGone(void)
 	LWLockRelease(mq_shared->lock);
 }
 
+/*
+ * The next family a slot's exposition text declares, from p on: its name
+ * into family; returns where to look for the one after, NULL when none.
+ */
+static const char *
+MQNextFamily(const char *p, char *family, size_t size)
+{
+	const char *c = strstr(p, "# TYPE ");
+	int			len;
+
+	if (c == NULL)
+		return NULL;
+	c += 7;
+	len = strcspn(c, " ");
+	snprintf(family, size, "%.*s", Min(len, (int) size - 1), c);
+	return c + len;
+}
+
 /* Does another slot serve the family "name"?  Under lock. */
 static const MQSlot *
 MQFamilyServedElsewhere(const MQSlot *mine, const char *family)
@@ -704,19 +722,16 @@ MQRun(MQRow *r)
 	slot = MQSlotFor(MyDatabaseId, r->name, true);
 	if (slot != NULL)
 	{
-		const MQSlot *clash = NULL;
-		const char *c;
+		char		family[MQ_NAME_LEN * 2 + 2];
+		const char *c = out.data;
 
 		if (error[0] == '\0')
 		{
 			/* Every family it serves must be its own. */
-			for (c = strstr(out.data, "# TYPE "); c != NULL && clash == NULL; c = strstr(c + 1, "# TYPE "))
+			while ((c = MQNextFamily(c, family, sizeof(family))) != NULL)
 			{
-				char		family[MQ_NAME_LEN * 2 + 2];
-				int			len = strcspn(c + 7, " ");
+				const MQSlot *clash = MQFamilyServedElsewhere(slot, family);
 
-				snprintf(family, sizeof(family), "%.*s", Min(len, (int) sizeof(family) - 1), c + 7);
-				clash = MQFamilyServedElsewhere(slot, family);
 				if (clash == NULL && MetricsFamilyExists(family))
 					snprintf(error, sizeof(error), "42710: metric \"%s\" is a series of infra's metrics registry", family);
 				else if (clash != NULL)
@@ -817,7 +832,6 @@ MQCollectMetrics(StringInfo out)
 {
 	MQSlot	   *copy;
 	int			i;
-	int			n = 0;
 
 	if (mq_shared == NULL)
 		return;
@@ -827,9 +841,15 @@ MQCollectMetrics(StringInfo out)
 	for (i = 0; i < MQ_SLOTS; i++)
 	{
 		StringInfoData labels;
+		char		family[MQ_NAME_LEN * 2 + 2];
+		const char *c;
+		bool		clash = false;
 
+		/* The slot's fields, and of its text only what it holds. */
 		LWLockAcquire(mq_shared->lock, LW_SHARED);
-		memcpy(copy, &mq_shared->slots[i], sizeof(MQSlot));
+		memcpy(copy, &mq_shared->slots[i], offsetof(MQSlot, text));
+		if (copy->database_oid != InvalidOid)
+			memcpy(copy->text, mq_shared->slots[i].text, copy->len + 1);
 		LWLockRelease(mq_shared->lock);
 		/* A database whose worker stopped serving (DROP EXTENSION) shows nothing. */
 		if (copy->database_oid == InvalidOid || copy->runs == 0 || !InfraWorkerServing(copy->database_oid))
@@ -838,25 +858,12 @@ MQCollectMetrics(StringInfo out)
 		MetricsAppendLabel(&labels, "database", copy->database);
 		MetricsAppendLabel(&labels, "name", copy->name);
 		MetricsWriteSample(out, "infra_metric_query_success", labels.data, copy->error[0] == '\0');
-		if (copy->len > 0)
-		{
-			const char *c;
-			bool		clash = false;
-
-			for (c = strstr(copy->text, "# TYPE "); c != NULL && !clash; c = strstr(c + 1, "# TYPE "))
-			{
-				char		family[MQ_NAME_LEN * 2 + 2];
-				int			len = strcspn(c + 7, " ");
-
-				snprintf(family, sizeof(family), "%.*s", Min(len, (int) sizeof(family) - 1), c + 7);
-				clash = MetricsFamilyExists(family);
-			}
-			if (!clash)
-			{
-				appendBinaryStringInfo(out, copy->text, copy->len);
-				n++;
-			}
-		}
+		if (copy->len == 0)
+			continue;
+		for (c = copy->text; !clash && (c = MQNextFamily(c, family, sizeof(family))) != NULL;)
+			clash = MetricsFamilyExists(family);
+		if (!clash)
+			appendBinaryStringInfo(out, copy->text, copy->len);
 	}
 	pfree(copy);
 }

@@ -1044,20 +1044,22 @@ QueryStatsCollectMetrics(StringInfo out)
 	int64		evictions;
 	int			i;
 	int			b;
-	int			to[QS_BUCKETS];
+	static int	to[QS_BUCKETS];
+	static bool mapped = false;
 	uint64		counts[lengthof(qs_le) + 1];
 	uint64		cumulative = 0;
 
 	if (qs_shared == NULL)
 		return;
 	/* Each of our buckets into the first Prometheus bucket that holds it all. */
-	for (b = 0; b < QS_BUCKETS; b++)
+	for (b = 0; b < QS_BUCKETS && !mapped; b++)
 	{
 		double		upper_s = (b == 0 ? 1.0 : ldexp(1.0, b / QS_SUB) * (1.0 + (double) (b % QS_SUB + 1) / QS_SUB)) / 1e6;
 
 		for (to[b] = 0; to[b] < (int) lengthof(qs_le) && upper_s > qs_le[to[b]]; to[b]++)
 			;
 	}
+	mapped = true;
 	memset(counts, 0, sizeof(counts));
 	LWLockAcquire(qs_shared->lock, LW_SHARED);
 	calls = qs_shared->evicted_calls;
