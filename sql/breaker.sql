@@ -8,7 +8,7 @@ CREATE EXTENSION infra;
 SELECT name, window_kind, window_size, minimum_calls, failure_rate_threshold,
        open_duration, half_open_permitted_calls
   FROM infra.circuit_breakers ORDER BY name;
--- (Not their calls: the trace exporter, when configured, uses "network".)
+-- (kafka and otlp are infra's own: its worker's and its trace exporter's.)
 SELECT name, state FROM infra.circuit_breaker_state ORDER BY name;
 
 -- A count window of 4 calls, opening at 50% failures once 4 calls are in.
@@ -143,12 +143,24 @@ INSERT INTO infra.circuit_breakers (name, failure_rate_threshold) VALUES ('b_bad
 INSERT INTO infra.circuit_breakers (name, window_size) VALUES ('b_bad', 1001);
 
 -- Privileges: applications use breakers, only owners configure or force.
+-- A breaker is its owner's: others use it once granted, presets are public,
+-- infra's own (kafka) nobody's but superusers'.
 CREATE ROLE br_app;
 SET ROLE br_app;
 SELECT infra.breaker_allow('b_codes');
+RESET ROLE;
+SELECT infra.grant_use('circuit_breaker', 'b_codes', 'br_app');
+SET ROLE br_app;
+SELECT infra.breaker_allow('b_codes');
+SELECT infra.breaker_allow('network');
+SELECT infra.breaker_failure('kafka');
 SELECT infra.breaker_force('b_codes', 'closed');
 SELECT infra.breaker_reset('b_codes');
 DELETE FROM infra.circuit_breakers;
+RESET ROLE;
+SELECT infra.revoke_use('circuit_breaker', 'b_codes', 'br_app');
+SET ROLE br_app;
+SELECT infra.breaker_allow('b_codes');
 RESET ROLE;
 DROP ROLE br_app;
 DELETE FROM infra.circuit_breakers WHERE name LIKE 'b\_%';

@@ -108,8 +108,25 @@ SELECT infra.rate_limit('api');
 UPDATE infra.rate_limiters SET rate = 1000000;
 SELECT infra.rate_limit_reset();
 SELECT count(*) FROM infra.rate_limits;
+-- A key is its role's own: the same text is another role's other key.
+SELECT infra.rate_limit('rl:app', 1, '1 hour');
+RESET ROLE;
+SELECT infra.rate_limit('rl:app', 1, '1 hour') AS superuser_has_its_own;
+SELECT key, owner, public, remaining FROM infra.rate_limits WHERE key = 'rl:app' ORDER BY owner::text;
+-- Made public by its owner, every role's call without a key of its own uses it.
+CREATE ROLE rl_other;
+SET ROLE rl_app;
+SELECT infra.grant_use('rate_limit_key', 'rl:app', 'public');
+SELECT infra.grant_use('rate_limit_key', 'rl:app', 'rl_other');
+SET ROLE rl_other;
+SELECT infra.rate_limit('rl:app', 1, '1 hour') AS other_uses_public_key;
+SELECT infra.revoke_use('rate_limit_key', 'rl:app', 'public');
+RESET ROLE;
+SELECT key, owner, public FROM infra.rate_limits WHERE key = 'rl:app' ORDER BY owner::text;
+SELECT infra.rate_limit_reset('rl:app');
 RESET ROLE;
 DROP ROLE rl_app;
+DROP ROLE rl_other;
 DELETE FROM infra.rate_limiters WHERE name = 'rl_named';
 
 -- A peek (the view, cost 0, throttle with cost 0) changes nothing of a key:

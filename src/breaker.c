@@ -21,6 +21,14 @@
  * breaker's generation, which makes permits of an earlier half-open period
  * harmless.
  *
+ * A breaker belongs to the role that owns its row (confcache.c checks the
+ * caller may use it), and its live state is that owner's: a slot is named
+ * by (name, owner), so a role that writes a row of the same name in another
+ * database gets a breaker of its own, not the power to trip another's.
+ * infra's own ("kafka" for delivery, "otlp" for trace exports) belong to
+ * the extension's owner and are granted to no one: only superusers, or
+ * roles a superuser grants their use, can touch them.
+ *
  * Locking: infra.breaker_max slots.  BreakerShared->lock (LWLock) guards
  * assigning a slot to a name (shared to look up, exclusive to assign) and
  * the ring of events.  A slot, once named, keeps its name until the server
@@ -75,6 +83,7 @@ PG_FUNCTION_INFO_V1(infra_breaker_events);
 typedef struct BreakerConfig
 {
 	char		name[NAMEDATALEN];	/* cache key, must be first */
+	ConfigOwner own;
 	bool		time_window;
 	int32		window_size;
 	int32		minimum_calls;
@@ -101,6 +110,8 @@ typedef struct BreakerBucket
 typedef struct BreakerSlot
 {
 	char		name[BREAKER_NAME_LEN]; /* set once, under the LWLock */
+	Oid			owner;			/* likewise: the row's owner */
+	char		owner_name[NAMEDATALEN];
 	slock_t		mutex;			/* guards everything below */
 	BreakerStateKind state;
 	uint32		generation;
@@ -180,7 +191,7 @@ static BreakerShared *breaker_shared = NULL;
 static void BreakerRead(HeapTuple tuple, TupleDesc desc, void *entry);
 
 static const Oid breaker_types[] = {BOOLOID, INT4OID, INT4OID, FLOAT8OID, INTERVALOID,
-	FLOAT8OID, INTERVALOID, INT4OID, INTERVALOID, TEXTARRAYOID, TEXTARRAYOID};
+	FLOAT8OID, INTERVALOID, INT4OID, INTERVALOID, TEXTARRAYOID, TEXTARRAYOID, REGROLEOID, ACLITEMARRAYOID};
 
 static ConfigCache breaker_cache = {
 	.table = "circuit_breakers",
@@ -188,12 +199,15 @@ static ConfigCache breaker_cache = {
 	.query = "SELECT window_kind OPERATOR(pg_catalog.=) 'time', window_size, minimum_calls, "
 	"failure_rate_threshold, slow_call_duration, slow_call_rate_threshold, "
 	"open_duration, half_open_permitted_calls, half_open_max_wait, "
-	"failure_sqlstates, ignored_sqlstates "
+	"failure_sqlstates, ignored_sqlstates, owner, acl "
 	"FROM infra.circuit_breakers WHERE name OPERATOR(pg_catalog.=) $1",
-	.ncols = 11,
+	.ncols = 13,
 	.types = breaker_types,
 	.read = BreakerRead,
 	.what = "circuit breaker",
+	.kind = "circuit_breaker",
+	.owned = true,
+	.owner_offset = offsetof(BreakerConfig, own),
 	.hint = "Breakers are rows of infra.circuit_breakers; insert one to create it.",
 };
 
@@ -208,7 +222,7 @@ static const char *const state_names[] = {
 static Size BreakerShmemSize(void);
 static void BreakerShmemInit(void *segment, bool found, LWLockPadded *locks);
 static void BreakerLookup(const char *name, BreakerConfig *cfg);
-static int	BreakerSlotFor(const char *name);
+static int	BreakerSlotFor(const char *name, Oid owner, const char *owner_name);
 static void BreakerTransition(BreakerSlot *slot, BreakerStateKind to,
 							  const BreakerConfig *cfg, int64 now_ns,
 							  const char *why, BreakerChange *change);
@@ -274,10 +288,10 @@ BreakerShmemInit(void *segment, bool found, LWLockPadded *locks)
 }
 
 /*
- * The slot of the named breaker, assigning a free one on first use.
+ * The slot of the breaker (name, owner), assigning a free one on first use.
  */
 static int
-BreakerSlotFor(const char *name)
+BreakerSlotFor(const char *name, Oid owner, const char *owner_name)
 {
 	int			i;
 	int64		now_ns;
@@ -285,7 +299,8 @@ BreakerSlotFor(const char *name)
 
 	LWLockAcquire(breaker_shared->lock, LW_SHARED);
 	for (i = 0; i < breaker_shared->nslots; i++)
-		if (strcmp(breaker_shared->slots[i].name, name) == 0)
+		if (breaker_shared->slots[i].owner == owner &&
+			strcmp(breaker_shared->slots[i].name, name) == 0)
 			break;
 	found = i < breaker_shared->nslots;
 	LWLockRelease(breaker_shared->lock);
@@ -294,7 +309,8 @@ BreakerSlotFor(const char *name)
 
 	LWLockAcquire(breaker_shared->lock, LW_EXCLUSIVE);
 	for (i = 0; i < breaker_shared->nslots; i++)
-		if (strcmp(breaker_shared->slots[i].name, name) == 0)
+		if (breaker_shared->slots[i].owner == owner &&
+			strcmp(breaker_shared->slots[i].name, name) == 0)
 			break;
 	if (i == breaker_shared->nslots)
 	{
@@ -312,6 +328,8 @@ BreakerSlotFor(const char *name)
 		now_ns = InfraMonotonicNs();
 		SpinLockInit(&slot->mutex);
 		strlcpy(slot->name, name, BREAKER_NAME_LEN);
+		slot->owner = owner;
+		strlcpy(slot->owner_name, owner_name, NAMEDATALEN);
 		slot->state = BREAKER_CLOSED;
 		slot->since_ns = now_ns;
 		slot->last_second = now_ns / NS_PER_SEC;
@@ -348,7 +366,7 @@ BreakerRead(HeapTuple tuple, TupleDesc desc, void *entry)
 						  "failure_sqlstates", &cfg->failure_states);
 	SqlstateListFromArray(DatumGetArrayTypeP(SPI_getbinval(tuple, desc, 11, &isnull)),
 						  "ignored_sqlstates", &cfg->ignored_states);
-	cfg->slot = BreakerSlotFor(cfg->name);
+	cfg->slot = BreakerSlotFor(cfg->name, cfg->own.owner, cfg->own.owner_name);
 }
 
 /*
@@ -968,8 +986,8 @@ infra_breaker_states(PG_FUNCTION_ARGS)
 
 	for (i = 0; i < nslots; i++)
 	{
-		Datum		values[12];
-		bool		nulls[12];
+		Datum		values[13];
+		bool		nulls[13];
 
 		SpinLockAcquire(&breaker_shared->slots[i].mutex);
 		memcpy(copy, &breaker_shared->slots[i], sizeof(BreakerSlot));
@@ -992,6 +1010,7 @@ infra_breaker_states(PG_FUNCTION_ARGS)
 		values[9] = Int32GetDatum(copy->permits_in_use);
 		values[10] = Int64GetDatum(copy->rejected_total);
 		values[11] = Int64GetDatum(copy->calls_total);
+		values[12] = ObjectIdGetDatum(copy->owner);
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 	return (Datum) 0;
@@ -1084,6 +1103,7 @@ BreakerCollectMetrics(StringInfo out)
 
 			initStringInfo(&labels);
 			MetricsAppendLabel(&labels, "breaker", copies[i].name);
+			MetricsAppendLabel(&labels, "owner", copies[i].owner_name);
 			if (f == 0)
 			{
 				int			s;

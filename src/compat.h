@@ -72,6 +72,18 @@ extern PGDLLEXPORT void _PG_init(void);
 #endif
 
 /*
+ * May role "member" become "role" with SET ROLE?  From PostgreSQL 16 a
+ * membership may be granted WITH SET FALSE (and a CREATEROLE user's
+ * membership in the roles it creates is of that kind by default): only the
+ * SET option counts.  Before 16, every membership allows it.
+ */
+#if PG_VERSION_NUM >= 160000
+#define InfraRoleCanSet(member, role)	member_can_set_role((member), (role))
+#else
+#define InfraRoleCanSet(member, role)	is_member_of_role((member), (role))
+#endif
+
+/*
  * This backend's local transaction id: in PGPROC's vxid from PostgreSQL 17.
  */
 #if PG_VERSION_NUM >= 170000

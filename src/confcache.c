@@ -10,6 +10,14 @@
  * (infra.config_changed) sends that invalidation, so a change applies in
  * every backend once it commits.
  *
+ * Named limiters and breakers have owners, the PostgreSQL way: a row
+ * belongs to the role that wrote it (column owner), and others may use it
+ * when its owner, or a role they have the privileges of, granted them USAGE
+ * (column acl, written by infra.grant_use).  The decision is cached with
+ * the row for the backend's current user and made again when the user
+ * changes or any role or membership does (GRANT, REVOKE, DROP ROLE send a
+ * syscache invalidation), so the check costs two comparisons per call.
+ *
  * Called by ratelimit.c, breaker.c and retry.c; no shared memory.
  *
  *-------------------------------------------------------------------------
@@ -19,11 +27,13 @@
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/syscache.h"
 
 #include "confcache.h"
 #include "infra.h"
@@ -33,6 +43,18 @@
 #define MAX_CONFIG_CACHES 8
 static ConfigCache *caches[MAX_CONFIG_CACHES];
 static int	ncaches = 0;
+
+/* Bumped when any role or membership changes: usage decisions are stale. */
+static uint64 role_generation = 1;
+
+/*
+ * Syscache callback for pg_authid and pg_auth_members.
+ */
+static void
+ConfigRolesChanged(Datum arg, int cacheid, uint32 hashvalue)
+{
+	role_generation++;
+}
 
 /*
  * Relcache callback: drop the cache of the table invalidated (every cache,
@@ -52,6 +74,8 @@ ConfigCacheInvalidate(Datum arg, Oid relid)
 		{
 			hash_destroy(cache->hash);
 			cache->hash = NULL;
+			if (cache->acls != NULL)
+				MemoryContextReset(cache->acls);
 			cache->generation++;
 		}
 	}
@@ -72,13 +96,20 @@ ConfigCacheOpen(ConfigCache *cache)
 	if (i == ncaches)
 	{
 		if (ncaches == 0)
+		{
 			CacheRegisterRelcacheCallback(ConfigCacheInvalidate, (Datum) 0);
+			CacheRegisterSyscacheCallback(AUTHOID, ConfigRolesChanged, (Datum) 0);
+			CacheRegisterSyscacheCallback(AUTHMEMROLEMEM, ConfigRolesChanged, (Datum) 0);
+		}
 		if (ncaches >= MAX_CONFIG_CACHES)
 			elog(ERROR, "too many infra configuration caches");
 		caches[ncaches++] = cache;
 	}
 	if (cache->hash != NULL)
 		return;
+	if (cache->owned && cache->acls == NULL)
+		cache->acls = AllocSetContextCreate(TopMemoryContext, "infra configuration ACLs",
+											ALLOCSET_SMALL_SIZES);
 
 	cache->relid = get_relname_relid(cache->table,
 									 get_namespace_oid(INFRA_NAME, false));
@@ -88,6 +119,72 @@ ConfigCacheOpen(ConfigCache *cache)
 	info.hcxt = TopMemoryContext;
 	cache->hash = hash_create(cache->table, 16, &info,
 							  HASH_ELEM | HASH_STRINGS | HASH_CONTEXT);
+}
+
+/*
+ * May role use a name that owner owns, with these USAGE grants?  Superusers
+ * and roles with the owner's privileges may; others by a grant (to them, to
+ * a role whose privileges they have, or to PUBLIC).
+ */
+bool
+InfraMayUse(Oid role, Oid owner, const Acl *acl)
+{
+	if (superuser_arg(role) || has_privs_of_role(role, owner))
+		return true;
+	return acl != NULL &&
+		aclmask(acl, role, owner, ACL_USAGE, ACLMASK_ANY) != 0;
+}
+
+/*
+ * An owned row's owner and grants (the query's last two columns), into the
+ * entry; the ACL is copied into the cache's memory.
+ */
+static void
+ConfigOwnerRead(ConfigCache *cache, void *entry)
+{
+	ConfigOwner *own = (ConfigOwner *) ((char *) entry + cache->owner_offset);
+	bool		isnull;
+	Datum		d;
+	char	   *name;
+
+	own->owner = DatumGetObjectId(SpiGetValue(0, cache->ncols - 1, false, NULL, cache->table));
+	name = GetUserNameFromId(own->owner, true);
+	strlcpy(own->owner_name, name ? name : "", NAMEDATALEN);
+	d = SpiGetValue(0, cache->ncols, true, &isnull, cache->table);
+	own->acl = NULL;
+	if (!isnull)
+	{
+		MemoryContext old = MemoryContextSwitchTo(cache->acls);
+
+		own->acl = DatumGetAclPCopy(d);
+		MemoryContextSwitchTo(old);
+	}
+	own->checked_user = InvalidOid;
+}
+
+/*
+ * Refuse the current user an owned row it may not use; the decision is
+ * kept in the cached entry until the user or a role changes.
+ */
+static void
+ConfigOwnerCheck(ConfigCache *cache, void *cached, const char *name)
+{
+	ConfigOwner *own = (ConfigOwner *) ((char *) cached + cache->owner_offset);
+	Oid			user = GetUserId();
+
+	if (own->checked_user != user || own->checked_generation != role_generation)
+	{
+		own->usable = InfraMayUse(user, own->owner, own->acl);
+		own->checked_user = user;
+		own->checked_generation = role_generation;
+	}
+	if (!own->usable)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for %s \"%s\"", cache->what, name),
+				 errdetail("It belongs to role \"%s\", which has not granted its use to this role.", own->owner_name),
+				 errhint("Its owner can share it: SELECT infra.grant_use('%s', '%s', '<role>');",
+						 cache->kind, name)));
 }
 
 /*
@@ -116,6 +213,8 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
 	}
 	if (cached != NULL)
 	{
+		if (cache->owned)
+			ConfigOwnerCheck(cache, cached, name);
 		memcpy(entry, cached, cache->entrysize);
 		return true;
 	}
@@ -138,12 +237,14 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
 	{
 		int			col;
 
-		/* The readers take every column as present. */
-		for (col = 1; col <= cache->ncols; col++)
+		/* The readers take every column as present (an ACL may be NULL). */
+		for (col = 1; col <= cache->ncols - (cache->owned ? 1 : 0); col++)
 			(void) SpiGetValue(0, col, false, NULL, cache->table);
 	}
 	memset(entry, 0, cache->entrysize);
 	strlcpy((char *) entry, name, NAMEDATALEN);
+	if (cache->owned)
+		ConfigOwnerRead(cache, entry);
 	cache->read(SPI_tuptable->vals[0], SPI_tuptable->tupdesc, entry);
 	SPI_finish();
 
@@ -151,8 +252,13 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
 	if (generation == cache->generation)
 	{
 		ConfigCacheOpen(cache);
-		memcpy(hash_search(cache->hash, entry, HASH_ENTER, NULL), entry,
-			   cache->entrysize);
+		cached = hash_search(cache->hash, entry, HASH_ENTER, NULL);
+		memcpy(cached, entry, cache->entrysize);
 	}
+	else
+		cached = entry;
+	if (cache->owned)
+		ConfigOwnerCheck(cache, cached, name);
+	memcpy(entry, cached, cache->entrysize);
 	return true;
 }

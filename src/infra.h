@@ -11,7 +11,7 @@
 #include "compat.h"
 
 /* Version of the SQL API and of the library; infra.control must agree. */
-#define INFRA_VERSION "1.1"
+#define INFRA_VERSION "1.2"
 
 /* Name used for GUC prefix, LWLock tranche and log messages. */
 #define INFRA_NAME "infra"

@@ -646,7 +646,7 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 	msg.subid = GetCurrentSubTransactionId();
 	KafkaCheckBacklog(msg.id);
 	KafkaBufferMessage(&msg);
-	InfraWorkerWakeAtCommit();
+	InfraWorkerWakeAtCommit(INFRA_WORKER_DELIVERY);
 	PG_RETURN_INT64(msg.id);
 }
 
@@ -1059,7 +1059,7 @@ infra_kafka_retry_dead_letters(PG_FUNCTION_ARGS)
 		moved = DatumGetInt32(SpiGetValue(0, 1, false, NULL, "the dead-letter requeue"));
 	SPI_finish();
 	if (moved > 0)
-		InfraWorkerWakeAtCommit();
+		InfraWorkerWakeAtCommit(INFRA_WORKER_DELIVERY);
 	PG_RETURN_INT64((int64) moved);
 }
 
@@ -1098,7 +1098,7 @@ infra_kafka_wake_worker(PG_FUNCTION_ARGS)
 	INFRA_CHECK_SCHEMA();
 	InfraRequirePrimary("change the topic registry");
 
-	InfraWorkerWakeAtCommit();
+	InfraWorkerWakeAtCommit(INFRA_WORKER_DELIVERY);
 	PG_RETURN_VOID();
 }
 

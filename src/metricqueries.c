@@ -2,17 +2,25 @@
  *
  * metricqueries.c
  *		Metrics from SQL: the rows of infra.metric_queries are queries the
- *		infra worker of their database runs on schedule, their results
- *		served on /metrics as gauges and counters, so that one exporter is
- *		enough.
+ *		metric-query worker of their database runs on schedule, their
+ *		results served on /metrics as gauges and counters, so that one
+ *		exporter is enough.
  *
- * Each enabled row runs every `interval`, in a read-only transaction of its
- * own with a statement timeout, as the role `run_as` names, with
- * SECURITY_RESTRICTED_OPERATION (no SET ROLE, no temporary objects) and
- * infra's pinned search_path.  A row may name only a role its author (the
- * role that last wrote it, kept by a trigger) is a member of, and a
- * superuser only with allow_superuser and an author who is a superuser at
- * run time.  Every value column becomes the family <name>_<column>, the
+ * The metric-query worker is a session of its own, apart from the delivery
+ * worker's: a query that is slow, or changes its session, cannot reach
+ * Kafka delivery.  Each enabled row runs every `interval`, in a read-only
+ * transaction of its own with a statement timeout, as the role `run_as`
+ * names, with SECURITY_RESTRICTED_OPERATION (no SET ROLE, no temporary
+ * objects, no LISTEN, no cursor WITH HOLD) and infra's pinned search_path,
+ * inside a GUC nest level: a setting it changes, even for the session, is
+ * undone when it ends, and so are prepared statements it made.  A
+ * session-level advisory lock cannot be left to the next query: it is
+ * released and the query fails with an error saying so.  A row may name
+ * only a role its author (the role that last wrote it, kept by a trigger)
+ * may SET ROLE to (on PostgreSQL 16+ the SET option of the membership, not
+ * membership alone), checked when the row is written and again before each
+ * run, and a superuser only with allow_superuser and an author who is a
+ * superuser at run time.  Every value column becomes the family <name>_<column>, the
  * label columns its labels; names, label names, duplicate label sets, the
  * number of series (infra.metric_query_max_series) and the size of the
  * result are checked before anything is served.  A query that fails
@@ -35,10 +43,13 @@
 
 #include <math.h>
 
+#include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/namespace.h"
 #include "commands/dbcommands.h"
+#include "commands/extension.h"
 #include "catalog/pg_type.h"
+#include "commands/prepare.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "fmgr.h"
@@ -46,6 +57,7 @@
 #include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "portability/instr_time.h"
+#include "storage/lock.h"
 #include "storage/lwlock.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -58,6 +70,7 @@
 #include "utils/timeout.h"
 #include "utils/timestamp.h"
 
+#include "compat.h"
 #include "infra.h"
 #include "metricqueries.h"
 #include "metrics.h"
@@ -67,6 +80,7 @@
 #include "worker.h"
 
 PG_FUNCTION_INFO_V1(infra_metric_queries_changed);
+PG_FUNCTION_INFO_V1(infra_metric_queries_author);
 PG_FUNCTION_INFO_V1(infra_metric_query_status);
 
 #define MQ_SLOTS 32
@@ -153,6 +167,7 @@ InfraMetricQueriesInit(void)
 	};
 	InfraWorkerService service = {
 		.name = "metric queries",
+		.kind = INFRA_WORKER_METRIC_QUERIES,
 		.serve = MQServe,
 		.shutdown = MQShutdown,
 	};
@@ -342,7 +357,7 @@ MQReadRows(void)
 		mq_context = AllocSetContextCreate(TopMemoryContext, "infra metric queries", ALLOCSET_SMALL_SIZES);
 	next_context = AllocSetContextCreate(TopMemoryContext, "infra metric queries", ALLOCSET_SMALL_SIZES);
 
-	StartTransactionCommand();
+	InfraWorkerStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	strlcpy(mq_database, get_database_name(MyDatabaseId), NAMEDATALEN);
@@ -613,40 +628,173 @@ MQRender(const MQRow *r, StringInfo out, int64 *series)
 }
 
 /*
- * May the row's author have it run as run_as?  Errors when not.  In a
- * transaction (the catalog is read).
+ * May author have metric query "name" run as run_as?  Errors when not: the
+ * rule SET ROLE applies (the SET option of a membership on 16+), and a
+ * superuser run_as only with allow_superuser written by a superuser.  In a
+ * transaction (the catalog is read); when the row is written and before
+ * each run.
  */
 static void
-MQCheckRole(const MQRow *r)
+MQCheckRole(const char *name, Oid author, Oid run_as, const char *run_as_name,
+			bool allow_superuser)
 {
-	if (!OidIsValid(r->run_as))
+	if (!OidIsValid(run_as))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
-				 errmsg("role \"%s\" (run_as) does not exist", r->run_as_name)));
-	if (!OidIsValid(r->author))
+				 errmsg("role \"%s\" (run_as) does not exist", run_as_name)));
+	if (!OidIsValid(author))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("the role that wrote metric query \"%s\" no longer exists", r->name),
+				 errmsg("the role that wrote metric query \"%s\" no longer exists", name),
 				 errhint("Write the row again (UPDATE it) as a role that may run it.")));
-	if (superuser_arg(r->run_as))
+	if (superuser_arg(run_as))
 	{
-		if (!r->allow_superuser || !superuser_arg(r->author))
+		if (!allow_superuser || !superuser_arg(author))
 			ereport(ERROR,
 					(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-					 errmsg("metric query \"%s\" would run as superuser \"%s\"", r->name, r->run_as_name),
+					 errmsg("metric query \"%s\" would run as superuser \"%s\"", name, run_as_name),
 					 errdetail("A query runs as a superuser only when its row says allow_superuser and the role that wrote it is a superuser."),
 					 errhint("Name a role with just the privileges the query needs, such as pg_monitor.")));
 	}
-	else if (!superuser_arg(r->author) && !is_member_of_role(r->author, r->run_as))
+	else if (!superuser_arg(author) && !InfraRoleCanSet(author, run_as))
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("the role that wrote metric query \"%s\" is not a member of \"%s\" (run_as)", r->name, r->run_as_name),
-				 errhint("Name a role you are a member of.")));
+				 errmsg("the role that wrote metric query \"%s\" may not SET ROLE to \"%s\" (run_as)", name, run_as_name),
+				 errdetail("A metric query runs only as a role its author could become with SET ROLE: a member of it, with the SET option on PostgreSQL 16 and later."),
+				 errhint("Name a role you may SET ROLE to, or have it granted WITH SET TRUE.")));
+}
+
+/*
+ * Did the query leave a session-level advisory lock (the transaction's own
+ * are gone at commit)?  Release every one; true if there was any.  Out of a
+ * transaction, after the query's.
+ */
+static bool
+MQReleaseSessionLocks(void)
+{
+	LockData   *locks = GetLockStatusData();
+	bool		held = false;
+	int			i;
+
+	for (i = 0; i < locks->nelements && !held; i++)
+		held = locks->locks[i].pid == MyProcPid &&
+			locks->locks[i].locktag.locktag_type == LOCKTAG_ADVISORY;
+	if (held)
+		LockReleaseSession(USER_LOCKMETHOD);
+	return held;
+}
+
+/*
+ * In the row's transaction: run its query as run_as, read-only, under the
+ * statement timeout and a GUC nest level, and render the result into out
+ * (caller's memory).  Raises what goes wrong.
+ */
+static void
+MQRunQuery(MQRow *r, StringInfo out, int64 *series, MemoryContext caller)
+{
+	Oid			save_user;
+	int			save_sec;
+	int			nest;
+	int			ret;
+
+	MQCheckRole(r->name, r->author, r->run_as, r->run_as_name, r->allow_superuser);
+	PushActiveSnapshot(GetTransactionSnapshot());
+	SPI_connect();
+	XactReadOnly = true;
+	/* A setting it changes, even with SET SESSION, ends with it. */
+	nest = NewGUCNestLevel();
+	GetUserIdAndSecContext(&save_user, &save_sec);
+	SetUserIdAndSecContext(r->run_as, save_sec | SECURITY_RESTRICTED_OPERATION | SECURITY_LOCAL_USERID_CHANGE);
+	enable_timeout_after(STATEMENT_TIMEOUT, r->timeout_ms);
+
+	/*
+	 * Not SPI's read_only (its errors would speak of functions): the
+	 * transaction is read-only.
+	 */
+	ret = SPI_execute(r->query, false, infra_metric_query_max_series + 1);
+	/* A timeout that fired just as it returned is still this query's. */
+	disable_timeout(STATEMENT_TIMEOUT, true);
+	CHECK_FOR_INTERRUPTS();
+	SetUserIdAndSecContext(save_user, save_sec);
+	AtEOXact_GUC(false, nest);
+	if (ret != SPI_OK_SELECT || SPI_tuptable == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("metric query \"%s\" is not a query returning rows", r->name)));
+	/* Render in the caller's memory: it outlives the transaction. */
+	{
+		MemoryContext spi = MemoryContextSwitchTo(caller);
+
+		MQRender(r, out, series);
+		MemoryContextSwitchTo(spi);
+	}
+	SPI_finish();
+	PopActiveSnapshot();
+}
+
+/*
+ * Keep a run's outcome in the row's slot: what it serves, or its error
+ * (also when a family it would serve is another's).
+ */
+static void
+MQPublish(const MQRow *r, const StringInfo out, int64 series, char *error,
+		  TimestampTz now, double duration_ms)
+{
+	MQSlot	   *slot;
+	char		family[MQ_NAME_LEN * 2 + 2];
+	const char *c = out->data;
+
+	LWLockAcquire(mq_shared->lock, LW_EXCLUSIVE);
+	slot = MQSlotFor(MyDatabaseId, r->name, true);
+	if (slot == NULL)
+	{
+		LWLockRelease(mq_shared->lock);
+		ereport(WARNING,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("metric query \"%s\" not served: all %d slots for metric queries are taken", r->name, MQ_SLOTS),
+				 errhint("Disable queries you do not need (enabled = false).")));
+		return;
+	}
+	/* Every family it serves must be its own. */
+	while (error[0] == '\0' && (c = MQNextFamily(c, family, sizeof(family))) != NULL)
+	{
+		const MQSlot *clash = MQFamilyServedElsewhere(slot, family);
+
+		if (clash == NULL && MetricsFamilyExists(family))
+			snprintf(error, MQ_ERROR_LEN, "42710: metric \"%s\" is a series of infra's metrics registry", family);
+		else if (clash != NULL)
+			snprintf(error, MQ_ERROR_LEN, "42710: metric \"%s\" is already served by metric query \"%s\" of database \"%s\"",
+					 family, clash->name, clash->database);
+	}
+	strlcpy(slot->database, mq_database, NAMEDATALEN);
+	slot->last_run_at = now;
+	slot->duration_ms = duration_ms;
+	slot->runs++;
+	if (error[0] == '\0')
+	{
+		slot->last_success_at = now;
+		slot->series = series;
+		slot->error[0] = '\0';
+		memcpy(slot->text, out->data, out->len + 1);
+		slot->len = out->len;
+	}
+	else
+	{
+		slot->failures++;
+		slot->series = 0;
+		strlcpy(slot->error, error, sizeof(slot->error));
+		slot->len = 0;
+		slot->text[0] = '\0';
+	}
+	LWLockRelease(mq_shared->lock);
 }
 
 /*
  * Run one row's query and publish what it serves (or its error).  Never
- * raises: an error is kept in the row's slot.
+ * raises: an error is kept in the row's slot.  Nothing the query did stays
+ * in this session: its settings are undone (a GUC nest level), prepared
+ * statements dropped, a session-level advisory lock released and the run
+ * failed for it.
  */
 static void
 MQRun(MQRow *r)
@@ -659,7 +807,6 @@ MQRun(MQRow *r)
 	char		error[MQ_ERROR_LEN] = "";
 	Oid			save_user;
 	int			save_sec;
-	MQSlot	   *slot;
 	TimestampTz now = GetCurrentTimestamp();
 
 	INSTR_TIME_SET_CURRENT(start);
@@ -668,36 +815,7 @@ MQRun(MQRow *r)
 	StartTransactionCommand();
 	PG_TRY();
 	{
-		int			ret;
-
-		MQCheckRole(r);
-		PushActiveSnapshot(GetTransactionSnapshot());
-		SPI_connect();
-		XactReadOnly = true;
-		SetUserIdAndSecContext(r->run_as, save_sec | SECURITY_RESTRICTED_OPERATION | SECURITY_LOCAL_USERID_CHANGE);
-		enable_timeout_after(STATEMENT_TIMEOUT, r->timeout_ms);
-		/*
-		 * Not SPI's read_only (its errors would speak of functions): the
-		 * transaction is read-only.
-		 */
-		ret = SPI_execute(r->query, false, infra_metric_query_max_series + 1);
-		/* A timeout that fired just as it returned is still this query's. */
-		disable_timeout(STATEMENT_TIMEOUT, true);
-		CHECK_FOR_INTERRUPTS();
-		SetUserIdAndSecContext(save_user, save_sec);
-		if (ret != SPI_OK_SELECT || SPI_tuptable == NULL)
-			ereport(ERROR,
-					(errcode(ERRCODE_WRONG_OBJECT_TYPE),
-					 errmsg("metric query \"%s\" is not a query returning rows", r->name)));
-		/* Render in the caller's memory: it outlives the transaction. */
-		{
-			MemoryContext spi = MemoryContextSwitchTo(caller);
-
-			MQRender(r, &out, &series);
-			MemoryContextSwitchTo(spi);
-		}
-		SPI_finish();
-		PopActiveSnapshot();
+		MQRunQuery(r, &out, &series, caller);
 		CommitTransactionCommand();
 	}
 	PG_CATCH();
@@ -715,59 +833,15 @@ MQRun(MQRow *r)
 		MemoryContextSwitchTo(caller);
 	}
 	PG_END_TRY();
+	MemoryContextSwitchTo(caller);
+	DropAllPreparedStatements();
+	if (MQReleaseSessionLocks() && error[0] == '\0')
+		snprintf(error, sizeof(error),
+				 "0A000: metric query \"%s\" took a session-level advisory lock (released); use pg_advisory_xact_lock, which ends with the query",
+				 r->name);
 	INSTR_TIME_SET_CURRENT(took);
 	INSTR_TIME_SUBTRACT(took, start);
-
-	LWLockAcquire(mq_shared->lock, LW_EXCLUSIVE);
-	slot = MQSlotFor(MyDatabaseId, r->name, true);
-	if (slot != NULL)
-	{
-		char		family[MQ_NAME_LEN * 2 + 2];
-		const char *c = out.data;
-
-		if (error[0] == '\0')
-		{
-			/* Every family it serves must be its own. */
-			while ((c = MQNextFamily(c, family, sizeof(family))) != NULL)
-			{
-				const MQSlot *clash = MQFamilyServedElsewhere(slot, family);
-
-				if (clash == NULL && MetricsFamilyExists(family))
-					snprintf(error, sizeof(error), "42710: metric \"%s\" is a series of infra's metrics registry", family);
-				else if (clash != NULL)
-					snprintf(error, sizeof(error), "42710: metric \"%s\" is already served by metric query \"%s\" of database \"%s\"",
-							 family, clash->name, clash->database);
-				if (error[0] != '\0')
-					break;
-			}
-		}
-		strlcpy(slot->database, mq_database, NAMEDATALEN);
-		slot->last_run_at = now;
-		slot->duration_ms = INSTR_TIME_GET_MILLISEC(took);
-		slot->runs++;
-		if (error[0] == '\0')
-		{
-			slot->last_success_at = now;
-			slot->series = series;
-			slot->error[0] = '\0';
-			memcpy(slot->text, out.data, out.len + 1);
-			slot->len = out.len;
-		}
-		else
-		{
-			slot->failures++;
-			slot->series = 0;
-			strlcpy(slot->error, error, sizeof(slot->error));
-			slot->len = 0;
-			slot->text[0] = '\0';
-		}
-	}
-	LWLockRelease(mq_shared->lock);
-	if (slot == NULL)
-		ereport(WARNING,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("metric query \"%s\" not served: all %d slots for metric queries are taken", r->name, MQ_SLOTS),
-				 errhint("Disable queries you do not need (enabled = false).")));
+	MQPublish(r, &out, series, error, now, INSTR_TIME_GET_MILLISEC(took));
 	pfree(out.data);
 }
 
@@ -852,7 +926,8 @@ MQCollectMetrics(StringInfo out)
 			memcpy(copy->text, mq_shared->slots[i].text, copy->len + 1);
 		LWLockRelease(mq_shared->lock);
 		/* A database whose worker stopped serving (DROP EXTENSION) shows nothing. */
-		if (copy->database_oid == InvalidOid || copy->runs == 0 || !InfraWorkerServing(copy->database_oid))
+		if (copy->database_oid == InvalidOid || copy->runs == 0 ||
+			!InfraWorkerServing(copy->database_oid, INFRA_WORKER_METRIC_QUERIES))
 			continue;
 		initStringInfo(&labels);
 		MetricsAppendLabel(&labels, "database", copy->database);
@@ -883,9 +958,74 @@ infra_metric_queries_changed(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
 				 errmsg("infra.metric_queries_changed() must be called as a trigger")));
 	changed_in_xact = true;
-	InfraWorkerWakeAtCommit();
+	InfraWorkerWakeAtCommit(INFRA_WORKER_METRIC_QUERIES);
 	return PointerGetDatum(NULL);
 }
+
+/*
+ * Row trigger on infra.metric_queries (BEFORE INSERT OR UPDATE): author
+ * becomes the role writing the row, and that role must be one the row may
+ * run as (MQCheckRole), so a row naming a role its writer may not become is
+ * refused as it is written.  A superuser's write keeps the author the row
+ * gives (pg_restore, or a superuser enabling another role's row, does not
+ * make the row a superuser's).
+ */
+Datum
+infra_metric_queries_author(PG_FUNCTION_ARGS)
+{
+	TriggerData *trigdata = (TriggerData *) fcinfo->context;
+	TupleDesc	desc;
+	HeapTuple	tuple;
+	int			cols[4];
+	bool		isnull;
+	Datum		d;
+	Oid			author;
+	char	   *run_as = "";
+
+	INFRA_CHECK_SCHEMA();
+	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BEFORE(trigdata->tg_event) ||
+		!TRIGGER_FIRED_FOR_ROW(trigdata->tg_event) || TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("infra.metric_queries_author() must be called as a BEFORE INSERT OR UPDATE row trigger")));
+	desc = trigdata->tg_relation->rd_att;
+	tuple = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? trigdata->tg_newtuple : trigdata->tg_trigtuple;
+	cols[0] = SPI_fnumber(desc, "author");
+	cols[1] = SPI_fnumber(desc, "run_as");
+	cols[2] = SPI_fnumber(desc, "allow_superuser");
+	cols[3] = SPI_fnumber(desc, "name");
+	if (cols[0] <= 0 || cols[1] <= 0 || cols[2] <= 0 || cols[3] <= 0)
+		elog(ERROR, "infra.metric_queries lacks a column its author trigger needs");
+
+	if (!superuser())
+	{
+		NameData	me;
+		Datum		values[1];
+		bool		nulls[1] = {false};
+
+		namestrcpy(&me, GetUserNameFromId(GetUserId(), false));
+		values[0] = NameGetDatum(&me);
+		tuple = heap_modify_tuple_by_cols(tuple, desc, 1, cols, values, nulls);
+	}
+	d = heap_getattr(tuple, cols[0], desc, &isnull);
+	author = isnull ? InvalidOid : get_role_oid(NameStr(*DatumGetName(d)), true);
+	d = heap_getattr(tuple, cols[1], desc, &isnull);
+	if (!isnull)
+		run_as = pstrdup(NameStr(*DatumGetName(d)));
+	/*
+	 * A role that does not exist yet fails at run time, with its name; rows
+	 * an update of the extension rewrites are checked when they run.
+	 */
+	if (!creating_extension && OidIsValid(get_role_oid(run_as, true)))
+	{
+		bool		allow = DatumGetBool(heap_getattr(tuple, cols[2], desc, &isnull));
+
+		MQCheckRole(TextDatumGetCString(heap_getattr(tuple, cols[3], desc, &isnull)),
+					author, get_role_oid(run_as, true), run_as, allow);
+	}
+	return PointerGetDatum(tuple);
+}
+
 
 /*
  * infra.metric_query_status(): every metric query's last run.

@@ -6,7 +6,7 @@
  *		OTLP/HTTP JSON, with libcurl.
  *
  * Started by the postmaster when infra.otlp_endpoint is set; it connects
- * to the first database of infra.database to read the "network" circuit
+ * to the first database of infra.database to read the "otlp" circuit
  * breaker's configuration.  Spans go in batches of infra.otlp_batch_size,
  * or sooner once the oldest has waited infra.otlp_flush_interval; one curl
  * handle is kept so connections are reused.
@@ -16,7 +16,7 @@
  * collector sends one, else after an exponential backoff with jitter, and
  * the spans stay queued meanwhile; any other status (400 above all) is
  * final: the batch is dropped and counted as rejected, never resent.
- * Attempts are calls of the "network" breaker when it is configured: while
+ * Attempts are calls of the "otlp" breaker when it is configured: while
  * it is open nothing is sent.
  *
  * libcurl is used from this worker's own thread only.
@@ -295,7 +295,7 @@ OtlpServe(void)
 }
 
 /*
- * The "network" breaker, if configured (needs a transaction to read its
+ * The "otlp" breaker, if configured (needs a transaction to read its
  * row): may an attempt go (allow_only), or record one's outcome.
  */
 static bool
@@ -312,9 +312,9 @@ OtlpBreaker(bool allow_only, bool failed, int64 *probe_in_ns)
 	if (InfraSchemaVersionMatches(installed, sizeof(installed)))
 	{
 		if (allow_only)
-			allowed = InfraBreakerAllow("network", probe_in_ns);
+			allowed = InfraBreakerAllow("otlp", probe_in_ns);
 		else
-			InfraBreakerRecord("network", failed);
+			InfraBreakerRecord("otlp", failed);
 	}
 	PopActiveSnapshot();
 	CommitTransactionCommand();

@@ -254,6 +254,7 @@ static emit_log_hook_type prev_emit_log_hook = NULL;
 /* Run by the infra worker of each database, once infra is installed there. */
 static const InfraWorkerService producer_service = {
 	.name = "kafka producer",
+	.kind = INFRA_WORKER_DELIVERY,
 	.serve = KafkaWorkerServe,
 	.shutdown = KafkaWorkerShutdown,
 };
@@ -998,7 +999,7 @@ KafkaCreateRegisteredTopics(void)
 	volatile int n = 0;
 	char		errbuf[512];
 
-	StartTransactionCommand();
+	InfraWorkerStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	KafkaExec(&plans.pending_topics,
@@ -1032,7 +1033,7 @@ KafkaCreateRegisteredTopics(void)
 			}
 			if (event != NULL && rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR)
 			{
-				StartTransactionCommand();
+				InfraWorkerStartTransaction();
 				PushActiveSnapshot(GetTransactionSnapshot());
 				SPI_connect();
 				KafkaRecordTopicResults(event);
@@ -1694,7 +1695,7 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 	int			nrows;
 	int64		probe_in_ns;
 
-	StartTransactionCommand();
+	InfraWorkerStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	if (my_stats->database[0] == '\0')
@@ -1906,7 +1907,7 @@ KafkaSettleRound(KafkaRound *round)
 {
 	int64		pending;
 
-	StartTransactionCommand();
+	InfraWorkerStartTransaction();
 	PushActiveSnapshot(GetTransactionSnapshot());
 	SPI_connect();
 	KafkaSettle(round->rows, round->nincluded, round->messages, round->n, round->ndead,

@@ -17,6 +17,16 @@
  * Keys live in a shared hash table of infra.rate_limit_max_keys entries,
  * split in RATE_LIMIT_PARTITIONS partitions.
  *
+ * Keys have owners.  A key given to rate_limit(key, ...) is the calling
+ * role's own: its identity is (role, key), so two roles using the same text
+ * never share, drain or reset each other's budget, and no role can claim a
+ * name before another.  Its owner can make it public
+ * (infra.grant_use('rate_limit_key', key, 'public')): it moves to the
+ * public scope, which every role's call of that key uses when it has no
+ * key of its own by that name.  A named limiter's state is scoped by the
+ * owner of its row in infra.rate_limiters, and confcache.c checks the caller
+ * may use the row (owner, or USAGE granted).
+ *
  * Locking: a partition's LWLock is taken shared to find a key and exclusive
  * only to insert one; the key's spinlock guards its state while it is read
  * and updated.  Unrelated keys thus never wait for each other, and a key's
@@ -65,6 +75,7 @@ PG_FUNCTION_INFO_V1(infra_rate_limit_named);
 PG_FUNCTION_INFO_V1(infra_throttle);
 PG_FUNCTION_INFO_V1(infra_rate_limit_wait);
 PG_FUNCTION_INFO_V1(infra_rate_limit_reset);
+PG_FUNCTION_INFO_V1(infra_rate_limit_share);
 PG_FUNCTION_INFO_V1(infra_rate_limits);
 
 /* What a key is: given by the caller, or a named limiter's. */
@@ -73,6 +84,7 @@ PG_FUNCTION_INFO_V1(infra_rate_limits);
 
 typedef struct RateLimitKey
 {
+	Oid			scope;			/* the key's owner; InvalidOid: public */
 	char		kind;
 	char		name[RATE_LIMIT_KEY_LEN];
 } RateLimitKey;
@@ -80,6 +92,7 @@ typedef struct RateLimitKey
 typedef struct RateLimitEntry
 {
 	RateLimitKey key;			/* hash key, must be first */
+	Oid			owner;			/* who made a public key public */
 	slock_t		mutex;			/* guards everything below */
 	int32		rate;			/* last parameters used */
 	int32		burst;
@@ -94,8 +107,15 @@ typedef struct RateLimitShared
 {
 	LWLockPadded *locks;		/* RATE_LIMIT_PARTITIONS of them */
 	pg_atomic_uint64 evictions;
-	pg_atomic_uint64 allowed_total; /* every decision since start, for */
-	pg_atomic_uint64 denied_total;	/* /metrics: entries come and go */
+
+	/*
+	 * Decisions of keys no longer in the table (evicted, reset), so that
+	 * /metrics counts every decision since start: the live keys' counters
+	 * are added at scrape.  Written under every partition lock, exclusive;
+	 * the hot path touches no shared counter but its key's.
+	 */
+	pg_atomic_uint64 gone_allowed;
+	pg_atomic_uint64 gone_denied;
 } RateLimitShared;
 
 /* Parameters of one call, checked. */
@@ -127,6 +147,7 @@ static HTAB *rate_limit_hash = NULL;
 typedef struct LimiterCacheEntry
 {
 	char		name[NAMEDATALEN];
+	ConfigOwner own;
 	int32		rate;
 	int64		per_ns;
 	int32		burst;
@@ -134,17 +155,20 @@ typedef struct LimiterCacheEntry
 
 static void LimiterRead(HeapTuple tuple, TupleDesc desc, void *entry);
 
-static const Oid limiter_types[] = {INT4OID, INTERVALOID, INT4OID};
+static const Oid limiter_types[] = {INT4OID, INTERVALOID, INT4OID, REGROLEOID, ACLITEMARRAYOID};
 
 static ConfigCache limiter_cache = {
 	.table = "rate_limiters",
 	.entrysize = sizeof(LimiterCacheEntry),
-	.query = "SELECT rate, per, coalesce(burst, rate) FROM infra.rate_limiters"
+	.query = "SELECT rate, per, coalesce(burst, rate), owner, acl FROM infra.rate_limiters"
 	" WHERE name OPERATOR(pg_catalog.=) $1",
-	.ncols = 3,
+	.ncols = 5,
 	.types = limiter_types,
 	.read = LimiterRead,
 	.what = "rate limiter",
+	.kind = "rate_limiter",
+	.owned = true,
+	.owner_offset = offsetof(LimiterCacheEntry, own),
 	.hint = "Named limiters are rows of infra.rate_limiters; insert one or call infra.rate_limit(key, rate, per, burst).",
 };
 
@@ -153,8 +177,8 @@ static Size RateLimitHashSize(void);
 static void RateLimitShmemInit(void *segment, bool found, LWLockPadded *locks);
 static void RateLimitReadArgs(FunctionCallInfo fcinfo, RateLimitArgs *args);
 static void RateLimitCheckArgs(RateLimitArgs *args);
-static void RateLimitSetKey(RateLimitKey *key, char kind, text *name);
-static void RateLimitApply(const RateLimitArgs *args, RateLimitResult *result);
+static void RateLimitSetKey(RateLimitKey *key, char kind, Oid scope, text *name);
+static void RateLimitApply(RateLimitArgs *args, RateLimitResult *result);
 static RateLimitEntry *RateLimitEnter(const RateLimitKey *key, uint32 hashcode,
 									  LWLock *lock);
 static int64 RateLimitEvictIdle(void);
@@ -163,6 +187,7 @@ static void RateLimitDecide(RateLimitEntry *entry, const RateLimitArgs *args,
 static void LimiterLookup(text *name, RateLimitArgs *args);
 static void RateLimitLockAll(LWLockMode mode);
 static void RateLimitUnlockAll(void);
+static void RateLimitForget(RateLimitEntry *entry);
 
 /*
  * Define infra.rate_limit_max_keys and reserve the table.
@@ -222,8 +247,8 @@ RateLimitShmemInit(void *segment, bool found, LWLockPadded *locks)
 	{
 		shared->locks = locks;
 		pg_atomic_init_u64(&shared->evictions, 0);
-		pg_atomic_init_u64(&shared->allowed_total, 0);
-		pg_atomic_init_u64(&shared->denied_total, 0);
+		pg_atomic_init_u64(&shared->gone_allowed, 0);
+		pg_atomic_init_u64(&shared->gone_denied, 0);
 	}
 	memset(&info, 0, sizeof(info));
 	info.keysize = sizeof(RateLimitKey);
@@ -241,7 +266,7 @@ RateLimitShmemInit(void *segment, bool found, LWLockPadded *locks)
  * A key as stored: zero-padded, so that equal keys are equal bytes.
  */
 static void
-RateLimitSetKey(RateLimitKey *key, char kind, text *name)
+RateLimitSetKey(RateLimitKey *key, char kind, Oid scope, text *name)
 {
 	int			len = VARSIZE_ANY_EXHDR(name);
 
@@ -257,6 +282,7 @@ RateLimitSetKey(RateLimitKey *key, char kind, text *name)
 				 errdetail("Keys are at most %d bytes.", RATE_LIMIT_KEY_LEN - 1),
 				 errhint("Hash long keys, for example with md5().")));
 	memset(key, 0, sizeof(*key));
+	key->scope = scope;
 	key->kind = kind;
 	memcpy(key->name, VARDATA_ANY(name), len);
 }
@@ -306,7 +332,7 @@ RateLimitReadArgs(FunctionCallInfo fcinfo, RateLimitArgs *args)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("rate, per and cost must not be NULL"),
 				 errhint("Only burst may be NULL, meaning equal to rate.")));
-	RateLimitSetKey(&args->key, RATE_LIMIT_KIND_KEY, PG_GETARG_TEXT_PP(0));
+	RateLimitSetKey(&args->key, RATE_LIMIT_KIND_KEY, GetUserId(), PG_GETARG_TEXT_PP(0));
 	args->rate = PG_GETARG_INT32(1);
 	args->per_ns = InfraIntervalToNs(PG_GETARG_INTERVAL_P(2), "per", false);
 	args->burst = PG_ARGISNULL(3) ? args->rate : PG_GETARG_INT32(3);
@@ -394,6 +420,7 @@ RateLimitEnter(const RateLimitKey *key, uint32 hashcode, LWLock *lock)
 		{
 			if (!found)
 			{
+				entry->owner = key->scope;
 				SpinLockInit(&entry->mutex);
 				entry->rate = 0;
 				entry->burst = 0;
@@ -440,6 +467,18 @@ RateLimitUnlockAll(void)
 }
 
 /*
+ * Remove a key, keeping its decisions in the totals.  Every partition lock
+ * held exclusive.
+ */
+static void
+RateLimitForget(RateLimitEntry *entry)
+{
+	pg_atomic_fetch_add_u64(&rate_limit_shared->gone_allowed, entry->allowed_total);
+	pg_atomic_fetch_add_u64(&rate_limit_shared->gone_denied, entry->denied_total);
+	hash_search(rate_limit_hash, &entry->key, HASH_REMOVE, NULL);
+}
+
+/*
  * Remove keys whose state says nothing (their TAT lies in the past), up to
  * a tenth of the table: enough to amortise the pass, few enough that a
  * working set close to the table's size is not thrown out whole.  Returns
@@ -462,7 +501,7 @@ RateLimitEvictIdle(void)
 		/* Exclusive partition locks: nobody else touches the entry. */
 		if (entry->tat <= (int128) now_ns * entry->rate)
 		{
-			hash_search(rate_limit_hash, &entry->key, HASH_REMOVE, NULL);
+			RateLimitForget(entry);
 			if (++evicted >= enough)
 			{
 				hash_seq_term(&scan);
@@ -478,10 +517,31 @@ RateLimitEvictIdle(void)
 }
 
 /*
- * Find or create the key and decide on the request.
+ * The entry of key, under its partition lock (shared) when found; NULL,
+ * with no lock held, when not.
+ */
+static RateLimitEntry *
+RateLimitFind(const RateLimitKey *key, uint32 *hashcode, LWLock **lock)
+{
+	RateLimitEntry *entry;
+
+	*hashcode = get_hash_value(rate_limit_hash, key);
+	*lock = &rate_limit_shared->locks[*hashcode % RATE_LIMIT_PARTITIONS].lock;
+	LWLockAcquire(*lock, LW_SHARED);
+	entry = (RateLimitEntry *) hash_search_with_hash_value(rate_limit_hash, key, *hashcode,
+														   HASH_FIND, NULL);
+	if (entry == NULL)
+		LWLockRelease(*lock);
+	return entry;
+}
+
+/*
+ * Find or create the key and decide on the request.  A role's own key that
+ * does not exist is looked for in the public scope before it is made (the
+ * call then decides on the public key: args->key says which).
  */
 static void
-RateLimitApply(const RateLimitArgs *args, RateLimitResult *result)
+RateLimitApply(RateLimitArgs *args, RateLimitResult *result)
 {
 	uint32		hashcode;
 	LWLock	   *lock;
@@ -489,37 +549,37 @@ RateLimitApply(const RateLimitArgs *args, RateLimitResult *result)
 
 	InfraShmemRequire("infra.rate_limit()");
 
-	hashcode = get_hash_value(rate_limit_hash, &args->key);
-	lock = &rate_limit_shared->locks[hashcode % RATE_LIMIT_PARTITIONS].lock;
+	entry = RateLimitFind(&args->key, &hashcode, &lock);
+	if (entry == NULL && args->key.kind == RATE_LIMIT_KIND_KEY && OidIsValid(args->key.scope))
+	{
+		RateLimitKey own = args->key;
 
-	LWLockAcquire(lock, LW_SHARED);
-	entry = (RateLimitEntry *) hash_search_with_hash_value(rate_limit_hash,
-														   &args->key, hashcode,
-														   HASH_FIND, NULL);
+		args->key.scope = InvalidOid;
+		entry = RateLimitFind(&args->key, &hashcode, &lock);
+		if (entry == NULL)
+		{
+			args->key = own;
+			hashcode = get_hash_value(rate_limit_hash, &args->key);
+			lock = &rate_limit_shared->locks[hashcode % RATE_LIMIT_PARTITIONS].lock;
+		}
+	}
 	if (entry == NULL && args->cost == 0)
 	{
 		/* A peek at an unknown key: a full bucket, and no key made. */
 		RateLimitEntry fresh;
 
-		LWLockRelease(lock);
 		memset(&fresh, 0, sizeof(fresh));
 		RateLimitDecide(&fresh, args, InfraMonotonicNs(), result);
 		return;
 	}
 	if (entry == NULL)
-	{
-		LWLockRelease(lock);
 		entry = RateLimitEnter(&args->key, hashcode, lock);
-	}
 
 	SpinLockAcquire(&entry->mutex);
 	RateLimitDecide(entry, args, InfraMonotonicNs(), result);
 	SpinLockRelease(&entry->mutex);
 
 	LWLockRelease(lock);
-	if (args->cost > 0)
-		pg_atomic_fetch_add_u64(result->allowed ? &rate_limit_shared->allowed_total :
-								&rate_limit_shared->denied_total, 1);
 }
 
 /*
@@ -637,6 +697,7 @@ LimiterLookup(text *name, RateLimitArgs *args)
 	LimiterCacheEntry limiter;
 
 	(void) ConfigCacheFetch(&limiter_cache, text_to_cstring(name), &limiter, false);
+	args->key.scope = limiter.own.owner;
 	args->rate = limiter.rate;
 	args->per_ns = limiter.per_ns;
 	args->burst = limiter.burst;
@@ -658,7 +719,7 @@ infra_rate_limit_named(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
 				 errmsg("limiter name and cost must not be NULL"),
 				 errhint("Named limiters are rows of infra.rate_limiters.")));
-	RateLimitSetKey(&args.key, RATE_LIMIT_KIND_LIMITER, PG_GETARG_TEXT_PP(0));
+	RateLimitSetKey(&args.key, RATE_LIMIT_KIND_LIMITER, InvalidOid, PG_GETARG_TEXT_PP(0));
 	LimiterLookup(PG_GETARG_TEXT_PP(0), &args);
 	args.cost = PG_GETARG_INT32(1);
 	RateLimitCheckArgs(&args);
@@ -667,8 +728,26 @@ infra_rate_limit_named(PG_FUNCTION_ARGS)
 }
 
 /*
- * infra.rate_limit_reset(key): forget one key (both a key and a named
- * limiter of that name), or every key when NULL.  Returns how many.
+ * May the current user forget (or share) this key?  Superusers may do
+ * anything; others what they own: their own keys, public keys they made
+ * public, named limiters of rows they own.
+ */
+static bool
+RateLimitMayManage(const RateLimitKey *key, Oid owner)
+{
+	Oid			me = GetUserId();
+
+	if (superuser_arg(me))
+		return true;
+	return has_privs_of_role(me, OidIsValid(key->scope) ? key->scope : owner);
+}
+
+/*
+ * infra.rate_limit_reset(key): forget key (own or public, and the named
+ * limiter of that name) among the keys the caller may manage, or every one
+ * of those when NULL.  Returns how many.  The candidates are found under
+ * shared locks and checked with none held (the check reads the catalog),
+ * then removed under exclusive locks.
  */
 Datum
 infra_rate_limit_reset(PG_FUNCTION_ARGS)
@@ -676,28 +755,108 @@ infra_rate_limit_reset(PG_FUNCTION_ARGS)
 	HASH_SEQ_STATUS scan;
 	RateLimitEntry *entry;
 	RateLimitKey key;
+	RateLimitKey *found;
+	Oid		   *owners;
+	int			nfound = 0;
 	int64		removed = 0;
+	int			i;
 
 	INFRA_CHECK_SCHEMA();
 
 	InfraShmemRequire("infra.rate_limit_reset()");
 	if (!PG_ARGISNULL(0))
-		RateLimitSetKey(&key, RATE_LIMIT_KIND_KEY, PG_GETARG_TEXT_PP(0));
+		RateLimitSetKey(&key, RATE_LIMIT_KIND_KEY, InvalidOid, PG_GETARG_TEXT_PP(0));
 
-	RateLimitLockAll(LW_EXCLUSIVE);
+	found = palloc(sizeof(RateLimitKey) * infra_rate_limit_max_keys);
+	owners = palloc(sizeof(Oid) * infra_rate_limit_max_keys);
+	RateLimitLockAll(LW_SHARED);
 	hash_seq_init(&scan, rate_limit_hash);
-	while ((entry = hash_seq_search(&scan)) != NULL)
-	{
+	while ((entry = hash_seq_search(&scan)) != NULL && nfound < infra_rate_limit_max_keys)
 		if (PG_ARGISNULL(0) ||
 			memcmp(entry->key.name, key.name, RATE_LIMIT_KEY_LEN) == 0)
 		{
-			hash_search(rate_limit_hash, &entry->key, HASH_REMOVE, NULL);
+			owners[nfound] = entry->owner;
+			found[nfound++] = entry->key;
+		}
+	RateLimitUnlockAll();
+
+	for (i = 0; i < nfound; i++)
+		if (!RateLimitMayManage(&found[i], owners[i]))
+			found[i].kind = '\0';
+
+	RateLimitLockAll(LW_EXCLUSIVE);
+	for (i = 0; i < nfound; i++)
+	{
+		if (found[i].kind == '\0')
+			continue;
+		entry = hash_search(rate_limit_hash, &found[i], HASH_FIND, NULL);
+		if (entry != NULL)
+		{
+			RateLimitForget(entry);
 			removed++;
 		}
 	}
 	RateLimitUnlockAll();
 
 	PG_RETURN_INT64(removed);
+}
+
+/*
+ * infra.rate_limit_share(key, public): move the caller's own key into the
+ * public scope, where every role's calls of that key find it (public =
+ * true), or the public key the caller made public back into its own scope
+ * (false).  Its state comes along.  Returns whether a key moved.  Called by
+ * infra.grant_use('rate_limit_key', key, 'public') and revoke_use.
+ */
+Datum
+infra_rate_limit_share(PG_FUNCTION_ARGS)
+{
+	RateLimitKey from;
+	RateLimitKey to;
+	RateLimitEntry *entry;
+	RateLimitEntry *moved;
+	RateLimitEntry copy;
+	bool		public;
+	bool		found;
+	Oid			me = GetUserId();
+
+	INFRA_CHECK_SCHEMA();
+	InfraShmemRequire("infra.grant_use()");
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("rate limit key and public must not be NULL")));
+	public = PG_GETARG_BOOL(1);
+	RateLimitSetKey(&from, RATE_LIMIT_KIND_KEY, public ? me : InvalidOid, PG_GETARG_TEXT_PP(0));
+	to = from;
+	to.scope = public ? InvalidOid : me;
+
+	RateLimitLockAll(LW_EXCLUSIVE);
+	entry = hash_search(rate_limit_hash, &from, HASH_FIND, NULL);
+	if (entry == NULL || (!public && entry->owner != me) ||
+		hash_search(rate_limit_hash, &to, HASH_FIND, NULL) != NULL)
+	{
+		bool		taken = entry != NULL && (public || entry->owner == me);
+
+		RateLimitUnlockAll();
+		if (taken)
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("rate limit key \"%s\" is already %s", from.name,
+							public ? "public (another role made it so)" : "in use as your own"),
+					 errhint("Reset one of them with infra.rate_limit_reset, or use another key.")));
+		PG_RETURN_BOOL(false);
+	}
+	copy = *entry;
+	hash_search(rate_limit_hash, &from, HASH_REMOVE, NULL);
+	moved = hash_search(rate_limit_hash, &to, HASH_ENTER, &found);
+	/* A slot was just freed: the insert cannot fail. */
+	memcpy((char *) moved + sizeof(RateLimitKey), (char *) &copy + sizeof(RateLimitKey),
+		   sizeof(RateLimitEntry) - sizeof(RateLimitKey));
+	moved->owner = me;
+	SpinLockInit(&moved->mutex);
+	RateLimitUnlockAll();
+	PG_RETURN_BOOL(true);
 }
 
 /*
@@ -727,8 +886,8 @@ infra_rate_limits(PG_FUNCTION_ARGS)
 		RateLimitEntry copy;
 		RateLimitArgs peek;
 		RateLimitResult state;
-		Datum		values[9];
-		bool		nulls[9] = {false, false, false, false, false, false, false, false, false};
+		Datum		values[11];
+		bool		nulls[11] = {false, false, false, false, false, false, false, false, false, false, false};
 
 		SpinLockAcquire(&entry->mutex);
 		copy = *entry;
@@ -753,6 +912,8 @@ infra_rate_limits(PG_FUNCTION_ARGS)
 		values[6] = Int64GetDatum(copy.allowed_total);
 		values[7] = Int64GetDatum(copy.denied_total);
 		values[8] = TimestampTzGetDatum(InfraMonotonicToTimestamp(copy.last_used_ns, now_ns, now));
+		values[9] = ObjectIdGetDatum(OidIsValid(copy.key.scope) ? copy.key.scope : copy.owner);
+		values[10] = BoolGetDatum(!OidIsValid(copy.key.scope));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
 
@@ -762,13 +923,15 @@ infra_rate_limits(PG_FUNCTION_ARGS)
 
 /*
  * Built-in series: decisions of all keys together (monotonic, whatever is
- * evicted), and per named limiter (bounded by infra.rate_limiters; ad-hoc
- * keys are not labels, they could be unbounded).
+ * evicted: the live keys' counters plus those of keys gone), and per named
+ * limiter (bounded by infra.rate_limiters; ad-hoc keys are not labels, they
+ * could be unbounded).  Limiters of one name with different owners are
+ * summed under that name.
  */
 static void
 RateLimitCollectMetrics(StringInfo out)
 {
-	static const char *const names[] = {
+	static const char *const families[] = {
 		"infra_rate_limit_allowed_total", "infra_rate_limit_denied_total"
 	};
 	static const char *const helps[] = {
@@ -777,6 +940,8 @@ RateLimitCollectMetrics(StringInfo out)
 	};
 	StringInfoData *labels;
 	int64	   *counts[2];
+	char	  (*names)[RATE_LIMIT_KEY_LEN];
+	int64		all[2];
 	int			n = 0;
 	int			i;
 	int			kind;
@@ -788,33 +953,47 @@ RateLimitCollectMetrics(StringInfo out)
 	labels = palloc(sizeof(StringInfoData) * infra_rate_limit_max_keys);
 	counts[0] = palloc(sizeof(int64) * infra_rate_limit_max_keys);
 	counts[1] = palloc(sizeof(int64) * infra_rate_limit_max_keys);
+	names = palloc(RATE_LIMIT_KEY_LEN * (Size) infra_rate_limit_max_keys);
 	RateLimitLockAll(LW_SHARED);
+	all[0] = (int64) pg_atomic_read_u64(&rate_limit_shared->gone_allowed);
+	all[1] = (int64) pg_atomic_read_u64(&rate_limit_shared->gone_denied);
 	hash_seq_init(&scan, rate_limit_hash);
 	while ((entry = hash_seq_search(&scan)) != NULL)
 	{
 		RateLimitEntry copy;
 
-		if (entry->key.kind != RATE_LIMIT_KIND_LIMITER)
-			continue;
 		SpinLockAcquire(&entry->mutex);
 		copy = *entry;
 		SpinLockRelease(&entry->mutex);
-		initStringInfo(&labels[n]);
-		MetricsAppendLabel(&labels[n], "limiter", copy.key.name);
-		counts[0][n] = copy.allowed_total;
-		counts[1][n] = copy.denied_total;
-		n++;
+		all[0] += copy.allowed_total;
+		all[1] += copy.denied_total;
+		if (copy.key.kind != RATE_LIMIT_KIND_LIMITER)
+			continue;
+		for (i = 0; i < n; i++)
+			if (strcmp(names[i], copy.key.name) == 0)
+				break;
+		if (i == n)
+		{
+			strlcpy(names[n], copy.key.name, RATE_LIMIT_KEY_LEN);
+			counts[0][n] = counts[1][n] = 0;
+			n++;
+		}
+		counts[0][i] += copy.allowed_total;
+		counts[1][i] += copy.denied_total;
 	}
 	RateLimitUnlockAll();
+	for (i = 0; i < n; i++)
+	{
+		initStringInfo(&labels[i]);
+		MetricsAppendLabel(&labels[i], "limiter", names[i]);
+	}
 
 	for (kind = 0; kind < 2; kind++)
 	{
-		MetricsWriteFamily(out, names[kind], "counter", helps[kind]);
-		MetricsWriteSample(out, names[kind], "limiter=\"\"",
-						   (double) pg_atomic_read_u64(kind == 0 ? &rate_limit_shared->allowed_total :
-													   &rate_limit_shared->denied_total));
+		MetricsWriteFamily(out, families[kind], "counter", helps[kind]);
+		MetricsWriteSample(out, families[kind], "limiter=\"\"", (double) all[kind]);
 		for (i = 0; i < n; i++)
-			MetricsWriteSample(out, names[kind], labels[i].data, (double) counts[kind][i]);
+			MetricsWriteSample(out, families[kind], labels[i].data, (double) counts[kind][i]);
 	}
 	MetricsWriteOne(out, "infra_rate_limit_keys", "gauge",
 					"Keys in the shared rate-limit table.", (double) hash_get_num_entries(rate_limit_hash));

@@ -35,7 +35,7 @@
 #include "version.h"
 
 /* Versions of infra released before this library's, oldest first. */
-static const char *const older_versions[] = {"1.0"};
+static const char *const older_versions[] = {"1.0", "1.1"};
 
 /* The local transaction in which this backend last found the versions equal. */
 static LocalTransactionId checked_in = InvalidLocalTransactionId;

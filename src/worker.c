@@ -3,11 +3,17 @@
  * worker.c
  *		The infra background worker and its status in shared memory.
  *
- * The postmaster starts one "infra worker" per database named in
- * infra.database.  A worker connects to its database, waits until
- * CREATE EXTENSION infra has happened there, and then serves: later modules
- * register services (the Kafka producer) that do their work from its loop,
- * without the worker naming them.  It
+ * The postmaster starts two workers per database named in infra.database:
+ * the "infra worker" (delivery: the Kafka outbox) and the "infra
+ * metric-query worker", which runs the SQL of infra.metric_queries as the
+ * roles those rows name.  They are one program: each connects to its
+ * database, waits until CREATE EXTENSION infra has happened there, and then
+ * runs the services registered for its kind (InfraWorkerKind), without
+ * naming them.  Keeping other roles' SQL out of the delivery worker's
+ * session means nothing it does (a setting, a session lock, a slow query)
+ * can reach delivery.  Each worker pins at connect the settings it relies
+ * on, whatever ALTER DATABASE or ALTER ROLE set, and services start their
+ * transactions with InfraWorkerStartTransaction.  A worker
  * sleeps on its latch with no timeout: backends wake it at commit through
  * InfraWorkerWakeAtCommit(), and CREATE/DROP EXTENSION wake it through the
  * object access hook, so an idle worker costs nothing.
@@ -63,6 +69,7 @@
 #include "version.h"
 
 PG_FUNCTION_INFO_V1(infra_worker_status);
+PG_FUNCTION_INFO_V1(infra_metric_query_workers);
 PGDLLEXPORT void InfraWorkerMain(Datum main_arg);
 
 /* Longest last_error kept, in bytes. */
@@ -71,6 +78,7 @@ PGDLLEXPORT void InfraWorkerMain(Datum main_arg);
 typedef struct InfraWorkerSlot
 {
 	slock_t		mutex;
+	InfraWorkerKind kind;		/* set once, at shared memory init */
 	char		database[NAMEDATALEN];
 	pid_t		pid;			/* 0 when not running */
 	Oid			database_oid;	/* InvalidOid until connected */
@@ -84,8 +92,12 @@ typedef struct InfraWorkerSlot
 	char		last_error[INFRA_WORKER_ERROR_LEN];
 } InfraWorkerSlot;
 
+/*
+ * Slots: kind k of database i is slots[k * ndatabases + i].
+ */
 typedef struct InfraWorkerShared
 {
+	int			ndatabases;
 	int			nslots;
 	InfraWorkerSlot slots[FLEXIBLE_ARRAY_MEMBER];
 } InfraWorkerShared;
@@ -107,8 +119,8 @@ static int	worker_ndatabases = 0;
 
 static InfraWorkerShared *worker_shared = NULL;
 
-/* Backend-local: a committed transaction should wake this database's worker. */
-static bool wake_at_commit = false;
+/* Backend-local: kinds (bits) of this database's workers to wake at commit. */
+static int	wake_at_commit = 0;
 
 /* Backend-local: a committed CREATE DATABASE should wake waiting workers. */
 static bool wake_probers_at_commit = false;
@@ -143,6 +155,11 @@ static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
 static InfraWorkerState InfraWorkerShownState(const InfraWorkerSlot *slot);
 static void InfraWorkerSlotCopy(int i, InfraWorkerSlot *copy);
+static void InfraWorkerPinSettings(void);
+static void InfraWorkerStatusRows(FunctionCallInfo fcinfo, InfraWorkerKind kind);
+
+/* What each kind is called in process titles and pg_stat_activity. */
+static const char *const kind_names[INFRA_WORKER_KINDS] = {"infra worker", "infra metric-query worker"};
 
 void
 InfraRegisterWorker(const char *function, const char *name, const char *type,
@@ -208,12 +225,14 @@ InfraWorkerInit(void)
 		MetricsRegisterCollector(WorkerCollectMetrics);
 	}
 
-	for (i = 0; i < worker_ndatabases; i++)
+	for (i = 0; i < worker_ndatabases * INFRA_WORKER_KINDS; i++)
 	{
 		char		name[BGW_MAXLEN];
+		const char *kind = kind_names[i / Max(worker_ndatabases, 1)];
 
-		snprintf(name, sizeof(name), "infra worker for database %s", worker_databases[i]);
-		InfraRegisterWorker("InfraWorkerMain", name, "infra worker", true,
+		snprintf(name, sizeof(name), "%s for database %s", kind,
+				 worker_databases[i % worker_ndatabases]);
+		InfraRegisterWorker("InfraWorkerMain", name, kind, true,
 							INFRA_WORKER_RESTART_SECONDS, Int32GetDatum(i));
 	}
 
@@ -293,13 +312,14 @@ InfraDatabaseCheckHook(char **newval, void **extra, GucSource source)
 }
 
 /*
- * One status slot per configured database.
+ * One status slot per configured database and kind of worker.
  */
 static Size
 InfraWorkerShmemSize(void)
 {
 	return add_size(offsetof(InfraWorkerShared, slots),
-					mul_size(Max(worker_ndatabases, 1), sizeof(InfraWorkerSlot)));
+					mul_size(Max(worker_ndatabases, 1) * INFRA_WORKER_KINDS,
+							 sizeof(InfraWorkerSlot)));
 }
 
 /*
@@ -314,23 +334,26 @@ InfraWorkerShmemInit(void *segment, bool found, LWLockPadded *locks)
 	if (found)
 		return;
 	memset(shared, 0, InfraWorkerShmemSize());
-	shared->nslots = worker_ndatabases;
-	for (i = 0; i < worker_ndatabases; i++)
+	shared->ndatabases = worker_ndatabases;
+	shared->nslots = worker_ndatabases * INFRA_WORKER_KINDS;
+	for (i = 0; i < shared->nslots; i++)
 	{
 		SpinLockInit(&shared->slots[i].mutex);
-		strlcpy(shared->slots[i].database, worker_databases[i], NAMEDATALEN);
+		shared->slots[i].kind = (InfraWorkerKind) (i / worker_ndatabases);
+		strlcpy(shared->slots[i].database, worker_databases[i % worker_ndatabases], NAMEDATALEN);
 		shared->slots[i].state = INFRA_WORKER_STOPPED;
 	}
 }
 
 /*
- * Ask for this database's worker to be woken when the current transaction
- * commits.  Nothing happens if it aborts.  Cheap: only a flag until commit.
+ * Ask for this database's worker of that kind to be woken when the current
+ * transaction commits.  Nothing happens if it aborts.  Cheap: only a flag
+ * until commit.
  */
 void
-InfraWorkerWakeAtCommit(void)
+InfraWorkerWakeAtCommit(InfraWorkerKind kind)
 {
-	wake_at_commit = true;
+	wake_at_commit |= 1 << kind;
 }
 
 /*
@@ -348,7 +371,7 @@ InfraWorkerXactCallback(XactEvent event, void *arg)
 			break;
 		case XACT_EVENT_ABORT:
 		case XACT_EVENT_PARALLEL_ABORT:
-			wake_at_commit = false;
+			wake_at_commit = 0;
 			wake_probers_at_commit = false;
 			return;
 		default:
@@ -364,7 +387,7 @@ InfraWorkerXactCallback(XactEvent event, void *arg)
 
 		SpinLockAcquire(&slot->mutex);
 		if (slot->pid != 0 &&
-			((wake_at_commit && slot->database_oid == MyDatabaseId) ||
+			(((wake_at_commit & (1 << slot->kind)) && slot->database_oid == MyDatabaseId) ||
 			 (wake_probers_at_commit &&
 			  slot->state == INFRA_WORKER_WAITING_FOR_DATABASE)))
 			latch = slot->latch;
@@ -372,7 +395,7 @@ InfraWorkerXactCallback(XactEvent event, void *arg)
 		if (latch != NULL)
 			SetLatch(latch);
 	}
-	wake_at_commit = false;
+	wake_at_commit = 0;
 	wake_probers_at_commit = false;
 }
 
@@ -390,7 +413,7 @@ InfraWorkerObjectAccess(ObjectAccessType access, Oid classId, Oid objectId,
 
 	if (classId == ExtensionRelationId &&
 		(access == OAT_POST_CREATE || access == OAT_POST_ALTER || access == OAT_DROP))
-		InfraWorkerWakeAtCommit();
+		wake_at_commit |= (1 << INFRA_WORKER_KINDS) - 1;
 	if (classId == DatabaseRelationId && access == OAT_POST_CREATE)
 		wake_probers_at_commit = true;
 }
@@ -581,7 +604,8 @@ InfraWorkerRegisterService(const InfraWorkerService *service)
 }
 
 /*
- * One round of every service; the shortest sleep any of them asks for.
+ * One round of every service of this worker's kind; the shortest sleep any
+ * of them asks for.
  */
 static long
 InfraWorkerServe(void)
@@ -591,7 +615,11 @@ InfraWorkerServe(void)
 
 	for (i = 0; i < nservices; i++)
 	{
-		long		mine = services[i].serve();
+		long		mine;
+
+		if (services[i].kind != my_slot->kind)
+			continue;
+		mine = services[i].serve();
 
 		if (mine >= 0 && (timeout < 0 || mine < timeout))
 			timeout = mine;
@@ -613,8 +641,8 @@ InfraWorkerReload(void)
 	my_slot->last_reload = now;
 	SpinLockRelease(&my_slot->mutex);
 	ereport(LOG,
-			(errmsg("infra worker for database \"%s\" reloaded its configuration",
-					my_slot->database)));
+			(errmsg("%s for database \"%s\" reloaded its configuration",
+					kind_names[my_slot->kind], my_slot->database)));
 }
 
 /*
@@ -627,8 +655,8 @@ InfraWorkerAnnounce(InfraWorkerState state, const char *installed)
 	InfraWorkerSetState(state);
 	if (state == INFRA_WORKER_RUNNING)
 		ereport(LOG,
-				(errmsg("infra worker serving database \"%s\"",
-						my_slot->database)));
+				(errmsg("%s serving database \"%s\"",
+						kind_names[my_slot->kind], my_slot->database)));
 	else if (state == INFRA_WORKER_WAITING_FOR_UPDATE)
 		ereport(WARNING,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -719,7 +747,8 @@ InfraWorkerLoop(void)
 		ResetLatch(MyLatch);
 	}
 	for (i = 0; i < nservices; i++)
-		services[i].shutdown();
+		if (services[i].kind == my_slot->kind)
+			services[i].shutdown();
 }
 
 /*
@@ -767,13 +796,14 @@ InfraWorkerMain(Datum main_arg)
 	BackgroundWorkerInitializeConnection(my_slot->database, NULL, 0);
 	/* Superuser: no database or role setting may steer what it runs. */
 	InfraPinSearchPath();
+	InfraWorkerPinSettings();
 
 	SpinLockAcquire(&my_slot->mutex);
 	my_slot->probe_database = false;
 	my_slot->connect_failures = 0;
 	my_slot->database_oid = MyDatabaseId;
 	SpinLockRelease(&my_slot->mutex);
-	pgstat_report_appname("infra worker");
+	pgstat_report_appname(kind_names[my_slot->kind]);
 
 	/*
 	 * The worker's own commits (deleting delivered outbox rows) need not wait
@@ -786,8 +816,8 @@ InfraWorkerMain(Datum main_arg)
 	InfraWorkerLoop();
 
 	ereport(LOG,
-			(errmsg("infra worker for database \"%s\" shutting down",
-					my_slot->database)));
+			(errmsg("%s for database \"%s\" shutting down",
+					kind_names[my_slot->kind], my_slot->database)));
 
 	/*
 	 * Exit code 1 so that a pg_terminate_backend() by a DBA is followed by a
@@ -863,26 +893,25 @@ InfraWorkerSlotCopy(int i, InfraWorkerSlot *copy)
 }
 
 /*
- * infra.worker_status(): one row per configured database.
+ * The rows of infra.worker_status (delivery workers) or of
+ * infra.metric_query_workers: one per configured database.
  */
-Datum
-infra_worker_status(PG_FUNCTION_ARGS)
+static void
+InfraWorkerStatusRows(FunctionCallInfo fcinfo, InfraWorkerKind kind)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			i;
 
-	INFRA_CHECK_SCHEMA();
-
 	InfraShmemRequire("infra.worker_status()");
 	InitMaterializedSRF(fcinfo, 0);
 
-	for (i = 0; i < worker_shared->nslots; i++)
+	for (i = 0; i < worker_shared->ndatabases; i++)
 	{
 		InfraWorkerSlot copy;
 		Datum		values[7];
 		bool		nulls[7];
 
-		InfraWorkerSlotCopy(i, &copy);
+		InfraWorkerSlotCopy(kind * worker_shared->ndatabases + i, &copy);
 
 		memset(nulls, 0, sizeof(nulls));
 		values[0] = Int32GetDatum(copy.pid);
@@ -899,6 +928,27 @@ infra_worker_status(PG_FUNCTION_ARGS)
 		nulls[6] = copy.last_error_at == 0;
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 	}
+}
+
+/*
+ * infra.worker_status(): the delivery worker of each configured database.
+ */
+Datum
+infra_worker_status(PG_FUNCTION_ARGS)
+{
+	INFRA_CHECK_SCHEMA();
+	InfraWorkerStatusRows(fcinfo, INFRA_WORKER_DELIVERY);
+	return (Datum) 0;
+}
+
+/*
+ * infra.metric_query_workers(): the metric-query worker of each.
+ */
+Datum
+infra_metric_query_workers(PG_FUNCTION_ARGS)
+{
+	INFRA_CHECK_SCHEMA();
+	InfraWorkerStatusRows(fcinfo, INFRA_WORKER_METRIC_QUERIES);
 	return (Datum) 0;
 }
 
@@ -909,6 +959,7 @@ static void
 WorkerCollectMetrics(StringInfo out)
 {
 	int			i;
+	int			kind;
 
 	if (worker_shared == NULL)
 		return;
@@ -917,18 +968,28 @@ WorkerCollectMetrics(StringInfo out)
 					   "1 for this server's role: primary, or standby (in recovery).");
 	MetricsWriteSample(out, "infra_node_role", "role=\"primary\"", RecoveryInProgress() ? 0 : 1);
 	MetricsWriteSample(out, "infra_node_role", "role=\"standby\"", RecoveryInProgress() ? 1 : 0);
-	MetricsWriteFamily(out, "infra_worker_up", "gauge",
-					   "1 when the infra worker of the database is running.");
-	for (i = 0; i < worker_shared->nslots; i++)
+	for (kind = 0; kind < INFRA_WORKER_KINDS; kind++)
 	{
-		InfraWorkerSlot copy;
-		StringInfoData labels;
+		static const char *const families[INFRA_WORKER_KINDS] = {
+			"infra_worker_up", "infra_metric_query_worker_up"
+		};
+		static const char *const helps[INFRA_WORKER_KINDS] = {
+			"1 when the infra worker (delivery) of the database is running.",
+			"1 when the metric-query worker of the database is running."
+		};
 
-		InfraWorkerSlotCopy(i, &copy);
-		initStringInfo(&labels);
-		MetricsAppendLabel(&labels, "database", copy.database);
-		MetricsWriteSample(out, "infra_worker_up", labels.data,
-						   copy.state == INFRA_WORKER_RUNNING && copy.pid != 0);
+		MetricsWriteFamily(out, families[kind], "gauge", helps[kind]);
+		for (i = 0; i < worker_shared->ndatabases; i++)
+		{
+			InfraWorkerSlot copy;
+			StringInfoData labels;
+
+			InfraWorkerSlotCopy(kind * worker_shared->ndatabases + i, &copy);
+			initStringInfo(&labels);
+			MetricsAppendLabel(&labels, "database", copy.database);
+			MetricsWriteSample(out, families[kind], labels.data,
+							   copy.state == INFRA_WORKER_RUNNING && copy.pid != 0);
+		}
 	}
 }
 
@@ -958,20 +1019,21 @@ InfraWorkersHealthy(StringInfo why)
 			shown == INFRA_WORKER_WAITING_FOR_PROMOTION)
 			continue;
 		healthy = false;
-		appendStringInfo(why, "infra worker for database \"%s\" is %s%s%s\n",
-						 copy.database, InfraWorkerStateName(shown),
+		appendStringInfo(why, "%s for database \"%s\" is %s%s%s\n",
+						 kind_names[copy.kind], copy.database, InfraWorkerStateName(shown),
 						 copy.last_error[0] ? ": " : "", copy.last_error);
 	}
 	return healthy;
 }
 
 /*
- * Is a worker serving this database now (running, its extension there and
- * of the library's version)?  For what a worker publishes to be shown only
- * while it stands (metric queries after DROP EXTENSION).
+ * Is a worker of that kind serving this database now (running, its
+ * extension there and of the library's version)?  For what a worker
+ * publishes to be shown only while it stands (metric queries after DROP
+ * EXTENSION).
  */
 bool
-InfraWorkerServing(Oid database_oid)
+InfraWorkerServing(Oid database_oid, InfraWorkerKind kind)
 {
 	int			i;
 
@@ -982,11 +1044,49 @@ InfraWorkerServing(Oid database_oid)
 		InfraWorkerSlot copy;
 
 		InfraWorkerSlotCopy(i, &copy);
-		if (copy.database_oid == database_oid && copy.pid != 0 &&
+		if (copy.kind == kind && copy.database_oid == database_oid && copy.pid != 0 &&
 			InfraWorkerShownState(&copy) == INFRA_WORKER_RUNNING)
 			return true;
 	}
 	return false;
+}
+
+/*
+ * At connect: the settings the worker's own statements rely on, whatever
+ * ALTER DATABASE or ALTER ROLE ... SET said (a database owner may set
+ * default_transaction_read_only there, which would leave delivery unable
+ * to delete what it sent).  PGC_S_OVERRIDE outranks those sources.
+ */
+static void
+InfraWorkerPinSettings(void)
+{
+	static const char *const pinned[][2] = {
+		{"default_transaction_read_only", "off"},
+		{"default_transaction_isolation", "read committed"},
+		{"statement_timeout", "0"},
+		{"lock_timeout", "0"},
+		{"idle_in_transaction_session_timeout", "0"},
+		{"session_replication_role", "origin"},
+		{"transaction_timeout", "0"},	/* 17+ */
+	};
+	int			i;
+
+	for (i = 0; i < lengthof(pinned); i++)
+		if (GetConfigOption(pinned[i][0], true, false) != NULL)
+			SetConfigOption(pinned[i][0], pinned[i][1], PGC_SUSET, PGC_S_OVERRIDE);
+}
+
+/*
+ * Start a transaction of a worker's own: read-write (on a primary) whatever
+ * the session's settings say.  Services use it instead of
+ * StartTransactionCommand.
+ */
+void
+InfraWorkerStartTransaction(void)
+{
+	StartTransactionCommand();
+	if (!RecoveryInProgress())
+		XactReadOnly = false;
 }
 
 /*

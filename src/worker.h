@@ -22,6 +22,18 @@
 /* GUC */
 extern char *infra_database;
 
+/*
+ * The kinds of per-database worker: the delivery worker (the outbox, Kafka)
+ * and the metric-query worker, which runs other roles' SQL in a session of
+ * its own so that nothing those queries do can reach delivery.
+ */
+typedef enum InfraWorkerKind
+{
+	INFRA_WORKER_DELIVERY = 0,
+	INFRA_WORKER_METRIC_QUERIES,
+	INFRA_WORKER_KINDS
+} InfraWorkerKind;
+
 /* What a worker is doing, as shown by infra.worker_status. */
 typedef enum InfraWorkerState
 {
@@ -43,23 +55,26 @@ extern void InfraRegisterWorker(const char *function, const char *name, const ch
 								bool database, int restart_seconds, Datum arg);
 
 /*
- * A service the infra worker runs from its loop once CREATE EXTENSION has
+ * A service an infra worker runs from its loop once CREATE EXTENSION has
  * happened in its database: serve does a round of work and says how long
  * the worker may sleep (-1: until woken, 0: not at all, else milliseconds);
- * shutdown releases what serve holds when the worker stops.  Registered by
- * the modules in _PG_init; the worker names none of them.
+ * shutdown releases what serve holds when the worker stops.  kind says
+ * which of the database's workers runs it.  Registered by the modules in
+ * _PG_init; the worker names none of them.
  */
 typedef struct InfraWorkerService
 {
 	const char *name;
+	InfraWorkerKind kind;
 	long		(*serve) (void);
 	void		(*shutdown) (void);
 } InfraWorkerService;
 
 extern void InfraWorkerRegisterService(const InfraWorkerService *service);
-extern void InfraWorkerWakeAtCommit(void);
+extern void InfraWorkerWakeAtCommit(InfraWorkerKind kind);
+extern void InfraWorkerStartTransaction(void);
 extern bool InfraWorkersHealthy(StringInfo why);
-extern bool InfraWorkerServing(Oid database_oid);
+extern bool InfraWorkerServing(Oid database_oid, InfraWorkerKind kind);
 extern void InfraRequirePrimary(const char *what);
 extern const char *InfraWorkerFirstDatabase(void);
 

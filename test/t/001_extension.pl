@@ -12,11 +12,11 @@ $node->start;
 
 $node->safe_psql('postgres', 'CREATE EXTENSION infra');
 is($node->safe_psql('postgres', 'SELECT infra.version()'),
-	'1.1', 'infra.version() reports the library version');
+	'1.2', 'infra.version() reports the library version');
 is( $node->safe_psql('postgres',
 		"SELECT extversion FROM pg_extension WHERE extname = 'infra'"),
-	'1.1',
-	'extension installs at version 1.1');
+	'1.2',
+	'extension installs at version 1.2');
 is( $node->safe_psql('postgres',
 		"SELECT count(*) FROM pg_proc p WHERE pronamespace = 'infra'::regnamespace "
 		  . "AND NOT EXISTS (SELECT FROM pg_depend d WHERE d.objid = p.oid "

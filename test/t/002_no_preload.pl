@@ -14,7 +14,7 @@ $node->start;
 my ($rc, $out, $err) = $node->psql('postgres', 'CREATE EXTENSION infra');
 is($rc, 0, 'CREATE EXTENSION succeeds without shared_preload_libraries');
 is($node->safe_psql('postgres', 'SELECT infra.version()'),
-	'1.1', 'infra.version() needs no shared memory');
+	'1.2', 'infra.version() needs no shared memory');
 
 for my $query ('SELECT * FROM infra.worker_status',
 	'SELECT * FROM infra.shmem_segments')

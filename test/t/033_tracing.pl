@@ -242,22 +242,23 @@ cmp_ok($elapsed, '<', 5, sprintf('200 spans with a dead collector took %.2f s', 
 like($node->safe_psql('postgres', 'SELECT infra.metrics_prometheus()'), qr/^infra_trace_spans_dropped_total [1-9]\d*$/m,
 	'drops are in /metrics');
 
-# The "network" breaker guards the exporter: it opens after failures.
+# The "otlp" breaker (infra's own, not everyone's "network") guards the
+# exporter: it opens after failures.
 $node->safe_psql('postgres', q{INSERT INTO infra.circuit_breakers (name, window_size, minimum_calls, open_duration)
-  VALUES ('network', 2, 2, '1 hour')
+  VALUES ('otlp', 2, 2, '1 hour')
   ON CONFLICT (name) DO UPDATE SET window_size = 2, minimum_calls = 2, open_duration = '1 hour'});
 ok( wait_until(
 		sub {
 			$node->safe_psql('postgres',
-				q{SELECT state FROM infra.circuit_breaker_state WHERE name = 'network'}) eq 'open';
+				q{SELECT state FROM infra.circuit_breaker_state WHERE name = 'otlp'}) eq 'open';
 		},
 		90),
-	'the network breaker opens on export failures');
+	'the otlp breaker opens on export failures');
 my $attempts = $node->safe_psql('postgres', 'SELECT failed_exports FROM infra.trace_stats');
 ok( wait_until(
 		sub {
 			$node->safe_psql('postgres',
-				q{SELECT rejected_total FROM infra.circuit_breaker_state WHERE name = 'network'}) > 0;
+				q{SELECT rejected_total FROM infra.circuit_breaker_state WHERE name = 'otlp'}) > 0;
 		},
 		90),
 	'while it is open, the exporter asks and is refused');

@@ -90,25 +90,36 @@ INSERT INTO infra.metric_queries (name, query, labels, gauges, "interval", timeo
     ('too_many', 'SELECT g AS k, 1 AS v FROM pg_catalog.generate_series(1, 600) g', '{k}', '{v}', '1 s', '1 s', true),
     ('twice', 'SELECT 1 AS k, 1 AS v UNION ALL SELECT 1, 2', '{k}', '{v}', '1 s', '1 s', true),
     ('mq_taken', 'SELECT 1 AS v', '{}', '{v}', '1 s', '1 s', true),
-    ('as_superuser', 'SELECT 1 AS v', '{}', '{v}', '1 s', '1 s', true),
     ('restricted', $$SELECT pg_catalog.set_config('role', 'postgres', true) AS r, 1 AS v$$, '{}', '{v}', '1 s', '1 s', true),
     ('no_label_column', 'SELECT 1 AS v', '{k}', '{v}', '1 s', '1 s', true),
     ('superuser_allowed', 'SELECT current_user AS who, 1 AS v', '{who}', '{v}', '1 s', '1 s', true);
-UPDATE infra.metric_queries SET run_as = current_user WHERE name = 'as_superuser';
 UPDATE infra.metric_queries SET run_as = current_user, allow_superuser = true WHERE name = 'superuser_allowed';
 COMMIT;
 });
+# A row naming a role its writer may not run as is refused as it is written.
+my ($ok, $out, $err) = $node->psql('postgres', q{INSERT INTO infra.metric_queries (name, query, gauges, run_as) VALUES ('as_superuser', 'SELECT 1 AS v', '{v}', current_user)});
+like($err, qr/ERROR:  metric query "as_superuser" would run as superuser "\Q$su\E"/, 'a superuser run_as without allow_superuser: refused at write');
+($ok, $out, $err) = $node->psql('postgres', q{INSERT INTO infra.metric_queries (name, query, gauges, run_as) VALUES ('as_bob', 'SELECT 1 AS v', '{v}', 'bob')},
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/ERROR:  the role that wrote metric query "as_bob" may not SET ROLE to "bob" \(run_as\)/, 'a role its writer is not a member of: refused at write');
+($ok, $out, $err) = $node->psql('postgres', q{INSERT INTO infra.metric_queries (name, query, gauges, run_as, allow_superuser) VALUES ('alice_as_superuser', 'SELECT 1 AS v', '{v}', (SELECT rolname FROM pg_roles WHERE rolsuper LIMIT 1), true)},
+	extra_params => [ '-U', 'alice' ]);
+like($err, qr/ERROR:  metric query "alice_as_superuser" would run as superuser "\Q$su\E"/, 'a superuser run_as written by a non-superuser: refused at write');
+# Checked again at each run: a membership revoked after the write.
+$node->safe_psql('postgres', 'GRANT bob TO alice');
 $node->safe_psql('postgres', q{
 BEGIN;
 INSERT INTO infra.metric_queries (name, query, labels, gauges, "interval", timeout, run_as, enabled) VALUES
     ('as_alice', 'SELECT current_user AS who, 1 AS v', '{who}', '{v}', '1 s', '1 s', 'alice', true),
-    ('as_bob', 'SELECT 1 AS v', '{}', '{v}', '1 s', '1 s', 'bob', true),
-    ('alice_as_superuser', 'SELECT 1 AS v', '{}', '{v}', '1 s', '1 s', (SELECT rolname FROM pg_roles WHERE rolsuper LIMIT 1), true);
-UPDATE infra.metric_queries SET allow_superuser = true WHERE name = 'alice_as_superuser';
+    ('as_bob', 'SELECT 1 AS v', '{}', '{v}', '1 s', '1 s', 'bob', true);
 COMMIT;
 }, extra_params => [ '-U', 'alice' ]);
+$node->safe_psql('postgres', 'REVOKE bob FROM alice');
 is($node->safe_psql('postgres', q{SELECT author FROM infra.metric_queries WHERE name = 'as_bob'}), 'alice',
 	'the author is whoever wrote the row (a trigger keeps it)');
+$node->safe_psql('postgres', q{UPDATE infra.metric_queries SET "interval" = '1 s' WHERE name = 'as_alice'});
+is($node->safe_psql('postgres', q{SELECT author FROM infra.metric_queries WHERE name = 'as_alice'}), 'alice',
+	'a superuser\'s write keeps the author');
 
 my %expect = (
 	bad_sql => qr/^42P01: relation "no_such_table" does not exist/,
@@ -118,17 +129,15 @@ my %expect = (
 	too_many => qr/^54000: metric query "too_many" returned more series than infra.metric_query_max_series \(500\)/,
 	twice => qr/^21000: metric query "twice" returned two rows with the same labels/,
 	mq_taken => qr/^42710: metric "mq_taken_v" is a series of infra's metrics registry/,
-	as_superuser => qr/^42501: metric query "as_superuser" would run as superuser "\Q$su\E"/,
 	restricted => qr/^42501: cannot set parameter "role" within security-(restricted operation|definer function)/,
 	no_label_column => qr/^42703: label column "k" is not in the query's result/,
-	as_bob => qr/^42501: the role that wrote metric query "as_bob" is not a member of "bob"/,
-	alice_as_superuser => qr/^42501: metric query "alice_as_superuser" would run as superuser "\Q$su\E"/,
+	as_bob => qr/^42501: the role that wrote metric query "as_bob" may not SET ROLE to "bob"/,
 );
 ok( wait_until(
 		sub {
 			$node->safe_psql('postgres',
 				"SELECT count(*) FROM infra.metric_query_status WHERE runs > 0 AND name IN ("
-				  . join(', ', map { "'$_'" } keys %expect, 'as_alice', 'superuser_allowed') . ')') == 14;
+				  . join(', ', map { "'$_'" } keys %expect, 'as_alice', 'superuser_allowed') . ')') == 12;
 		},
 		30),
 	'every new query has run');
@@ -144,12 +153,12 @@ like($m, qr/^infra_metric_query_success\{database="postgres",name="bad_sql"\} 0$
 like($m, qr/^pg_database_size_bytes\{datname="postgres"\} [1-9]\d*$/m, 'the other queries still serve');
 is($node->safe_psql('postgres', q{SELECT count(*) FROM infra.metric_query_status WHERE name LIKE 'pg_%' AND last_error IS NOT NULL}),
 	0, 'and still succeed');
-is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.metric_queries'), 21, 'the write was refused: no row deleted');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.metric_queries'), 19, 'the write was refused: no row deleted');
 is(scalar(() = $m =~ /^# TYPE mq_taken_v /mg), 1, 'the registry\'s series is served once');
 promtool_ok($m, 'the exposition stays valid');
 
 # --- writes: who may, and a row disabled stops serving ------------------------------------
-my ($ok, $out, $err) = $node->psql('postgres', q{INSERT INTO infra.metric_queries (name, query, gauges) VALUES ('x', 'SELECT 1 AS v', '{v}')},
+($ok, $out, $err) = $node->psql('postgres', q{INSERT INTO infra.metric_queries (name, query, gauges) VALUES ('x', 'SELECT 1 AS v', '{v}')},
 	extra_params => [ '-U', 'carol' ]);
 like($err, qr/permission denied for table metric_queries/, 'a role without the grant cannot add a query');
 ($ok, $out, $err) = $node->psql('postgres', q{INSERT INTO infra.metric_queries (name, query, gauges) VALUES ('infra_x', 'SELECT 1 AS v', '{v}')});

@@ -2,7 +2,7 @@
 # holding data (messages waiting in the outbox, dead letters, rows in every
 # configuration table, bridge offsets) goes through ALTER EXTENSION infra
 # UPDATE with nothing lost; the waiting messages are then delivered; and the
-# upgraded database's schema is exactly a fresh 1.1 install's.  Before the
+# upgraded database's schema is exactly a fresh 1.2 install's (through 1.1).  Before the
 # update, today's library refuses the 1.0 objects with an error naming both
 # versions and the command to run; the worker waits.  A library older than
 # the installed objects is refused the same way.
@@ -22,10 +22,10 @@ $node->start;
 
 my $library = $node->safe_psql('postgres',
 	"SELECT default_version FROM pg_available_extensions WHERE name = 'infra'");
-is($library, '1.1', 'the default version is 1.1');
+is($library, '1.2', 'the default version is 1.2');
 is($node->safe_psql('postgres',
 		"SELECT string_agg(source || '>' || target, ',') FROM pg_extension_update_paths('infra') WHERE path IS NOT NULL"),
-	'1.0>1.1', 'one update path: 1.0 to 1.1');
+	'1.0>1.1,1.0>1.2,1.1>1.2', 'update paths: 1.0 to 1.1, 1.1 to 1.2, and 1.0 to 1.2 through 1.1');
 
 # --- 1.0 installed, today's library loaded ----------------------------------
 $node->safe_psql('postgres', "CREATE EXTENSION infra VERSION '1.0'");
@@ -40,18 +40,18 @@ ok( wait_until(
 		}),
 	'the worker waits for the update instead of serving 1.0 objects');
 like(slurp_file($node->logfile),
-	qr/WARNING:  infra worker waiting: infra's SQL objects in database "postgres" are version 1\.0, but the loaded infra library is version 1\.1\n.*HINT:  Run ALTER EXTENSION infra UPDATE;/,
+	qr/WARNING:  infra worker waiting: infra's SQL objects in database "postgres" are version 1\.0, but the loaded infra library is version 1\.2\n.*HINT:  Run ALTER EXTENSION infra UPDATE;/,
 	'the worker says why it waits and what to run');
 
 my ($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send('t', 'v')");
 isnt($rc, 0, 'kafka_send is refused while the SQL objects are 1.0');
-like($err, qr/ERROR:  infra's SQL objects in database "postgres" are version 1\.0, but the loaded infra library is version 1\.1/,
+like($err, qr/ERROR:  infra's SQL objects in database "postgres" are version 1\.0, but the loaded infra library is version 1\.2/,
 	'the error names both versions');
-like($err, qr/HINT:  Run ALTER EXTENSION infra UPDATE; to update them to 1\.1\./, 'the hint gives the command');
+like($err, qr/HINT:  Run ALTER EXTENSION infra UPDATE; to update them to 1\.2\./, 'the hint gives the command');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT infra.rate_limit('api')");
-like($err, qr/are version 1\.0, but the loaded infra library is version 1\.1/,
+like($err, qr/are version 1\.0, but the loaded infra library is version 1\.2/,
 	'every C function refuses, not just kafka_send');
-is($node->safe_psql('postgres', 'SELECT infra.version()'), '1.1',
+is($node->safe_psql('postgres', 'SELECT infra.version()'), '1.2',
 	'infra.version() still answers: it reports the library');
 
 # --- fill the 1.0 database as a 1.0 system would have left it ---------------
@@ -88,8 +88,9 @@ SELECT string_agg(c.oid::regclass::text, ' ' ORDER BY c.relname)
 my @tables = split / /, $tables;
 cmp_ok(scalar @tables, '>=', 9, "the extension's tables are found (@tables)");
 # One query fingerprinting them all: each table's row count and rows' md5,
-# over the columns 1.0 has (1.1 adds some; infra.topics without
-# broker_state, which the worker sets once it serves).
+# over the columns 1.0 has (1.1 and 1.2 add some; infra.topics without
+# broker_state, which the worker sets once it serves; infra.circuit_breakers
+# without the otlp preset 1.2 adds).
 my %columns = map {
 	my $t = $_;
 	($t => $node->safe_psql('postgres', qq{
@@ -98,7 +99,8 @@ SELECT string_agg('t.' || quote_ident(attname), ', ' ORDER BY attnum) FROM pg_at
 } @tables;
 my $fingerprint_sql = join " || E'\\n' || ", map {
 	my $row = "ROW($columns{$_})";
-	"(SELECT '$_ ' || count(*) || ' ' || coalesce(md5(string_agg(CAST($row AS text), '|' ORDER BY CAST($row AS text))), '-') FROM $_ t)";
+	my $old = $_ eq 'infra.circuit_breakers' ? " WHERE t.name <> 'otlp'" : '';
+	"(SELECT '$_ ' || count(*) || ' ' || coalesce(md5(string_agg(CAST($row AS text), '|' ORDER BY CAST($row AS text))), '-') FROM $_ t$old)";
 } @tables;
 my $before = $node->safe_psql('postgres', "SELECT $fingerprint_sql");
 like($before, qr/infra\.kafka_outbox_batches 1 /, 'one outbox batch (three messages) waits');
@@ -111,8 +113,12 @@ my ($after, $untimed) = split /\n(?=\d+$)/, $node->safe_psql('postgres',
 	"BEGIN; ALTER EXTENSION infra UPDATE; SELECT $fingerprint_sql;"
 	  . " SELECT count(*) FROM infra.kafka_outbox_batches WHERE timeline IS NULL; COMMIT;");
 is($node->safe_psql('postgres', "SELECT extversion FROM pg_extension WHERE extname = 'infra'"),
-	'1.1', 'ALTER EXTENSION infra UPDATE reaches 1.1');
+	'1.2', 'ALTER EXTENSION infra UPDATE reaches 1.2');
 is($after, $before, 'every row of every table is still there, unchanged');
+is($node->safe_psql('postgres', q{SELECT preset::text || ' ' || (acl IS NULL)::text FROM infra.circuit_breakers WHERE name = 'otlp'}),
+	'true true', 'the update adds the trace exporter\'s own breaker, otlp, granted to no one');
+is($node->safe_psql('postgres', q{SELECT string_agg(name || ':' || (owner::text = current_user)::text || ':' || (acl IS NOT NULL)::text, ' ' ORDER BY name) FROM infra.rate_limiters}),
+	'api:true:true database:true:true upgrade_api:true:true', 'rows from before 1.2 belong to the updating role, their use granted to PUBLIC as before');
 is($untimed, '1', 'the waiting batch has no timeline: its messages keep their 1.0 ids');
 is($node->safe_psql('postgres', 'SELECT last_value FROM infra.kafka_outbox_id_seq'),
 	$seq_before, 'the message id sequence goes on where it was');
@@ -122,7 +128,7 @@ ok( wait_until(
 			$node->safe_psql('postgres',
 				"SELECT query FROM pg_stat_activity WHERE backend_type = 'infra worker'") eq 'running';
 		}),
-	'the worker serves once the objects are 1.1');
+	'the worker serves once the objects are 1.2');
 is($node->safe_psql('postgres', "SELECT infra.kafka_flush('60 s')"), 't',
 	'the messages waiting since 1.0 are delivered');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.kafka_outbox'), '0', 'the outbox is empty');
@@ -138,12 +144,12 @@ is_deeply([ map { (split / /, $_)[0] } @got ], [ 'k=one', 'k=two', 'k=three', 'k
 	'Kafka has the three waiting messages, in order, then the dead letter');
 like($got[1], qr/h=1/, 'headers written under 1.0 are sent');
 like($got[0], qr{infra-msg-id=\d+/\d+/\d+(,|$)}, 'messages waiting since 1.0 keep the 1.0 form of infra-msg-id (a dedupe recognises them)');
-like($got[3], qr{infra-msg-id=\d+/\d+/1/\d+(,|$)}, 'a message queued under 1.1 carries its timeline in infra-msg-id');
+like($got[3], qr{infra-msg-id=\d+/\d+/1/\d+(,|$)}, 'a message queued under 1.2 carries its timeline in infra-msg-id');
 is($node->safe_psql('postgres',
 		"SELECT infra.rate_limit('upgrade_api', cost => 10)::text || ' ' || infra.rate_limit('upgrade_api')::text"),
 	'true false', 'a rate limiter configured under 1.0 works after the update (burst 10, then empty)');
 
-# --- the upgraded schema is a fresh 1.1 install's ----------------------------
+# --- the upgraded schema is a fresh 1.2 install's ----------------------------
 $node->safe_psql('postgres', 'CREATE DATABASE fresh');
 $node->safe_psql('fresh', 'CREATE EXTENSION infra');
 
@@ -174,20 +180,20 @@ sub schema_dump
 }
 # The data rows and the test's own database differ; the schema must not.
 is(schema_dump('postgres'), schema_dump('fresh'),
-	'pg_dump --schema-only: upgraded equals fresh 1.1');
+	'pg_dump --schema-only: upgraded equals fresh 1.2');
 my $upgraded = schema_dump('postgres', '--binary-upgrade');
 like($upgraded, qr/ALTER EXTENSION infra ADD FUNCTION infra\.kafka_payload_text/,
 	'the binary-upgrade dump lists every member object');
 is($upgraded, schema_dump('fresh', '--binary-upgrade'),
-	'pg_dump --schema-only --binary-upgrade (every member, its grants, comments and settings): upgraded equals fresh 1.1');
+	'pg_dump --schema-only --binary-upgrade (every member, its grants, comments and settings): upgraded equals fresh 1.2');
 
 # --- a library older than the installed objects -------------------------------
 # What a downgraded library would meet: objects of a later version.
-$node->safe_psql('fresh', "UPDATE pg_extension SET extversion = '1.2' WHERE extname = 'infra'");
+$node->safe_psql('fresh', "UPDATE pg_extension SET extversion = '1.3' WHERE extname = 'infra'");
 ($rc, $out, $err) = $node->psql('fresh', "SELECT infra.rate_limit('x')");
-like($err, qr/ERROR:  infra's SQL objects in database "fresh" are version 1\.2, but the loaded infra library is version 1\.1/,
+like($err, qr/ERROR:  infra's SQL objects in database "fresh" are version 1\.3, but the loaded infra library is version 1\.2/,
 	'a library older than the objects is refused, naming both versions');
-like($err, qr/HINT:  Install infra 1\.2's library \(make install, or its package\), then restart PostgreSQL\./,
+like($err, qr/HINT:  Install infra 1\.3's library \(make install, or its package\), then restart PostgreSQL\./,
 	'and the hint says what to install');
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'the server is up: an error, never a crash');
 

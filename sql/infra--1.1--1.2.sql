@@ -1,0 +1,407 @@
+/*
+ * infra--1.1--1.2.sql: ALTER EXTENSION infra UPDATE from 1.1 to 1.2.
+ *
+ * 1.2 closes the holes of the second security round: metric queries run in
+ * a worker of their own and only as a role their author may SET ROLE to;
+ * named shared state (limiters, breakers, rate-limit keys) has owners;
+ * configuration changes to the rows CREATE EXTENSION makes survive pg_dump.
+ * Tables keep their rows.  After this script a database is what CREATE
+ * EXTENSION infra VERSION '1.2' makes (the upgrade test compares the two).
+ */
+
+\echo Use "ALTER EXTENSION infra UPDATE TO '1.2'" to load this file. \quit
+
+/* The metric-query worker of each database, apart from delivery. */
+CREATE FUNCTION infra.metric_query_workers(
+    OUT pid integer,
+    OUT database text,
+    OUT state text,
+    OUT started_at timestamptz,
+    OUT last_reload timestamptz,
+    OUT last_error text,
+    OUT last_error_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_metric_query_workers'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+CREATE VIEW infra.metric_query_workers AS
+    SELECT * FROM infra.metric_query_workers();
+
+COMMENT ON VIEW infra.metric_query_workers IS
+'One row per database in infra.database: the worker running its infra.metric_queries, in a session apart from delivery.';
+
+REVOKE ALL ON FUNCTION infra.metric_query_workers() FROM PUBLIC;
+REVOKE ALL ON infra.metric_query_workers FROM PUBLIC;
+GRANT SELECT ON infra.metric_query_workers TO pg_monitor;
+GRANT EXECUTE ON FUNCTION infra.metric_query_workers() TO pg_monitor;
+
+/*
+ * The author trigger checks, as the row is written, that its writer may
+ * SET ROLE to run_as (the SET option on 16+), as each run does again.
+ */
+DROP TRIGGER metric_queries_author ON infra.metric_queries;
+DROP FUNCTION infra.metric_queries_author();
+CREATE FUNCTION infra.metric_queries_author()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'infra_metric_queries_author'
+LANGUAGE C;
+CREATE TRIGGER metric_queries_author
+    BEFORE INSERT OR UPDATE ON infra.metric_queries
+    FOR EACH ROW EXECUTE FUNCTION infra.metric_queries_author();
+REVOKE ALL ON FUNCTION infra.metric_queries_author() FROM PUBLIC;
+
+COMMENT ON TABLE infra.metric_queries IS
+'Queries whose results infra serves on /metrics: value columns (gauges, counters) become <name>_<column>, labels their labels; run by the metric-query worker every interval, read-only, with timeout, as run_as (a role the row''s author may SET ROLE to; a superuser only with allow_superuser and a superuser author). Off until enabled. Status: infra.metric_query_status.';
+
+COMMENT ON COLUMN infra.metric_queries.author IS
+'The role that last wrote the row (set by a trigger; a superuser''s write keeps it): run_as must be a role it may SET ROLE to.';
+
+/* ---------------------------------------------------------------------------
+ * Configuration rows (src/configrows.c): rate limiters and circuit breakers
+ * belong to the role that wrote them (owner) and are used by others when
+ * granted (acl, USAGE, through infra.grant_use); rows CREATE EXTENSION makes
+ * are presets, and pg_dump keeps those changed, and rows users added.
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.config_rows()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'infra_config_rows'
+LANGUAGE C;
+
+CREATE TABLE infra.removed_presets (
+    table_name text NOT NULL
+        CHECK (table_name IN ('rate_limiters', 'circuit_breakers', 'retry_policies', 'metric_queries')),
+    name text NOT NULL,
+    removed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (table_name, name)
+);
+
+COMMENT ON TABLE infra.removed_presets IS
+'Presets (rows CREATE EXTENSION makes) that were deleted, so that pg_dump and pg_restore keep them deleted. Written by infra.config_rows().';
+
+CREATE FUNCTION infra.removed_presets_apply()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'infra_removed_presets_apply'
+LANGUAGE C;
+
+CREATE TRIGGER removed_presets_apply
+    AFTER INSERT ON infra.removed_presets
+    FOR EACH ROW EXECUTE FUNCTION infra.removed_presets_apply();
+
+SELECT pg_catalog.pg_extension_config_dump('infra.removed_presets', '');
+
+/* acl with grantee's USAGE set (usage) or taken away; NULL when empty. */
+CREATE FUNCTION infra.acl_with(acl aclitem[], owner regrole, grantee oid, usage boolean)
+RETURNS aclitem[]
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT NULLIF(ARRAY(SELECT a FROM unnest(coalesce($1, '{}'::aclitem[])) AS a
+                         WHERE NOT EXISTS (SELECT FROM aclexplode(ARRAY[a]) AS x WHERE x.grantee = $3))
+                  || CASE WHEN $4 THEN ARRAY[makeaclitem($3, $2::oid, 'USAGE', false)]
+                          ELSE '{}'::aclitem[] END,
+                  '{}'::aclitem[])
+$$;
+
+CREATE FUNCTION infra.rate_limit_share(key text, public boolean)
+RETURNS boolean
+AS 'MODULE_PATHNAME', 'infra_rate_limit_share'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.rate_limit_share(text, boolean) IS
+'Move the caller''s own rate-limit key into the public scope (true), or a public key it made public back (false); what infra.grant_use(''rate_limit_key'', key, ''public'') calls.';
+
+CREATE FUNCTION infra.grant_use(kind text, name text, grantee text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM infra.use_change(kind, name, grantee, true);
+END
+$$;
+
+COMMENT ON FUNCTION infra.grant_use(text, text, text) IS
+'Let grantee (a role, or public) use a rate_limiter or circuit_breaker you own, or make your rate_limit_key public.';
+
+CREATE FUNCTION infra.revoke_use(kind text, name text, grantee text)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM infra.use_change(kind, name, grantee, false);
+END
+$$;
+
+COMMENT ON FUNCTION infra.revoke_use(text, text, text) IS
+'Take back what infra.grant_use gave.';
+
+CREATE FUNCTION infra.use_change(kind text, name text, grantee text, usage boolean)
+RETURNS void
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    who oid;
+    n bigint;
+BEGIN
+    IF kind IS NULL OR name IS NULL OR grantee IS NULL THEN
+        RAISE EXCEPTION 'kind, name and grantee must not be NULL'
+            USING ERRCODE = '22004', HINT = 'Give a kind (rate_limiter, circuit_breaker, rate_limit_key), a name and a role or public.';
+    END IF;
+    who := CASE WHEN lower(grantee) = 'public' THEN 0 ELSE grantee::regrole::oid END;
+    IF kind = 'rate_limit_key' THEN
+        IF who <> 0 THEN
+            RAISE EXCEPTION 'a rate-limit key can be made public, not given to one role'
+                USING ERRCODE = '0A000',
+                      HINT = 'Configure a named limiter in infra.rate_limiters and grant its use: infra.grant_use(''rate_limiter'', name, role).';
+        END IF;
+        IF NOT infra.rate_limit_share(name, usage) THEN
+            RAISE EXCEPTION 'you have no % rate-limit key "%"', CASE WHEN usage THEN 'private' ELSE 'public' END, name
+                USING ERRCODE = '42704', HINT = 'A key exists once infra.rate_limit(key, ...) used it; only the role that made a key public can take it back.';
+        END IF;
+        RETURN;
+    ELSIF kind = 'rate_limiter' THEN
+        UPDATE infra.rate_limiters r SET acl = infra.acl_with(r.acl, r.owner, who, usage)
+         WHERE r.name = use_change.name;
+    ELSIF kind = 'circuit_breaker' THEN
+        UPDATE infra.circuit_breakers b SET acl = infra.acl_with(b.acl, b.owner, who, usage)
+         WHERE b.name = use_change.name;
+    ELSE
+        RAISE EXCEPTION 'unknown kind "%"', kind
+            USING ERRCODE = '22023', HINT = 'Use rate_limiter, circuit_breaker or rate_limit_key.';
+    END IF;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        RAISE EXCEPTION '% "%" does not exist', replace(kind, '_', ' '), name
+            USING ERRCODE = '42704', HINT = 'Named limiters and breakers are rows of infra.rate_limiters and infra.circuit_breakers.';
+    END IF;
+END
+$$;
+
+REVOKE ALL ON infra.removed_presets FROM PUBLIC;
+GRANT SELECT ON infra.removed_presets TO PUBLIC;
+REVOKE ALL ON FUNCTION infra.config_rows(), infra.removed_presets_apply() FROM PUBLIC;
+
+/*
+ * Owners for the limiters and breakers there are.  1.1 let every role use
+ * every row: the rows keep that (USAGE granted to PUBLIC), owned by the role
+ * running the update, except infra's own kafka breaker, now nobody's to
+ * use but superusers'.  Revoke what should be private with
+ * infra.revoke_use.
+ */
+/*
+ * Columns are added without a default, filled, then given it: a default
+ * given with ADD COLUMN would stay in the catalog as a missing value, which
+ * a fresh install does not have.
+ */
+ALTER TABLE infra.rate_limiters
+    ADD COLUMN owner regrole,
+    ADD COLUMN acl aclitem[],
+    ADD COLUMN preset boolean,
+    ADD COLUMN changed boolean;
+UPDATE infra.rate_limiters
+   SET owner = CURRENT_USER::text::regrole, preset = false, changed = true,
+       acl = infra.acl_with(NULL, CURRENT_USER::text::regrole, 0, true);
+ALTER TABLE infra.rate_limiters
+    ALTER COLUMN owner SET DEFAULT (CURRENT_USER::text::regrole), ALTER COLUMN owner SET NOT NULL,
+    ALTER COLUMN preset SET DEFAULT false, ALTER COLUMN preset SET NOT NULL,
+    ALTER COLUMN changed SET DEFAULT true, ALTER COLUMN changed SET NOT NULL;
+UPDATE infra.rate_limiters r
+   SET preset = true,
+       changed = (r.rate, r.per, r.burst, r.description) IS DISTINCT FROM (p.rate, p.per, p.burst, p.description)
+  FROM (VALUES ('database', 1000, interval '1 second', 100, 'Queries sent to a database on behalf of a service'),
+               ('api', 100, interval '1 second', 20, 'Calls to an external API'))
+       AS p(name, rate, per, burst, description)
+ WHERE r.name = p.name;
+COMMENT ON TABLE infra.rate_limiters IS
+'Named rate limiters for infra.rate_limit(name, cost); burst NULL means equal to rate. A row belongs to owner; others use it when granted (infra.grant_use). Changes apply at once.';
+CREATE TRIGGER rate_limiters_rows
+    BEFORE INSERT OR UPDATE OR DELETE ON infra.rate_limiters
+    FOR EACH ROW EXECUTE FUNCTION infra.config_rows('owned');
+SELECT pg_catalog.pg_extension_config_dump('infra.rate_limiters', 'WHERE NOT preset OR changed');
+
+ALTER TABLE infra.circuit_breakers
+    ADD COLUMN owner regrole,
+    ADD COLUMN acl aclitem[],
+    ADD COLUMN preset boolean,
+    ADD COLUMN changed boolean;
+UPDATE infra.circuit_breakers
+   SET owner = CURRENT_USER::text::regrole, preset = false, changed = true,
+       acl = CASE WHEN name <> 'kafka' THEN infra.acl_with(NULL, CURRENT_USER::text::regrole, 0, true) END;
+ALTER TABLE infra.circuit_breakers
+    ALTER COLUMN owner SET DEFAULT (CURRENT_USER::text::regrole), ALTER COLUMN owner SET NOT NULL,
+    ALTER COLUMN preset SET DEFAULT false, ALTER COLUMN preset SET NOT NULL,
+    ALTER COLUMN changed SET DEFAULT true, ALTER COLUMN changed SET NOT NULL;
+UPDATE infra.circuit_breakers b
+   SET preset = true,
+       changed = (b.window_kind, b.window_size, b.minimum_calls, b.failure_rate_threshold,
+                  b.slow_call_duration, b.slow_call_rate_threshold, b.open_duration,
+                  b.half_open_permitted_calls, b.half_open_max_wait, b.failure_sqlstates,
+                  b.ignored_sqlstates)
+                 IS DISTINCT FROM
+                 (p.window_kind, p.window_size, p.minimum_calls, p.failure_rate_threshold,
+                  p.slow_call_duration, p.slow_call_rate_threshold, p.open_duration,
+                  p.half_open_permitted_calls, interval '0', p.failure_sqlstates, '{}'::text[])
+  FROM (VALUES ('database', 'count', 100, 20, 50::float8, interval '2 seconds', 80::float8, interval '30 seconds', 5,
+                '{08%,53%,57P01,57P02,57P03,58%,40001,40P01,55P03,57014}'::text[]),
+               ('kafka', 'time', 60, 10, 50, interval '5 seconds', 80, interval '60 seconds', 3, '{}'),
+               ('network', 'count', 50, 10, 50, interval '5 seconds', 80, interval '30 seconds', 3, '{}'),
+               ('vault', 'count', 20, 5, 50, interval '3 seconds', 80, interval '60 seconds', 2, '{}'))
+       AS p(name, window_kind, window_size, minimum_calls, failure_rate_threshold, slow_call_duration,
+            slow_call_rate_threshold, open_duration, half_open_permitted_calls, failure_sqlstates)
+ WHERE b.name = p.name;
+/* The trace exporter's breaker, apart from everyone's "network". */
+INSERT INTO infra.circuit_breakers
+    (name, window_kind, window_size, minimum_calls, failure_rate_threshold,
+     slow_call_duration, slow_call_rate_threshold, open_duration,
+     half_open_permitted_calls, failure_sqlstates, ignored_sqlstates, description,
+     acl, preset, changed)
+VALUES
+    ('otlp', 'count', 50, 10, 50, '5 seconds', 80, '30 seconds', 3,
+     '{}', '{}', 'Trace exports of the infra trace exporter to the collector', NULL, true, false)
+ON CONFLICT (name) DO NOTHING;
+COMMENT ON TABLE infra.circuit_breakers IS
+'Circuit breakers: window_size counts calls (count) or seconds (time); thresholds are percentages; failure_sqlstates empty means every error fails; ignored_sqlstates count neither way. A row belongs to owner; others use it when granted (infra.grant_use). Changes apply at commit.';
+CREATE TRIGGER circuit_breakers_rows
+    BEFORE INSERT OR UPDATE OR DELETE ON infra.circuit_breakers
+    FOR EACH ROW EXECUTE FUNCTION infra.config_rows('owned');
+SELECT pg_catalog.pg_extension_config_dump('infra.circuit_breakers', 'WHERE NOT preset OR changed');
+
+/* A breaker's live state is its owner's: the view joins on both. */
+DROP VIEW infra.kafka_stats;
+DROP VIEW infra.circuit_breaker_state;
+DROP FUNCTION infra.circuit_breaker_states();
+CREATE FUNCTION infra.circuit_breaker_states(
+    OUT name text,
+    OUT state text,
+    OUT since timestamptz,
+    OUT calls integer,
+    OUT failures integer,
+    OUT slow_calls integer,
+    OUT failure_rate double precision,
+    OUT slow_call_rate double precision,
+    OUT next_probe_at timestamptz,
+    OUT half_open_permits_in_use integer,
+    OUT rejected_total bigint,
+    OUT calls_total bigint,
+    OUT owner regrole)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_breaker_states'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+CREATE VIEW infra.circuit_breaker_state AS
+    SELECT c.name,
+           coalesce(s.state, 'closed') AS state,
+           s.since,
+           coalesce(s.calls, 0) AS calls,
+           coalesce(s.failures, 0) AS failures,
+           coalesce(s.slow_calls, 0) AS slow_calls,
+           s.failure_rate,
+           s.slow_call_rate,
+           s.next_probe_at,
+           coalesce(s.half_open_permits_in_use, 0) AS half_open_permits_in_use,
+           coalesce(s.rejected_total, 0) AS rejected_total,
+           coalesce(s.calls_total, 0) AS calls_total,
+           c.owner
+      FROM infra.circuit_breakers c
+      LEFT JOIN infra.circuit_breaker_states() s USING (name, owner);
+
+COMMENT ON VIEW infra.circuit_breaker_state IS
+'Every configured breaker with its live, cluster-wide state; calls, failures and rates are those of the sliding window.';
+REVOKE ALL ON FUNCTION infra.circuit_breaker_states() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION infra.circuit_breaker_states() TO pg_monitor;
+GRANT SELECT ON infra.circuit_breaker_state TO pg_monitor;
+
+CREATE VIEW infra.kafka_stats AS
+    SELECT s.*, b.state AS breaker_state
+      FROM infra.kafka_stats() s
+      LEFT JOIN infra.circuit_breaker_state b ON b.name = 'kafka';
+
+COMMENT ON VIEW infra.kafka_stats IS
+'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic); waiting_for: why the outbox waits (standbys behind infra.kafka_wait_for_standbys), NULL when it does not.';
+REVOKE ALL ON infra.kafka_stats FROM PUBLIC;
+GRANT SELECT ON infra.kafka_stats TO pg_monitor;
+
+/* A rate-limit key's owner, and whether it is public. */
+DROP VIEW infra.rate_limits;
+DROP FUNCTION infra.rate_limits();
+CREATE FUNCTION infra.rate_limits(
+    OUT kind text,
+    OUT key text,
+    OUT rate integer,
+    OUT per interval,
+    OUT burst integer,
+    OUT remaining integer,
+    OUT allowed_total bigint,
+    OUT denied_total bigint,
+    OUT last_used timestamptz,
+    OUT owner regrole,
+    OUT public boolean)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_rate_limits'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED;
+
+CREATE VIEW infra.rate_limits AS
+    SELECT * FROM infra.rate_limits();
+
+COMMENT ON VIEW infra.rate_limits IS
+'Every rate-limit key in shared memory: its last parameters, what remains now, its counters, and its owner (a key is its role''s own unless public).';
+REVOKE ALL ON FUNCTION infra.rate_limits() FROM PUBLIC;
+REVOKE ALL ON infra.rate_limits FROM PUBLIC;
+GRANT SELECT ON infra.rate_limits TO pg_monitor;
+GRANT EXECUTE ON FUNCTION infra.rate_limits() TO pg_monitor;
+
+/* Presets of the retry policies and metric queries, for pg_dump. */
+ALTER TABLE infra.retry_policies
+    ADD COLUMN preset boolean,
+    ADD COLUMN changed boolean;
+UPDATE infra.retry_policies SET preset = false, changed = true;
+ALTER TABLE infra.retry_policies
+    ALTER COLUMN preset SET DEFAULT false, ALTER COLUMN preset SET NOT NULL,
+    ALTER COLUMN changed SET DEFAULT true, ALTER COLUMN changed SET NOT NULL;
+UPDATE infra.retry_policies r
+   SET preset = true,
+       changed = (r.max_attempts, r.base, r.cap, r.strategy, r.sqlstates, r.description)
+                 IS DISTINCT FROM (p.max_attempts, p.base, p.cap, p.strategy, p.sqlstates, p.description)
+  FROM (VALUES ('database', 5, interval '50 milliseconds', interval '2 seconds', 'full_jitter',
+                '{40001,40P01,55P03,08%,57P01,53300}'::text[],
+                'Serialization failures, deadlocks, lock timeouts, lost connections'),
+               ('network', 5, interval '200 milliseconds', interval '10 seconds', 'full_jitter',
+                '{08%,57014,58%}', 'Network calls: connection errors and timeouts'),
+               ('kafka', 8, interval '100 milliseconds', interval '5 seconds', 'decorrelated',
+                '{08%,57014,53%}', 'Kafka produce and admin calls'),
+               ('vault', 3, interval '500 milliseconds', interval '5 seconds', 'equal_jitter',
+                '{08%,57014}', 'Calls to a secrets store'))
+       AS p(name, max_attempts, base, cap, strategy, sqlstates, description)
+ WHERE r.name = p.name;
+CREATE TRIGGER retry_policies_rows
+    BEFORE INSERT OR UPDATE OR DELETE ON infra.retry_policies
+    FOR EACH ROW EXECUTE FUNCTION infra.config_rows();
+SELECT pg_catalog.pg_extension_config_dump('infra.retry_policies', 'WHERE NOT preset OR changed');
+
+ALTER TABLE infra.metric_queries
+    ADD COLUMN preset boolean,
+    ADD COLUMN changed boolean;
+UPDATE infra.metric_queries SET preset = false, changed = true;
+ALTER TABLE infra.metric_queries
+    ALTER COLUMN preset SET DEFAULT false, ALTER COLUMN preset SET NOT NULL,
+    ALTER COLUMN changed SET DEFAULT true, ALTER COLUMN changed SET NOT NULL;
+UPDATE infra.metric_queries m
+   SET preset = true,
+       changed = m.enabled OR m."interval" <> '30 seconds' OR m.timeout <> '2 seconds'
+                 OR m.run_as <> 'pg_monitor' OR m.allow_superuser OR md5(m.query) <> p.query_md5
+  FROM (VALUES ('pg_database', '75bbd649284939c0743d2dd65a622660'),
+               ('pg_stat_database', '4a1067b1d84210ce4fbbe5f33167fbcc'),
+               ('pg_replication', 'a6fb5b2f607c32cc951a3b51d9164dd4'),
+               ('pg_stat_replication', 'ebba35bae55a5e3ab5254fb6aa5a1112'),
+               ('pg_locks', '93ce3bf5625fcb9b282a3be0146b9c45'),
+               ('pg_stat_activity', 'be232ed13eebfcd6aa37da780e860244'),
+               ('pg_stat_user_tables', '960b5c2bb29ac39472f5db16065d72a6'))
+       AS p(name, query_md5)
+ WHERE m.name = p.name;
+CREATE TRIGGER metric_queries_rows
+    BEFORE INSERT OR UPDATE OR DELETE ON infra.metric_queries
+    FOR EACH ROW EXECUTE FUNCTION infra.config_rows();
+SELECT pg_catalog.pg_extension_config_dump('infra.metric_queries', 'WHERE NOT preset OR changed');
