@@ -8,6 +8,11 @@
  * figures under one mutex and the handler copies them out under it, so
  * neither waits on the other for long.
  *
+ * Bounded as the extension's listener is (src/httpd.c): connections in all
+ * and per client address, a silent connection closed, and a request not
+ * complete METRICS_REQUEST_DEADLINE_S after it began has its socket shut by
+ * a sweeper thread (a client dripping a byte a second is never silent).
+ *
  *-------------------------------------------------------------------------
  */
 #include <netdb.h>
@@ -92,8 +97,98 @@ static struct MHD_Daemon *daemon_handle = NULL;
  * stay, and memory for a request's line and headers (larger: 414 or 431).
  */
 #define METRICS_CONNECTION_LIMIT 512
+#define METRICS_PER_CLIENT_LIMIT 32
 #define METRICS_CONNECTION_TIMEOUT_S 5
+#define METRICS_REQUEST_DEADLINE_S 5
 #define METRICS_REQUEST_MEMORY 16384
+
+/* A connection, and since when its current request has been coming in. */
+typedef struct Client
+{
+	struct MHD_Connection *connection;	/* NULL: a free slot */
+	int			fd;
+	int64_t		since_ms;
+	bool		shut;
+} Client;
+
+static Client clients[METRICS_CONNECTION_LIMIT + 16];
+static pthread_mutex_t clients_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_t sweeper;
+static volatile bool sweeping = false;
+
+/*
+ * A connection opened (kept, with its start) or closed (forgotten).  In
+ * libmicrohttpd's thread.
+ */
+static void
+client_notify(void *cls, struct MHD_Connection *connection, void **socket_context,
+			  enum MHD_ConnectionNotificationCode code)
+{
+	size_t		i;
+
+	pthread_mutex_lock(&clients_lock);
+	for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++)
+	{
+		if (code == MHD_CONNECTION_NOTIFY_STARTED && clients[i].connection == NULL)
+		{
+			const union MHD_ConnectionInfo *info =
+				MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+			clients[i].connection = connection;
+			clients[i].fd = info != NULL ? info->connect_fd : -1;
+			clients[i].since_ms = now_ms();
+			clients[i].shut = false;
+			break;
+		}
+		if (code == MHD_CONNECTION_NOTIFY_CLOSED && clients[i].connection == connection)
+		{
+			clients[i].connection = NULL;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&clients_lock);
+}
+
+/* A request answered: the connection's next one has its own deadline. */
+static void
+client_completed(void *cls, struct MHD_Connection *connection, void **con_cls,
+				 enum MHD_RequestTerminationCode toe)
+{
+	size_t		i;
+
+	pthread_mutex_lock(&clients_lock);
+	for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++)
+		if (clients[i].connection == connection)
+			clients[i].since_ms = now_ms();
+	pthread_mutex_unlock(&clients_lock);
+}
+
+/*
+ * Every second: shut the socket of each connection past its deadline
+ * (libmicrohttpd then reads its end and closes it).
+ */
+static void *
+client_sweep(void *arg)
+{
+	while (sweeping)
+	{
+		struct timespec second = {1, 0};
+		int64_t		now = now_ms();
+		size_t		i;
+
+		pthread_mutex_lock(&clients_lock);
+		for (i = 0; i < sizeof(clients) / sizeof(clients[0]); i++)
+			if (clients[i].connection != NULL && !clients[i].shut && clients[i].fd >= 0 &&
+				now - clients[i].since_ms > METRICS_REQUEST_DEADLINE_S * 1000)
+			{
+				(void) shutdown(clients[i].fd, SHUT_RDWR);
+				clients[i].shut = true;
+			}
+		pthread_mutex_unlock(&clients_lock);
+		nanosleep(&second, NULL);
+	}
+	return NULL;
+}
 
 /*
  * The routes' names (again after a reload); counters of a route that keeps
@@ -586,13 +681,23 @@ metrics_start(const char *listen_on)
 									 0, NULL, NULL, handle, NULL,
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
 									 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) METRICS_CONNECTION_LIMIT,
+									 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int) METRICS_PER_CLIENT_LIMIT,
 									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) METRICS_CONNECTION_TIMEOUT_S,
 									 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) METRICS_REQUEST_MEMORY,
+									 MHD_OPTION_NOTIFY_CONNECTION, client_notify, NULL,
+									 MHD_OPTION_NOTIFY_COMPLETED, client_completed, NULL,
 									 MHD_OPTION_END);
 	freeaddrinfo(addr);
 	if (daemon_handle == NULL)
 	{
 		log_error("cannot serve metrics on \"%s\" (is the port in use?)", listen_on);
+		return false;
+	}
+	sweeping = true;
+	if (pthread_create(&sweeper, NULL, client_sweep, NULL) != 0)
+	{
+		sweeping = false;
+		log_error("cannot start the metrics listener's sweeper thread");
 		return false;
 	}
 	log_info("serving /metrics on %s", listen_on);
@@ -602,6 +707,11 @@ metrics_start(const char *listen_on)
 void
 metrics_stop(void)
 {
+	if (sweeping)
+	{
+		sweeping = false;
+		pthread_join(sweeper, NULL);
+	}
 	if (daemon_handle != NULL)
 		MHD_stop_daemon(daemon_handle);
 	daemon_handle = NULL;

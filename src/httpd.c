@@ -11,6 +11,14 @@
  * the worker's own thread (PostgreSQL's APIs are not thread-safe).  The
  * exposition reads shared memory only; the worker connects to no database.
  *
+ * Bounded against floods and slow clients: at most HTTPD_CONNECTION_LIMIT
+ * connections, HTTPD_PER_CLIENT_LIMIT of them from one address, so that one
+ * host cannot take every slot; a connection silent for
+ * HTTPD_CONNECTION_TIMEOUT_S is closed, and so is one whose request is not
+ * complete HTTPD_REQUEST_DEADLINE_S after it began (a client that drips a
+ * byte a second is never silent, slowloris' trick): the worker keeps each
+ * connection's start and shuts the socket of one past its deadline.
+ *
  * Runs in its own background worker, started by the postmaster when
  * infra.metrics_listen is set; calls metrics.c and worker.c.
  *
@@ -31,6 +39,7 @@
 #include "storage/latch.h"
 #include "utils/guc.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "infra.h"
 #include "httpd.h"
@@ -47,8 +56,21 @@ PGDLLEXPORT void InfraHttpdMain(Datum main_arg);
  * and headers: a larger request gets 414 or 431 and is closed.
  */
 #define HTTPD_CONNECTION_LIMIT 512
+#define HTTPD_PER_CLIENT_LIMIT 32
 #define HTTPD_CONNECTION_TIMEOUT_S 5
+#define HTTPD_REQUEST_DEADLINE_S 5
 #define HTTPD_REQUEST_MEMORY 16384
+
+/* A connection, and since when its current request has been coming in. */
+typedef struct HttpdClient
+{
+	struct MHD_Connection *connection;	/* NULL: a free slot */
+	int			fd;
+	TimestampTz since;
+	bool		shut;
+} HttpdClient;
+
+static HttpdClient clients[HTTPD_CONNECTION_LIMIT + 16];
 
 char	   *infra_metrics_listen = NULL;
 
@@ -56,6 +78,11 @@ static struct MHD_Daemon *daemon_handle = NULL;
 static MemoryContext request_context = NULL;
 
 static bool HttpdListenCheckHook(char **newval, void **extra, GucSource source);
+static void HttpdNotifyConnection(void *cls, struct MHD_Connection *connection,
+								  void **socket_context, enum MHD_ConnectionNotificationCode code);
+static void HttpdRequestCompleted(void *cls, struct MHD_Connection *connection,
+								  void **con_cls, enum MHD_RequestTerminationCode toe);
+static bool HttpdSweep(void);
 static bool HttpdSplitAddress(const char *value, char *host, size_t hostlen,
 							  char *port, size_t portlen);
 static enum MHD_Result HttpdHandle(void *cls, struct MHD_Connection *connection,
@@ -193,8 +220,11 @@ InfraHttpdMain(Datum main_arg)
 									 0, NULL, NULL, HttpdHandle, NULL,
 									 MHD_OPTION_SOCK_ADDR, addr->ai_addr,
 									 MHD_OPTION_CONNECTION_LIMIT, (unsigned int) HTTPD_CONNECTION_LIMIT,
+									 MHD_OPTION_PER_IP_CONNECTION_LIMIT, (unsigned int) HTTPD_PER_CLIENT_LIMIT,
 									 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned int) HTTPD_CONNECTION_TIMEOUT_S,
 									 MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t) HTTPD_REQUEST_MEMORY,
+									 MHD_OPTION_NOTIFY_CONNECTION, HttpdNotifyConnection, NULL,
+									 MHD_OPTION_NOTIFY_COMPLETED, HttpdRequestCompleted, NULL,
 									 MHD_OPTION_END);
 	freeaddrinfo(addr);
 	if (daemon_handle == NULL)
@@ -220,6 +250,12 @@ InfraHttpdMain(Datum main_arg)
 			timeout = (long) Min(mhd_timeout, (MHD_UNSIGNED_LONG_LONG) 60000);
 			events |= WL_TIMEOUT;
 		}
+		/* Connections open: look at their deadlines every second. */
+		if (HttpdSweep())
+		{
+			timeout = timeout < 0 ? 1000 : Min(timeout, 1000);
+			events |= WL_TIMEOUT;
+		}
 		(void) WaitLatchOrSocket(MyLatch, events, epoll_fd, timeout, PG_WAIT_EXTENSION);
 		ResetLatch(MyLatch);
 		CHECK_FOR_INTERRUPTS();
@@ -232,6 +268,77 @@ InfraHttpdMain(Datum main_arg)
 		MemoryContextReset(request_context);
 	}
 	proc_exit(0);
+}
+
+/*
+ * A connection opened (kept, with its start) or closed (forgotten).
+ */
+static void
+HttpdNotifyConnection(void *cls, struct MHD_Connection *connection,
+					  void **socket_context, enum MHD_ConnectionNotificationCode code)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(clients); i++)
+	{
+		if (code == MHD_CONNECTION_NOTIFY_STARTED && clients[i].connection == NULL)
+		{
+			const union MHD_ConnectionInfo *info =
+				MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+
+			clients[i].connection = connection;
+			clients[i].fd = info != NULL ? info->connect_fd : -1;
+			clients[i].since = GetCurrentTimestamp();
+			clients[i].shut = false;
+			return;
+		}
+		if (code == MHD_CONNECTION_NOTIFY_CLOSED && clients[i].connection == connection)
+		{
+			clients[i].connection = NULL;
+			return;
+		}
+	}
+}
+
+/*
+ * A request answered: the connection's next one has its own deadline.
+ */
+static void
+HttpdRequestCompleted(void *cls, struct MHD_Connection *connection,
+					  void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+	int			i;
+
+	for (i = 0; i < lengthof(clients); i++)
+		if (clients[i].connection == connection)
+			clients[i].since = GetCurrentTimestamp();
+}
+
+/*
+ * Shut the socket of every connection whose request is past its deadline
+ * (libmicrohttpd then reads its end and closes it).  True while any
+ * connection is open.
+ */
+static bool
+HttpdSweep(void)
+{
+	TimestampTz now = GetCurrentTimestamp();
+	bool		open = false;
+	int			i;
+
+	for (i = 0; i < lengthof(clients); i++)
+	{
+		if (clients[i].connection == NULL)
+			continue;
+		open = true;
+		if (!clients[i].shut && clients[i].fd >= 0 &&
+			TimestampDifferenceExceeds(clients[i].since, now, HTTPD_REQUEST_DEADLINE_S * 1000))
+		{
+			(void) shutdown(clients[i].fd, SHUT_RDWR);
+			clients[i].shut = true;
+		}
+	}
+	return open;
 }
 
 /*

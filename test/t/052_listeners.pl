@@ -1,12 +1,19 @@
 # The /metrics listeners of the extension and of infra-bridge hold: with
 # hundreds of idle connections and a hundred slow ones (a byte every half
 # second, never finishing their request), real scrapes are still answered
-# within a second; oversized request lines and headers are refused; methods
-# other than GET and HEAD get 405; the endpoint answers afterwards.
+# within a second; one host flooding with more connections than the whole
+# limit (600 > 512) keeps at most its per-client share; a request dripping
+# a byte a second is cut at its deadline; a real Prometheus scraping both
+# every second through all of it misses no scrape; oversized request lines
+# and headers are refused; methods other than GET and HEAD get 405; the
+# endpoint answers afterwards.  The attackers connect from 127.0.0.2 and
+# 127.0.0.3 (loopback, other hosts to the listener); scrapes come from
+# 127.0.0.1.
 use strict;
 use warnings;
 
 use HTTP::Tiny;
+use JSON::PP;
 use IO::Socket::INET;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
@@ -44,6 +51,61 @@ INI
 close $fh;
 my $blog = "$dir/bridge.log";
 my $bridge = bridge_spawn($ini, $blog);
+
+# A real Prometheus scraping both listeners every second, from 127.0.0.1.
+my $pport = PostgreSQL::Test::Cluster::get_free_port();
+open $fh, '>', "$dir/prometheus.yml" or die;
+print $fh <<"YML";
+global:
+  scrape_interval: 1s
+  scrape_timeout: 1s
+scrape_configs:
+  - job_name: infra
+    static_configs:
+      - targets: ['127.0.0.1:$port']
+  - job_name: infra-bridge
+    static_configs:
+      - targets: ['127.0.0.1:$bport']
+YML
+close $fh;
+my $prom = IPC::Run::start(
+	[
+		'prometheus', "--config.file=$dir/prometheus.yml",
+		"--storage.tsdb.path=$dir/prometheus", "--web.listen-address=127.0.0.1:$pport"
+	],
+	'>', "$dir/prometheus.log", '2>&1');
+END { $prom->kill_kill if $prom; }
+
+# One value of a PromQL query (undef when none).
+sub prom_value
+{
+	my ($q) = @_;
+	my $r = HTTP::Tiny->new(timeout => 5)->get("http://127.0.0.1:$pport/api/v1/query?query=" . $q);
+	return undef unless $r->{success};
+	my $data = eval { decode_json($r->{content}) } or return undef;
+	my $result = $data->{data}{result};
+	return @$result ? $result->[0]{value}[1] : undef;
+}
+
+# A connection from another loopback address (another host to the listener).
+sub connect_from
+{
+	my ($from, $p) = @_;
+	return IO::Socket::INET->new(LocalAddr => $from, PeerAddr => '127.0.0.1', PeerPort => $p, Proto => 'tcp');
+}
+
+# How many of these sockets the server has closed (EOF or reset).
+sub closed_by_server
+{
+	my $n = 0;
+	for my $s (@_)
+	{
+		$s->blocking(0);
+		my $got = sysread($s, my $buf, 4096);
+		$n++ if (defined $got && $got == 0) || (!defined $got && !$!{EAGAIN});
+	}
+	return $n;
+}
 
 # One scrape on a new connection: (status, seconds it took).
 sub scrape
@@ -83,12 +145,10 @@ sub attack
 
 	ok(wait_until(sub { (scrape($p))[0] == 200 }, 30), "$label: /metrics answers");
 
-	my @idle = grep { defined }
-	  map { IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $p, Proto => 'tcp') } 1 .. 300;
-	is(scalar @idle, 300, "$label: 300 idle connections are open");
-	my @slow = grep { defined }
-	  map { IO::Socket::INET->new(PeerAddr => '127.0.0.1', PeerPort => $p, Proto => 'tcp') } 1 .. 100;
-	is(scalar @slow, 100, "$label: 100 slow connections are open");
+	my @idle = grep { defined } map { connect_from("127.0.0.$_", $p) } map { 10 + $_ % 20 } 1 .. 300;
+	is(scalar @idle, 300, "$label: 300 idle connections are open, from 20 hosts");
+	my @slow = grep { defined } map { connect_from("127.0.0.$_", $p) } map { 40 + $_ % 10 } 1 .. 100;
+	is(scalar @slow, 100, "$label: 100 slow connections are open, from 10 hosts");
 	local $SIG{PIPE} = 'IGNORE';
 	syswrite($_, "GET /metrics HTTP/1.1\r\nX-Slow: ") for @slow;
 
@@ -120,10 +180,46 @@ sub attack
 	close $_ for @idle, @slow;
 	($status, $took) = scrape($p);
 	is($status, 200, "$label: and after they left");
+
+	# One host floods past the whole limit: it keeps its share, no more.
+	my @flood = grep { defined } map { connect_from('127.0.0.2', $p) } 1 .. 600;
+	is(scalar @flood, 600, "$label: 600 connections from one host");
+	sleep 1;
+	($status, $took) = scrape($p);
+	is($status, 200, "$label: a scrape from another host is answered meanwhile");
+	cmp_ok($took, '<', 1.0, "$label: within a second (${took}s)");
+	cmp_ok(600 - closed_by_server(@flood), '<=', 32, "$label: the flooding host keeps at most 32 of them");
+	close $_ for @flood;
+
+	# Slowloris: a request that drips a byte a second is never silent, but
+	# it is cut once it is 5 s old.
+	my @drip = grep { defined } map { connect_from('127.0.0.3', $p) } 1 .. 20;
+	syswrite($_, "GET /metrics HTTP/1.1\r\nX-Drip: ") for @drip;
+	my $cut_after;
+	my $t0 = time();
+	for my $second (1 .. 12)
+	{
+		syswrite($_, 'a') for @drip;
+		sleep 1;
+		if (closed_by_server(@drip) == 20) { $cut_after = time() - $t0; last; }
+	}
+	ok(defined $cut_after, "$label: every dripping request is cut" . (defined $cut_after ? sprintf(' (after %.1f s)', $cut_after) : ''));
+	close $_ for @drip;
 }
 
+ok(wait_until(sub { (prom_value('min(up)') // '') eq '1' }, 60), 'Prometheus scrapes both listeners')
+  or diag(slurp_file("$dir/prometheus.log"));
+my $attack_start = time();
 attack($port, 'extension');
 attack($bport, 'bridge');
+my $window = int(time() - $attack_start) + 1;
+sleep 2;
+# Every scrape during the attacks succeeded, on time (interval 1 s, timeout 1 s).
+is(prom_value("min(min_over_time(up[${window}s]))"), '1', "no scrape failed during the attacks (${window} s)");
+cmp_ok(prom_value("min(count_over_time(up[${window}s]))"), '>=', int($window * 0.8),
+	'and Prometheus kept its schedule (a sample nearly every second for each)');
+cmp_ok(prom_value("max(max_over_time(scrape_duration_seconds[${window}s]))"), '<', 1.0,
+	'no scrape took a second');
 my @started = slurp_file($node->logfile) =~ /infra metrics server listening/g;
 is(scalar @started, 1, 'the metrics server never had to be restarted');
 unlike(slurp_file($node->logfile), qr/terminated by signal/, 'no process of the server crashed');
