@@ -4,7 +4,10 @@
 # values in each argument in turn (NULL, empty and 10 MB strings, negative,
 # zero and extreme numbers and intervals, NaN and infinities, malformed
 # JSON and traceparents).  Every call must return a result or a clean
-# error: no backend crash, no internal error (SQLSTATE class XX).
+# error: no backend crash, no internal error (SQLSTATE class XX).  Both run
+# again as a role that owns nothing (PUBLIC's rights only) and as a
+# CREATEROLE role (which on 16+ holds ADMIN, not SET, on the roles it
+# makes), with their own objects first on their search_path.
 use strict;
 use warnings;
 
@@ -32,30 +35,51 @@ ALTER ROLE fuzzer SET lock_timeout = '500ms';
 -- sqlsmith would end its own session with these and take that for a crash.
 REVOKE EXECUTE ON FUNCTION pg_terminate_backend(integer, bigint) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION pg_cancel_backend(integer) FROM PUBLIC;
+CREATE ROLE owns_nothing LOGIN;
+CREATE ROLE creator LOGIN CREATEROLE;
+GRANT CREATE ON DATABASE postgres TO creator;
+ALTER ROLE owns_nothing SET statement_timeout = '1s';
+ALTER ROLE creator SET statement_timeout = '1s';
 });
+# The creator's own objects first on its path: functions named like ones
+# infra's C code calls, and roles it made.
+$node->safe_psql('postgres', q{
+CREATE SCHEMA creator;
+CREATE FUNCTION creator.has_privs_of_role(name, name) RETURNS boolean LANGUAGE sql AS 'SELECT true';
+CREATE FUNCTION creator.now() RETURNS timestamptz LANGUAGE sql AS $$SELECT '2000-01-01'::timestamptz$$;
+ALTER ROLE creator SET search_path = creator, public, pg_catalog;
+}, extra_params => [ '-U', 'creator' ]);
+$node->safe_psql('postgres', 'CREATE ROLE made_by_creator; CREATE ROLE also_made', extra_params => [ '-U', 'creator' ]);
 
 # --- sqlsmith -------------------------------------------------------------------
+# sqlsmith as ROLE, QUERIES queries.
+sub run_sqlsmith
+{
+	my ($role, $queries) = @_;
+	my ($out, $err) = ('', '');
+	my $target = $node->connstr('postgres') . " user=$role";
+	my $xacts = q{SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'postgres'};
+	my $before = $node->safe_psql('postgres', $xacts);
+	my $from = -s $node->logfile;
+	my $t0 = time();
+	IPC::Run::run(
+		[ 'sqlsmith', "--target=$target", '--seed=20261130', "--max-queries=$queries",
+		  '--exclude-catalog', '--verbose' ],
+		'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(240));
+	note(sprintf('sqlsmith as %s: %d queries in %d s', $role, $queries, time() - $t0));
+	my ($summary) = "$out$err" =~ /(queries: \d+.*)/;
+	note("sqlsmith says: " . ($summary // substr("$out$err", -400)));
+	unlike("$out$err", qr/connection to the server was lost|server closed the connection/,
+		"sqlsmith as $role never lost its connection");
+	my @crashes = slurp_log_since($node, $from) =~ /terminated by signal/g;
+	is(scalar @crashes, 0, "sqlsmith as $role: zero backend crashes in the server log");
+	sleep 2;
+	cmp_ok($node->safe_psql('postgres', $xacts) - $before, '>=', $queries / 2,
+		"sqlsmith as $role ran its queries");
+}
 my $queries = $ENV{INFRA_SQLSMITH_QUERIES} // 20000;
-my ($out, $err) = ('', '');
-my $target = $node->connstr('postgres') . ' user=fuzzer';
-my $xacts = q{SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = 'postgres'};
-my $before = $node->safe_psql('postgres', $xacts);
-my $t0 = time();
-IPC::Run::run(
-	[ 'sqlsmith', "--target=$target", '--seed=20261130', "--max-queries=$queries",
-	  '--exclude-catalog', '--verbose' ],
-	'<', \undef, '>', \$out, '2>', \$err, IPC::Run::timeout(240));
-note(sprintf('sqlsmith: %d queries in %d s', $queries, time() - $t0));
-my ($summary) = "$out$err" =~ /(queries: \d+.*)/;
-note("sqlsmith says: " . ($summary // substr("$out$err", -400)));
-unlike("$out$err", qr/connection to the server was lost|server closed the connection/,
-	'sqlsmith never lost its connection');
-my $log = slurp_log_since($node, $log_start);
-my @crashes = $log =~ /terminated by signal/g;
-is(scalar @crashes, 0, 'sqlsmith: zero backend crashes in the server log');
-sleep 2;
-cmp_ok($node->safe_psql('postgres', $xacts) - $before, '>=', $queries / 2,
-	'sqlsmith ran its queries');
+run_sqlsmith('fuzzer', $queries);
+run_sqlsmith($_, int($queries / 4)) for 'owns_nothing', 'creator';
 
 # --- targeted: every signature, boundary values one argument at a time ----------
 my $ten_mb = q{pg_catalog.repeat('x', 10485760)};
@@ -122,19 +146,25 @@ my $file = PostgreSQL::Test::Utils::tempdir . '/fuzz.sql';
 open my $fh, '>', $file or die;
 print $fh $script;
 close $fh;
-$log_start = -s $node->logfile;
-my ($fout, $ferr) = ('', '');
-IPC::Run::run([ 'psql', '-X', '-d', $node->connstr('postgres'), '-f', $file ],
-	'<', \undef, '>', \$fout, '2>', \$ferr, IPC::Run::timeout(600));
-unlike($ferr, qr/connection to the server was lost|server closed the connection/,
-	'targeted fuzzer: the session survived every call');
-my @internal = $ferr =~ /(ERROR:\s+XX\d\d\d:[^\n]*)/g;
-is(scalar @internal, 0, 'targeted fuzzer: no internal error (SQLSTATE XX...)')
-  or diag join("\n", @internal[ 0 .. ($#internal < 20 ? $#internal : 20) ]);
-my @errors = $ferr =~ /ERROR:\s+([0-9A-Z]{5}):/g;
-cmp_ok(scalar @errors, '>', 100, 'targeted fuzzer: bad inputs were refused with SQLSTATEs');
-$log = slurp_log_since($node, $log_start);
-is(scalar(() = $log =~ /terminated by signal/g), 0, 'targeted fuzzer: zero backend crashes');
+# The script as the superuser, then as the role that owns nothing and the
+# CREATEROLE role: refused, not crashed, where they lack the rights.
+for my $role ('', 'owns_nothing', 'creator')
+{
+	my $as = $role eq '' ? 'superuser' : $role;
+	my $from = -s $node->logfile;
+	my ($fout, $ferr) = ('', '');
+	IPC::Run::run([ 'psql', '-X', '-d', $node->connstr('postgres') . ($role eq '' ? '' : " user=$role"), '-f', $file ],
+		'<', \undef, '>', \$fout, '2>', \$ferr, IPC::Run::timeout(600));
+	unlike($ferr, qr/connection to the server was lost|server closed the connection/,
+		"targeted fuzzer as $as: the session survived every call");
+	my @internal = $ferr =~ /(ERROR:\s+XX\d\d\d:[^\n]*)/g;
+	is(scalar @internal, 0, "targeted fuzzer as $as: no internal error (SQLSTATE XX...)")
+	  or diag join("\n", @internal[ 0 .. ($#internal < 20 ? $#internal : 20) ]);
+	my @errors = $ferr =~ /ERROR:\s+([0-9A-Z]{5}):/g;
+	cmp_ok(scalar @errors, '>', 100, "targeted fuzzer as $as: bad inputs were refused with SQLSTATEs");
+	is(scalar(() = slurp_log_since($node, $from) =~ /terminated by signal/g), 0,
+		"targeted fuzzer as $as: zero backend crashes");
+}
 is($node->safe_psql('postgres', 'SELECT 1'), '1', 'the server still answers');
 
 done_testing();
