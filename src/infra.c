@@ -35,6 +35,7 @@
 #include "spans.h"
 #include "standbys.h"
 #include "tracing.h"
+#include "version.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -50,6 +51,7 @@ void
 _PG_init(void)
 {
 	InfraShmemInit();
+	InfraVersionInit();
 	InfraWorkerInit();
 	InfraRateLimitInit();
 	InfraBreakerInit();

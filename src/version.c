@@ -6,11 +6,19 @@
  * A library serves the SQL objects of its own version only: after a new
  * library is installed, ALTER EXTENSION infra UPDATE brings the objects to
  * it; a library older than the objects is refused the same way.  Every
- * SQL-callable function checks once per transaction (INFRA_CHECK_SCHEMA)
- * and raises an error naming both versions and what to run; the infra
- * worker and the trace exporter wait, serving nothing, until the versions
- * agree.  Nothing is checked while an extension script runs (CREATE or
- * ALTER EXTENSION itself).
+ * SQL-callable function checks (INFRA_CHECK_SCHEMA) and raises an error
+ * naming both versions and what to run; the infra worker and the trace
+ * exporter wait, serving nothing, until the versions agree.  Nothing is
+ * checked while an extension script runs (CREATE or ALTER EXTENSION
+ * itself).
+ *
+ * The check reads pg_extension, a catalog scan: too dear for every call of
+ * rate_limit or breaker_allow.  A backend keeps a successful check until an
+ * extension is created, updated or dropped anywhere in the cluster: the
+ * backend that does it moves a generation in shared memory when its
+ * transaction commits (visible by then), and the others look again when
+ * they see it move.  Without shared memory (not preloaded) the check is
+ * made once per transaction.
  *
  * Called by every module's SQL functions, by worker.c and otlp.c.
  *
@@ -25,13 +33,17 @@
 #include "catalog/pg_extension.h"
 #include "commands/dbcommands.h"
 #include "commands/extension.h"
+#include "access/xact.h"
+#include "catalog/objectaccess.h"
 #include "miscadmin.h"
+#include "port/atomics.h"
 #include "storage/proc.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/rel.h"
 
 #include "infra.h"
+#include "shmem.h"
 #include "version.h"
 
 /* Versions of infra released before this library's, oldest first. */
@@ -39,6 +51,79 @@ static const char *const older_versions[] = {"1.0", "1.1"};
 
 /* The local transaction in which this backend last found the versions equal. */
 static LocalTransactionId checked_in = InvalidLocalTransactionId;
+
+/* Moved by every committed CREATE, ALTER or DROP EXTENSION. */
+typedef struct VersionShared
+{
+	pg_atomic_uint64 extensions_changed;
+} VersionShared;
+
+static VersionShared *version_shared = NULL;
+
+/* The generation at which this backend last found the versions equal (0: never). */
+static uint64 checked_generation = 0;
+
+/* This transaction created, updated or dropped an extension. */
+static bool extension_changed_in_xact = false;
+
+static object_access_hook_type prev_object_access_hook = NULL;
+
+static Size
+VersionShmemSize(void)
+{
+	return sizeof(VersionShared);
+}
+
+static void
+VersionShmemInit(void *segment, bool found, LWLockPadded *locks)
+{
+	if (!found)
+		pg_atomic_init_u64(&((VersionShared *) segment)->extensions_changed, 1);
+}
+
+static void
+VersionObjectAccess(ObjectAccessType access, Oid classId, Oid objectId, int subId, void *arg)
+{
+	if (prev_object_access_hook)
+		prev_object_access_hook(access, classId, objectId, subId, arg);
+	if (classId == ExtensionRelationId &&
+		(access == OAT_POST_CREATE || access == OAT_POST_ALTER || access == OAT_DROP))
+		extension_changed_in_xact = true;
+}
+
+static void
+VersionXactCallback(XactEvent event, void *arg)
+{
+	if (!extension_changed_in_xact)
+		return;
+	if ((event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT) && version_shared != NULL)
+		pg_atomic_fetch_add_u64(&version_shared->extensions_changed, 1);
+	if (event == XACT_EVENT_COMMIT || event == XACT_EVENT_PARALLEL_COMMIT ||
+		event == XACT_EVENT_ABORT || event == XACT_EVENT_PARALLEL_ABORT)
+		extension_changed_in_xact = false;
+}
+
+/*
+ * In _PG_init: the generation's shared memory, and what moves it.
+ */
+void
+InfraVersionInit(void)
+{
+	InfraShmemSegment seg = {
+		.name = "infra extension changes",
+		.size = VersionShmemSize,
+		.nlocks = 0,
+		.init = VersionShmemInit,
+		.pointer = (void **) &version_shared,
+	};
+
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	InfraShmemRegister(&seg);
+	prev_object_access_hook = object_access_hook;
+	object_access_hook = VersionObjectAccess;
+	RegisterXactCallback(VersionXactCallback, NULL);
+}
 
 static bool InfraInstalledVersion(char *installed, Size size);
 static bool InfraVersionIsOlder(const char *version);
@@ -113,14 +198,24 @@ void
 InfraCheckSchemaVersion(void)
 {
 	char		installed[NAMEDATALEN];
+	uint64		generation = 0;
 
-	if (checked_in == InfraLocalXid() || creating_extension)
+	if (creating_extension)
+		return;
+	if (version_shared != NULL)
+	{
+		generation = pg_atomic_read_u64(&version_shared->extensions_changed);
+		if (generation == checked_generation)
+			return;
+	}
+	else if (checked_in == InfraLocalXid())
 		return;
 	if (!InfraInstalledVersion(installed, sizeof(installed)) ||
 		strcmp(installed, INFRA_VERSION) == 0)
 	{
 		/* Not installed: the function's own objects will say so. */
 		checked_in = InfraLocalXid();
+		checked_generation = generation;
 		return;
 	}
 	ereport(ERROR,

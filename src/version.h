@@ -15,11 +15,12 @@
  * and the two that only validate or signal a change to configuration rows
  * (so that a DBA can edit those before updating): an error naming both
  * versions when the library and the installed SQL objects differ (checked
- * once per transaction).
+ * again after any extension changes, see version.c).
  */
 #define INFRA_CHECK_SCHEMA()	InfraCheckSchemaVersion()
 
 extern void InfraCheckSchemaVersion(void);
+extern void InfraVersionInit(void);
 extern bool InfraSchemaVersionMatches(char *installed, Size size);
 
 #endif							/* INFRA_VERSION_H */
