@@ -16,7 +16,7 @@
 #include <libpq-fe.h>
 #include <librdkafka/rdkafka.h>
 
-#define BRIDGE_VERSION "1.1"
+#define BRIDGE_VERSION "1.2"
 
 /* Longest value of one configuration key, in bytes. */
 #define BRIDGE_VALUE_LEN 1024

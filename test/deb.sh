@@ -79,8 +79,8 @@ check() {
 
 	ext=$root/usr/share/postgresql/15/extension
 	test -f "$root$pg/lib/infra.so" && test -f "$ext/infra.control" &&
-		test -f "$ext/infra--1.1.sql" && test -f "$ext/infra--1.0--1.1.sql" && test -f "$ext/infra--1.0.sql"
-	check_ok $? "postgresql-15-infra installs infra.so and the 1.0, 1.1 and 1.0--1.1 scripts"
+		test -f "$ext/infra--1.2.sql" && test -f "$ext/infra--1.1--1.2.sql" && test -f "$ext/infra--1.1.sql" && test -f "$ext/infra--1.0--1.1.sql" && test -f "$ext/infra--1.0.sql"
+	check_ok $? "postgresql-15-infra installs infra.so and the 1.0, 1.1, 1.2, 1.0--1.1 and 1.1--1.2 scripts"
 	! test -e "$root$pg/bin/infra-bridge" && ! test -e "$root/usr/local/bin/infra-bridge"
 	check_ok $? "postgresql-15-infra carries no bridge"
 	test -x "$root/usr/bin/infra-bridge" && test -f "$root/etc/infra/bridge.ini.example" &&
