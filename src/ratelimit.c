@@ -637,6 +637,7 @@ infra_rate_limit_wait(PG_FUNCTION_ARGS)
 {
 	RateLimitArgs args;
 	RateLimitResult result;
+	RateLimitKey own;
 	int64		timeout_ns;
 	int64		deadline;
 
@@ -650,12 +651,15 @@ infra_rate_limit_wait(PG_FUNCTION_ARGS)
 				 errhint("Give the longest time to wait, such as '5 seconds'.")));
 	timeout_ns = InfraIntervalToNs(PG_GETARG_INTERVAL_P(5), "timeout", true);
 	deadline = InfraMonotonicNs() + timeout_ns;
+	own = args.key;
 
 	for (;;)
 	{
 		int64		now_ns;
 		long		sleep_ms;
 
+		/* Each try looks for the caller's own key first (Apply may pick a public one). */
+		args.key = own;
 		RateLimitApply(&args, &result);
 		if (result.allowed)
 			PG_RETURN_BOOL(true);
