@@ -20,7 +20,7 @@ sub bridge
 
 my ($rc, $out, $err) = bridge('--version');
 is($rc, 0, '--version exits 0');
-like($out, qr/^infra-bridge 1\.1 \(librdkafka \d+\.\d+\.\d+, libpq \d+\)$/,
+like($out, qr/^infra-bridge 1\.2 \(librdkafka \d+\.\d+\.\d+, libpq \d+\)$/,
 	'--version names the bridge and its libraries');
 
 ($rc, $out, $err) = bridge('--help');

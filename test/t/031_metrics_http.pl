@@ -48,7 +48,7 @@ like($body, qr/^job_seconds_bucket\{le="\+Inf"\} 3$/m, 'histogram +Inf bucket');
 like($body, qr/^job_seconds_count 3$/m, 'histogram count');
 like($body, qr/^infra_worker_up\{database="postgres"\} 1$/m, 'built-in: worker up');
 like($body, qr/^infra_rate_limit_allowed_total\{limiter=""\} 1$/m, 'built-in: rate-limit decisions');
-like($body, qr/^infra_breaker_state\{breaker="payments",state="closed"\} 1$/m,
+like($body, qr/^infra_breaker_state\{breaker="payments",owner="[^"]+",state="closed"\} 1$/m,
 	'built-in: breaker state');
 like($body, qr/^infra_query_calls_total \d+$/m, 'built-in: query metrics summary');
 like($body, qr/^# TYPE infra_kafka_delivered_total counter$/m, 'built-in: Kafka family');
