@@ -12,7 +12,7 @@
 
 EXTENSION = infra
 MODULE_big = infra
-OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c)))
+OBJS = $(patsubst %.c,%.o,$(sort $(wildcard src/*.c src/*/*.c)))
 DATA = $(wildcard sql/infra--*.sql)
 PGFILEDESC = "infra - in-database infrastructure"
 
@@ -58,7 +58,7 @@ ISOLATION_TESTDB = infra_isolation
 PG_BUILD_STAMP = src/.pg-build
 $(shell echo '$(PG_CONFIG) $(VERSION)' | cmp -s - $(PG_BUILD_STAMP) || \
 	echo '$(PG_CONFIG) $(VERSION)' > $(PG_BUILD_STAMP))
-$(OBJS) $(OBJS:.o=.bc): $(wildcard src/*.h) $(PG_BUILD_STAMP)
+$(OBJS) $(OBJS:.o=.bc): $(wildcard src/*/*.h) $(PG_BUILD_STAMP)
 
 # ---------------------------------------------------------------------------
 # infra-bridge: a standalone daemon, built with the server's compiler flags.

@@ -145,6 +145,8 @@ extern WriteResult db_write_batch(const BridgeConfig *config, int slot, rd_kafka
 
 /* consume.c: the daemon's loop; returns the exit status. */
 extern int	bridge_run(BridgeConfig *config, const char *path);
+
+/* clock.c */
 extern int64_t now_ms(void);
 
 /* metrics.c: /metrics and /healthz */

@@ -63,16 +63,6 @@ volatile int bridge_reload = 0;
 static void settle(void);
 static void reseek(void);
 
-/* Milliseconds of CLOCK_MONOTONIC, for deadlines and durations. */
-int64_t
-now_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (int64_t) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 static PartState *
 part_find(const char *topic, int32_t partition, bool create)
 {

@@ -32,7 +32,7 @@
 #include "common/jsonapi.h"
 #include "mb/pg_wchar.h"
 
-#include "../src/compat.h"
+#include "../src/core/compat.h"
 #include "json.h"
 
 #define JSON_MAX_DEPTH 64

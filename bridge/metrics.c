@@ -8,7 +8,7 @@
  * figures under one mutex and the handler copies them out under it, so
  * neither waits on the other for long.
  *
- * Bounded as the extension's listener is (src/httpd.c): connections in all
+ * Bounded as the extension's listener is (src/core/httpd.c): connections in all
  * and per client address, a silent connection closed, and a request not
  * complete METRICS_REQUEST_DEADLINE_S after it began has its socket shut by
  * a sweeper thread (a client dripping a byte a second is never silent).
@@ -92,7 +92,7 @@ static bool db_up = false;
 static struct MHD_Daemon *daemon_handle = NULL;
 
 /*
- * The listener's bounds, the extension's own (src/httpd.c): connections at
+ * The listener's bounds, the extension's own (src/core/httpd.c): connections at
  * once (epoll, so no FD_SETSIZE ceiling), seconds a silent connection may
  * stay, and memory for a request's line and headers (larger: 414 or 431).
  */

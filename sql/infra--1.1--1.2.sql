@@ -57,7 +57,7 @@ COMMENT ON COLUMN infra.metric_queries.author IS
 'The role that last wrote the row (set by a trigger; a superuser''s write keeps it): run_as must be a role it may SET ROLE to.';
 
 /* ---------------------------------------------------------------------------
- * Configuration rows (src/configrows.c): rate limiters and circuit breakers
+ * Configuration rows (src/core/configrows.c): rate limiters and circuit breakers
  * belong to the role that wrote them (owner) and are used by others when
  * granted (acl, USAGE, through infra.grant_use); rows CREATE EXTENSION makes
  * are presets, and pg_dump keeps those changed, and rows users added.

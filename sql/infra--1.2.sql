@@ -89,7 +89,7 @@ AS 'MODULE_PATHNAME', 'infra_config_changed'
 LANGUAGE C;
 
 /* ---------------------------------------------------------------------------
- * Rate limiting (src/ratelimit.c): GCRA, exact, shared by the whole cluster.
+ * Rate limiting (src/resilience/ratelimit.c): GCRA, exact, shared by the whole cluster.
  * ------------------------------------------------------------------------- */
 
 CREATE FUNCTION infra.rate_limit(
@@ -138,7 +138,7 @@ COMMENT ON FUNCTION infra.rate_limit_wait(text, integer, interval, integer, inte
 'Wait (interruptibly) until the request is allowed and consume it; false, without waiting in vain, when timeout cannot be met.';
 
 /* ---------------------------------------------------------------------------
- * Configuration rows (src/configrows.c): rate limiters and circuit breakers
+ * Configuration rows (src/core/configrows.c): rate limiters and circuit breakers
  * belong to the role that wrote them (owner) and are used by others when
  * granted (acl, USAGE, through infra.grant_use); rows CREATE EXTENSION makes
  * are presets, and pg_dump keeps those changed, and rows users added.
@@ -336,7 +336,7 @@ COMMENT ON FUNCTION infra.sqlstate_patterns_valid(text[]) IS
 'True when every element is a SQLSTATE (''40001'') or a class pattern (''08%''); raises a clear error otherwise.';
 
 /* ---------------------------------------------------------------------------
- * Circuit breakers (src/breaker.c): configured here, live state shared.
+ * Circuit breakers (src/resilience/breaker.c): configured here, live state shared.
  * ------------------------------------------------------------------------- */
 
 CREATE TABLE infra.circuit_breakers (
@@ -508,7 +508,7 @@ GRANT EXECUTE ON FUNCTION infra.circuit_breaker_states(), infra.circuit_breaker_
 GRANT SELECT ON infra.circuit_breaker_state, infra.circuit_breaker_events TO pg_monitor;
 
 /* ---------------------------------------------------------------------------
- * Retry with backoff (src/retry.c).
+ * Retry with backoff (src/resilience/retry.c).
  * ------------------------------------------------------------------------- */
 
 CREATE FUNCTION infra.backoff_delay(
@@ -582,7 +582,7 @@ REVOKE ALL ON infra.retry_policies FROM PUBLIC;
 GRANT SELECT ON infra.retry_policies TO PUBLIC;
 
 /* ---------------------------------------------------------------------------
- * Kafka (src/kafka.c, src/producer.c): the transactional outbox.
+ * Kafka (src/kafka/kafka.c, src/kafka/producer.c): the transactional outbox.
  * ------------------------------------------------------------------------- */
 
 /*
@@ -998,7 +998,7 @@ REVOKE ALL ON FUNCTION infra.topic_drop(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_wake_worker() FROM PUBLIC;
 
 /* ---------------------------------------------------------------------------
- * Trace context and correlation id of the session (src/tracing.c): set with
+ * Trace context and correlation id of the session (src/core/tracing.c): set with
  * SET infra.traceparent / SET infra.correlation_id; Kafka messages carry them.
  * ------------------------------------------------------------------------- */
 
@@ -1019,7 +1019,7 @@ COMMENT ON FUNCTION infra.new_correlation_id() IS
 'A new random correlation id (a UUID), made the session''s infra.correlation_id; returns it.';
 
 /* ---------------------------------------------------------------------------
- * Query metrics (src/querystats.c) and connections.
+ * Query metrics (src/observability/querystats.c) and connections.
  * ------------------------------------------------------------------------- */
 
 CREATE FUNCTION infra.query_metrics(
@@ -1110,7 +1110,7 @@ COMMENT ON VIEW infra.connection_stats IS
 GRANT SELECT ON infra.connection_stats TO PUBLIC;
 
 /* ---------------------------------------------------------------------------
- * Metrics registry (src/metrics.c) and the Prometheus exposition.
+ * Metrics registry (src/core/metrics.c) and the Prometheus exposition.
  * ------------------------------------------------------------------------- */
 
 CREATE FUNCTION infra.counter_inc(name text, value double precision DEFAULT 1,
@@ -1187,7 +1187,7 @@ REVOKE ALL ON FUNCTION infra.metrics_reset(text) FROM PUBLIC;
 GRANT SELECT ON infra.metrics TO PUBLIC;
 
 /* ---------------------------------------------------------------------------
- * Structured logging (src/logging.c).
+ * Structured logging (src/core/logging.c).
  * ------------------------------------------------------------------------- */
 
 CREATE FUNCTION infra.log(level text, message text, context jsonb DEFAULT '{}')
@@ -1199,7 +1199,7 @@ COMMENT ON FUNCTION infra.log(text, text, jsonb) IS
 'Write one JSON object to the server log at level (debug5..debug1, debug, log, info, notice, warning): ts, level, message, correlation_id, trace_id, span_id, database, user, application, pid, backend_type and the context''s fields.';
 
 /* ---------------------------------------------------------------------------
- * Tracing (src/spans.c, src/otlp.c).
+ * Tracing (src/observability/spans.c, src/observability/otlp.c).
  * ------------------------------------------------------------------------- */
 
 CREATE FUNCTION infra.span_start(name text, attributes jsonb DEFAULT '{}',
@@ -1429,7 +1429,7 @@ REVOKE ALL ON infra.metric_query_status FROM PUBLIC;
 GRANT SELECT ON infra.metric_query_status TO pg_monitor;
 
 /*
- * Presets deleted (src/configrows.c), last: pg_dump restores the tables
+ * Presets deleted (src/core/configrows.c), last: pg_dump restores the tables
  * kept for the extension in the order they were first marked, and an
  * update from 1.1 marks this one after the others.
  */

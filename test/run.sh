@@ -15,7 +15,7 @@ if [ "${1:-}" != --inner ]; then
 	top=$(cd "$here/.." && pwd)
 	work=$(new_workdir infra-test)
 	mkdir -p "$work/src"
-	cp -r "$top/sql" "$top/expected" "$top/test" "$top/bridge" "$top/README.md" "$work/src/"
+	cp -r "$top/src" "$top/sql" "$top/expected" "$top/test" "$top/bridge" "$top/README.md" "$work/src/"
 	# The doc test runs the docs' examples; TAP 055 checks monitoring/.
 	[ ! -d "$top/docs" ] || cp -r "$top/docs" "$work/src/"
 	[ ! -d "$top/monitoring" ] || cp -r "$top/monitoring" "$work/src/"

@@ -1,0 +1,661 @@
+/*-------------------------------------------------------------------------
+ *
+ * producer.c
+ *		The infra worker's Kafka delivery: outbox rows to Kafka, a round at
+ *		a time.
+ *
+ * A round (KafkaWorkerServe) goes through named steps: read a batch of
+ * outbox rows in id order (its own transaction, which also tells whether
+ * registered topics wait to be created: then they are, before anything is
+ * produced), produce them and wait for every delivery report, classify the
+ * reports, settle (settle.c: delete the rows Kafka acknowledged, rewrite
+ * partly delivered ones, record the error of the others, move dead letters;
+ * a second transaction) and account (kafka_stats, backoff): a row leaves
+ * the outbox only once it is in Kafka.  Each message carries the header
+ * infra-msg-id (headers.c), the same for every attempt, so that consumers
+ * can drop duplicates.
+ *
+ * The kafka/ domain, below kafka.c (kafka_send and the outbox it writes):
+ *   producer.c     the service the worker runs: a round, step by step
+ *   settle.c       a round's outcome written back to the outbox
+ *   client.c       the librdkafka producer, its callbacks and statistics
+ *   config.c       the producer's settings, kept secret
+ *   headers.c      a message's headers (infra-msg-id, infra-commit-time)
+ *   topic_admin.c  registered topics created on the broker
+ *   standbys.c     which standbys must have a commit before it goes
+ * Only client.c, and the files passing its types, see librdkafka
+ * (librdkafka.h); none of its threads calls PostgreSQL.
+ *
+ * It registers itself as a service of the infra worker (core/worker.h); the
+ * outbox it reads and the counters it keeps belong to kafka.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/transam.h"
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "catalog/pg_type.h"
+#include "commands/dbcommands.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/interrupt.h"
+#include "storage/latch.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/jsonb.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "core/clock.h"
+#include "core/spicheck.h"
+#include "core/worker.h"
+#include "kafka/client.h"
+#include "kafka/config.h"
+#include "kafka/headers.h"
+#include "kafka/producer.h"
+#include "kafka/round.h"
+#include "kafka/settle.h"
+#include "kafka/standbys.h"
+#include "kafka/topic_admin.h"
+#include "resilience/breaker.h"
+
+/* Most key and value bytes one round reads (at least one row is read). */
+#define KAFKA_BATCH_BYTES (16 * 1024 * 1024)
+
+/* While a producer exists the idle worker polls it this often (statistics). */
+#define KAFKA_IDLE_POLL_MS 5000
+/* Waiting for standbys: this long within a round, then this long apart. */
+#define KAFKA_STANDBY_WAIT_MS 200
+#define KAFKA_STANDBY_RETRY_MS 20
+
+/* Backoff after a round with failures: 1 s doubling to 30 s. */
+#define KAFKA_RETRY_MIN_MS 1000
+#define KAFKA_RETRY_MAX_MS 30000
+
+/*
+ * Memory of one round.  The messages array is librdkafka's opaque for the
+ * delivery reports, so it must outlive the SPI calls of the round.
+ */
+static MemoryContext round_context = NULL;
+
+/* This database's entry of the shared Kafka counters. */
+static KafkaStats *my_stats = NULL;
+
+/* The round's read, planned once (per extension install). */
+static SPIPlanPtr batch_plan = NULL;
+
+/* What the round's read of the outbox returns. */
+static const Oid batch_types[12] = {INT8OID, BOOLOID, INT8ARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID, INT4OID, XIDOID};
+static int	failed_rounds = 0;
+
+static long KafkaWorkerServe(void);
+static void KafkaEndTransaction(void);
+static bool KafkaCommitsDurable(XLogRecPtr async_commit_lsn);
+static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
+
+/* Run by the infra worker of each database, once infra is installed there. */
+static const InfraWorkerService producer_service = {
+	.name = "kafka producer",
+	.kind = INFRA_WORKER_DELIVERY,
+	.serve = KafkaWorkerServe,
+	.shutdown = KafkaClientShutdown,
+};
+
+/*
+ * Define the producer's settings and become a service of the infra worker.
+ */
+void
+InfraProducerInit(void)
+{
+	KafkaConfigInit();
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	InfraWorkerRegisterService(&producer_service);
+}
+
+/*
+ * May the round's messages go?  Their commits must be durable here (no
+ * message goes out for a commit a crash could still take back): a
+ * synchronous commit is flushed before others see it; an asynchronous one
+ * (synchronous_commit = off) may not be yet, and async_commit_lsn (the
+ * commit LSN of the rows' xids, what hint bits use) says how far to flush.
+ * With infra.kafka_wait_for_standbys, the standbys it names must also have
+ * flushed past them: past the local flush position, which every commit the
+ * round sees precedes.  Waits up to KAFKA_STANDBY_WAIT_MS in the read
+ * transaction; false when the standbys are still behind (kafka_stats'
+ * waiting_for says which).
+ */
+static bool
+KafkaCommitsDurable(XLogRecPtr async_commit_lsn)
+{
+	int64		deadline = InfraMonotonicNs() + (int64) KAFKA_STANDBY_WAIT_MS * 1000000;
+	XLogRecPtr	lsn;
+	bool		flushed;
+	StringInfoData why;
+
+	if (!XLogRecPtrIsInvalid(async_commit_lsn) && XLogNeedsFlush(async_commit_lsn))
+		XLogFlush(async_commit_lsn);
+	if (!StandbysWaitWanted())
+	{
+		/* The setting was turned off while waiting: no reason is left. */
+		if (my_stats->waiting_for[0] != '\0')
+			KafkaSetWaiting(NULL);
+		return true;
+	}
+	lsn = GetFlushRecPtr(NULL);
+	initStringInfo(&why);
+	for (;;)
+	{
+		resetStringInfo(&why);
+		flushed = StandbysFlushed(lsn, &why);
+		KafkaSetWaiting(flushed ? NULL : why.data);
+		if (flushed || InfraMonotonicNs() >= deadline)
+			return flushed;
+		/* Their feedback sets no latch of ours: look again shortly. */
+		(void) WaitLatch(MyLatch, WL_TIMEOUT | WL_EXIT_ON_PM_DEATH, 1, PG_WAIT_EXTENSION);
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/*
+ * Deconstruct a one-dimensional array of a built-in type into the current
+ * memory context (a copy: the array may live in SPI's memory).
+ */
+static void
+KafkaUnpack(Datum array, Oid elemtype, Datum **elems, bool **nulls, int *n)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+	bool	   *isnull;
+	int			count;
+
+	get_typlenbyvalalign(elemtype, &typlen, &typbyval, &typalign);
+	deconstruct_array(DatumGetArrayTypePCopy(array), elemtype, typlen, typbyval, typalign,
+					  elems, &isnull, &count);
+	if (nulls)
+		*nulls = isnull;
+	if (n)
+		*n = count;
+}
+
+static int
+KafkaMessageCmp(const void *a, const void *b)
+{
+	int64		x = ((const OutboxMessage *) a)->id;
+	int64		y = ((const OutboxMessage *) b)->id;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * Messages left in the outbox after a round, for the pending gauge: what
+ * the round read and kept when it read every row; otherwise counted, at
+ * most once a second (-1: not now).  Inside the round's SPI connection.
+ */
+static int64
+KafkaPendingAfterRound(bool rows_left_out, int64 kept)
+{
+	static int64 last_count_ns = 0;
+	int64		now_ns = InfraMonotonicNs();
+	static const Oid types[1] = {INT8OID};
+
+	if (!rows_left_out)
+		return kept;
+	if (now_ns - last_count_ns < NS_PER_SEC)
+		return -1;
+	last_count_ns = now_ns;
+	SpiCheckResult(SPI_execute("SELECT coalesce(pg_catalog.sum(messages), 0)::bigint"
+							   " FROM infra.kafka_outbox_batches",
+							   true, 1),
+				   SPI_OK_SELECT, "infra.kafka_outbox", 1, types);
+	return DatumGetInt64(SpiGetValue(0, 1, false, NULL, "infra.kafka_outbox"));
+}
+
+/*
+ * Close the round's SPI connection and transaction, back in round memory.
+ */
+static void
+KafkaEndTransaction(void)
+{
+	InfraWorkerSpiEnd();
+	MemoryContextSwitchTo(round_context);
+}
+
+/*
+ * The batch of the round: the oldest rows holding up to batch_size messages
+ * and KAFKA_BATCH_BYTES (at least one row), plus the first row left out,
+ * whose first id bounds what this round may produce.  Inside the read's
+ * transaction and SPI connection.
+ */
+static int
+KafkaQueryBatch(void)
+{
+	Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size), Int64GetDatum(KAFKA_BATCH_BYTES)};
+	Oid			argtypes[2] = {INT4OID, INT8OID};
+
+	SpiExecKept(&batch_plan,
+			  "SELECT first_id, included,"
+			  " CASE WHEN included THEN ids END, CASE WHEN included THEN topics END,"
+			  " CASE WHEN included THEN partitions END, CASE WHEN included THEN keys END,"
+			  " CASE WHEN included THEN vals END, CASE WHEN included THEN headers END,"
+			  " created_at, attempts, timeline, row_xmin"
+			  " FROM (SELECT b.*,"
+			  "  (pg_catalog.sum(b.messages) OVER w OPERATOR(pg_catalog.-) b.messages)"
+			  "   OPERATOR(pg_catalog.<) $1 AND"
+			  "  ((pg_catalog.sum(pg_catalog.pg_column_size(b.keys) OPERATOR(pg_catalog.+)"
+			  "    pg_catalog.pg_column_size(b.vals)) OVER w"
+			  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.keys))"
+			  "   OPERATOR(pg_catalog.-) pg_catalog.pg_column_size(b.vals))"
+			  "   OPERATOR(pg_catalog.<) $2 AS included"
+			  "  FROM (SELECT *, xmin AS row_xmin FROM infra.kafka_outbox_batches ORDER BY first_id"
+			  "   LIMIT $1 OPERATOR(pg_catalog.+) 1) b"
+			  "  WINDOW w AS (ORDER BY b.first_id)) r"
+			  " ORDER BY first_id",
+			  2, argtypes, args, NULL, true,
+			  SPI_OK_SELECT, "infra.kafka_outbox_batches", 12, batch_types);
+	return (int) SPI_processed;
+}
+
+/*
+ * Unpack the batch's included rows into round memory (failed and deferred
+ * messages are written back after SPI_finish); a row left out sets the cut.
+ */
+static void
+KafkaUnpackRows(KafkaRound *round, int nrows)
+{
+	const char *what = "infra.kafka_outbox_batches";
+	int			i;
+
+	round->rows = MemoryContextAllocZero(round_context, sizeof(OutboxRow) * nrows);
+	for (i = 0; i < nrows; i++)
+	{
+		OutboxRow  *row = &round->rows[i];
+		MemoryContext old;
+		Datum		tl;
+		bool		tl_null;
+
+		row->first_id = DatumGetInt64(SpiGetValue(i, 1, false, NULL, what));
+		if (!DatumGetBool(SpiGetValue(i, 2, false, NULL, what)))
+		{
+			/* Rows come in first_id order: the rest are left out too. */
+			round->cut = row->first_id;
+			break;
+		}
+		old = MemoryContextSwitchTo(round_context);
+		KafkaUnpack(SpiGetValue(i, 3, false, NULL, what), INT8OID, &row->ids, NULL, &row->nmsgs);
+		KafkaUnpack(SpiGetValue(i, 4, false, NULL, what), TEXTOID, &row->topics, NULL, NULL);
+		KafkaUnpack(SpiGetValue(i, 5, false, NULL, what), INT4OID, &row->partitions, &row->pnulls, NULL);
+		KafkaUnpack(SpiGetValue(i, 6, false, NULL, what), BYTEAOID, &row->keys, &row->knulls, NULL);
+		KafkaUnpack(SpiGetValue(i, 7, false, NULL, what), BYTEAOID, &row->vals, &row->vnulls, NULL);
+		KafkaUnpack(SpiGetValue(i, 8, false, NULL, what), JSONBOID, &row->headers, &row->hnulls, NULL);
+		row->created_at = DatumGetTimestampTz(SpiGetValue(i, 9, false, NULL, what));
+		row->attempts = DatumGetInt32(SpiGetValue(i, 10, false, NULL, what));
+		tl = SpiGetValue(i, 11, true, &tl_null, what);
+		row->timeline = tl_null ? 0 : DatumGetInt32(tl);
+		round->async_commit_lsn = Max(round->async_commit_lsn,
+									  TransactionIdGetCommitLSN(DatumGetTransactionId(SpiGetValue(i, 12, false, NULL, what))));
+		row->keep = palloc(sizeof(bool) * row->nmsgs);
+		MemoryContextSwitchTo(old);
+		round->total += row->nmsgs;
+		round->nincluded++;
+	}
+}
+
+/*
+ * The oldest created_at among the batch's rows (the head of the outbox), for
+ * infra_kafka_oldest_pending_age_seconds: a scrape shows its age, which
+ * keeps growing while nothing is delivered.  0 when the outbox is empty.
+ */
+static void
+KafkaNoteOldest(int nrows)
+{
+	TimestampTz oldest = 0;
+	int			i;
+
+	for (i = 0; i < nrows; i++)
+	{
+		TimestampTz created = DatumGetTimestampTz(SpiGetValue(i, 9, false, NULL, "infra.kafka_outbox_batches"));
+
+		if (oldest == 0 || created < oldest)
+			oldest = created;
+	}
+	SpinLockAcquire(&my_stats->mutex);
+	my_stats->oldest_pending_at = oldest;
+	SpinLockRelease(&my_stats->mutex);
+}
+
+/*
+ * Step 1, read: the round's rows, in a transaction of their own.  False,
+ * with how long to sleep, when there is nothing to produce now: the outbox
+ * is empty, or the "kafka" circuit breaker (when configured) is open.
+ * While it is open the outbox waits (nothing is lost); a round with work is
+ * one call of the breaker, its outcome recorded when settling.
+ */
+static bool
+KafkaReadRound(KafkaRound *round, long *sleep_ms)
+{
+	int			nrows;
+	int64		probe_in_ns;
+
+	InfraWorkerSpiBegin();
+	if (my_stats->database[0] == '\0')
+	{
+		char	   *name = get_database_name(MyDatabaseId);
+
+		SpinLockAcquire(&my_stats->mutex);
+		strlcpy(my_stats->database, name, NAMEDATALEN);
+		SpinLockRelease(&my_stats->mutex);
+	}
+	round->topics_pending = KafkaAnyPendingTopic();
+	nrows = KafkaQueryBatch();
+	KafkaNoteOldest(nrows);
+	if (nrows == 0)
+	{
+		KafkaEndTransaction();
+		SpinLockAcquire(&my_stats->mutex);
+		my_stats->pending = 0;
+		SpinLockRelease(&my_stats->mutex);
+		/* What the last busy rounds left unreported goes before the sleep. */
+		(void) pgstat_report_stat(true);
+		/* Idle: come back to serve librdkafka's statistics and errors. */
+		*sleep_ms = KAFKA_IDLE_POLL_MS;
+		return false;
+	}
+	if (!InfraBreakerAllow("kafka", &probe_in_ns))
+	{
+		KafkaEndTransaction();
+		KafkaSetState("breaker open");
+		*sleep_ms = probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
+		return false;
+	}
+	KafkaUnpackRows(round, nrows);
+	if (!KafkaCommitsDurable(round->async_commit_lsn))
+	{
+		/* The rows unpacked are dropped with the round's memory. */
+		KafkaEndTransaction();
+		*sleep_ms = KAFKA_STANDBY_RETRY_MS;
+		return false;
+	}
+	KafkaEndTransaction();
+	return true;
+}
+
+/*
+ * The round's messages in id order.  Rows of concurrent transactions
+ * interleave their ids; only ids below the first left-out row's first id
+ * go now.  A same-key message with a smaller id committed earlier (the
+ * key's lock serialises its senders), so its row is visible and has a
+ * smaller first id: it is in this round too, and goes first.  Per key,
+ * Kafka therefore sees commit order.
+ */
+static void
+KafkaOrderMessages(KafkaRound *round)
+{
+	int			i;
+
+	round->messages = palloc0(sizeof(OutboxMessage) * Max(round->total, 1));
+	for (i = 0; i < round->nincluded; i++)
+	{
+		OutboxRow  *row = &round->rows[i];
+		int			j;
+
+		for (j = 0; j < row->nmsgs; j++)
+		{
+			int64		id = DatumGetInt64(row->ids[j]);
+			OutboxMessage *m;
+
+			row->keep[j] = true;
+			if (id >= round->cut)
+				continue;
+			m = &round->messages[round->n++];
+			m->id = id;
+			m->row = i;
+			m->index = j;
+		}
+	}
+	qsort(round->messages, round->n, sizeof(OutboxMessage), KafkaMessageCmp);
+}
+
+/*
+ * Hand one message to librdkafka (which copies the payload), waiting while
+ * its queue is full; a local refusal (too large, say) is reported like a
+ * delivery failure.
+ */
+static void
+KafkaProduceOne(KafkaRound *round, OutboxMessage *m)
+{
+	OutboxRow  *row = &round->rows[m->row];
+	int			j = m->index;
+	char	   *topic = TextDatumGetCString(row->topics[j]);
+	bool		temporary;
+	rd_kafka_topic_t *rkt = KafkaTopic(topic, &temporary);
+	int32		partition = row->pnulls[j] ? RD_KAFKA_PARTITION_UA : DatumGetInt32(row->partitions[j]);
+	bytea	   *key = row->knulls[j] ? NULL : DatumGetByteaPP(row->keys[j]);
+	bytea	   *value = row->vnulls[j] ? NULL : DatumGetByteaPP(row->vals[j]);
+	Jsonb	   *user_headers = row->hnulls[j] ? NULL : DatumGetJsonbP(row->headers[j]);
+	/* librdkafka owns the headers only once producev succeeds. */
+	rd_kafka_headers_t *headers = KafkaHeaders(m->id, row->timeline, row->created_at, user_headers);
+	rd_kafka_resp_err_t err;
+
+	for (;;)
+	{
+		err = rd_kafka_producev(KafkaProducer(),
+								RD_KAFKA_V_RKT(rkt),
+								RD_KAFKA_V_PARTITION(partition),
+								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+								RD_KAFKA_V_KEY(key ? VARDATA_ANY(key) : NULL,
+											   key ? VARSIZE_ANY_EXHDR(key) : 0),
+								RD_KAFKA_V_VALUE(value ? VARDATA_ANY(value) : NULL,
+												 value ? VARSIZE_ANY_EXHDR(value) : 0),
+								RD_KAFKA_V_HEADERS(headers),
+								RD_KAFKA_V_OPAQUE(&m->report),
+								RD_KAFKA_V_END);
+		if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+			break;
+		if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
+		{
+			rd_kafka_headers_destroy(headers);
+			m->report.reported = true;
+			m->report.err = err;
+			break;
+		}
+		KafkaPoll(10);
+	}
+	if (temporary)
+		rd_kafka_topic_destroy(rkt);
+	pfree(topic);
+}
+
+/*
+ * Step 2, produce: every message of the round, then wait for every
+ * delivery report, staying responsive to shutdown and reload.
+ */
+static void
+KafkaProduceRound(KafkaRound *round)
+{
+	int			i;
+
+	round->start_ns = InfraMonotonicNs();
+	for (i = 0; i < round->n; i++)
+		KafkaProduceOne(round, &round->messages[i]);
+
+	SpinLockAcquire(&my_stats->mutex);
+	my_stats->in_flight = round->n;
+	SpinLockRelease(&my_stats->mutex);
+
+	for (;;)
+	{
+		int			outstanding = 0;
+
+		for (i = 0; i < round->n; i++)
+			outstanding += !round->messages[i].report.reported;
+		if (outstanding == 0)
+			break;
+		KafkaPoll(50);
+		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending)
+			break;
+	}
+}
+
+/*
+ * Step 3, classify: delivered messages leave their row, permanent errors
+ * become dead letters, the rest stay (their row failed) and keep their
+ * place.
+ */
+static void
+KafkaClassifyReports(KafkaRound *round)
+{
+	int			i;
+
+	for (i = 0; i < round->n; i++)
+	{
+		OutboxMessage *m = &round->messages[i];
+		OutboxRow  *row = &round->rows[m->row];
+
+		if (!m->report.reported)
+			continue;
+		if (m->report.err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		{
+			row->keep[m->index] = false;
+			round->nok++;
+		}
+		else if (KafkaErrorIsPermanent(m->report.err))
+		{
+			row->keep[m->index] = false;
+			m->dead = true;
+			round->ndead++;
+		}
+		else
+		{
+			row->failed = true;
+			round->nbad++;
+			if (round->first_error[0] == '\0')
+				snprintf(round->first_error, sizeof(round->first_error), "%s: %s",
+						 rd_kafka_err2name(m->report.err), rd_kafka_err2str(m->report.err));
+		}
+	}
+}
+
+/*
+ * Step 4, settle: the outbox and the dead letters as the reports say, and
+ * the breaker's call, in a second transaction.  Returns the messages left
+ * pending (-1: not counted now).
+ */
+static int64
+KafkaSettleRound(KafkaRound *round)
+{
+	int64		pending;
+
+	InfraWorkerSpiBegin();
+	KafkaSettle(round->rows, round->nincluded, round->messages, round->n, round->ndead,
+				round->first_error);
+	InfraBreakerRecord("kafka", round->nbad > 0);
+	pending = KafkaPendingAfterRound(round->cut != PG_INT64_MAX,
+									 round->total - round->nok - round->ndead);
+	KafkaEndTransaction();
+
+	/*
+	 * A background worker reports its table statistics itself: without it
+	 * pg_stat_user_tables never sees the outbox's deletes and autovacuum
+	 * never its dead tuples.  At most once a second while busy.
+	 */
+	(void) pgstat_report_stat(false);
+	return pending;
+}
+
+/*
+ * Step 5, account: kafka_stats' counters, the last error, and how long to
+ * sleep: a backoff doubling from KAFKA_RETRY_MIN_MS after failed rounds,
+ * else 0 (a full or byte-limited round may have left rows: look again).
+ */
+static long
+KafkaAccountRound(KafkaRound *round, int64 pending)
+{
+	long		backoff = KAFKA_RETRY_MIN_MS;
+	int			i;
+
+	SpinLockAcquire(&my_stats->mutex);
+	my_stats->in_flight = 0;
+	my_stats->delivered_total += round->nok;
+	my_stats->failed_attempts_total += round->nbad;
+	my_stats->dead_lettered_total += round->ndead;
+	my_stats->batches_total++;
+	if (pending >= 0)
+		my_stats->pending = pending;
+	if (pending == 0)
+		my_stats->oldest_pending_at = 0;
+	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - round->start_ns) / 1e6;
+	if (round->nok > 0)
+		my_stats->last_delivery_at = GetCurrentTimestamp();
+	strlcpy(my_stats->broker_state, round->nbad == 0 ? "up" : "failing",
+			sizeof(my_stats->broker_state));
+	SpinLockRelease(&my_stats->mutex);
+
+	if (round->nbad == 0)
+	{
+		if (failed_rounds > 0)
+			ereport(LOG, (errmsg("infra worker delivers Kafka messages again")));
+		failed_rounds = 0;
+		KafkaClientErrorClear();
+		return 0;
+	}
+	KafkaRecordError(KafkaClientError()[0] ?
+					 psprintf("%s (%s)", round->first_error, KafkaClientError()) :
+					 round->first_error);
+	if (failed_rounds++ == 0)
+		ereport(LOG,
+				(errmsg("infra worker could not deliver %d Kafka messages: %s",
+						round->nbad, round->first_error),
+				 errdetail("They stay in infra.kafka_outbox and are retried.")));
+	for (i = 1; i < failed_rounds && backoff < KAFKA_RETRY_MAX_MS; i++)
+		backoff *= 2;
+	return Min(backoff, KAFKA_RETRY_MAX_MS);
+}
+
+/*
+ * One round: produce the oldest outbox messages and settle them, in named
+ * steps (read, produce, classify, settle, account), creating the
+ * registered topics still pending between the read and the produce.  Returns how long the worker may sleep: -1 (until
+ * woken) without a producer, KAFKA_IDLE_POLL_MS when the outbox is empty,
+ * 0 when more may wait, or a backoff after failures.
+ */
+static long
+KafkaWorkerServe(void)
+{
+	KafkaRound	round;
+	long		sleep_ms;
+	bool		ready;
+
+	if (round_context == NULL)
+		round_context = AllocSetContextCreate(TopMemoryContext, "infra kafka round",
+											  ALLOCSET_DEFAULT_SIZES);
+	my_stats = KafkaMyStats();
+	MemoryContextReset(round_context);
+	MemoryContextSwitchTo(round_context);
+
+	if (!KafkaEnsureProducer())
+		return -1;
+	KafkaPoll(0);
+	KafkaAbsorbStats();
+
+	memset(&round, 0, sizeof(round));
+	round.cut = PG_INT64_MAX;
+	ready = KafkaReadRound(&round, &sleep_ms);
+	/* Before anything is produced, so a new topic has its settings. */
+	if (round.topics_pending)
+		KafkaCreateRegisteredTopics(round_context);
+	if (!ready)
+		return sleep_ms;
+	KafkaOrderMessages(&round);
+	KafkaProduceRound(&round);
+	KafkaClassifyReports(&round);
+	return KafkaAccountRound(&round, KafkaSettleRound(&round));
+}

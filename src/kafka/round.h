@@ -1,0 +1,69 @@
+/*-------------------------------------------------------------------------
+ *
+ * round.h
+ *		The data of one delivery round: outbox rows read, their messages
+ *		on their way, and what the reports said.
+ *
+ * Filled by producer.c (read, produce, classify) and read by settle.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef INFRA_KAFKA_ROUND_H
+#define INFRA_KAFKA_ROUND_H
+
+#include "access/xlogdefs.h"
+#include "datatype/timestamp.h"
+
+#include "kafka/client.h"
+
+/* One outbox message on its way. */
+typedef struct OutboxMessage
+{
+	KafkaReport report;			/* the delivery report's opaque */
+	int64		id;
+	int			row;			/* its row in the round */
+	int			index;			/* its place in that row's arrays */
+	bool		dead;
+} OutboxMessage;
+
+/* One row of infra.kafka_outbox_batches, unpacked. */
+typedef struct OutboxRow
+{
+	int64		first_id;
+	int			nmsgs;
+	Datum	   *ids;
+	Datum	   *topics;
+	Datum	   *partitions;
+	Datum	   *keys;
+	Datum	   *vals;
+	Datum	   *headers;
+	bool	   *pnulls;
+	bool	   *knulls;
+	bool	   *vnulls;
+	bool	   *hnulls;
+	TimestampTz created_at;
+	int			attempts;
+	int32		timeline;		/* its ids' timeline; 0: written before 1.1 */
+	bool	   *keep;			/* still in the outbox after this round */
+	bool		failed;			/* a message of it failed (retriably) */
+} OutboxRow;
+
+/* One delivery round, from its read to its accounting. */
+typedef struct KafkaRound
+{
+	OutboxRow  *rows;			/* the rows read; nincluded of them go */
+	int			nincluded;
+	int			total;			/* messages in the included rows */
+	int64		cut;			/* first id of the first row left out */
+	XLogRecPtr	async_commit_lsn;	/* how far asynchronous commits of its rows reach */
+	OutboxMessage *messages;	/* what goes now, in id order */
+	int			n;
+	int			nok;			/* delivered */
+	int			nbad;			/* failed, to retry */
+	int			ndead;			/* refused for good: dead letters */
+	char		first_error[KAFKA_ERROR_LEN];
+	int64		start_ns;		/* when producing began */
+	bool		topics_pending; /* infra.topics has some to create */
+} KafkaRound;
+
+#endif							/* INFRA_KAFKA_ROUND_H */
