@@ -17,6 +17,10 @@ fi
 PG_VERSIONS="15 18"
 PG18_WHEEL_VERSION=18.6.3
 
+# The commit of the previous release (1.1), whose library TAP 071 builds to
+# swap the current one in under a live 1.1 database (online upgrade).
+INFRA_PREVIOUS_RELEASE=c4ba2afe2929d5e063b14b49f947c573988ab9be
+
 # pg_config_of MAJOR: the pg_config of one of PG_VERSIONS.
 pg_config_of() {
 	case "$1" in

@@ -19,6 +19,14 @@ if [ "${1:-}" != --inner ]; then
 	# The doc test runs the docs' examples; TAP 055 checks monitoring/.
 	[ ! -d "$top/docs" ] || cp -r "$top/docs" "$work/src/"
 	[ ! -d "$top/monitoring" ] || cp -r "$top/monitoring" "$work/src/"
+	# TAP 071 builds the previous release's library from its sources.
+	if ! git -C "$top" rev-parse --git-dir >/dev/null 2>&1; then
+		echo "not a git checkout: the previous release's sources are not at hand" >"$work/src/infra-previous.why"
+	elif ! git -C "$top" archive --format=tar --prefix=infra-previous/ "$INFRA_PREVIOUS_RELEASE" \
+		Makefile infra.control src sql test/pg-config.sh test/lib.sh >"$work/src/infra-previous.tar"; then
+		rm -f "$work/src/infra-previous.tar"
+		echo "git archive of $INFRA_PREVIOUS_RELEASE failed" >"$work/src/infra-previous.why"
+	fi
 	if [ "$(id -u)" = 0 ]; then
 		chown -R "$INFRA_TEST_USER" "$work"
 	fi

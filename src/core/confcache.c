@@ -38,6 +38,7 @@
 #include "core/confcache.h"
 #include "core/infra.h"
 #include "core/spicheck.h"
+#include "core/version.h"
 
 /* Caches in use in this backend, for the invalidation callback. */
 #define MAX_CONFIG_CACHES 8
@@ -221,8 +222,9 @@ ConfigCacheFetch(ConfigCache *cache, const char *name, void *entry,
 
 	values[0] = CStringGetTextDatum(name);
 	SPI_connect();
-	SpiCheckResult(SPI_execute_with_args(cache->query, 1, argtypes, values, NULL,
-										 true, 1),
+	SpiCheckResult(SPI_execute_with_args(cache->previous_query && InfraSchemaIsPrevious() ?
+										 cache->previous_query : cache->query,
+										 1, argtypes, values, NULL, true, 1),
 				   SPI_OK_SELECT, cache->table, cache->ncols, cache->types);
 	if (SPI_processed == 0 && missing_ok)
 	{

@@ -35,13 +35,19 @@ typedef struct ConfigOwner
  * One cache per table.  Entries are structs that begin with
  * char name[NAMEDATALEN], the table's primary key.  An owned table's query
  * returns owner (regrole) and acl (aclitem[]) as its last two columns, and
- * its entries hold a ConfigOwner at owner_offset.
+ * its entries hold a ConfigOwner at owner_offset.  The previous release's
+ * tables (1.1) have no owner columns: their previous_query gives what
+ * ALTER EXTENSION infra UPDATE will write, the extension's owner as owner
+ * and USAGE for PUBLIC (none on names infra uses itself).
  */
 typedef struct ConfigCache
 {
 	const char *table;			/* relation name in schema infra */
 	Size		entrysize;
 	const char *query;			/* one row by name = $1, schema-qualified */
+	const char *previous_query; /* the same from the previous release's
+								 * table (InfraSchemaIsPrevious); NULL: the
+								 * query serves both */
 	int			ncols;			/* columns the query returns, none NULL but acl */
 	const Oid  *types;			/* and their types */
 	ConfigRowReader read;

@@ -3,9 +3,16 @@
  * version.c
  *		The library's version against the installed SQL objects' version.
  *
- * A library serves the SQL objects of its own version only: after a new
- * library is installed, ALTER EXTENSION infra UPDATE brings the objects to
- * it; a library older than the objects is refused the same way.  Every
+ * A library serves the SQL objects of its own version and, from 1.2 on,
+ * those of the release before it (INFRA_PREVIOUS_VERSION), so that after a
+ * new library is installed and PostgreSQL restarted every database keeps
+ * working until ALTER EXTENSION infra UPDATE is run in it, database by
+ * database, as PostgreSQL's own extensions allow.  Where the two releases'
+ * objects differ, the modules ask InfraSchemaIsPrevious() and use the older
+ * form (a configuration query without 1.2's owner columns; a view's
+ * function returns the columns its older declaration names, which
+ * InitMaterializedSRF's tuple descriptor takes care of).  Older objects
+ * than that, or a library older than the objects, are refused: every
  * SQL-callable function checks (INFRA_CHECK_SCHEMA) and raises an error
  * naming both versions and what to run; the infra worker and the trace
  * exporter wait, serving nothing, until the versions agree.  Nothing is
@@ -48,6 +55,15 @@
 
 /* Versions of infra released before this library's, oldest first. */
 static const char *const older_versions[] = {"1.0", "1.1"};
+
+/*
+ * The release before this library's: its SQL objects are served too, until
+ * ALTER EXTENSION infra UPDATE brings them to INFRA_VERSION.
+ */
+#define INFRA_PREVIOUS_VERSION "1.1"
+
+/* The last check found the previous release's objects in this database. */
+static bool schema_is_previous = false;
 
 /* The local transaction in which this backend last found the versions equal. */
 static LocalTransactionId checked_in = InvalidLocalTransactionId;
@@ -127,6 +143,7 @@ InfraVersionInit(void)
 
 static bool InfraInstalledVersion(char *installed, Size size);
 static bool InfraVersionIsOlder(const char *version);
+static bool InfraVersionServed(const char *installed);
 
 /*
  * The extversion of infra in this database into installed; false when infra
@@ -178,8 +195,37 @@ InfraVersionIsOlder(const char *version)
 }
 
 /*
- * For the worker and the exporter: is infra installed here at this
- * library's version?  installed gets the version found ("" when none).
+ * Does this library serve SQL objects of that version: its own, or the
+ * previous release's?  Notes which, for InfraSchemaIsPrevious().
+ */
+static bool
+InfraVersionServed(const char *installed)
+{
+	if (strcmp(installed, INFRA_VERSION) == 0)
+		schema_is_previous = false;
+	else if (strcmp(installed, INFRA_PREVIOUS_VERSION) == 0)
+		schema_is_previous = true;
+	else
+		return false;
+	return true;
+}
+
+/*
+ * Are this database's infra objects the previous release's (served until
+ * ALTER EXTENSION infra UPDATE)?  As of the last check in this process:
+ * after INFRA_CHECK_SCHEMA() in a SQL-callable function, after
+ * InfraSchemaVersionMatches() in a worker.
+ */
+bool
+InfraSchemaIsPrevious(void)
+{
+	return schema_is_previous;
+}
+
+/*
+ * For the worker and the exporter: is infra installed here at a version
+ * this library serves (its own or the previous release's)?  installed gets
+ * the version found ("" when none).
  */
 bool
 InfraSchemaVersionMatches(char *installed, Size size)
@@ -187,12 +233,12 @@ InfraSchemaVersionMatches(char *installed, Size size)
 	installed[0] = '\0';
 	if (!InfraInstalledVersion(installed, size))
 		return false;
-	return strcmp(installed, INFRA_VERSION) == 0;
+	return InfraVersionServed(installed);
 }
 
 /*
  * For SQL-callable functions: raise an error unless the installed SQL
- * objects are this library's version.
+ * objects are a version this library serves.
  */
 void
 InfraCheckSchemaVersion(void)
@@ -210,10 +256,13 @@ InfraCheckSchemaVersion(void)
 	}
 	else if (checked_in == InfraLocalXid())
 		return;
-	if (!InfraInstalledVersion(installed, sizeof(installed)) ||
-		strcmp(installed, INFRA_VERSION) == 0)
+	if (!InfraInstalledVersion(installed, sizeof(installed)))
+		installed[0] = '\0';
+	if (installed[0] == '\0' || InfraVersionServed(installed))
 	{
 		/* Not installed: the function's own objects will say so. */
+		if (installed[0] == '\0')
+			schema_is_previous = false;
 		checked_in = InfraLocalXid();
 		checked_generation = generation;
 		return;

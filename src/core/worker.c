@@ -654,7 +654,14 @@ static void
 InfraWorkerAnnounce(InfraWorkerState state, const char *installed)
 {
 	InfraWorkerSetState(state);
-	if (state == INFRA_WORKER_RUNNING)
+	if (state == INFRA_WORKER_RUNNING && InfraSchemaIsPrevious())
+		ereport(WARNING,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("%s serving database \"%s\", whose infra SQL objects are version %s, with the infra library of version %s",
+						kind_names[my_slot->kind], my_slot->database, installed, INFRA_VERSION),
+				 errhint("Run ALTER EXTENSION infra UPDATE; in that database when convenient: until then it keeps %s's objects and rules.",
+						 installed)));
+	else if (state == INFRA_WORKER_RUNNING)
 		ereport(LOG,
 				(errmsg("%s serving database \"%s\"",
 						kind_names[my_slot->kind], my_slot->database)));
@@ -681,6 +688,7 @@ InfraWorkerLoop(void)
 	int			i;
 	sigjmp_buf	local_sigjmp_buf;
 	volatile InfraWorkerState seen = INFRA_WORKER_STARTING;
+	volatile bool seen_previous = false;
 
 	loop_context = AllocSetContextCreate(TopMemoryContext,
 										 "infra worker loop",
@@ -730,9 +738,11 @@ InfraWorkerLoop(void)
 		state = InfraWorkerLook(installed, sizeof(installed));
 		/* Committing left us in TopMemoryContext. */
 		MemoryContextSwitchTo(loop_context);
-		if (state != seen)
+		/* Said again when ALTER EXTENSION infra UPDATE ends the previous release's objects. */
+		if (state != seen || InfraSchemaIsPrevious() != seen_previous)
 			InfraWorkerAnnounce(state, installed);
 		seen = state;
+		seen_previous = InfraSchemaIsPrevious();
 
 		/* The services' work; each says how long it may sleep. */
 		if (state == INFRA_WORKER_RUNNING)

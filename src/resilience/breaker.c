@@ -201,6 +201,15 @@ static ConfigCache breaker_cache = {
 	"open_duration, half_open_permitted_calls, half_open_max_wait, "
 	"failure_sqlstates, ignored_sqlstates, owner, acl "
 	"FROM infra.circuit_breakers WHERE name OPERATOR(pg_catalog.=) $1",
+	/* 1.1's rows: the extension owner's, usable by all but infra's own, as the update makes them. */
+	.previous_query = "SELECT b.window_kind OPERATOR(pg_catalog.=) 'time', b.window_size, b.minimum_calls, "
+	"b.failure_rate_threshold, b.slow_call_duration, b.slow_call_rate_threshold, "
+	"b.open_duration, b.half_open_permitted_calls, b.half_open_max_wait, "
+	"b.failure_sqlstates, b.ignored_sqlstates, e.extowner::pg_catalog.regrole, "
+	"CASE WHEN b.name OPERATOR(pg_catalog.<>) 'kafka' "
+	"THEN ARRAY[pg_catalog.makeaclitem(0, e.extowner, 'USAGE', false)] END "
+	"FROM infra.circuit_breakers b, pg_catalog.pg_extension e "
+	"WHERE e.extname OPERATOR(pg_catalog.=) 'infra' AND b.name OPERATOR(pg_catalog.=) $1",
 	.ncols = 13,
 	.types = breaker_types,
 	.read = BreakerRead,

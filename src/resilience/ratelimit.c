@@ -162,6 +162,11 @@ static ConfigCache limiter_cache = {
 	.entrysize = sizeof(LimiterCacheEntry),
 	.query = "SELECT rate, per, coalesce(burst, rate), owner, acl FROM infra.rate_limiters"
 	" WHERE name OPERATOR(pg_catalog.=) $1",
+	/* 1.1's rows: the extension owner's, usable by all, as the update makes them. */
+	.previous_query = "SELECT l.rate, l.per, coalesce(l.burst, l.rate), e.extowner::pg_catalog.regrole,"
+	" ARRAY[pg_catalog.makeaclitem(0, e.extowner, 'USAGE', false)]"
+	" FROM infra.rate_limiters l, pg_catalog.pg_extension e"
+	" WHERE e.extname OPERATOR(pg_catalog.=) 'infra' AND l.name OPERATOR(pg_catalog.=) $1",
 	.ncols = 5,
 	.types = limiter_types,
 	.read = LimiterRead,

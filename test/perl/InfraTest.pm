@@ -27,14 +27,16 @@ sub src_path
 	return "$src/$rel";
 }
 
-# infra_node(NAME, preload => 1, conf => "extra lines", init => {...}): an
-# initialised, not yet started node (init: PostgreSQL::Test::Cluster's
-# init options, e.g. allows_streaming => 1).
+# infra_node(NAME, preload => 1, conf => "extra lines", init => {...},
+# install_path => DIR): an initialised, not yet started node (init:
+# PostgreSQL::Test::Cluster's init options, e.g. allows_streaming => 1;
+# install_path: the PostgreSQL installation to run, else the one on PATH).
 sub infra_node
 {
 	my ($name, %opts) = @_;
 	my $preload = $opts{preload} // 1;
-	my $node = PostgreSQL::Test::Cluster->new($name);
+	my $node = PostgreSQL::Test::Cluster->new($name,
+		$opts{install_path} ? (install_path => $opts{install_path}) : ());
 	$node->init(%{ $opts{init} // {} });
 	$node->append_conf('postgresql.conf',
 		"shared_preload_libraries = 'infra'\n") if $preload;
