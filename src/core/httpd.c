@@ -41,8 +41,8 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "core/infra.h"
 #include "core/httpd.h"
+#include "core/infra.h"
 #include "core/metrics.h"
 #include "core/worker.h"
 

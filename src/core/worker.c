@@ -63,11 +63,11 @@
 #include "utils/varlena.h"
 
 #include "core/infra.h"
-#include "core/spicheck.h"
 #include "core/metrics.h"
 #include "core/shmem.h"
-#include "core/worker.h"
+#include "core/spicheck.h"
 #include "core/version.h"
+#include "core/worker.h"
 
 PG_FUNCTION_INFO_V1(infra_worker_status);
 PG_FUNCTION_INFO_V1(infra_metric_query_workers);

@@ -69,13 +69,13 @@
 
 #include "core/clock.h"
 #include "core/infra.h"
-#include "kafka/kafka.h"
 #include "core/metrics.h"
 #include "core/shmem.h"
 #include "core/spicheck.h"
 #include "core/tracing.h"
-#include "core/worker.h"
 #include "core/version.h"
+#include "core/worker.h"
+#include "kafka/kafka.h"
 
 PG_FUNCTION_INFO_V1(infra_kafka_send_text);
 PG_FUNCTION_INFO_V1(infra_kafka_send_bytea);

@@ -72,12 +72,12 @@
 
 #include "core/compat.h"
 #include "core/infra.h"
-#include "observability/metricqueries.h"
 #include "core/metrics.h"
 #include "core/shmem.h"
 #include "core/spicheck.h"
 #include "core/version.h"
 #include "core/worker.h"
+#include "observability/metricqueries.h"
 
 PG_FUNCTION_INFO_V1(infra_metric_queries_changed);
 PG_FUNCTION_INFO_V1(infra_metric_queries_author);
@@ -357,9 +357,7 @@ MQReadRows(void)
 		mq_context = AllocSetContextCreate(TopMemoryContext, "infra metric queries", ALLOCSET_SMALL_SIZES);
 	next_context = AllocSetContextCreate(TopMemoryContext, "infra metric queries", ALLOCSET_SMALL_SIZES);
 
-	InfraWorkerStartTransaction();
-	PushActiveSnapshot(GetTransactionSnapshot());
-	SPI_connect();
+	InfraWorkerSpiBegin();
 	strlcpy(mq_database, get_database_name(MyDatabaseId), NAMEDATALEN);
 	SpiCheckResult(SPI_execute("SELECT name, query,"
 							   " (pg_catalog.date_part('epoch', \"interval\") OPERATOR(pg_catalog.*) 1000)::bigint,"
@@ -408,9 +406,7 @@ MQReadRows(void)
 				r->next_run_at = rows[j].next_run_at;
 	}
 	MemoryContextSwitchTo(old);
-	SPI_finish();
-	PopActiveSnapshot();
-	CommitTransactionCommand();
+	InfraWorkerSpiEnd();
 
 	MemoryContextDelete(mq_context);
 	mq_context = next_context;

@@ -46,15 +46,15 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "resilience/breaker.h"
 #include "core/clock.h"
 #include "core/infra.h"
 #include "core/spicheck.h"
-#include "observability/otlp.h"
-#include "core/version.h"
-#include "observability/spans.h"
 #include "core/tracing.h"
+#include "core/version.h"
 #include "core/worker.h"
+#include "observability/otlp.h"
+#include "observability/spans.h"
+#include "resilience/breaker.h"
 
 PGDLLEXPORT void InfraOtlpMain(Datum main_arg);
 

@@ -56,9 +56,9 @@
 #include "core/infra.h"
 #include INFRA_QUERYJUMBLE_H	/* compat.h names it */
 #include "core/metrics.h"
-#include "observability/querystats.h"
 #include "core/shmem.h"
 #include "core/version.h"
+#include "observability/querystats.h"
 
 PG_FUNCTION_INFO_V1(infra_query_metrics);
 PG_FUNCTION_INFO_V1(infra_query_metrics_info);

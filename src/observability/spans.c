@@ -56,10 +56,10 @@
 #include "core/infra.h"
 #include "core/metrics.h"
 #include "core/shmem.h"
-#include "observability/querystats.h"
-#include "observability/spans.h"
 #include "core/tracing.h"
 #include "core/version.h"
+#include "observability/querystats.h"
+#include "observability/spans.h"
 
 PG_FUNCTION_INFO_V1(infra_span_start);
 PG_FUNCTION_INFO_V1(infra_span_end);

@@ -59,7 +59,6 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "resilience/breaker.h"
 #include "core/clock.h"
 #include "core/confcache.h"
 #include "core/infra.h"
@@ -67,6 +66,7 @@
 #include "core/shmem.h"
 #include "core/sqlstate.h"
 #include "core/version.h"
+#include "resilience/breaker.h"
 
 PG_FUNCTION_INFO_V1(infra_breaker_allow);
 PG_FUNCTION_INFO_V1(infra_breaker_success);

@@ -66,9 +66,9 @@
 #include "core/confcache.h"
 #include "core/infra.h"
 #include "core/metrics.h"
-#include "resilience/ratelimit.h"
 #include "core/shmem.h"
 #include "core/version.h"
+#include "resilience/ratelimit.h"
 
 PG_FUNCTION_INFO_V1(infra_rate_limit);
 PG_FUNCTION_INFO_V1(infra_rate_limit_named);

@@ -47,9 +47,9 @@
 #include "core/clock.h"
 #include "core/confcache.h"
 #include "core/infra.h"
-#include "resilience/retry.h"
 #include "core/sqlstate.h"
 #include "core/version.h"
+#include "resilience/retry.h"
 
 PG_FUNCTION_INFO_V1(infra_backoff_delay);
 PG_FUNCTION_INFO_V1(infra_retry);
