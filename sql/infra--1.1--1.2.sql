@@ -405,3 +405,51 @@ CREATE TRIGGER metric_queries_rows
     BEFORE INSERT OR UPDATE OR DELETE ON infra.metric_queries
     FOR EACH ROW EXECUTE FUNCTION infra.config_rows();
 SELECT pg_catalog.pg_extension_config_dump('infra.metric_queries', 'WHERE NOT preset OR changed');
+
+/* ---------------------------------------------------------------------------
+ * Set-based publishing (src/kafka/publish.c): many messages in one call, and
+ * the statement-level twin of kafka_publish() over transition tables.
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.kafka_send_many(
+    topic text,
+    vals jsonb[],
+    keys text[] DEFAULT NULL,
+    headers jsonb DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_kafka_send_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION infra.kafka_send_many(
+    topic text,
+    vals text[],
+    keys text[] DEFAULT NULL,
+    headers jsonb DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_kafka_send_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION infra.kafka_send_many(
+    topic text,
+    vals bytea[],
+    keys text[] DEFAULT NULL,
+    headers jsonb DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_kafka_send_many'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.kafka_send_many(text, jsonb[], text[], jsonb) IS
+'Send each value of vals with the key at the same place of keys (NULL: none), in order, as that many kafka_send calls would; sent if and only if the transaction commits. Returns how many.';
+
+CREATE FUNCTION infra.kafka_publish_statement()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'infra_kafka_publish_statement'
+LANGUAGE C;
+
+COMMENT ON FUNCTION infra.kafka_publish_statement() IS
+'Statement trigger with transition tables: send kafka_publish()''s envelope {op, schema, table, before, after, ts_ms, txid} for every row the statement changed, to the topic given as first argument, keyed by the column given as second argument or the primary key.';
+
+REVOKE ALL ON FUNCTION infra.kafka_send_many(text, jsonb[], text[], jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_send_many(text, text[], text[], jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_send_many(text, bytea[], text[], jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.kafka_publish_statement() FROM PUBLIC;

@@ -522,45 +522,38 @@ KafkaRequireRegistered(text *topic, const char *name)
 }
 
 /*
- * The arguments of kafka_send, checked, into msg (all but its id).
+ * What every message of one call shares, checked, into msg: topic,
+ * partition and headers (the session's trace context added).  The key,
+ * value and id are each message's.
  */
 static void
-KafkaReadMessage(FunctionCallInfo fcinfo, bytea *value, BufferedMessage *msg)
+KafkaPrepareMessage(text *topic_text, bool has_partition, int32 partition,
+					Jsonb *headers, BufferedMessage *msg)
 {
-	char	   *topic;
+	char	   *topic = text_to_cstring(topic_text);
 
-	if (PG_ARGISNULL(0))
-		ereport(ERROR,
-				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-				 errmsg("topic must not be NULL"),
-				 errhint("Give the Kafka topic to send to.")));
-	topic = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	KafkaCheckTopic(topic);
-	msg->topic = PG_GETARG_TEXT_PP(0);
-
-	msg->has_partition = !PG_ARGISNULL(4);
-	msg->partition = msg->has_partition ? PG_GETARG_INT32(4) : 0;
+	msg->topic = topic_text;
+	msg->has_partition = has_partition;
+	msg->partition = has_partition ? partition : 0;
 	if (msg->partition < 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("partition must not be negative, not %d", msg->partition),
 				 errhint("Omit partition (NULL) to let the key choose it.")));
-
-	msg->key = PG_ARGISNULL(2) ? NULL : KafkaLockKey(PG_GETARG_TEXT_PP(2), topic);
-	msg->value = value;
-
-	msg->headers = PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3);
-	if (msg->headers != NULL && !JB_ROOT_IS_OBJECT(msg->headers))
+	if (headers != NULL && !JB_ROOT_IS_OBJECT(headers))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("headers must be a JSON object"),
 				 errhint("Give headers as {\"name\": \"value\", ...}.")));
-	if (msg->headers != NULL)
-		KafkaRefuseReservedHeaders(msg->headers);
-	msg->headers = KafkaContextHeaders(msg->headers);
-
+	if (headers != NULL)
+		KafkaRefuseReservedHeaders(headers);
+	msg->headers = KafkaContextHeaders(headers);
+	msg->key = NULL;
+	msg->value = NULL;
 	if (infra_kafka_require_registered_topics)
 		KafkaRequireRegistered(msg->topic, topic);
+	pfree(topic);
 }
 
 /*
@@ -616,16 +609,22 @@ KafkaBufferMessage(const BufferedMessage *msg)
 }
 
 /*
- * The common body of the kafka_send overloads: (topic, value, key, headers,
- * partition) with the value already as bytes.
+ * Send msg (prepared by KafkaPrepareMessage) with this key and value: the
+ * (topic, key) lock first, then its id, then the buffer.  Returns the id.
  */
-static Datum
-KafkaSend(FunctionCallInfo fcinfo, bytea *value)
+static int64
+KafkaSendPrepared(BufferedMessage *msg, text *key, bytea *value)
 {
-	BufferedMessage msg;
+	if (key != NULL)
+	{
+		char	   *topic = text_to_cstring(msg->topic);
 
-	InfraRequirePrimary("send Kafka messages");
-	KafkaReadMessage(fcinfo, value, &msg);
+		msg->key = KafkaLockKey(key, topic);
+		pfree(topic);
+	}
+	else
+		msg->key = NULL;
+	msg->value = value;
 	if (buffered == NULL)
 		KafkaStartBuffer();
 	if (nbuffered >= KAFKA_SEND_BUFFER || buffered_bytes >= KAFKA_SEND_BUFFER_BYTES)
@@ -642,12 +641,58 @@ KafkaSend(FunctionCallInfo fcinfo, bytea *value)
 	}
 
 	/* The caller needs no right on the sequence: EXECUTE on kafka_send is the gate. */
-	msg.id = nextval_internal(outbox_sequence, false);
-	msg.subid = GetCurrentSubTransactionId();
-	KafkaCheckBacklog(msg.id);
-	KafkaBufferMessage(&msg);
+	msg->id = nextval_internal(outbox_sequence, false);
+	msg->subid = GetCurrentSubTransactionId();
+	KafkaCheckBacklog(msg->id);
+	KafkaBufferMessage(msg);
 	InfraWorkerWakeAtCommit(INFRA_WORKER_DELIVERY);
-	PG_RETURN_INT64(msg.id);
+	return msg->id;
+}
+
+/*
+ * The common body of the kafka_send overloads: (topic, value, key, headers,
+ * partition) with the value already as bytes.
+ */
+static Datum
+KafkaSend(FunctionCallInfo fcinfo, bytea *value)
+{
+	BufferedMessage msg;
+
+	InfraRequirePrimary("send Kafka messages");
+	if (PG_ARGISNULL(0))
+		ereport(ERROR,
+				(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+				 errmsg("topic must not be NULL"),
+				 errhint("Give the Kafka topic to send to.")));
+	KafkaPrepareMessage(PG_GETARG_TEXT_PP(0), !PG_ARGISNULL(4),
+						PG_ARGISNULL(4) ? 0 : PG_GETARG_INT32(4),
+						PG_ARGISNULL(3) ? NULL : PG_GETARG_JSONB_P(3), &msg);
+	PG_RETURN_INT64(KafkaSendPrepared(&msg, PG_ARGISNULL(2) ? NULL : PG_GETARG_TEXT_PP(2), value));
+}
+
+/*
+ * n messages to one topic in one call (kafka_send_many, the statement-level
+ * publish trigger): values[i] with keys[i] (either may be NULL; keys NULL:
+ * no keys), the same headers, each exactly as kafka_send would send it, in
+ * order.  Returns the first message's id (0 when n is 0).
+ */
+int64
+KafkaSendMany(text *topic, Jsonb *headers, int n, bytea *const *values, text *const *keys)
+{
+	BufferedMessage msg;
+	int64		first = 0;
+	int			i;
+
+	InfraRequirePrimary("send Kafka messages");
+	KafkaPrepareMessage(topic, false, 0, headers, &msg);
+	for (i = 0; i < n; i++)
+	{
+		int64		id = KafkaSendPrepared(&msg, keys ? keys[i] : NULL, values[i]);
+
+		if (i == 0)
+			first = id;
+	}
+	return first;
 }
 
 /*

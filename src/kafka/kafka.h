@@ -9,6 +9,7 @@
 #define INFRA_KAFKA_H
 
 #include "storage/spin.h"
+#include "utils/jsonb.h"
 
 /* Advisory lock class of kafka_send's per-key ordering locks ("INFK"). */
 #define KAFKA_ORDER_LOCK_CLASS 0x494E464B
@@ -59,6 +60,8 @@ typedef struct KafkaStats
 } KafkaStats;
 
 extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);
+extern int64 KafkaSendMany(text *topic, Jsonb *headers, int n, bytea *const *values,
+						   text *const *keys);
 
 extern void InfraKafkaInit(void);
 

@@ -7,6 +7,7 @@ use strict;
 use warnings;
 
 use IPC::Run;
+use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -172,6 +173,40 @@ like($err, qr/topic must not be NULL/, 'NULL topic is refused');
 like($err, qr/headers must be a JSON object/, 'headers must be an object');
 ($rc, $out, $err) = $node->psql('postgres', "SELECT infra.kafka_send('t', 'x', partition => -1)");
 like($err, qr/partition must not be negative/, 'negative partitions are refused');
+
+# --- set-based publishing reaches the broker ------------------------------------
+# kafka_send_many and the statement trigger write the same outbox rows as
+# kafka_send: delivered in order, keyed, the rolled-back ones never.
+my $t_many = "infra_t_many_$$";
+$node->safe_psql('postgres', qq{
+	SELECT infra.kafka_send_many('$t_many', array_agg('v' || g ORDER BY g), array_agg('k' || (g % 3) ORDER BY g))
+	  FROM generate_series(1, 1200) g;
+	BEGIN;
+	SELECT infra.kafka_send_many('$t_many', ARRAY['rolled back']);
+	ROLLBACK;
+	CREATE TABLE many_t (id int PRIMARY KEY, n int);
+	INSERT INTO many_t SELECT g, 0 FROM generate_series(1, 50) g;
+	CREATE TRIGGER many_t_publish AFTER UPDATE ON many_t
+	    REFERENCING OLD TABLE AS o NEW TABLE AS n
+	    FOR EACH STATEMENT EXECUTE FUNCTION infra.kafka_publish_statement('$t_many');
+	UPDATE many_t SET n = n + 1;
+});
+ok(flush_ok(60), 'kafka_send_many and the statement trigger: delivered');
+my @many = consume($t_many);
+is(scalar(@many), 1250, 'every message once, none of the rolled-back call');
+is(join(',', map { $_->[1] } grep { $_->[0] eq 'k1' } @many),
+	join(',', map { "v$_" } grep { $_ % 3 == 1 } 1 .. 1200), 'per key, in the order of the array');
+my @updates = grep { $_->{op} eq 'update' } map { $_->[1] =~ /^\{/ ? JSON::PP::decode_json($_->[1]) : () } @many;
+is( scalar(
+		grep {
+			     $_->{before}{id} == $_->{after}{id}
+			  && $_->{before}{n} == 0
+			  && $_->{after}{n} == 1
+		} @updates),
+	50,
+	'the statement trigger sends each updated row with its before and after');
+is(join(',', sort { $a <=> $b } map { $_->[0] } grep { $_->[1] =~ /^\{/ } @many), join(',', 1 .. 50),
+	'keyed by the primary key');
 
 # --- an error in a round is survived ------------------------------------------
 # A table the worker reads is gone for a while: each round fails inside SPI.
