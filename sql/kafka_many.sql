@@ -94,6 +94,15 @@ INSERT INTO no_pk_t VALUES (3, 'rolled back');
 ROLLBACK;
 SELECT count(*) AS after_rollback FROM infra.kafka_outbox;
 
+-- Names and values that need quoting, in SQL and in JSON.
+CREATE TABLE "odd ""t""" (id int PRIMARY KEY, "q""col" text);
+CREATE TRIGGER odd AFTER INSERT ON "odd ""t""" REFERENCING NEW TABLE AS "n""ew"
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.kafka_publish_statement('odd', 'q"col');
+INSERT INTO "odd ""t""" VALUES (1, 'x"y\z');
+SELECT key, value::jsonb ->> 'table' AS tbl, value::jsonb -> 'after' AS after FROM infra.kafka_outbox WHERE topic = 'odd';
+DROP TABLE "odd ""t""";
+DELETE FROM infra.kafka_outbox_batches;
+
 -- Misuse is refused with a hint.
 CREATE TABLE misuse_t (id int PRIMARY KEY);
 CREATE TRIGGER as_row AFTER INSERT ON misuse_t FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish_statement('t');

@@ -10,7 +10,8 @@
  * cost of one call.  kafka_publish_statement() is the set-based twin of
  * the row trigger kafka_publish(): an AFTER ... FOR EACH STATEMENT trigger
  * with transition tables, sending the row trigger's envelope {op, schema,
- * table, before, after, ts_ms, txid} for every row the statement changed,
+ * table, before, after, ts_ms (the statement's), txid} for every row the
+ * statement changed,
  * keyed the same way (the column given, else the primary key), in one pass
  * over the transition tables and without a trigger call per row.
  *
@@ -29,6 +30,8 @@
 #include "postgres.h"
 
 #include "access/genam.h"
+#include "access/transam.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
@@ -38,9 +41,11 @@
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/formatting.h"
+#include "utils/json.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/rel.h"
+#include "utils/timestamp.h"
 
 #include "core/spicheck.h"
 #include "core/version.h"
@@ -137,9 +142,10 @@ infra_kafka_send_many(PG_FUNCTION_ARGS)
 }
 
 /*
- * The SQL expression of a message's key over the row's JSON (rowvar):
- * the key column's value, else the primary key's columns joined by commas
- * (as kafka_publish does), else NULL.
+ * The SQL expression of a message's key over the row rowvar: the key
+ * column's value, else the primary key's columns joined by commas (as
+ * kafka_publish does), else NULL; each value as its JSON renders it (what
+ * kafka_publish's ->> gives: true, not t).
  */
 static char *
 PublishKeyExpression(Relation rel, const char *key_column, const char *rowvar)
@@ -158,7 +164,8 @@ PublishKeyExpression(Relation rel, const char *key_column, const char *rowvar)
 							key_column, get_namespace_name(RelationGetNamespace(rel)),
 							RelationGetRelationName(rel)),
 					 errhint("Name a column of the table as the second argument, or omit it to use the primary key.")));
-		appendStringInfo(&expr, "%s OPERATOR(pg_catalog.->>) %s", rowvar, quote_literal_cstr(key_column));
+		appendStringInfo(&expr, "pg_catalog.to_jsonb(%s.%s) OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[]",
+						 rowvar, quote_identifier(key_column));
 		return expr.data;
 	}
 	index_oids = RelationGetIndexList(rel);
@@ -171,9 +178,10 @@ PublishKeyExpression(Relation rel, const char *key_column, const char *rowvar)
 		{
 			appendStringInfoString(&expr, "pg_catalog.concat_ws(','");
 			for (k = 0; k < index->rd_index->indnkeyatts; k++)
-				appendStringInfo(&expr, ", %s OPERATOR(pg_catalog.->>) %s", rowvar,
-								 quote_literal_cstr(get_attname(RelationGetRelid(rel),
-																index->rd_index->indkey.values[k], false)));
+				appendStringInfo(&expr, ", pg_catalog.to_jsonb(%s.%s) OPERATOR(pg_catalog.#>>) '{}'::pg_catalog.text[]",
+								 rowvar,
+								 quote_identifier(get_attname(RelationGetRelid(rel),
+															  index->rd_index->indkey.values[k], false)));
 			appendStringInfoChar(&expr, ')');
 		}
 		index_close(index, AccessShareLock);
@@ -184,13 +192,16 @@ PublishKeyExpression(Relation rel, const char *key_column, const char *rowvar)
 
 /*
  * The statement that reads the trigger's transition tables as (envelope
- * text, key) in the order the executor captured the rows.  $1..$3: op,
- * schema, table.
+ * text, key) in the order the executor captured the rows: each row as JSON
+ * text (to_json: no jsonb built and printed again) between $1 (the
+ * envelope's start, up to "before" or "after"), $2 (between them, for an
+ * UPDATE) and $3 (the end, with the statement's ts_ms and txid).
  */
 static char *
 PublishQuery(TriggerData *trigdata, const char *op, const char *key_column)
 {
 	Trigger    *trigger = trigdata->tg_trigger;
+	Relation	rel = trigdata->tg_relation;
 	bool		old_rows = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
 		TRIGGER_FIRED_BY_DELETE(trigdata->tg_event);
 	bool		new_rows = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
@@ -205,27 +216,56 @@ PublishQuery(TriggerData *trigdata, const char *op, const char *key_column)
 						 op, strcmp(op, "UPDATE") == 0 ? "OLD TABLE AS old_rows NEW TABLE AS new_rows" :
 						 strcmp(op, "DELETE") == 0 ? "OLD TABLE AS old_rows" : "NEW TABLE AS new_rows")));
 	initStringInfo(&q);
-	appendStringInfo(&q,
-					 "SELECT pg_catalog.jsonb_build_object('op', $1, 'schema', $2, 'table', $3,"
-					 " 'before', b, 'after', a,"
-					 " 'ts_ms', (pg_catalog.date_part('epoch', pg_catalog.clock_timestamp())"
-					 " OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8,"
-					 " 'txid', pg_catalog.pg_current_xact_id()::pg_catalog.text::pg_catalog.int8)::pg_catalog.text,"
-					 " %s FROM ",
-					 PublishKeyExpression(trigdata->tg_relation, key_column, new_rows ? "a" : "b"));
 	if (old_rows && new_rows)
 		appendStringInfo(&q,
-						 "(SELECT pg_catalog.row_number() OVER () AS i, pg_catalog.to_jsonb(infra_old.*) AS b FROM %s infra_old) ob"
-						 " JOIN (SELECT pg_catalog.row_number() OVER () AS i, pg_catalog.to_jsonb(infra_new.*) AS a FROM %s infra_new) nb"
+						 "SELECT $1 OPERATOR(pg_catalog.||) ob.b OPERATOR(pg_catalog.||) $2 OPERATOR(pg_catalog.||) nb.a"
+						 " OPERATOR(pg_catalog.||) $3, nb.k"
+						 " FROM (SELECT pg_catalog.row_number() OVER () AS i,"
+						 " pg_catalog.to_json(infra_old.*)::pg_catalog.text AS b FROM %s infra_old) ob"
+						 " JOIN (SELECT pg_catalog.row_number() OVER () AS i,"
+						 " pg_catalog.to_json(infra_new.*)::pg_catalog.text AS a, %s AS k FROM %s infra_new) nb"
 						 " ON ob.i OPERATOR(pg_catalog.=) nb.i ORDER BY ob.i",
-						 quote_identifier(trigger->tgoldtable), quote_identifier(trigger->tgnewtable));
-	else if (old_rows)
-		appendStringInfo(&q, "(SELECT pg_catalog.to_jsonb(infra_old.*) AS b, NULL::pg_catalog.jsonb AS a FROM %s infra_old) r",
-						 quote_identifier(trigger->tgoldtable));
-	else
-		appendStringInfo(&q, "(SELECT NULL::pg_catalog.jsonb AS b, pg_catalog.to_jsonb(infra_new.*) AS a FROM %s infra_new) r",
+						 quote_identifier(trigger->tgoldtable),
+						 PublishKeyExpression(rel, key_column, "infra_new"),
 						 quote_identifier(trigger->tgnewtable));
+	else
+		appendStringInfo(&q,
+						 "SELECT $1 OPERATOR(pg_catalog.||) pg_catalog.to_json(infra_row.*)::pg_catalog.text"
+						 " OPERATOR(pg_catalog.||) $3, %s FROM %s infra_row",
+						 PublishKeyExpression(rel, key_column, "infra_row"),
+						 quote_identifier(old_rows ? trigger->tgoldtable : trigger->tgnewtable));
 	return q.data;
+}
+
+/*
+ * The envelope's text around the rows (see PublishQuery): op, schema and
+ * table; the statement's time (ms since 1970) and transaction id.
+ */
+static void
+PublishEnvelope(TriggerData *trigdata, const char *op, Datum *args, char *nulls)
+{
+	Relation	rel = trigdata->tg_relation;
+	StringInfoData start;
+	StringInfoData end;
+	TimestampTz now = GetCurrentTimestamp();
+	int64		ts_ms = now / 1000 + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * 1000;
+
+	initStringInfo(&start);
+	appendStringInfo(&start, "{\"op\": \"%s\", \"schema\": ", asc_tolower(op, strlen(op)));
+	escape_json(&start, get_namespace_name(RelationGetNamespace(rel)));
+	appendStringInfoString(&start, ", \"table\": ");
+	escape_json(&start, RelationGetRelationName(rel));
+	appendStringInfoString(&start, TRIGGER_FIRED_BY_INSERT(trigdata->tg_event) ?
+						   ", \"before\": null, \"after\": " : ", \"before\": ");
+	initStringInfo(&end);
+	if (TRIGGER_FIRED_BY_DELETE(trigdata->tg_event))
+		appendStringInfoString(&end, ", \"after\": null");
+	appendStringInfo(&end, ", \"ts_ms\": " INT64_FORMAT ", \"txid\": " UINT64_FORMAT "}",
+					 ts_ms, U64FromFullTransactionId(GetTopFullTransactionId()));
+	args[0] = CStringGetTextDatum(start.data);
+	args[1] = CStringGetTextDatum(", \"after\": ");
+	nulls[1] = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? ' ' : 'n';
+	args[2] = CStringGetTextDatum(end.data);
 }
 
 /*
@@ -286,6 +326,7 @@ infra_kafka_publish_statement(PG_FUNCTION_ARGS)
 	const char *op;
 	Oid			argtypes[3] = {TEXTOID, TEXTOID, TEXTOID};
 	Datum		args[3];
+	char		nulls[3] = {' ', ' ', ' '};
 	static const Oid types[2] = {TEXTOID, TEXTOID};
 	Portal		portal;
 	text	   *topic;
@@ -312,12 +353,10 @@ infra_kafka_publish_statement(PG_FUNCTION_ARGS)
 	PublishCheckRight();
 	if (SPI_register_trigger_data(trigdata) != SPI_OK_TD_REGISTER)
 		elog(ERROR, "could not register the transition tables");
-	args[0] = CStringGetTextDatum(asc_tolower(op, strlen(op)));
-	args[1] = CStringGetTextDatum(get_namespace_name(RelationGetNamespace(trigdata->tg_relation)));
-	args[2] = CStringGetTextDatum(RelationGetRelationName(trigdata->tg_relation));
+	PublishEnvelope(trigdata, op, args, nulls);
 	portal = SPI_cursor_open_with_args(NULL,
 									   PublishQuery(trigdata, op, trigger->tgnargs > 1 ? trigger->tgargs[1] : NULL),
-									   3, argtypes, args, NULL, true, 0);
+									   3, argtypes, args, nulls, true, 0);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, PUBLISH_FETCH);
