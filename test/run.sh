@@ -22,6 +22,9 @@ if [ "${1:-}" != --inner ]; then
 	# TAP 071 builds the previous release's library from its sources.
 	if ! git -C "$top" rev-parse --git-dir >/dev/null 2>&1; then
 		echo "not a git checkout: the previous release's sources are not at hand" >"$work/src/infra-previous.why"
+	elif ! git -C "$top" cat-file -e "$INFRA_PREVIOUS_RELEASE^{commit}" 2>/dev/null &&
+		[ "$(git -C "$top" rev-parse --is-shallow-repository)" = true ]; then
+		echo "a shallow clone: the previous release's commit is not in it" >"$work/src/infra-previous.why"
 	elif ! git -C "$top" archive --format=tar --prefix=infra-previous/ "$INFRA_PREVIOUS_RELEASE" \
 		Makefile infra.control src sql test/pg-config.sh test/lib.sh >"$work/src/infra-previous.tar"; then
 		rm -f "$work/src/infra-previous.tar"

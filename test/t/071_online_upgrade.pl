@@ -26,8 +26,10 @@ my $src = $ENV{INFRA_SRC} // die "INFRA_SRC is not set\n";
 if (!-f "$src/infra-previous.tar")
 {
 	my $why = -f "$src/infra-previous.why" ? slurp_file("$src/infra-previous.why") : 'no reason given';
-	plan skip_all => "the previous release's sources: $why" if $why =~ /not a git checkout/;
-	BAIL_OUT("the previous release's sources are missing: $why");
+	plan skip_all => "the previous release's sources: $why" if $why =~ /not a git checkout|shallow clone/;
+	fail("the previous release's sources are at hand") or diag($why);
+	done_testing();
+	exit;
 }
 
 my $pg_config = $ENV{PG_CONFIG} // 'pg_config';
