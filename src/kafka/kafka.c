@@ -484,14 +484,14 @@ KafkaRefuseReservedHeaders(Jsonb *headers)
  * becomes commit order.
  */
 static bytea *
-KafkaLockKey(text *key, const char *topic)
+KafkaLockKey(text *key, text *topic)
 {
 	char	   *utf8 = pg_server_to_any(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), PG_UTF8);
 	bytea	   *bytes = utf8 == VARDATA_ANY(key) ? (bytea *) key : (bytea *) cstring_to_text(utf8);
 	uint32		hash;
 
 	hash = hash_bytes((unsigned char *) VARDATA_ANY(bytes), VARSIZE_ANY_EXHDR(bytes)) ^
-		hash_bytes((unsigned char *) topic, strlen(topic));
+		hash_bytes((unsigned char *) VARDATA_ANY(topic), VARSIZE_ANY_EXHDR(topic));
 	DirectFunctionCall2(pg_advisory_xact_lock_int4,
 						Int32GetDatum(KAFKA_ORDER_LOCK_CLASS),
 						Int32GetDatum((int32) hash));
@@ -615,15 +615,7 @@ KafkaBufferMessage(const BufferedMessage *msg)
 static int64
 KafkaSendPrepared(BufferedMessage *msg, text *key, bytea *value)
 {
-	if (key != NULL)
-	{
-		char	   *topic = text_to_cstring(msg->topic);
-
-		msg->key = KafkaLockKey(key, topic);
-		pfree(topic);
-	}
-	else
-		msg->key = NULL;
+	msg->key = key != NULL ? KafkaLockKey(key, msg->topic) : NULL;
 	msg->value = value;
 	if (buffered == NULL)
 		KafkaStartBuffer();
