@@ -453,3 +453,12 @@ REVOKE ALL ON FUNCTION infra.kafka_send_many(text, jsonb[], text[], jsonb) FROM 
 REVOKE ALL ON FUNCTION infra.kafka_send_many(text, text[], text[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_send_many(text, bytea[], text[], jsonb) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.kafka_publish_statement() FROM PUBLIC;
+
+/*
+ * Ids of the WAL outbox (infra.kafka_outbox = wal): each backend takes a
+ * block of 1024 from one value of this sequence, ids from 2^51 up, above
+ * any id of infra.kafka_outbox_id_seq.  Order among them means nothing:
+ * the WAL outbox is read in commit order.
+ */
+CREATE SEQUENCE infra.kafka_outbox_block_seq MINVALUE 2199023255552 START 2199023255552 CACHE 1;
+REVOKE ALL ON SEQUENCE infra.kafka_outbox_block_seq FROM PUBLIC;

@@ -596,6 +596,15 @@ GRANT SELECT ON infra.retry_policies TO PUBLIC;
  */
 CREATE SEQUENCE infra.kafka_outbox_id_seq CACHE 1;
 
+/*
+ * Ids of the WAL outbox (infra.kafka_outbox = wal): each backend takes a
+ * block of 1024 from one value of this sequence, ids from 2^51 up, above
+ * any id of infra.kafka_outbox_id_seq.  Order among them means nothing:
+ * the WAL outbox is read in commit order.
+ */
+CREATE SEQUENCE infra.kafka_outbox_block_seq MINVALUE 2199023255552 START 2199023255552 CACHE 1;
+REVOKE ALL ON SEQUENCE infra.kafka_outbox_block_seq FROM PUBLIC;
+
 CREATE TABLE infra.kafka_outbox_batches (
     first_id bigint PRIMARY KEY,
     messages integer NOT NULL CHECK (messages > 0),

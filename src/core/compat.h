@@ -134,4 +134,22 @@ extern PGDLLIMPORT bool redirection_done;
 	do { pfree((lex)->strval->data); pfree((lex)->strval); pfree(lex); } while (0)
 #endif
 
+/*
+ * The WAL outbox (kafka/outbox.c, kafka/walread.c): LogLogicalMessage takes
+ * whether to flush from PostgreSQL 17; ReplicationSlotAcquire whether an
+ * invalidated slot is an error from 18.
+ */
+#if PG_VERSION_NUM >= 170000
+#define InfraLogLogicalMessage(prefix, data, size, transactional) \
+	LogLogicalMessage((prefix), (data), (size), (transactional), false)
+#else
+#define InfraLogLogicalMessage(prefix, data, size, transactional) \
+	LogLogicalMessage((prefix), (data), (size), (transactional))
+#endif
+#if PG_VERSION_NUM >= 180000
+#define InfraSlotAcquire(name)	ReplicationSlotAcquire((name), true, true)
+#else
+#define InfraSlotAcquire(name)	ReplicationSlotAcquire((name), true)
+#endif
+
 #endif							/* INFRA_COMPAT_H */

@@ -358,6 +358,29 @@ InfraWorkerWakeAtCommit(InfraWorkerKind kind)
 }
 
 /*
+ * Set the latch of this database's worker of that kind now (kafka_flush
+ * waits for it inside its transaction).
+ */
+void
+InfraWorkerWakeNow(InfraWorkerKind kind)
+{
+	int			i;
+
+	for (i = 0; worker_shared != NULL && i < worker_shared->nslots; i++)
+	{
+		InfraWorkerSlot *slot = &worker_shared->slots[i];
+		Latch	   *latch = NULL;
+
+		SpinLockAcquire(&slot->mutex);
+		if (slot->pid != 0 && slot->kind == kind && slot->database_oid == MyDatabaseId)
+			latch = slot->latch;
+		SpinLockRelease(&slot->mutex);
+		if (latch != NULL)
+			SetLatch(latch);
+	}
+}
+
+/*
  * At commit, set the latch of the worker serving this database.
  */
 static void

@@ -72,6 +72,7 @@ typedef struct InfraWorkerService
 
 extern void InfraWorkerRegisterService(const InfraWorkerService *service);
 extern void InfraWorkerWakeAtCommit(InfraWorkerKind kind);
+extern void InfraWorkerWakeNow(InfraWorkerKind kind);
 extern void InfraWorkerStartTransaction(void);
 extern void InfraWorkerSpiBegin(void);
 extern void InfraWorkerSpiEnd(void);

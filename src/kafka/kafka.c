@@ -76,6 +76,7 @@
 #include "core/version.h"
 #include "core/worker.h"
 #include "kafka/kafka.h"
+#include "kafka/outbox.h"
 
 PG_FUNCTION_INFO_V1(infra_kafka_send_text);
 PG_FUNCTION_INFO_V1(infra_kafka_send_bytea);
@@ -121,24 +122,12 @@ typedef struct KafkaShared
 
 static KafkaShared *kafka_shared = NULL;
 
-static SPIPlanPtr insert_plan = NULL;
 static SPIPlanPtr backlog_plan = NULL;
 
 /* Messages (and key and value bytes) buffered before they are written at once. */
 #define KAFKA_SEND_BUFFER 1000
 #define KAFKA_SEND_BUFFER_BYTES (8 * 1024 * 1024)
 
-typedef struct BufferedMessage
-{
-	int64		id;
-	text	   *topic;
-	bool		has_partition;
-	int32		partition;
-	bytea	   *key;			/* UTF-8 */
-	bytea	   *value;
-	Jsonb	   *headers;
-	SubTransactionId subid;
-} BufferedMessage;
 
 /* In TopTransactionContext; reset at the end of every transaction. */
 static BufferedMessage *buffered = NULL;
@@ -146,6 +135,9 @@ static int	nbuffered = 0;
 static int	buffer_capacity = 0;
 static Size buffered_bytes = 0;
 static Oid	outbox_sequence = InvalidOid;
+static Oid	block_sequence = InvalidOid;
+/* This transaction writes the WAL outbox (decided at its first send). */
+static bool txn_wal = false;
 
 /*
  * The owner of the outbox table, looked up at a transaction's first send:
@@ -172,6 +164,7 @@ static void KafkaCheckBacklog(int64 my_id);
 static Jsonb *KafkaContextHeaders(Jsonb *user_headers);
 static void KafkaRefuseReservedHeaders(Jsonb *headers);
 static void KafkaFlushBuffer(bool all_levels);
+static void KafkaFlushToWal(bool all_levels);
 static void KafkaXactCallback(XactEvent event, void *arg);
 static void KafkaSubXactCallback(SubXactEvent event, SubTransactionId mySubid,
 								 SubTransactionId parentSubid, void *arg);
@@ -219,6 +212,7 @@ InfraKafkaInit(void)
 							 PGC_SIGHUP, 0,
 							 NULL, NULL, NULL);
 
+	KafkaOutboxInit();
 	InfraShmemRegister(&seg);
 	MetricsRegisterCollector(KafkaCollectMetrics);
 
@@ -490,6 +484,10 @@ KafkaLockKey(text *key, text *topic)
 	bytea	   *bytes = utf8 == VARDATA_ANY(key) ? (bytea *) key : (bytea *) cstring_to_text(utf8);
 	uint32		hash;
 
+	/* The WAL outbox is read in commit order: no lock needed. */
+	if (txn_wal)
+		return bytes;
+
 	hash = hash_bytes((unsigned char *) VARDATA_ANY(bytes), VARSIZE_ANY_EXHDR(bytes)) ^
 		hash_bytes((unsigned char *) VARDATA_ANY(topic), VARSIZE_ANY_EXHDR(topic));
 	DirectFunctionCall2(pg_advisory_xact_lock_int4,
@@ -565,6 +563,11 @@ KafkaStartBuffer(void)
 {
 	Oid			namespace = get_namespace_oid(INFRA_NAME, false);
 
+	txn_wal = infra_kafka_outbox == KAFKA_OUTBOX_WAL && KafkaWalSlotReady();
+	block_sequence = get_relname_relid("kafka_outbox_block_seq", namespace);
+	if (txn_wal && !OidIsValid(block_sequence))
+		elog(ERROR, "infra.kafka_outbox_block_seq does not exist");
+
 	if (!callbacks_registered)
 	{
 		RegisterXactCallback(KafkaXactCallback, NULL);
@@ -615,10 +618,10 @@ KafkaBufferMessage(const BufferedMessage *msg)
 static int64
 KafkaSendPrepared(BufferedMessage *msg, text *key, bytea *value)
 {
-	msg->key = key != NULL ? KafkaLockKey(key, msg->topic) : NULL;
-	msg->value = value;
 	if (buffered == NULL)
 		KafkaStartBuffer();
+	msg->key = key != NULL ? KafkaLockKey(key, msg->topic) : NULL;
+	msg->value = value;
 	if (nbuffered >= KAFKA_SEND_BUFFER || buffered_bytes >= KAFKA_SEND_BUFFER_BYTES)
 		KafkaFlushBuffer(false);
 
@@ -633,9 +636,10 @@ KafkaSendPrepared(BufferedMessage *msg, text *key, bytea *value)
 	}
 
 	/* The caller needs no right on the sequence: EXECUTE on kafka_send is the gate. */
-	msg->id = nextval_internal(outbox_sequence, false);
+	msg->id = txn_wal ? KafkaWalNextId(block_sequence) : nextval_internal(outbox_sequence, false);
 	msg->subid = GetCurrentSubTransactionId();
-	KafkaCheckBacklog(msg->id);
+	if (!txn_wal)
+		KafkaCheckBacklog(msg->id);
 	KafkaBufferMessage(msg);
 	InfraWorkerWakeAtCommit(INFRA_WORKER_DELIVERY);
 	return msg->id;
@@ -688,56 +692,23 @@ KafkaSendMany(text *topic, Jsonb *headers, int n, bytea *const *values, text *co
 }
 
 /*
- * Insert one outbox row (args: first id, count, the six arrays and the
- * timeline) as the outbox's owner, as a restricted operation: the caller
- * may not write the outbox itself.
+ * Write buffered messages as one logical message, in call order.  Early
+ * (not all_levels) only when every buffered message is the current
+ * subtransaction's: messages of an outer level must not come after its
+ * own in the WAL, so the buffer grows instead.
  */
 static void
-KafkaInsertOutboxRow(Datum *args)
+KafkaFlushToWal(bool all_levels)
 {
-	Oid			argtypes[9] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
-	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, INT4OID};
-	bool		pushed_snapshot = false;
-	Oid			save_user;
-	int			save_context;
-
-	/* At pre-commit no snapshot is active any more; the INSERT needs one. */
-	if (!ActiveSnapshotSet())
-	{
-		PushActiveSnapshot(GetTransactionSnapshot());
-		pushed_snapshot = true;
-	}
-	GetUserIdAndSecContext(&save_user, &save_context);
-	SetUserIdAndSecContext(outbox_writer, save_context |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		SPI_connect();
-		if (insert_plan == NULL)
-		{
-			SPIPlanPtr	plan;
-
-			plan = SPI_prepare("INSERT INTO infra.kafka_outbox_batches "
-							   "(first_id, messages, ids, topics, partitions, keys, vals, headers, timeline) "
-							   "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-							   9, argtypes);
-			if (plan == NULL)
-				elog(ERROR, "could not prepare the outbox insert: %s",
-					 SPI_result_code_string(SPI_result));
-			SPI_keepplan(plan);
-			insert_plan = plan;
-		}
-		SpiCheckResult(SPI_execute_plan(insert_plan, args, NULL, false, 0),
-					   SPI_OK_INSERT, "the outbox insert", 0, NULL);
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_context);
-	}
-	PG_END_TRY();
-	if (pushed_snapshot)
-		PopActiveSnapshot();
+	/*
+	 * Messages are buffered in call order and a subtransaction's pass to its
+	 * parent when it ends: when the oldest is the current level's, all are.
+	 */
+	if (!all_levels && buffered[0].subid != GetCurrentSubTransactionId())
+		return;
+	KafkaWalWrite(buffered, nbuffered);
+	nbuffered = 0;
+	buffered_bytes = 0;
 }
 
 /*
@@ -760,6 +731,11 @@ KafkaFlushBuffer(bool all_levels)
 
 	if (buffered == NULL || nbuffered == 0)
 		return;
+	if (txn_wal)
+	{
+		KafkaFlushToWal(all_levels);
+		return;
+	}
 	ids = palloc(sizeof(Datum) * nbuffered);
 	topics = palloc(sizeof(Datum) * nbuffered);
 	partitions = palloc(sizeof(Datum) * nbuffered);
@@ -809,7 +785,7 @@ KafkaFlushBuffer(bool all_levels)
 	args[7] = PointerGetDatum(construct_md_array(headers, hnulls, 1, dims, lbs, JSONBOID, -1, false, TYPALIGN_INT));
 	/* The ids were allocated in this transaction, so on this timeline. */
 	args[8] = Int32GetDatum((int32) GetWALInsertionTimeLine());
-	KafkaInsertOutboxRow(args);
+	KafkaTableWrite(args, outbox_writer);
 }
 
 /*
@@ -835,6 +811,7 @@ KafkaXactCallback(XactEvent event, void *arg)
 			buffered = NULL;
 			nbuffered = 0;
 			buffered_bytes = 0;
+			txn_wal = false;
 			sends_since_check = KAFKA_PENDING_CHECK_EVERY;
 			break;
 	}
@@ -934,6 +911,9 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 	deadline = InfraMonotonicNs() +
 		InfraIntervalToNs(PG_GETARG_INTERVAL_P(0), "timeout", true);
 
+	/* The WAL outbox first: what it could not deliver moves to the table. */
+	if (!KafkaWalFlushWait(deadline))
+		PG_RETURN_BOOL(false);
 	SPI_connect();
 	/* Every row committed now has a first id up to this one. */
 	SpiCheckResult(SPI_execute("SELECT coalesce(pg_catalog.max(first_id), 0) FROM infra.kafka_outbox_batches",

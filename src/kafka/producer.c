@@ -57,11 +57,13 @@
 #include "kafka/client.h"
 #include "kafka/config.h"
 #include "kafka/headers.h"
+#include "kafka/outbox.h"
 #include "kafka/producer.h"
 #include "kafka/round.h"
 #include "kafka/settle.h"
 #include "kafka/standbys.h"
 #include "kafka/topic_admin.h"
+#include "kafka/walread.h"
 #include "resilience/breaker.h"
 
 /* Most key and value bytes one round reads (at least one row is read). */
@@ -98,14 +100,25 @@ static long KafkaWorkerServe(void);
 static void KafkaEndTransaction(void);
 static bool KafkaCommitsDurable(XLogRecPtr async_commit_lsn);
 static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
+static void KafkaProducerShutdown(void);
 
 /* Run by the infra worker of each database, once infra is installed there. */
 static const InfraWorkerService producer_service = {
 	.name = "kafka producer",
 	.kind = INFRA_WORKER_DELIVERY,
 	.serve = KafkaWorkerServe,
-	.shutdown = KafkaClientShutdown,
+	.shutdown = KafkaProducerShutdown,
 };
+
+/*
+ * When the worker stops: the WAL outbox's slot, then the producer.
+ */
+static void
+KafkaProducerShutdown(void)
+{
+	KafkaWalStop();
+	KafkaClientShutdown();
+}
 
 /*
  * Define the producer's settings and become a service of the infra worker.
@@ -188,10 +201,12 @@ KafkaUnpack(Datum array, Oid elemtype, Datum **elems, bool **nulls, int *n)
 static int
 KafkaMessageCmp(const void *a, const void *b)
 {
-	int64		x = ((const OutboxMessage *) a)->id;
-	int64		y = ((const OutboxMessage *) b)->id;
+	const OutboxMessage *x = a;
+	const OutboxMessage *y = b;
 
-	return (x > y) - (x < y);
+	if (x->order != y->order)
+		return x->order > y->order ? 1 : -1;
+	return (x->index > y->index) - (x->index < y->index);
 }
 
 /*
@@ -358,6 +373,7 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 	KafkaNoteOldest(nrows);
 	if (nrows == 0)
 	{
+		round->table_empty = true;
 		KafkaEndTransaction();
 		SpinLockAcquire(&my_stats->mutex);
 		my_stats->pending = 0;
@@ -388,6 +404,38 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 }
 
 /*
+ * Step 1 from the WAL outbox (walread.c), when the table is empty: the
+ * next committed transactions, in commit order.  The breaker and the
+ * standbys as for the table; held back, they stay read for the next round.
+ */
+static bool
+KafkaWalReadRound(KafkaRound *round, long *sleep_ms)
+{
+	int64		probe_in_ns;
+	bool		durable;
+
+	if (KafkaWalRead(round) == 0)
+		return false;
+	InfraWorkerSpiBegin();
+	if (!InfraBreakerAllow("kafka", &probe_in_ns))
+	{
+		KafkaEndTransaction();
+		KafkaSetState("breaker open");
+		*sleep_ms = probe_in_ns > 0 ? Min(probe_in_ns / 1000000 + 1, KAFKA_RETRY_MAX_MS) : 1000;
+		return false;
+	}
+	durable = KafkaCommitsDurable(InvalidXLogRecPtr);
+	KafkaEndTransaction();
+	if (!durable)
+	{
+		*sleep_ms = KAFKA_STANDBY_RETRY_MS;
+		return false;
+	}
+	KafkaWalProducing();
+	return true;
+}
+
+/*
  * The round's messages in id order.  Rows of concurrent transactions
  * interleave their ids; only ids below the first left-out row's first id
  * go now.  A same-key message with a smaller id committed earlier (the
@@ -404,6 +452,7 @@ KafkaOrderMessages(KafkaRound *round)
 	for (i = 0; i < round->nincluded; i++)
 	{
 		OutboxRow  *row = &round->rows[i];
+		bool		moved = row->first_id >= KAFKA_WAL_FIRST_ID;
 		int			j;
 
 		for (j = 0; j < row->nmsgs; j++)
@@ -412,15 +461,18 @@ KafkaOrderMessages(KafkaRound *round)
 			OutboxMessage *m;
 
 			row->keep[j] = true;
-			if (id >= round->cut)
+			if ((moved ? row->first_id : id) >= round->cut)
 				continue;
 			m = &round->messages[round->n++];
 			m->id = id;
+			m->order = moved ? row->first_id : id;
 			m->row = i;
 			m->index = j;
 		}
 	}
-	qsort(round->messages, round->n, sizeof(OutboxMessage), KafkaMessageCmp);
+	/* The WAL outbox comes in commit order already. */
+	if (!round->wal)
+		qsort(round->messages, round->n, sizeof(OutboxMessage), KafkaMessageCmp);
 }
 
 /*
@@ -555,12 +607,19 @@ KafkaSettleRound(KafkaRound *round)
 	int64		pending;
 
 	InfraWorkerSpiBegin();
-	KafkaSettle(round->rows, round->nincluded, round->messages, round->n, round->ndead,
-				round->first_error);
+	if (round->wal)
+		KafkaSettleWal(round->rows, round->nincluded, round->messages, round->n, round->ndead,
+					   round->first_error);
+	else
+		KafkaSettle(round->rows, round->nincluded, round->messages, round->n, round->ndead,
+					round->first_error);
 	InfraBreakerRecord("kafka", round->nbad > 0);
 	pending = KafkaPendingAfterRound(round->cut != PG_INT64_MAX,
 									 round->total - round->nok - round->ndead);
 	KafkaEndTransaction();
+	/* Committed (flushed): the slot may now confirm past the round. */
+	if (round->wal)
+		KafkaWalConfirm();
 
 	/*
 	 * A background worker reports its table statistics itself: without it
@@ -641,6 +700,9 @@ KafkaWorkerServe(void)
 	MemoryContextReset(round_context);
 	MemoryContextSwitchTo(round_context);
 
+	/* The WAL outbox's slot first: kafka_send writes the WAL once it is there. */
+	if (infra_kafka_outbox == KAFKA_OUTBOX_WAL)
+		(void) KafkaWalWanted();
 	if (!KafkaEnsureProducer())
 		return -1;
 	KafkaPoll(0);
@@ -652,6 +714,9 @@ KafkaWorkerServe(void)
 	/* Before anything is produced, so a new topic has its settings. */
 	if (round.topics_pending)
 		KafkaCreateRegisteredTopics(round_context);
+	/* The WAL outbox once the table is empty (it holds older commits). */
+	if (!ready && round.table_empty && KafkaWalWanted())
+		ready = KafkaWalReadRound(&round, &sleep_ms);
 	if (!ready)
 		return sleep_ms;
 	KafkaOrderMessages(&round);

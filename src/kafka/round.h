@@ -16,6 +16,13 @@
 
 #include "kafka/client.h"
 
+/*
+ * Ids of the WAL outbox start here (kafka/outbox.h), above the table
+ * outbox's: a row of the table with a first id from here holds WAL-outbox
+ * messages moved there for retries, in commit order, not id order.
+ */
+#define KAFKA_WAL_FIRST_ID (INT64CONST(1) << 51)
+
 /* One outbox message on its way. */
 typedef struct OutboxMessage
 {
@@ -23,6 +30,7 @@ typedef struct OutboxMessage
 	int64		id;
 	int			row;			/* its row in the round */
 	int			index;			/* its place in that row's arrays */
+	int64		order;			/* its id; a moved WAL row's messages: the row's first id */
 	bool		dead;
 } OutboxMessage;
 
@@ -64,6 +72,8 @@ typedef struct KafkaRound
 	char		first_error[KAFKA_ERROR_LEN];
 	int64		start_ns;		/* when producing began */
 	bool		topics_pending; /* infra.topics has some to create */
+	bool		table_empty;	/* the read found no row */
+	bool		wal;			/* read from the WAL outbox, in commit order */
 } KafkaRound;
 
 #endif							/* INFRA_KAFKA_ROUND_H */

@@ -31,6 +31,7 @@ typedef struct SettlePlans
 	SPIPlanPtr	dead_letter;
 	SPIPlanPtr	record_failure;
 	SPIPlanPtr	rewrite;
+	SPIPlanPtr	move_to_table;
 } SettlePlans;
 
 static SettlePlans plans;
@@ -72,16 +73,12 @@ KafkaCopyMessage(const OutboxRow *row, int j, Datum **e, bool **nl, int m)
 }
 
 /*
- * Rewrite a partly settled row to hold only its kept messages (its first
- * id moving up); a failed one counts an attempt and keeps the error.
+ * The kept messages of a row as column arrays into args[0..5] (id, topic,
+ * partition, key, value, headers); returns the first kept id.
  */
-static void
-KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
+static Datum
+KafkaKeptArrays(const OutboxRow *row, int kept, Datum *args)
 {
-	Oid			argtypes[10] = {INT8OID, INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID,
-	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TEXTOID};
-	Datum		args[10];
-	char		argnulls[10];
 	Datum	   *e[6];
 	bool	   *nl[6];
 	int			j;
@@ -96,12 +93,27 @@ KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
 	for (j = 0; j < row->nmsgs; j++)
 		if (row->keep[j])
 			KafkaCopyMessage(row, j, e, nl, m++);
+	for (k = 0; k < 6; k++)
+		args[k] = KafkaArray(e[k], nl[k], kept, message_column_types[k]);
+	return e[0][0];
+}
+
+/*
+ * Rewrite a partly settled row to hold only its kept messages (its first
+ * id moving up); a failed one counts an attempt and keeps the error.
+ */
+static void
+KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
+{
+	Oid			argtypes[10] = {INT8OID, INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID,
+	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TEXTOID};
+	Datum		args[10];
+	char		argnulls[10];
+
 	memset(argnulls, ' ', sizeof(argnulls));
 	args[0] = Int64GetDatum(row->first_id);
-	args[1] = e[0][0];
+	args[1] = KafkaKeptArrays(row, kept, &args[3]);
 	args[2] = Int32GetDatum(kept);
-	for (k = 0; k < 6; k++)
-		args[3 + k] = KafkaArray(e[k], nl[k], kept, message_column_types[k]);
 	args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
 	argnulls[9] = row->failed ? ' ' : 'n';
 	SpiExecKept(&plans.rewrite,
@@ -114,6 +126,36 @@ KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
 			  " WHERE first_id OPERATOR(pg_catalog.=) $1",
 			  10, argtypes, args, argnulls, false,
 			  SPI_OK_UPDATE, "the rewrite of an outbox row", 0, NULL);
+}
+
+/*
+ * A WAL-outbox message the round could not deliver becomes a row of the
+ * table outbox (one per logical message, in its order), retried from
+ * there before the worker reads the WAL again.
+ */
+static void
+KafkaMoveToTable(OutboxRow *row, int kept, const char *first_error)
+{
+	Oid			argtypes[11] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID,
+		INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
+	Datum		args[11];
+	char		argnulls[11];
+
+	memset(argnulls, ' ', sizeof(argnulls));
+	args[0] = KafkaKeptArrays(row, kept, &args[2]);
+	args[1] = Int32GetDatum(kept);
+	args[8] = Int32GetDatum(row->timeline);
+	args[9] = TimestampTzGetDatum(row->created_at);
+	args[10] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
+	argnulls[10] = row->failed ? ' ' : 'n';
+	SpiExecKept(&plans.move_to_table,
+			  "INSERT INTO infra.kafka_outbox_batches (first_id, messages, ids, topics,"
+			  " partitions, keys, vals, headers, timeline, created_at, attempts, last_error,"
+			  " last_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
+			  " ($11 IS NOT NULL)::integer, $11,"
+			  " CASE WHEN $11 IS NOT NULL THEN pg_catalog.clock_timestamp() END)",
+			  11, argtypes, args, argnulls, false,
+			  SPI_OK_INSERT, "the move of WAL-outbox messages to the table", 0, NULL);
 }
 
 /*
@@ -243,6 +285,31 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 		KafkaDeleteRows(gone, ngone);
 	if (nfailed > 0)
 		KafkaRecordFailedRows(failed, nfailed, first_error);
+	if (ndead > 0)
+		KafkaMoveDeadLetters(rows, messages, n, ndead);
+}
+
+/*
+ * Settle a round read from the WAL outbox: dead letters move, and what was
+ * neither delivered nor dead moves to the table outbox (the slot then
+ * confirms past all of it).
+ */
+void
+KafkaSettleWal(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
+			   int ndead, const char *first_error)
+{
+	int			i;
+	int			j;
+
+	for (i = 0; i < nrows; i++)
+	{
+		int			kept = 0;
+
+		for (j = 0; j < rows[i].nmsgs; j++)
+			kept += rows[i].keep[j];
+		if (kept > 0)
+			KafkaMoveToTable(&rows[i], kept, first_error);
+	}
 	if (ndead > 0)
 		KafkaMoveDeadLetters(rows, messages, n, ndead);
 }

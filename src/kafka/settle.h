@@ -10,6 +10,8 @@
 
 #include "kafka/round.h"
 
+extern void KafkaSettleWal(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
+						   int ndead, const char *first_error);
 extern void KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 						int ndead, const char *first_error);
 

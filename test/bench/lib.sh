@@ -31,3 +31,23 @@ bench_start_pg() {
 }
 
 now_ms() { date +%s%3N; }
+
+# bench_logical_settings: what bench_start_pg needs for the WAL outbox.
+bench_logical_settings=("wal_level=logical" "max_replication_slots=4"
+	"output_plugin_libraries=pgoutput, test_decoding, infra")
+
+# bench_set_outbox table|wal: switch infra.kafka_outbox (a reload) and wait
+# until new sessions see it and, for wal, the worker's slot is ready.
+bench_set_outbox() {
+	psql -X -q -c "ALTER SYSTEM SET infra.kafka_outbox = '$1'" -c 'SELECT pg_reload_conf()' >/dev/null
+	for _ in $(seq 1 100); do
+		if [ "$(psql -X -qAt -c 'SHOW infra.kafka_outbox')" = "$1" ] &&
+			{ [ "$1" = table ] || [ "$(psql -X -qAt -c "SELECT count(*) FROM pg_replication_slots
+				WHERE slot_name = 'infra_kafka_' || (SELECT oid FROM pg_database WHERE datname = current_database())
+				AND confirmed_flush_lsn IS NOT NULL")" = 1 ]; }; then
+			return
+		fi
+		sleep 0.1
+	done
+	die "infra.kafka_outbox = $1 did not take effect"
+}

@@ -1,0 +1,276 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.c
+ *		Where a transaction's Kafka messages are written before its commit.
+ *
+ * kafka_send buffers a transaction's messages (kafka.c) and writes them,
+ * at the latest just before the commit record, one of two ways, chosen by
+ * infra.kafka_outbox:
+ *
+ *   table  a row of infra.kafka_outbox_batches (arrays of a thousand
+ *          messages); the worker reads rows in id order, and a per-key
+ *          advisory lock makes id order commit order.
+ *   wal    one transactional logical message (LogLogicalMessage) per
+ *          thousand messages: the WAL record every transactional outbox
+ *          must write, and nothing else (no heap row to delete and vacuum,
+ *          no lock, ids from per-backend blocks).  The worker decodes them
+ *          from its logical slot (walread.c) in commit order, so per key
+ *          Kafka sees commit order without any lock, and a rolled-back
+ *          transaction or savepoint is never decoded.
+ *
+ * A transaction decides at its first send: the WAL if infra.kafka_outbox
+ * is wal and the worker's slot is ready (consistent), else the table.  A
+ * slot that is consistent while the transaction runs decodes all of it.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xlog.h"
+#include "access/xloginsert.h"
+#include "commands/sequence.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "replication/message.h"
+#include "replication/slot.h"
+#include "storage/latch.h"
+#include "utils/guc.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "core/clock.h"
+#include "core/compat.h"
+#include "core/spicheck.h"
+#include "core/worker.h"
+#include "kafka/outbox.h"
+
+int			infra_kafka_outbox = KAFKA_OUTBOX_TABLE;
+
+static const struct config_enum_entry outbox_options[] = {
+	{"table", KAFKA_OUTBOX_TABLE, false},
+	{"wal", KAFKA_OUTBOX_WAL, false},
+	{NULL, 0, false}
+};
+
+static SPIPlanPtr insert_plan = NULL;
+
+/* This backend's block of WAL-outbox ids: next_id up to block_end. */
+static int64 next_id = 0;
+static int64 block_end = 0;
+static Oid	block_sequence_seen = InvalidOid;
+
+void
+KafkaOutboxInit(void)
+{
+	DefineCustomEnumVariable("infra.kafka_outbox",
+							 "Where kafka_send writes a transaction's messages: table or wal.",
+							 "wal writes transactional logical messages that the delivery worker decodes "
+							 "from its slot (needs wal_level = logical); table writes rows of "
+							 "infra.kafka_outbox_batches.",
+							 &infra_kafka_outbox,
+							 KAFKA_OUTBOX_TABLE, outbox_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+}
+
+/*
+ * The name of this database's delivery slot (one per database, the plugin
+ * "infra").
+ */
+char *
+KafkaWalSlotName(void)
+{
+	return psprintf("infra_kafka_%u", MyDatabaseId);
+}
+
+/*
+ * Is the worker's slot there and consistent?  Then a transaction running
+ * now is decoded whole.
+ */
+bool
+KafkaWalSlotReady(void)
+{
+	char	   *name = KafkaWalSlotName();
+	ReplicationSlot *slot;
+	bool		ready = false;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		ready = slot->data.database == MyDatabaseId &&
+			!XLogRecPtrIsInvalid(slot->data.confirmed_flush);
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	pfree(name);
+	return ready;
+}
+
+/*
+ * The next WAL-outbox id of this backend: one sequence call per
+ * KAFKA_WAL_BLOCK ids.  A block dies with its backend (gaps, never reuse:
+ * the sequence is WAL-logged ahead).  The caller needs no right on the
+ * sequence: EXECUTE on kafka_send is the gate.
+ */
+int64
+KafkaWalNextId(Oid block_sequence)
+{
+	if (next_id >= block_end || block_sequence != block_sequence_seen)
+	{
+		int64		block = nextval_internal(block_sequence, false);
+
+		next_id = block * KAFKA_WAL_BLOCK;
+		block_end = next_id + KAFKA_WAL_BLOCK;
+		block_sequence_seen = block_sequence;
+	}
+	return next_id++;
+}
+
+static void
+KafkaWalAppend(StringInfo buf, const void *data, int32 len)
+{
+	if (len > 0)
+		appendBinaryStringInfo(buf, data, len);
+}
+
+/*
+ * Write n messages as one transactional logical message, in call order.
+ */
+void
+KafkaWalWrite(const BufferedMessage *msgs, int n)
+{
+	StringInfoData buf;
+	KafkaWalHead head;
+	int			i;
+
+	initStringInfo(&buf);
+	head.magic = KAFKA_WAL_MAGIC;
+	/* The ids were allocated in this transaction, so on this timeline. */
+	head.timeline = (int32) GetWALInsertionTimeLine();
+	head.written_at = GetCurrentTimestamp();
+	head.n = n;
+	appendBinaryStringInfo(&buf, (char *) &head, sizeof(head));
+	for (i = 0; i < n; i++)
+	{
+		const BufferedMessage *m = &msgs[i];
+		KafkaWalItem item;
+
+		item.id = m->id;
+		item.partition = m->has_partition ? m->partition : -1;
+		item.topic_len = VARSIZE_ANY_EXHDR(m->topic);
+		item.key_len = m->key ? (int32) VARSIZE_ANY_EXHDR(m->key) : -1;
+		item.value_len = m->value ? (int32) VARSIZE_ANY_EXHDR(m->value) : -1;
+		item.headers_len = m->headers ? (int32) VARSIZE(m->headers) : -1;
+		appendBinaryStringInfo(&buf, (char *) &item, sizeof(item));
+		KafkaWalAppend(&buf, VARDATA_ANY(m->topic), item.topic_len);
+		if (m->key)
+			KafkaWalAppend(&buf, VARDATA_ANY(m->key), item.key_len);
+		if (m->value)
+			KafkaWalAppend(&buf, VARDATA_ANY(m->value), item.value_len);
+		if (m->headers)
+			KafkaWalAppend(&buf, m->headers, item.headers_len);
+	}
+	(void) InfraLogLogicalMessage(KAFKA_WAL_PREFIX, buf.data, buf.len, true);
+	pfree(buf.data);
+}
+
+/*
+ * Insert one outbox row (args: first id, count, the six arrays and the
+ * timeline) as the outbox's owner, as a restricted operation: the caller
+ * may not write the outbox itself.
+ */
+void
+KafkaTableWrite(Datum *args, Oid writer)
+{
+	Oid			argtypes[9] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
+	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, INT4OID};
+	bool		pushed_snapshot = false;
+	Oid			save_user;
+	int			save_context;
+
+	/* At pre-commit no snapshot is active any more; the INSERT needs one. */
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed_snapshot = true;
+	}
+	GetUserIdAndSecContext(&save_user, &save_context);
+	SetUserIdAndSecContext(writer, save_context |
+						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		SPI_connect();
+		SpiExecKept(&insert_plan,
+					"INSERT INTO infra.kafka_outbox_batches "
+					"(first_id, messages, ids, topics, partitions, keys, vals, headers, timeline) "
+					"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+					9, argtypes, args, NULL, false,
+					SPI_OK_INSERT, "the outbox insert", 0, NULL);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_context);
+	}
+	PG_END_TRY();
+	if (pushed_snapshot)
+		PopActiveSnapshot();
+}
+
+/*
+ * How far the slot has confirmed (InvalidXLogRecPtr: no slot).
+ */
+static XLogRecPtr
+KafkaWalConfirmed(const char *name)
+{
+	ReplicationSlot *slot;
+	XLogRecPtr	confirmed = InvalidXLogRecPtr;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	slot = SearchNamedReplicationSlot(name, false);
+	if (slot != NULL)
+	{
+		SpinLockAcquire(&slot->mutex);
+		confirmed = slot->data.confirmed_flush;
+		SpinLockRelease(&slot->mutex);
+	}
+	LWLockRelease(ReplicationSlotControlLock);
+	return confirmed;
+}
+
+/*
+ * kafka_flush's WAL part: a marker (a non-transactional logical message,
+ * which the plugin ignores) written now, then wait until the worker has
+ * confirmed past it: every WAL-outbox message committed before the call
+ * has then been delivered, dead-lettered or moved to the table outbox (for
+ * retries), which kafka_flush waits on next.  True without a slot.
+ */
+bool
+KafkaWalFlushWait(int64 deadline_ns)
+{
+	char	   *name = KafkaWalSlotName();
+	XLogRecPtr	marker;
+
+	if (XLogRecPtrIsInvalid(KafkaWalConfirmed(name)))
+		return true;
+	marker = InfraLogLogicalMessage(KAFKA_WAL_PREFIX ".flush", "", 0, false);
+	XLogFlush(marker);
+	for (;;)
+	{
+		XLogRecPtr	confirmed;
+
+		InfraWorkerWakeNow(INFRA_WORKER_DELIVERY);
+		confirmed = KafkaWalConfirmed(name);
+		if (XLogRecPtrIsInvalid(confirmed) || confirmed > marker)
+			return true;
+		if (InfraMonotonicNs() >= deadline_ns)
+			return false;
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 10, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+	}
+}

@@ -1,0 +1,89 @@
+/*-------------------------------------------------------------------------
+ *
+ * outbox.h
+ *		The two ways a transaction's Kafka messages are written: rows of
+ *		infra.kafka_outbox_batches, or transactional logical messages in the
+ *		WAL, which the delivery worker decodes from a slot (walread.c).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef INFRA_KAFKA_OUTBOX_H
+#define INFRA_KAFKA_OUTBOX_H
+
+#include "access/xlogdefs.h"
+#include "utils/jsonb.h"
+
+/* infra.kafka_outbox */
+typedef enum KafkaOutboxKind
+{
+	KAFKA_OUTBOX_TABLE,
+	KAFKA_OUTBOX_WAL
+} KafkaOutboxKind;
+
+extern int	infra_kafka_outbox;
+
+/* The prefix of infra's logical messages; the output plugin keeps only these. */
+#define KAFKA_WAL_PREFIX "infra.kafka"
+
+/*
+ * Message ids of the WAL outbox come in blocks of KAFKA_WAL_BLOCK per
+ * backend from infra.kafka_outbox_block_seq, whose values start at
+ * 2^41: the ids start at 2^51, far above the table outbox's sequence.
+ */
+#define KAFKA_WAL_BLOCK 1024
+
+/* One message a transaction sent, buffered until it is written. */
+typedef struct BufferedMessage
+{
+	int64		id;
+	text	   *topic;
+	bool		has_partition;
+	int32		partition;
+	bytea	   *key;			/* UTF-8 */
+	bytea	   *value;
+	Jsonb	   *headers;
+	SubTransactionId subid;
+} BufferedMessage;
+
+/*
+ * The record the output plugin writes for each logical message: where its
+ * transaction committed, then the message's bytes (KafkaWalWrite's).
+ */
+typedef struct KafkaWalCommit
+{
+	XLogRecPtr	commit_lsn;
+	XLogRecPtr	end_lsn;
+	TimestampTz commit_time;
+} KafkaWalCommit;
+
+/* The head of one logical message: n messages follow. */
+typedef struct KafkaWalHead
+{
+	uint32		magic;
+	int32		timeline;		/* the ids' timeline */
+	TimestampTz written_at;
+	int32		n;
+} KafkaWalHead;
+
+#define KAFKA_WAL_MAGIC 0x494B5731	/* "IKW1" */
+
+/* Each message: this, then topic, key, value and headers bytes. */
+typedef struct KafkaWalItem
+{
+	int64		id;
+	int32		partition;		/* -1: none */
+	int32		topic_len;
+	int32		key_len;		/* -1: NULL */
+	int32		value_len;		/* -1: NULL */
+	int32		headers_len;	/* -1: NULL; else the whole Jsonb */
+} KafkaWalItem;
+
+extern void KafkaOutboxInit(void);
+extern char *KafkaWalSlotName(void);
+extern bool KafkaWalSlotReady(void);
+extern int64 KafkaWalNextId(Oid block_sequence);
+extern void KafkaWalWrite(const BufferedMessage *msgs, int n);
+extern void KafkaTableWrite(Datum *args, Oid writer);
+extern bool KafkaWalFlushWait(int64 deadline_ns);
+
+#endif							/* INFRA_KAFKA_OUTBOX_H */

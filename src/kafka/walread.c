@@ -1,0 +1,443 @@
+/*-------------------------------------------------------------------------
+ *
+ * walread.c
+ *		The delivery worker's read of the WAL outbox: its logical slot,
+ *		decoded with infra's output plugin (decode.c), in commit order.
+ *
+ * The worker holds its slot ("infra_kafka_<database oid>") and one
+ * decoding context for as long as it runs, reading on from where the last
+ * round stopped: each round decodes only new WAL, never what it already
+ * read.  A round reads committed transactions (up to the WAL flushed here)
+ * until it holds infra.kafka_batch_size messages or the bytes bound; once
+ * they are settled (delivered, dead-lettered, or moved to the table outbox
+ * to be retried from there) the slot confirms past them, which is the whole
+ * of "how far Kafka has it": one LSN.  An error between a read and its
+ * confirmation starts decoding again from the slot (at least once, as
+ * after a crash).
+ *
+ * With infra.kafka_outbox = wal the worker creates the slot; with table it
+ * still drains a slot left from wal (never drops it: a transaction that
+ * began under wal may still commit into it).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "access/xlog.h"
+#include "access/xlogreader.h"
+#include "access/xlogutils.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "postmaster/interrupt.h"
+#include "replication/decode.h"
+#include "replication/logical.h"
+#include "replication/slot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/varlena.h"
+#include "utils/memutils.h"
+
+#include "core/compat.h"
+#include "core/spicheck.h"
+#include "core/worker.h"
+#include "kafka/outbox.h"
+#include "kafka/producer.h"
+#include "kafka/walread.h"
+
+/* Most key and value bytes one round reads (at least one transaction). */
+#define WAL_BATCH_BYTES (16 * 1024 * 1024)
+
+/* One logical message decoded: its commit, then KafkaWalWrite's bytes. */
+typedef struct WalChunk
+{
+	char	   *data;
+	Size		len;
+} WalChunk;
+
+static LogicalDecodingContext *decoding = NULL;
+
+/* What has been decoded and not yet confirmed, in wal_context. */
+static MemoryContext wal_context = NULL;
+static WalChunk *chunks = NULL;
+static int	nchunks = 0;
+static int	chunk_capacity = 0;
+static int64 chunk_messages = 0;
+static Size chunk_bytes = 0;
+static XLogRecPtr read_upto = InvalidXLogRecPtr;
+
+static bool read_open = false;	/* chunks read, not yet confirmed */
+static bool in_flight = false;	/* a round is producing them */
+static bool reading = false;	/* inside a decode */
+static bool warned_wal_level = false;
+static bool warned_plugin = false;
+
+static void
+WalPrepareWrite(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
+{
+	resetStringInfo(ctx->out);
+}
+
+static void
+WalWrite(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
+{
+	WalChunk   *chunk;
+	KafkaWalHead head;
+
+	if (ctx->out->len < (int) (sizeof(KafkaWalCommit) + sizeof(KafkaWalHead)))
+		elog(ERROR, "infra WAL outbox: short logical message (%d bytes)", ctx->out->len);
+	memcpy(&head, ctx->out->data + sizeof(KafkaWalCommit), sizeof(head));
+	if (head.magic != KAFKA_WAL_MAGIC)
+		elog(ERROR, "infra WAL outbox: logical message of an unknown format");
+	if (nchunks >= chunk_capacity)
+	{
+		chunk_capacity = Max(64, chunk_capacity * 2);
+		chunks = chunks == NULL ?
+			MemoryContextAlloc(wal_context, sizeof(WalChunk) * chunk_capacity) :
+			repalloc(chunks, sizeof(WalChunk) * chunk_capacity);
+	}
+	chunk = &chunks[nchunks++];
+	chunk->len = ctx->out->len;
+	chunk->data = MemoryContextAlloc(wal_context, chunk->len);
+	memcpy(chunk->data, ctx->out->data, chunk->len);
+	chunk_messages += head.n;
+	chunk_bytes += chunk->len;
+}
+
+static void
+WalProgress(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool skipped_xact)
+{
+}
+
+/*
+ * Forget what was read and not confirmed.
+ */
+static void
+KafkaWalForget(void)
+{
+	if (wal_context != NULL)
+		MemoryContextReset(wal_context);
+	chunks = NULL;
+	nchunks = 0;
+	chunk_capacity = 0;
+	chunk_messages = 0;
+	chunk_bytes = 0;
+	read_open = false;
+	in_flight = false;
+}
+
+/*
+ * Let go of the decoding context and the slot (shutdown, or an error cut
+ * a round short: the next read decodes again from the slot).
+ */
+void
+KafkaWalStop(void)
+{
+	if (decoding != NULL)
+		FreeDecodingContext(decoding);
+	decoding = NULL;
+	if (MyReplicationSlot != NULL)
+	{
+		/* Keep what was confirmed across a restart. */
+		ReplicationSlotMarkDirty();
+		ReplicationSlotSave();
+		ReplicationSlotRelease();
+	}
+	KafkaWalForget();
+	reading = false;
+}
+
+/*
+ * Does the slot exist (made by this worker under wal, or left from it)?
+ */
+static bool
+KafkaWalSlotExists(const char *name)
+{
+	bool		found;
+
+	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
+	found = SearchNamedReplicationSlot(name, false) != NULL;
+	LWLockRelease(ReplicationSlotControlLock);
+	return found;
+}
+
+/*
+ * Create the slot (infra.kafka_outbox = wal).  Until it is consistent,
+ * kafka_send writes the table outbox.  Waits for the transactions running
+ * now, as any logical slot's creation does.
+ */
+static void
+KafkaWalCreateSlot(const char *name)
+{
+	Oid			argtypes[1] = {TEXTOID};
+	Datum		arg = CStringGetTextDatum(name);
+
+	InfraWorkerSpiBegin();
+	SpiCheckResult(SPI_execute_with_args("SELECT FROM pg_catalog.pg_create_logical_replication_slot($1, 'infra')",
+										 1, argtypes, &arg, NULL, false, 1),
+				   SPI_OK_SELECT, "the WAL outbox's slot", 0, NULL);
+	InfraWorkerSpiEnd();
+	ereport(LOG,
+			(errmsg("infra worker created the logical replication slot \"%s\" for the WAL outbox", name)));
+}
+
+/*
+ * Where the server lists the libraries trusted as output plugins
+ * (output_plugin_libraries), is infra one of them?  A server without the
+ * setting trusts any.
+ */
+static bool
+KafkaWalPluginTrusted(void)
+{
+	const char *setting = GetConfigOption("output_plugin_libraries", true, false);
+	char	   *copy;
+	List	   *names;
+	ListCell   *cell;
+	bool		found = false;
+
+	if (setting == NULL)
+		return true;
+	copy = pstrdup(setting);
+	if (!SplitIdentifierString(copy, ',', &names))
+		return false;
+	foreach(cell, names)
+		if (strcmp(lfirst(cell), "infra") == 0)
+			found = true;
+	return found;
+}
+
+/*
+ * Is the WAL outbox to be read: infra.kafka_outbox = wal (the slot is made
+ * here if need be), or a slot left from it?
+ */
+bool
+KafkaWalWanted(void)
+{
+	char	   *name;
+
+	if (decoding != NULL)
+		return true;
+	name = KafkaWalSlotName();
+	if (KafkaWalSlotExists(name))
+		return true;
+	if (infra_kafka_outbox != KAFKA_OUTBOX_WAL)
+		return false;
+	if (wal_level < WAL_LEVEL_LOGICAL)
+	{
+		if (!warned_wal_level)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("infra.kafka_outbox is wal but wal_level is not logical: kafka_send writes the table outbox"),
+					 errhint("Set wal_level = logical and restart.")));
+		warned_wal_level = true;
+		return false;
+	}
+	if (!KafkaWalPluginTrusted())
+	{
+		if (!warned_plugin)
+			ereport(WARNING,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("infra.kafka_outbox is wal but \"infra\" is not in output_plugin_libraries: kafka_send writes the table outbox"),
+					 errhint("Add infra to output_plugin_libraries and reload.")));
+		warned_plugin = true;
+		return false;
+	}
+	KafkaWalCreateSlot(name);
+	return true;
+}
+
+/*
+ * Acquire the slot and start decoding where it stands.
+ */
+static void
+KafkaWalStart(void)
+{
+	MemoryContext old;
+
+	if (wal_context == NULL)
+		wal_context = AllocSetContextCreate(TopMemoryContext, "infra WAL outbox",
+											ALLOCSET_DEFAULT_SIZES);
+	InfraSlotAcquire(KafkaWalSlotName());
+	old = MemoryContextSwitchTo(TopMemoryContext);
+	decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
+									 XL_ROUTINE(.page_read = read_local_xlog_page,
+												.segment_open = wal_segment_open,
+												.segment_close = wal_segment_close),
+									 WalPrepareWrite, WalWrite, WalProgress);
+	MemoryContextSwitchTo(old);
+	XLogBeginRead(decoding->reader, MyReplicationSlot->data.restart_lsn);
+}
+
+/*
+ * Decode on, up to the WAL flushed here, until the round is full.
+ */
+static void
+KafkaWalDecode(void)
+{
+	XLogRecPtr	upto = GetFlushRecPtr(NULL);
+
+	StartTransactionCommand();
+	reading = true;
+	if (decoding == NULL)
+		KafkaWalStart();
+	while (decoding->reader->EndRecPtr < upto &&
+		   chunk_messages < infra_kafka_batch_size && chunk_bytes < WAL_BATCH_BYTES &&
+		   !ShutdownRequestPending)
+	{
+		char	   *errm = NULL;
+		XLogRecord *record;
+
+		/*
+		 * The reader allocates its decode buffer at its first read, in the
+		 * current context: the decoding context's, which outlives this
+		 * transaction.
+		 */
+		MemoryContextSwitchTo(decoding->context);
+		record = XLogReadRecord(decoding->reader, &errm);
+
+		if (errm != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_DATA_CORRUPTED),
+					 errmsg("could not read the WAL outbox: %s", errm)));
+		if (record != NULL)
+			LogicalDecodingProcessRecord(decoding, decoding->reader);
+		CHECK_FOR_INTERRUPTS();
+	}
+	MemoryContextSwitchTo(CurTransactionContext);
+	read_upto = decoding->reader->EndRecPtr;
+	reading = false;
+	CommitTransactionCommand();
+}
+
+/*
+ * Confirm everything read so far: delivered, dead, or moved to the table.
+ */
+void
+KafkaWalConfirm(void)
+{
+	if (decoding == NULL || XLogRecPtrIsInvalid(read_upto))
+		return;
+	LogicalConfirmReceivedLocation(read_upto);
+	/* A checkpoint then saves the confirmed position too. */
+	ReplicationSlotMarkDirty();
+	KafkaWalForget();
+}
+
+/*
+ * Copy n bytes at *p into a varlena (text, bytea) and step past them.
+ */
+static Datum
+KafkaWalVarlena(const char **p, int32 n)
+{
+	bytea	   *v = palloc(VARHDRSZ + n);
+
+	SET_VARSIZE(v, VARHDRSZ + n);
+	memcpy(VARDATA(v), *p, n);
+	*p += n;
+	return PointerGetDatum(v);
+}
+
+/*
+ * One decoded logical message as a round row (in the current context).
+ */
+static void
+KafkaWalUnpack(const WalChunk *chunk, OutboxRow *row)
+{
+	const char *p = chunk->data + sizeof(KafkaWalCommit);
+	KafkaWalHead head;
+	int			j;
+
+	memcpy(&head, p, sizeof(head));
+	p += sizeof(head);
+	row->nmsgs = head.n;
+	row->created_at = head.written_at;
+	row->timeline = head.timeline;
+	row->ids = palloc(sizeof(Datum) * head.n);
+	row->topics = palloc(sizeof(Datum) * head.n);
+	row->partitions = palloc(sizeof(Datum) * head.n);
+	row->keys = palloc(sizeof(Datum) * head.n);
+	row->vals = palloc(sizeof(Datum) * head.n);
+	row->headers = palloc(sizeof(Datum) * head.n);
+	row->pnulls = palloc(sizeof(bool) * head.n);
+	row->knulls = palloc(sizeof(bool) * head.n);
+	row->vnulls = palloc(sizeof(bool) * head.n);
+	row->hnulls = palloc(sizeof(bool) * head.n);
+	row->keep = palloc(sizeof(bool) * head.n);
+	for (j = 0; j < head.n; j++)
+	{
+		KafkaWalItem item;
+
+		memcpy(&item, p, sizeof(item));
+		p += sizeof(item);
+		row->ids[j] = Int64GetDatum(item.id);
+		row->pnulls[j] = item.partition < 0;
+		row->partitions[j] = Int32GetDatum(Max(item.partition, 0));
+		row->topics[j] = KafkaWalVarlena(&p, item.topic_len);
+		row->knulls[j] = item.key_len < 0;
+		row->keys[j] = row->knulls[j] ? (Datum) 0 : KafkaWalVarlena(&p, item.key_len);
+		row->vnulls[j] = item.value_len < 0;
+		row->vals[j] = row->vnulls[j] ? (Datum) 0 : KafkaWalVarlena(&p, item.value_len);
+		row->hnulls[j] = item.headers_len < 0;
+		if (!row->hnulls[j])
+		{
+			/* A whole Jsonb, its header included: copied aligned. */
+			char	   *h = palloc(item.headers_len);
+
+			memcpy(h, p, item.headers_len);
+			p += item.headers_len;
+			row->headers[j] = PointerGetDatum(h);
+		}
+		row->keep[j] = true;
+	}
+	row->first_id = DatumGetInt64(row->ids[0]);
+	if (p != chunk->data + chunk->len)
+		elog(ERROR, "infra WAL outbox: logical message of %zu bytes does not match its contents",
+			 chunk->len);
+}
+
+/*
+ * The next round from the WAL outbox into round (rows in commit order,
+ * round->wal set): what an earlier read left unconfirmed (held back for
+ * the standbys), else newly decoded transactions.  Returns its messages;
+ * 0 when the WAL up to the flushed position holds none (then the slot
+ * confirms past it at once, so it keeps no WAL for nothing).
+ */
+int
+KafkaWalRead(KafkaRound *round)
+{
+	int			i;
+
+	/* An error cut the last read or round short: decode again from the slot. */
+	if (in_flight || reading)
+		KafkaWalStop();
+	if (!read_open)
+	{
+		KafkaWalDecode();
+		read_open = true;
+	}
+	if (nchunks == 0)
+	{
+		KafkaWalConfirm();
+		return 0;
+	}
+	round->wal = true;
+	round->rows = palloc0(sizeof(OutboxRow) * nchunks);
+	for (i = 0; i < nchunks; i++)
+	{
+		KafkaWalUnpack(&chunks[i], &round->rows[i]);
+		round->total += round->rows[i].nmsgs;
+	}
+	round->nincluded = nchunks;
+	return round->total;
+}
+
+/*
+ * The round read is being produced: an error from here to KafkaWalConfirm
+ * makes the next read start again from the slot.
+ */
+void
+KafkaWalProducing(void)
+{
+	in_flight = true;
+}

@@ -1,0 +1,260 @@
+# The WAL outbox (infra.kafka_outbox = wal) against the real broker, checked
+# from outside with kcat: the worker's slot; sent if and only if the
+# transaction commits, through savepoints, exception blocks, two-phase
+# commit and procedures that commit, also for transactions of several
+# logical messages; per-key commit order with no lock taken; nothing lost
+# when the broker is SIGKILLed (undelivered messages move to the table
+# outbox and go first), the worker is SIGKILLed or PostgreSQL crashes
+# mid-stream; the slot keeps no WAL once delivered; and without
+# wal_level = logical, kafka_send writes the table outbox instead.
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use InfraTest;
+
+my $bootstrap = kafka_bootstrap();
+my $wal_first_id = 2**51;
+
+# Servers that list trusted output plugins must list infra.
+my $describe = `postgres --describe-config 2>/dev/null`;
+my $plugins = $describe =~ /^output_plugin_libraries\t/m
+  ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
+
+my $node = infra_node('walbox', conf => "infra.kafka_brokers = '$bootstrap'\n"
+	  . "wal_level = logical\nmax_replication_slots = 4\nmax_prepared_transactions = 4\n"
+	  . "infra.kafka_outbox = wal\nrestart_after_crash = on\n$plugins");
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION infra');
+my $slot = 'infra_kafka_' . $node->safe_psql('postgres',
+	"SELECT oid FROM pg_database WHERE datname = 'postgres'");
+ok( wait_until(
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT plugin = 'infra' AND confirmed_flush_lsn IS NOT NULL FROM pg_replication_slots WHERE slot_name = '$slot'"
+			) eq 't';
+		},
+		60),
+	'the worker creates its logical slot, plugin infra');
+
+sub consume
+{
+	my ($topic) = @_;
+	my ($out, $err);
+	IPC::Run::run(
+		[ 'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
+		  '-f', '%k\t%s\t%h\t%p\n' ],
+		'>', \$out, '2>', \$err, IPC::Run::timeout(120));
+	return map { [ split /\t/, $_, -1 ] } split /\n/, $out;
+}
+
+sub flush_ok
+{
+	my ($seconds) = @_;
+	return $node->safe_psql('postgres', "SELECT infra.kafka_flush('$seconds s')") eq 't';
+}
+
+# Per key, values numbered "<key>:<n>" must first appear in increasing n.
+sub per_key_ordered
+{
+	my (@messages) = @_;
+	my (%last, %seen);
+	for my $m (@messages)
+	{
+		next if $seen{ $m->[1] }++;
+		my ($n) = $m->[1] =~ /:(\d+)$/;
+		return 0 if defined $last{ $m->[0] } && $n < $last{ $m->[0] };
+		$last{ $m->[0] } = $n;
+	}
+	return 1;
+}
+
+# --- sent if and only if the transaction commits ----------------------------
+my $t = "infra_t_wal_$$";
+my $first = $node->safe_psql('postgres', qq{
+CREATE PROCEDURE wal_proc() LANGUAGE plpgsql AS \$\$
+BEGIN
+    PERFORM infra.kafka_send('$t', 'four', 'k1');
+    COMMIT;
+    PERFORM infra.kafka_send('$t', 'rolled back in a procedure', 'k1');
+    ROLLBACK;
+    PERFORM infra.kafka_send('$t', 'five', 'k1');
+END \$\$;
+BEGIN;
+SELECT infra.kafka_send('$t', 'one', 'k1', '{"origin": "test"}');
+SAVEPOINT s1;
+SELECT infra.kafka_send('$t', 'rolled back to a savepoint', 'k1');
+ROLLBACK TO s1;
+SAVEPOINT s2;
+SELECT infra.kafka_send('$t', 'two', 'k1');
+RELEASE s2;
+SELECT infra.kafka_send('$t', '\\x0001ff'::bytea, NULL, NULL, 0);
+COMMIT;
+});
+my ($id) = $first =~ /^(\d+)$/m;
+cmp_ok($id, '>=', $wal_first_id, 'kafka_send returns an id of the WAL outbox (from 2^51)');
+$node->safe_psql('postgres', qq{
+BEGIN;
+SELECT infra.kafka_send('$t', 'rolled back', 'k1');
+ROLLBACK;
+DO \$\$
+BEGIN
+    BEGIN
+        PERFORM infra.kafka_send('$t', 'in a failed exception block', 'k1');
+        RAISE EXCEPTION 'undo';
+    EXCEPTION WHEN raise_exception THEN NULL;
+    END;
+    PERFORM infra.kafka_send('$t', 'three', 'k1');
+END \$\$;
+BEGIN;
+SELECT infra.kafka_send('$t', 'prepared, committed', 'k1');
+PREPARE TRANSACTION 'wal_p1';
+BEGIN;
+SELECT infra.kafka_send('$t', 'prepared, rolled back', 'k1');
+PREPARE TRANSACTION 'wal_p2';
+ROLLBACK PREPARED 'wal_p2';
+COMMIT PREPARED 'wal_p1';
+CALL wal_proc();
+});
+is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.kafka_outbox_batches'), '0',
+	'no row of the table outbox is written');
+ok(flush_ok(60), 'kafka_flush sees the committed messages delivered');
+my @got = consume($t);
+is_deeply([ map { $_->[1] } @got ],
+	[ 'one', 'two', "\x00\x01\xff", 'three', 'prepared, committed', 'four', 'five' ],
+	'exactly the committed messages arrive, in commit order (savepoint, exception block, 2PC, procedure)');
+is($got[0][0], 'k1', 'the key is kept');
+like($got[0][2], qr/origin=test/, 'user headers are sent');
+my ($msg_id) = $got[0][2] =~ m{infra-msg-id=\d+/\d+/1/(\d+)};
+is($msg_id, $id, 'infra-msg-id ends with the id kafka_send returned');
+is($got[2][3], '0', 'an explicit partition is used');
+
+# --- transactions of several logical messages and savepoints ----------------
+$t = "infra_t_wal_big_$$";
+$node->safe_psql('postgres', qq{
+BEGIN;
+SELECT count(infra.kafka_send('$t', 'k:' || i, 'k')) FROM generate_series(1, 1500) i;
+SAVEPOINT a;
+SELECT count(infra.kafka_send('$t', 'k:' || i, 'k')) FROM generate_series(1501, 3000) i;
+ROLLBACK TO a;
+SAVEPOINT b;
+SELECT count(infra.kafka_send('$t', 'k:' || i, 'k')) FROM generate_series(3001, 4200) i;
+RELEASE b;
+COMMIT;
+BEGIN;
+SELECT 1;
+SAVEPOINT c;
+SELECT count(infra.kafka_send('$t', 'k:' || i, 'k')) FROM generate_series(5001, 7100) i;
+ROLLBACK TO c;
+SELECT count(infra.kafka_send('$t', 'k:' || i, 'k')) FROM generate_series(7101, 7200) i;
+COMMIT;
+});
+ok(flush_ok(60), 'large transactions are delivered');
+my @values = map { $_->[1] =~ /:(\d+)$/ ? $1 : -1 } consume($t);
+is_deeply(\@values, [ 1 .. 1500, 3001 .. 4200, 7101 .. 7200 ],
+	'messages written early (a logical message a thousand) keep call order; rolled-back savepoints send nothing, also after writing');
+
+# --- per-key commit order, with no lock --------------------------------------
+$t = "infra_t_wal_order_$$";
+my ($in1, $out1) = ('', '');
+my $s1 = IPC::Run::start([ 'psql', '-XAtq', '-d', $node->connstr('postgres') ],
+	'<', \$in1, '>', \$out1, '2>', \$out1, IPC::Run::timeout(60));
+$in1 .= "BEGIN; SELECT infra.kafka_send('$t', 'a1', 'same');\n";
+$s1->pump until $out1 =~ /^\d+$/m;
+is($node->safe_psql('postgres', "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"), '0',
+	'kafka_send holds no advisory lock');
+$node->safe_psql('postgres', "SELECT infra.kafka_send('$t', 'b1', 'same')");
+$in1 .= "SELECT infra.kafka_send('$t', 'a2', 'same'); COMMIT;\n\\q\n";
+$s1->finish;
+ok(flush_ok(60), 'both transactions delivered');
+is_deeply([ map { $_->[1] } consume($t) ], [ 'b1', 'a1', 'a2' ],
+	'a same-key transaction that commits first is sent first, without waiting for the other');
+
+# --- broker SIGKILLed while 10,000 messages flow ----------------------------
+$t = "infra_t_wal_broker_$$";
+$node->safe_psql('postgres', qq{
+SELECT infra.kafka_send('$t', 'k' || (i % 10) || ':' || i, 'k' || (i % 10))
+  FROM generate_series(1, 5000) i;
+});
+ok(kafka_ctl('kill'), 'broker SIGKILLed mid-stream');
+$node->safe_psql('postgres', qq{
+SELECT infra.kafka_send('$t', 'k' || (i % 10) || ':' || i, 'k' || (i % 10))
+  FROM generate_series(5001, 10000) i;
+});
+ok( wait_until(
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT count(*) > 0 AND bool_and(id >= $wal_first_id) FROM infra.kafka_outbox WHERE attempts > 0")
+			  eq 't';
+		},
+		120),
+	'what the broker did not take moves to the table outbox, with its attempt counted');
+ok(kafka_ctl('start'), 'broker restarted');
+ok(flush_ok(180), 'every message is delivered after the restart');
+my %value_of_id;
+my $conflicts = 0;
+my @broker_run = consume($t);
+for my $m (@broker_run)
+{
+	my ($mid) = $m->[2] =~ /infra-msg-id=([^,]+)/;
+	$conflicts++ if defined $value_of_id{$mid} && $value_of_id{$mid} ne $m->[1];
+	$value_of_id{$mid} = $m->[1];
+}
+my %distinct = map { $_->[1] => 1 } @broker_run;
+is(scalar(keys %distinct), 10000, 'all 10,000 messages arrived (none lost)');
+is(scalar(keys %value_of_id), 10000, 'with 10,000 distinct infra-msg-ids');
+is($conflicts, 0, 'every duplicate shares its infra-msg-id with its original');
+ok(per_key_ordered(@broker_run), 'per key, first arrivals keep commit order across the retry from the table');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.kafka_outbox'), '0', 'the table outbox is empty again');
+
+# --- worker SIGKILLed, then PostgreSQL crashed, mid-stream ------------------
+$t = "infra_t_wal_crash_$$";
+$node->safe_psql('postgres', qq{
+SELECT infra.kafka_send('$t', 'k' || (i % 10) || ':' || i, 'k' || (i % 10)) FROM generate_series(1, 5000) i;
+});
+my $killed = worker_pid($node, 'postgres');
+kill 'KILL', $killed;
+ok(wait_until(sub { my ($rc, $p) = eval { $node->psql('postgres', 'SELECT pid FROM infra.worker_status') };
+		defined $rc && $rc == 0 && $p ne '' && $p ne $killed }, 60), 'the worker is back after SIGKILL');
+$node->safe_psql('postgres', qq{
+SELECT infra.kafka_send('$t', 'k' || (i % 10) || ':' || i, 'k' || (i % 10)) FROM generate_series(5001, 10000) i;
+});
+$node->stop('immediate');
+$node->start;
+ok(flush_ok(180), 'after a crash of PostgreSQL, every committed message is delivered');
+my @crash_run = consume($t);
+my %seen = map { $_->[1] => 1 } @crash_run;
+is(scalar(keys %seen), 10000, 'none of the 10,000 is lost');
+ok(per_key_ordered(@crash_run), 'per key, first arrivals keep commit order');
+
+# --- the slot keeps no WAL once delivered -------------------------------------
+$node->safe_psql('postgres', 'CHECKPOINT');
+$node->safe_psql('postgres', "SELECT infra.kafka_send('$t', 'last', 'k0')");
+ok(flush_ok(60), 'a last message delivered');
+ok( wait_until(
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn) < 1024 * 1024 FROM pg_replication_slots WHERE slot_name = '$slot'"
+			) eq 't';
+		},
+		30),
+	'the slot confirms up to the end of the WAL');
+is($node->safe_psql('postgres', 'SELECT pending FROM infra.kafka_stats'), '0', 'kafka_stats shows nothing pending');
+
+# --- without wal_level = logical: the table outbox ----------------------------
+my $replica = infra_node('walbox_replica', conf => "infra.kafka_outbox = wal\nwal_level = replica\n$plugins");
+$replica->start;
+$replica->safe_psql('postgres', 'CREATE EXTENSION infra');
+ok(wait_until(sub { slurp_file($replica->logfile) =~ /infra\.kafka_outbox is wal but wal_level is not logical/ }, 30),
+	'a warning says the WAL outbox needs wal_level = logical');
+my $rid = $replica->safe_psql('postgres', "SELECT infra.kafka_send('t', 'kept in the table')");
+cmp_ok($rid, '<', $wal_first_id, 'kafka_send takes a table-outbox id');
+is($replica->safe_psql('postgres', 'SELECT value FROM infra.kafka_outbox'), 'kept in the table',
+	'and writes the table outbox');
+$replica->stop;
+
+$node->stop;
+done_testing();
