@@ -15,6 +15,7 @@
 
 #include "access/xlog.h"
 #include "miscadmin.h"
+#include "utils/builtins.h"
 #include "utils/timestamp.h"
 
 #include "kafka/headers.h"
@@ -32,16 +33,25 @@ rd_kafka_headers_t *
 KafkaHeaders(int64 id, int32 timeline, TimestampTz written_at, Jsonb *user_headers)
 {
 	rd_kafka_headers_t *headers = rd_kafka_headers_new(8);
-	char		msg_id[80];
+	static char prefix[48];
+	static int	prefix_len = 0;
+	char		msg_id[96];
 	char		commit_time[32];
+	int			len;
 
+	/* "<system identifier>/<database oid>/", the same for every message. */
+	if (prefix_len == 0)
+		prefix_len = snprintf(prefix, sizeof(prefix), UINT64_FORMAT "/%u/",
+							  GetSystemIdentifier(), MyDatabaseId);
+	memcpy(msg_id, prefix, prefix_len);
+	len = prefix_len;
 	if (timeline > 0)
-		snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/%d/" INT64_FORMAT,
-				 GetSystemIdentifier(), MyDatabaseId, timeline, id);
-	else
-		snprintf(msg_id, sizeof(msg_id), UINT64_FORMAT "/%u/" INT64_FORMAT,
-				 GetSystemIdentifier(), MyDatabaseId, id);
-	rd_kafka_header_add(headers, KAFKA_MSG_ID_HEADER, -1, msg_id, -1);
+	{
+		len += pg_ltoa(timeline, msg_id + len);
+		msg_id[len++] = '/';
+	}
+	len += pg_lltoa(id, msg_id + len);
+	rd_kafka_header_add(headers, KAFKA_MSG_ID_HEADER, -1, msg_id, len);
 	/*
 	 * infra-commit-time, for end-to-end latency (infra-bridge's): when the
 	 * sending transaction wrote the message's outbox row, in microseconds
@@ -50,9 +60,9 @@ KafkaHeaders(int64 id, int32 timeline, TimestampTz written_at, Jsonb *user_heade
 	 * thousand.  The commit timestamp itself cannot serve: a row the worker
 	 * rewrote (a failed attempt) has the worker's transaction as xmin.
 	 */
-	snprintf(commit_time, sizeof(commit_time), INT64_FORMAT,
-			 (int64) written_at + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC);
-	rd_kafka_header_add(headers, KAFKA_COMMIT_TIME_HEADER, -1, commit_time, -1);
+	len = pg_lltoa((int64) written_at + (int64) (POSTGRES_EPOCH_JDATE - UNIX_EPOCH_JDATE) * SECS_PER_DAY * USECS_PER_SEC,
+				   commit_time);
+	rd_kafka_header_add(headers, KAFKA_COMMIT_TIME_HEADER, -1, commit_time, len);
 
 	if (user_headers != NULL)
 	{

@@ -129,11 +129,20 @@ KafkaWalNextId(Oid block_sequence)
 	return next_id++;
 }
 
+/*
+ * Append len bytes as a varlena (4-byte header), padded to 4 bytes: the
+ * worker points at it in place (walread.c).
+ */
 static void
 KafkaWalAppend(StringInfo buf, const void *data, int32 len)
 {
-	if (len > 0)
-		appendBinaryStringInfo(buf, data, len);
+	uint32		header[2];	/* room for the varlena struct the macro names */
+	static const char zeros[4] = {0};
+
+	SET_VARSIZE(header, VARHDRSZ + len);
+	appendBinaryStringInfo(buf, (char *) header, VARHDRSZ);
+	appendBinaryStringInfo(buf, data, len);
+	appendBinaryStringInfo(buf, zeros, INTALIGN(VARHDRSZ + len) - (VARHDRSZ + len));
 }
 
 /*
@@ -163,7 +172,7 @@ KafkaWalWrite(const BufferedMessage *msgs, int n)
 		item.topic_len = VARSIZE_ANY_EXHDR(m->topic);
 		item.key_len = m->key ? (int32) VARSIZE_ANY_EXHDR(m->key) : -1;
 		item.value_len = m->value ? (int32) VARSIZE_ANY_EXHDR(m->value) : -1;
-		item.headers_len = m->headers ? (int32) VARSIZE(m->headers) : -1;
+		item.headers_len = m->headers ? (int32) VARSIZE(m->headers) - VARHDRSZ : -1;
 		appendBinaryStringInfo(&buf, (char *) &item, sizeof(item));
 		KafkaWalAppend(&buf, VARDATA_ANY(m->topic), item.topic_len);
 		if (m->key)
@@ -171,7 +180,7 @@ KafkaWalWrite(const BufferedMessage *msgs, int n)
 		if (m->value)
 			KafkaWalAppend(&buf, VARDATA_ANY(m->value), item.value_len);
 		if (m->headers)
-			KafkaWalAppend(&buf, m->headers, item.headers_len);
+			KafkaWalAppend(&buf, VARDATA(m->headers), item.headers_len);
 	}
 	(void) InfraLogLogicalMessage(KAFKA_WAL_PREFIX, buf.data, buf.len, true);
 	pfree(buf.data);
@@ -264,7 +273,8 @@ KafkaWalFlushWait(int64 deadline_ns)
 
 		InfraWorkerWakeNow(INFRA_WORKER_DELIVERY);
 		confirmed = KafkaWalConfirmed(name);
-		if (XLogRecPtrIsInvalid(confirmed) || confirmed > marker)
+		/* The marker's LSN is its end: confirmed up to there is past it. */
+		if (XLogRecPtrIsInvalid(confirmed) || confirmed >= marker)
 			return true;
 		if (InfraMonotonicNs() >= deadline_ns)
 			return false;

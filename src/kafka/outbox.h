@@ -67,7 +67,12 @@ typedef struct KafkaWalHead
 
 #define KAFKA_WAL_MAGIC 0x494B5731	/* "IKW1" */
 
-/* Each message: this, then topic, key, value and headers bytes. */
+/*
+ * Each message: this, then its topic, key, value and headers (a Jsonb) as
+ * varlenas with 4-byte headers, each padded to 4 bytes (lengths here
+ * exclude the header).  The head and the items are copied out, not
+ * aligned; the varlenas are used in place.
+ */
 typedef struct KafkaWalItem
 {
 	int64		id;
@@ -75,7 +80,7 @@ typedef struct KafkaWalItem
 	int32		topic_len;
 	int32		key_len;		/* -1: NULL */
 	int32		value_len;		/* -1: NULL */
-	int32		headers_len;	/* -1: NULL; else the whole Jsonb */
+	int32		headers_len;	/* -1: NULL */
 } KafkaWalItem;
 
 extern void KafkaOutboxInit(void);

@@ -33,6 +33,10 @@
  */
 #include "postgres.h"
 
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
+
 #include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
@@ -694,8 +698,20 @@ KafkaWorkerServe(void)
 	bool		ready;
 
 	if (round_context == NULL)
+	{
 		round_context = AllocSetContextCreate(TopMemoryContext, "infra kafka round",
 											  ALLOCSET_DEFAULT_SIZES);
+#ifdef __GLIBC__
+
+		/*
+		 * A round allocates and frees megabytes: keep them mapped for the
+		 * next one rather than trim and fault them in again (measured: a
+		 * fifth of the worker's time at 400k msg/s).
+		 */
+		mallopt(M_TRIM_THRESHOLD, 256 * 1024 * 1024);
+		mallopt(M_MMAP_THRESHOLD, 64 * 1024 * 1024);
+#endif
+	}
 	my_stats = KafkaMyStats();
 	MemoryContextReset(round_context);
 	MemoryContextSwitchTo(round_context);

@@ -325,16 +325,18 @@ KafkaWalConfirm(void)
 }
 
 /*
- * Copy n bytes at *p into a varlena (text, bytea) and step past them.
+ * The varlena of n data bytes at *p, in place (KafkaWalWrite aligned it);
+ * step past it and its padding.
  */
 static Datum
-KafkaWalVarlena(const char **p, int32 n)
+KafkaWalVarlena(const char **p, int32 n, const WalChunk *chunk)
 {
-	bytea	   *v = palloc(VARHDRSZ + n);
+	const char *v = *p;
 
-	SET_VARSIZE(v, VARHDRSZ + n);
-	memcpy(VARDATA(v), *p, n);
-	*p += n;
+	if (n < 0 || v + INTALIGN(VARHDRSZ + n) > chunk->data + chunk->len || VARSIZE(v) != VARHDRSZ + n)
+		elog(ERROR, "infra WAL outbox: logical message of %zu bytes does not match its contents",
+			 chunk->len);
+	*p += INTALIGN(VARHDRSZ + n);
 	return PointerGetDatum(v);
 }
 
@@ -373,21 +375,13 @@ KafkaWalUnpack(const WalChunk *chunk, OutboxRow *row)
 		row->ids[j] = Int64GetDatum(item.id);
 		row->pnulls[j] = item.partition < 0;
 		row->partitions[j] = Int32GetDatum(Max(item.partition, 0));
-		row->topics[j] = KafkaWalVarlena(&p, item.topic_len);
+		row->topics[j] = KafkaWalVarlena(&p, item.topic_len, chunk);
 		row->knulls[j] = item.key_len < 0;
-		row->keys[j] = row->knulls[j] ? (Datum) 0 : KafkaWalVarlena(&p, item.key_len);
+		row->keys[j] = row->knulls[j] ? (Datum) 0 : KafkaWalVarlena(&p, item.key_len, chunk);
 		row->vnulls[j] = item.value_len < 0;
-		row->vals[j] = row->vnulls[j] ? (Datum) 0 : KafkaWalVarlena(&p, item.value_len);
+		row->vals[j] = row->vnulls[j] ? (Datum) 0 : KafkaWalVarlena(&p, item.value_len, chunk);
 		row->hnulls[j] = item.headers_len < 0;
-		if (!row->hnulls[j])
-		{
-			/* A whole Jsonb, its header included: copied aligned. */
-			char	   *h = palloc(item.headers_len);
-
-			memcpy(h, p, item.headers_len);
-			p += item.headers_len;
-			row->headers[j] = PointerGetDatum(h);
-		}
+		row->headers[j] = row->hnulls[j] ? (Datum) 0 : KafkaWalVarlena(&p, item.headers_len, chunk);
 		row->keep[j] = true;
 	}
 	row->first_id = DatumGetInt64(row->ids[0]);

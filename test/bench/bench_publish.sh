@@ -8,8 +8,12 @@
 #  2. 100,000 messages of 100 bytes committed in one statement: as
 #     100,000 kafka_send calls, as one kafka_send_many call, and as an
 #     INSERT of the same (topic, key, value) rows into an unindexed table.
+# The publishing variants run with each outbox: the table outbox (rows,
+# per-key locks) and, suffixed _wal, the WAL outbox (infra.kafka_outbox =
+# wal, switched by reload before the statement).
 # Each round runs every variant once in an order rotated per round; between
-# statements (untimed) the outbox is emptied and the tables vacuumed.
+# statements (untimed) the outbox is emptied, the slot advanced and the
+# tables vacuumed.
 # Prints each variant's median time over BENCH_ROUNDS (default 5) rounds
 # and its ratio to the baseline of the same round (median and range).
 set -euo pipefail
@@ -21,7 +25,7 @@ rounds=${BENCH_ROUNDS:-5}
 rows=${BENCH_ROWS:-100000}
 # Each distinct (topic, key) of a transaction holds an advisory lock until
 # commit (per-key order): 100,000 keys need a lock table that large.
-bench_start_pg "autovacuum=off" "max_locks_per_transaction=2048"
+bench_start_pg "autovacuum=off" "max_locks_per_transaction=2048" "${bench_logical_settings[@]}"
 psql -X -q <<SQL
 CREATE EXTENSION infra;
 CREATE TABLE plain_t (id int PRIMARY KEY, name text NOT NULL, amount numeric NOT NULL);
@@ -48,7 +52,11 @@ declare -A sql=(
 	[send_many]="SELECT infra.kafka_send_many('bench.send', array_agg($payload), array_agg('k' || g)) FROM generate_series(1, $rows) g"
 	[insert_rows]="INSERT INTO relay SELECT 'bench.send', 'k' || g, $payload FROM generate_series(1, $rows) g"
 )
-variants=(update_plain update_row_trigger update_statement_trigger send_calls send_many insert_rows)
+for v in update_row_trigger update_statement_trigger send_calls send_many; do
+	sql[${v}_wal]=${sql[$v]}
+done
+variants=(update_plain update_row_trigger update_statement_trigger send_calls send_many insert_rows
+	update_row_trigger_wal update_statement_trigger_wal send_calls_wal send_many_wal)
 
 # ms of one statement, committed (psql's \timing around an autocommit).
 timed() {
@@ -57,6 +65,7 @@ timed() {
 
 reset_state() {
 	psql -X -q -c 'TRUNCATE infra.kafka_outbox_batches, relay' \
+		-c "SELECT FROM pg_replication_slot_advance(slot_name, pg_current_wal_lsn()) FROM pg_replication_slots" \
 		-c 'VACUUM plain_t, row_t, stmt_t, relay, infra.kafka_outbox_batches' -c 'CHECKPOINT'
 }
 
@@ -65,6 +74,7 @@ for r in $(seq 1 "$rounds"); do
 	n=${#variants[@]}
 	for k in $(seq 0 $((n - 1))); do
 		v=${variants[$(((k + r) % n))]}
+		case $v in *_wal) bench_set_outbox wal ;; *) bench_set_outbox table ;; esac
 		reset_state
 		t=$(timed "${sql[$v]}")
 		times[$v]="${times[$v]:-} $t"
@@ -96,3 +106,8 @@ ratio update_statement_trigger update_row_trigger
 ratio send_many send_calls
 ratio send_calls insert_rows
 ratio send_many insert_rows
+ratio update_row_trigger_wal update_plain
+ratio update_statement_trigger_wal update_plain
+ratio send_many_wal send_calls_wal
+ratio send_calls_wal insert_rows
+ratio send_many_wal insert_rows
