@@ -605,6 +605,21 @@ CREATE SEQUENCE infra.kafka_outbox_id_seq CACHE 1;
 CREATE SEQUENCE infra.kafka_outbox_block_seq MINVALUE 2199023255552 START 2199023255552 CACHE 1;
 REVOKE ALL ON SEQUENCE infra.kafka_outbox_block_seq FROM PUBLIC;
 
+/*
+ * The WAL outbox's secret: kafka_send marks its logical messages with an
+ * HMAC of its transaction's xid under it, and the worker sends only
+ * messages so marked (anyone may write a logical message with any prefix).
+ * Readable by the extension's owner only.
+ */
+CREATE TABLE infra.kafka_wal_secret (
+    secret bytea NOT NULL CHECK (length(secret) = 32)
+);
+INSERT INTO infra.kafka_wal_secret
+    VALUES (uuid_send(gen_random_uuid()) || uuid_send(gen_random_uuid()));
+REVOKE ALL ON infra.kafka_wal_secret FROM PUBLIC;
+COMMENT ON TABLE infra.kafka_wal_secret IS
+'The key that marks the WAL outbox''s logical messages as written by kafka_send (244 random bits); readable by the extension''s owner only.';
+
 CREATE TABLE infra.kafka_outbox_batches (
     first_id bigint PRIMARY KEY,
     messages integer NOT NULL CHECK (messages > 0),

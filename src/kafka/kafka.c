@@ -583,6 +583,8 @@ KafkaStartBuffer(void)
 	nbuffered = 0;
 	buffered_bytes = 0;
 	outbox_writer = KafkaOutboxOwner(namespace);
+	if (txn_wal)
+		KafkaWalLoadSecret(outbox_writer);
 }
 
 /*

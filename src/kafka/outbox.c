@@ -26,16 +26,23 @@
  */
 #include "postgres.h"
 
+#include "access/xact.h"
 #include "access/xlog.h"
 #include "access/xloginsert.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
 #include "commands/sequence.h"
+#include "common/hmac.h"
+#include "common/sha2.h"
 #include "executor/spi.h"
 #include "miscadmin.h"
 #include "pgstat.h"
 #include "replication/message.h"
 #include "replication/slot.h"
 #include "storage/latch.h"
+#include "utils/builtins.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -59,6 +66,11 @@ static SPIPlanPtr insert_plan = NULL;
 static int64 next_id = 0;
 static int64 block_end = 0;
 static Oid	block_sequence_seen = InvalidOid;
+
+/* infra.kafka_wal_secret, read once per install (its table's oid). */
+#define KAFKA_WAL_SECRET_LEN 32
+static uint8 secret[KAFKA_WAL_SECRET_LEN];
+static Oid	secret_table = InvalidOid;
 
 void
 KafkaOutboxInit(void)
@@ -146,7 +158,82 @@ KafkaWalAppend(StringInfo buf, const void *data, int32 len)
 }
 
 /*
- * Write n messages as one transactional logical message, in call order.
+ * Read the database's secret (once per install) as reader (InvalidOid: as
+ * the current user), as a restricted operation.  In a transaction.
+ */
+void
+KafkaWalLoadSecret(Oid reader)
+{
+	Oid			table = get_relname_relid("kafka_wal_secret", get_namespace_oid("infra", false));
+	Oid			save_user;
+	int			save_context;
+	bool		pushed = false;
+	bytea	   *value;
+
+	if (!OidIsValid(table))
+		elog(ERROR, "infra.kafka_wal_secret does not exist");
+	if (table == secret_table)
+		return;
+	if (!ActiveSnapshotSet())
+	{
+		PushActiveSnapshot(GetTransactionSnapshot());
+		pushed = true;
+	}
+	GetUserIdAndSecContext(&save_user, &save_context);
+	if (OidIsValid(reader))
+		SetUserIdAndSecContext(reader, save_context |
+							   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		static const Oid types[1] = {BYTEAOID};
+
+		SPI_connect();
+		SpiCheckResult(SPI_execute("SELECT secret FROM infra.kafka_wal_secret", true, 2),
+					   SPI_OK_SELECT, "infra.kafka_wal_secret", 1, types);
+		if (SPI_processed != 1)
+			elog(ERROR, "infra.kafka_wal_secret must hold one row, not " UINT64_FORMAT, SPI_processed);
+		value = DatumGetByteaPP(SpiGetValue(0, 1, false, NULL, "infra.kafka_wal_secret"));
+		if (VARSIZE_ANY_EXHDR(value) != KAFKA_WAL_SECRET_LEN)
+			elog(ERROR, "infra.kafka_wal_secret holds %zu bytes, not %d",
+				 VARSIZE_ANY_EXHDR(value), KAFKA_WAL_SECRET_LEN);
+		memcpy(secret, VARDATA_ANY(value), KAFKA_WAL_SECRET_LEN);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_context);
+	}
+	PG_END_TRY();
+	if (pushed)
+		PopActiveSnapshot();
+	secret_table = table;
+}
+
+/*
+ * The token of the transaction xid's logical messages: HMAC-SHA256 of
+ * "infra.kafka" and the xid under the secret, its first bytes.
+ */
+void
+KafkaWalToken(TransactionId xid, uint8 *token)
+{
+	pg_hmac_ctx *ctx = pg_hmac_create(PG_SHA256);
+	uint8		mac[PG_SHA256_DIGEST_LENGTH];
+	uint32		x = xid;
+
+	if (ctx == NULL ||
+		pg_hmac_init(ctx, secret, KAFKA_WAL_SECRET_LEN) < 0 ||
+		pg_hmac_update(ctx, (const uint8 *) KAFKA_WAL_PREFIX, strlen(KAFKA_WAL_PREFIX)) < 0 ||
+		pg_hmac_update(ctx, (const uint8 *) &x, sizeof(x)) < 0 ||
+		pg_hmac_final(ctx, mac, sizeof(mac)) < 0)
+		elog(ERROR, "could not compute the WAL outbox's token: %s",
+			 ctx ? pg_hmac_error(ctx) : "out of memory");
+	pg_hmac_free(ctx);
+	memcpy(token, mac, KAFKA_WAL_TOKEN_LEN);
+}
+
+/*
+ * Write n messages as one transactional logical message, in call order,
+ * with the transaction's token (KafkaWalLoadSecret came first).
  */
 void
 KafkaWalWrite(const BufferedMessage *msgs, int n)
@@ -156,11 +243,14 @@ KafkaWalWrite(const BufferedMessage *msgs, int n)
 	int			i;
 
 	initStringInfo(&buf);
+	memset(&head, 0, sizeof(head));
 	head.magic = KAFKA_WAL_MAGIC;
 	/* The ids were allocated in this transaction, so on this timeline. */
 	head.timeline = (int32) GetWALInsertionTimeLine();
 	head.written_at = GetCurrentTimestamp();
 	head.n = n;
+	/* The message goes under the top transaction's xid as decoding sees it. */
+	KafkaWalToken(GetTopTransactionId(), head.token);
 	appendBinaryStringInfo(&buf, (char *) &head, sizeof(head));
 	for (i = 0; i < n; i++)
 	{

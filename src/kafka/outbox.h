@@ -56,13 +56,21 @@ typedef struct KafkaWalCommit
 	TimestampTz commit_time;
 } KafkaWalCommit;
 
-/* The head of one logical message: n messages follow. */
+/*
+ * The head of one logical message: n messages follow.  Anyone may write a
+ * logical message with any prefix (pg_logical_emit_message is PUBLIC): the
+ * token, an HMAC of the writing transaction's xid under the database's
+ * secret (infra.kafka_wal_secret, which callers cannot read), tells the
+ * worker that kafka_send wrote it.
+ */
+#define KAFKA_WAL_TOKEN_LEN 16
 typedef struct KafkaWalHead
 {
 	uint32		magic;
 	int32		timeline;		/* the ids' timeline */
 	TimestampTz written_at;
 	int32		n;
+	uint8		token[KAFKA_WAL_TOKEN_LEN];
 } KafkaWalHead;
 
 #define KAFKA_WAL_MAGIC 0x494B5731	/* "IKW1" */
@@ -90,5 +98,7 @@ extern int64 KafkaWalNextId(Oid block_sequence);
 extern void KafkaWalWrite(const BufferedMessage *msgs, int n);
 extern void KafkaTableWrite(Datum *args, Oid writer);
 extern bool KafkaWalFlushWait(int64 deadline_ns);
+extern void KafkaWalLoadSecret(Oid reader);
+extern void KafkaWalToken(TransactionId xid, uint8 *token);
 
 #endif							/* INFRA_KAFKA_OUTBOX_H */

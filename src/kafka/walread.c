@@ -72,11 +72,67 @@ static bool in_flight = false;	/* a round is producing them */
 static bool reading = false;	/* inside a decode */
 static bool warned_wal_level = false;
 static bool warned_plugin = false;
+static int	ignored = 0;		/* logical messages of ours kafka_send did not write */
 
 static void
 WalPrepareWrite(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool last_write)
 {
 	resetStringInfo(ctx->out);
+}
+
+/*
+ * Did kafka_send write this logical message (the token of its transaction)
+ * and is it whole?  Anyone can write a logical message with our prefix.
+ */
+static bool
+KafkaWalValid(const char *data, Size len, TransactionId xid)
+{
+	static TransactionId token_xid = InvalidTransactionId;
+	static uint8 token[KAFKA_WAL_TOKEN_LEN];
+	const char *p = data + sizeof(KafkaWalCommit) + sizeof(KafkaWalHead);
+	const char *end = data + len;
+	KafkaWalHead head;
+	int			j;
+
+	if (len < sizeof(KafkaWalCommit) + sizeof(KafkaWalHead))
+		return false;
+	memcpy(&head, data + sizeof(KafkaWalCommit), sizeof(head));
+	if (head.magic != KAFKA_WAL_MAGIC || head.n <= 0)
+		return false;
+	if (xid != token_xid)
+	{
+		KafkaWalToken(xid, token);
+		token_xid = xid;
+	}
+	if (memcmp(head.token, token, KAFKA_WAL_TOKEN_LEN) != 0)
+		return false;
+	for (j = 0; j < head.n; j++)
+	{
+		KafkaWalItem item;
+		int32		lens[4];
+		int			k;
+
+		if (end - p < (long) sizeof(item))
+			return false;
+		memcpy(&item, p, sizeof(item));
+		p += sizeof(item);
+		lens[0] = item.topic_len;
+		lens[1] = item.key_len;
+		lens[2] = item.value_len;
+		lens[3] = item.headers_len;
+		if (lens[0] < 0)
+			return false;
+		for (k = 0; k < 4; k++)
+		{
+			if (lens[k] < 0)
+				continue;
+			if (lens[k] > MaxAllocSize || end - p < (long) INTALIGN(VARHDRSZ + lens[k]) ||
+				VARSIZE(p) != VARHDRSZ + lens[k])
+				return false;
+			p += INTALIGN(VARHDRSZ + lens[k]);
+		}
+	}
+	return p == end;
 }
 
 static void
@@ -85,11 +141,12 @@ WalWrite(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool la
 	WalChunk   *chunk;
 	KafkaWalHead head;
 
-	if (ctx->out->len < (int) (sizeof(KafkaWalCommit) + sizeof(KafkaWalHead)))
-		elog(ERROR, "infra WAL outbox: short logical message (%d bytes)", ctx->out->len);
+	if (!KafkaWalValid(ctx->out->data, ctx->out->len, xid))
+	{
+		ignored++;
+		return;
+	}
 	memcpy(&head, ctx->out->data + sizeof(KafkaWalCommit), sizeof(head));
-	if (head.magic != KAFKA_WAL_MAGIC)
-		elog(ERROR, "infra WAL outbox: logical message of an unknown format");
 	if (nchunks >= chunk_capacity)
 	{
 		chunk_capacity = Max(64, chunk_capacity * 2);
@@ -279,6 +336,7 @@ KafkaWalDecode(void)
 
 	StartTransactionCommand();
 	reading = true;
+	KafkaWalLoadSecret(InvalidOid);
 	if (decoding == NULL)
 		KafkaWalStart();
 	while (decoding->reader->EndRecPtr < upto &&
@@ -305,6 +363,13 @@ KafkaWalDecode(void)
 		CHECK_FOR_INTERRUPTS();
 	}
 	MemoryContextSwitchTo(CurTransactionContext);
+	if (ignored > 0)
+		ereport(WARNING,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("infra worker ignored %d logical messages with the prefix \"%s\" that kafka_send did not write",
+						ignored, KAFKA_WAL_PREFIX),
+				 errdetail("They carry no valid token of their transaction: pg_logical_emit_message wrote them, or they are damaged. They are not sent.")));
+	ignored = 0;
 	read_upto = decoding->reader->EndRecPtr;
 	reading = false;
 	CommitTransactionCommand();

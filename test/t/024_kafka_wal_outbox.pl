@@ -173,6 +173,26 @@ ok(flush_ok(60), 'both transactions delivered');
 is_deeply([ map { $_->[1] } consume($t) ], [ 'b1', 'a1', 'a2' ],
 	'a same-key transaction that commits first is sent first, without waiting for the other');
 
+# --- logical messages kafka_send did not write ------------------------------
+# pg_logical_emit_message is PUBLIC: a role without any right on infra can
+# write a logical message with infra's prefix, well-formed or not.  The
+# worker sends none of them (no valid token), says so, and goes on.
+$t = "infra_t_wal_forged_$$";
+$node->safe_psql('postgres', 'CREATE ROLE mallory LOGIN');
+my $log_offset = -s $node->logfile;
+my $forged = $node->safe_psql('postgres', qq{
+SET ROLE mallory;
+SELECT pg_logical_emit_message(true, 'infra.kafka', 'not a message');
+SELECT pg_logical_emit_message(true, 'infra.kafka', decode(repeat('31574b49', 40), 'hex'));
+SELECT has_table_privilege('infra.kafka_wal_secret', 'SELECT');
+});
+like($forged, qr/\nf$/, 'the role cannot read the secret');
+$node->safe_psql('postgres', "SELECT infra.kafka_send('$t', 'genuine', 'k')");
+ok(flush_ok(60), 'delivery goes on');
+is_deeply([ map { $_->[1] } consume($t) ], ['genuine'], 'only the genuine message is sent');
+like(slurp_log_since($node, $log_offset), qr/ignored 2 logical messages with the prefix "infra\.kafka" that kafka_send did not write/,
+	'the worker logs the two it ignored');
+
 # --- broker SIGKILLed while 10,000 messages flow ----------------------------
 $t = "infra_t_wal_broker_$$";
 $node->safe_psql('postgres', qq{
