@@ -25,6 +25,7 @@
 #include "replication/reorderbuffer.h"
 
 #include "kafka/outbox.h"
+#include "kafka/render.h"
 
 extern PGDLLEXPORT void _PG_output_plugin_init(OutputPluginCallbacks *cb);
 
@@ -67,9 +68,20 @@ DecodeMessage(LogicalDecodingContext *ctx, ReorderBufferTXN *txn, XLogRecPtr lsn
 			  bool transactional, const char *prefix, Size size, const char *message)
 {
 	KafkaWalCommit commit;
+	uint32		magic;
 
 	if (!transactional || strcmp(prefix, KAFKA_WAL_PREFIX) != 0)
 		return;
+	/* A statement's rows: rendered into messages (render.c). */
+	if (size >= sizeof(magic))
+	{
+		memcpy(&magic, message, sizeof(magic));
+		if (magic == KAFKA_WAL_ROWS_MAGIC)
+		{
+			KafkaRenderRows(ctx, txn, message, size);
+			return;
+		}
+	}
 	commit.commit_lsn = txn->final_lsn;
 	commit.end_lsn = txn->end_lsn;
 	commit.commit_time = txn->xact_time.commit_time;

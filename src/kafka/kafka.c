@@ -714,6 +714,44 @@ KafkaFlushToWal(bool all_levels)
 }
 
 /*
+ * The headers kafka_send would give a message to topic (the session's
+ * trace context), the topic checked as kafka_send checks it.
+ */
+Jsonb *
+KafkaCheckedHeaders(text *topic)
+{
+	BufferedMessage msg;
+
+	KafkaPrepareMessage(topic, false, 0, NULL, &msg);
+	return msg.headers;
+}
+
+/*
+ * For the statement trigger (publish.c): may the statement's rows go into
+ * the WAL outbox now, as raw rows the worker renders?  Only when this
+ * transaction writes the WAL outbox and nothing it sent before is held
+ * back (then it is written first, keeping call order).  Returns the block
+ * sequence for the rows' ids, InvalidOid when not.
+ */
+Oid
+KafkaWalDirect(void)
+{
+	InfraRequirePrimary("send Kafka messages");
+	if (buffered == NULL)
+		KafkaStartBuffer();
+	if (!txn_wal)
+		return InvalidOid;
+	if (nbuffered > 0)
+	{
+		if (buffered[0].subid != GetCurrentSubTransactionId())
+			return InvalidOid;
+		KafkaFlushToWal(false);
+	}
+	InfraWorkerWakeAtCommit(INFRA_WORKER_DELIVERY);
+	return block_sequence;
+}
+
+/*
  * Write buffered messages into the outbox as one row of
  * infra.kafka_outbox_batches.  all_levels at (pre-)commit; otherwise only
  * the current subtransaction's messages, the others staying buffered.

@@ -63,6 +63,9 @@ extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);
 extern int64 KafkaSendMany(text *topic, Jsonb *headers, int n, bytea *const *values,
 						   text *const *keys);
 
+extern Oid	KafkaWalDirect(void);
+extern Jsonb *KafkaCheckedHeaders(text *topic);
+
 extern void InfraKafkaInit(void);
 
 #endif							/* INFRA_KAFKA_H */

@@ -145,8 +145,8 @@ KafkaWalNextId(Oid block_sequence)
  * Append len bytes as a varlena (4-byte header), padded to 4 bytes: the
  * worker points at it in place (walread.c).
  */
-static void
-KafkaWalAppend(StringInfo buf, const void *data, int32 len)
+void
+KafkaWalAppendVarlena(StringInfo buf, const void *data, int32 len)
 {
 	uint32		header[2];	/* room for the varlena struct the macro names */
 	static const char zeros[4] = {0};
@@ -210,6 +210,15 @@ KafkaWalLoadSecret(Oid reader)
 }
 
 /*
+ * Has this process read the secret (the worker has, before it decodes)?
+ */
+bool
+KafkaWalSecretLoaded(void)
+{
+	return OidIsValid(secret_table);
+}
+
+/*
  * The token of the transaction xid's logical messages: HMAC-SHA256 of
  * "infra.kafka" and the xid under the secret, its first bytes.
  */
@@ -264,13 +273,13 @@ KafkaWalWrite(const BufferedMessage *msgs, int n)
 		item.value_len = m->value ? (int32) VARSIZE_ANY_EXHDR(m->value) : -1;
 		item.headers_len = m->headers ? (int32) VARSIZE(m->headers) - VARHDRSZ : -1;
 		appendBinaryStringInfo(&buf, (char *) &item, sizeof(item));
-		KafkaWalAppend(&buf, VARDATA_ANY(m->topic), item.topic_len);
+		KafkaWalAppendVarlena(&buf, VARDATA_ANY(m->topic), item.topic_len);
 		if (m->key)
-			KafkaWalAppend(&buf, VARDATA_ANY(m->key), item.key_len);
+			KafkaWalAppendVarlena(&buf, VARDATA_ANY(m->key), item.key_len);
 		if (m->value)
-			KafkaWalAppend(&buf, VARDATA_ANY(m->value), item.value_len);
+			KafkaWalAppendVarlena(&buf, VARDATA_ANY(m->value), item.value_len);
 		if (m->headers)
-			KafkaWalAppend(&buf, VARDATA(m->headers), item.headers_len);
+			KafkaWalAppendVarlena(&buf, VARDATA(m->headers), item.headers_len);
 	}
 	(void) InfraLogLogicalMessage(KAFKA_WAL_PREFIX, buf.data, buf.len, true);
 	pfree(buf.data);

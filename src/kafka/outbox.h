@@ -11,6 +11,7 @@
 #define INFRA_KAFKA_OUTBOX_H
 
 #include "access/xlogdefs.h"
+#include "lib/stringinfo.h"
 #include "utils/jsonb.h"
 
 /* infra.kafka_outbox */
@@ -91,7 +92,35 @@ typedef struct KafkaWalItem
 	int32		headers_len;	/* -1: NULL */
 } KafkaWalItem;
 
+/*
+ * A statement's rows in the WAL outbox (rows.c), rendered into messages by
+ * the worker's output plugin (render.c): this head, then as varlenas the
+ * topic, the envelope's text before the first row, between the rows (an
+ * UPDATE's) and after them, and the headers (when has_headers); then per
+ * row its id (int64) and its old and new tuples (varlenas holding the
+ * tuple's header and data).
+ */
+#define KAFKA_WAL_ROWS_MAGIC 0x494B5231	/* "IKR1" */
+#define KAFKA_WAL_MAX_KEYS 32
+typedef struct KafkaWalRowsHead
+{
+	uint32		magic;
+	int32		timeline;
+	TimestampTz written_at;
+	int32		n;
+	uint8		token[KAFKA_WAL_TOKEN_LEN];
+	Oid			relid;
+	bool		has_old;
+	bool		has_new;
+	bool		has_headers;
+	bool		key_column;		/* one named column: NULL value, NULL key */
+	int16		nkeys;			/* 0: no key */
+	int16		keys[KAFKA_WAL_MAX_KEYS];	/* attribute numbers */
+} KafkaWalRowsHead;
+
 extern void KafkaOutboxInit(void);
+extern void KafkaWalAppendVarlena(StringInfo buf, const void *data, int32 len);
+extern bool KafkaWalSecretLoaded(void);
 extern char *KafkaWalSlotName(void);
 extern bool KafkaWalSlotReady(void);
 extern int64 KafkaWalNextId(Oid block_sequence);

@@ -50,6 +50,7 @@
 #include "core/spicheck.h"
 #include "core/version.h"
 #include "kafka/kafka.h"
+#include "kafka/rows.h"
 
 PG_FUNCTION_INFO_V1(infra_kafka_send_many);
 PG_FUNCTION_INFO_V1(infra_kafka_publish_statement);
@@ -242,7 +243,7 @@ PublishQuery(TriggerData *trigdata, const char *op, const char *key_column)
  * table; the statement's time (ms since 1970) and transaction id.
  */
 static void
-PublishEnvelope(TriggerData *trigdata, const char *op, Datum *args, char *nulls)
+PublishEnvelope(TriggerData *trigdata, const char *op, PublishRows *rows)
 {
 	Relation	rel = trigdata->tg_relation;
 	StringInfoData start;
@@ -262,10 +263,40 @@ PublishEnvelope(TriggerData *trigdata, const char *op, Datum *args, char *nulls)
 		appendStringInfoString(&end, ", \"after\": null");
 	appendStringInfo(&end, ", \"ts_ms\": " INT64_FORMAT ", \"txid\": " UINT64_FORMAT "}",
 					 ts_ms, U64FromFullTransactionId(GetTopFullTransactionId()));
-	args[0] = CStringGetTextDatum(start.data);
-	args[1] = CStringGetTextDatum(", \"after\": ");
-	nulls[1] = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? ' ' : 'n';
-	args[2] = CStringGetTextDatum(end.data);
+	rows->start = start.data;
+	rows->mid = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? ", \"after\": " : "";
+	rows->end = end.data;
+}
+
+/*
+ * The key's columns into rows, as PublishKeyExpression names them: the
+ * key column, else the primary key's, else none.
+ */
+static void
+PublishKeyColumns(Relation rel, const char *key_column, PublishRows *rows)
+{
+	List	   *index_oids;
+	ListCell   *lc;
+
+	rows->nkeys = 0;
+	rows->key_column = key_column != NULL;
+	if (key_column != NULL)
+	{
+		rows->keys[rows->nkeys++] = get_attnum(RelationGetRelid(rel), key_column);
+		return;
+	}
+	index_oids = RelationGetIndexList(rel);
+	foreach(lc, index_oids)
+	{
+		Relation	index = index_open(lfirst_oid(lc), AccessShareLock);
+		int			k;
+
+		if (index->rd_index->indisprimary)
+			for (k = 0; k < index->rd_index->indnkeyatts && k < KAFKA_WAL_MAX_KEYS; k++)
+				rows->keys[rows->nkeys++] = index->rd_index->indkey.values[k];
+		index_close(index, AccessShareLock);
+	}
+	list_free(index_oids);
 }
 
 /*
@@ -330,6 +361,9 @@ infra_kafka_publish_statement(PG_FUNCTION_ARGS)
 	static const Oid types[2] = {TEXTOID, TEXTOID};
 	Portal		portal;
 	text	   *topic;
+	PublishRows rows;
+	char	   *query;
+	Oid			block_sequence;
 
 	INFRA_CHECK_SCHEMA();
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(trigdata->tg_event) ||
@@ -353,10 +387,29 @@ infra_kafka_publish_statement(PG_FUNCTION_ARGS)
 	PublishCheckRight();
 	if (SPI_register_trigger_data(trigdata) != SPI_OK_TD_REGISTER)
 		elog(ERROR, "could not register the transition tables");
-	PublishEnvelope(trigdata, op, args, nulls);
-	portal = SPI_cursor_open_with_args(NULL,
-									   PublishQuery(trigdata, op, trigger->tgnargs > 1 ? trigger->tgargs[1] : NULL),
-									   3, argtypes, args, nulls, true, 0);
+	memset(&rows, 0, sizeof(rows));
+	PublishEnvelope(trigdata, op, &rows);
+	query = PublishQuery(trigdata, op, trigger->tgnargs > 1 ? trigger->tgargs[1] : NULL);
+
+	/* The WAL outbox: the rows as they are, rendered by the worker. */
+	rows.topic = topic;
+	rows.headers = KafkaCheckedHeaders(topic);
+	block_sequence = KafkaWalDirect();
+	if (OidIsValid(block_sequence))
+	{
+		rows.old_rows = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
+			TRIGGER_FIRED_BY_DELETE(trigdata->tg_event);
+		rows.new_rows = !TRIGGER_FIRED_BY_DELETE(trigdata->tg_event);
+		PublishKeyColumns(trigdata->tg_relation, trigger->tgnargs > 1 ? trigger->tgargs[1] : NULL, &rows);
+		(void) KafkaWalPublishRows(trigdata, &rows, block_sequence);
+		SPI_finish();
+		return PointerGetDatum(NULL);
+	}
+	args[0] = CStringGetTextDatum(rows.start);
+	args[1] = CStringGetTextDatum(", \"after\": ");
+	nulls[1] = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ? ' ' : 'n';
+	args[2] = CStringGetTextDatum(rows.end);
+	portal = SPI_cursor_open_with_args(NULL, query, 3, argtypes, args, nulls, true, 0);
 	for (;;)
 	{
 		SPI_cursor_fetch(portal, true, PUBLISH_FETCH);
