@@ -11,6 +11,7 @@ use strict;
 use warnings;
 
 use IPC::Run;
+use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
@@ -172,6 +173,74 @@ $s1->finish;
 ok(flush_ok(60), 'both transactions delivered');
 is_deeply([ map { $_->[1] } consume($t) ], [ 'b1', 'a1', 'a2' ],
 	'a same-key transaction that commits first is sent first, without waiting for the other');
+
+# --- the statement trigger's rows, rendered by the worker --------------------
+# With the WAL outbox the statement trigger writes the rows as they are and
+# the worker renders them: the same messages the row trigger sends for the
+# same statements (envelope and key), also for a value stored out of line,
+# a primary-key change, a rolled-back savepoint, a column added later in
+# the transaction, and a key column that is NULL.
+my ($t_row, $t_stmt, $t_key) = ("infra_t_pub_row_$$", "infra_t_pub_stmt_$$", "infra_t_pub_key_$$");
+$node->safe_psql('postgres', qq{
+CREATE TABLE pub_r (id int, part text, name text, amount numeric, at timestamptz, doc jsonb, big text,
+                    PRIMARY KEY (id, part));
+CREATE TABLE pub_s (LIKE pub_r INCLUDING ALL);
+CREATE TABLE pub_k (LIKE pub_r INCLUDING ALL);
+CREATE TRIGGER pub_r_row AFTER INSERT OR UPDATE OR DELETE ON pub_r
+    FOR EACH ROW EXECUTE FUNCTION infra.kafka_publish('$t_row');
+CREATE TRIGGER pub_s_ins AFTER INSERT ON pub_s REFERENCING NEW TABLE AS n
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.kafka_publish_statement('$t_stmt');
+CREATE TRIGGER pub_s_upd AFTER UPDATE ON pub_s REFERENCING OLD TABLE AS o NEW TABLE AS n
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.kafka_publish_statement('$t_stmt');
+CREATE TRIGGER pub_s_del AFTER DELETE ON pub_s REFERENCING OLD TABLE AS o
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.kafka_publish_statement('$t_stmt');
+CREATE TRIGGER pub_k_ins AFTER INSERT ON pub_k REFERENCING NEW TABLE AS n
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.kafka_publish_statement('$t_key', 'name');
+});
+for my $tab (qw(pub_r pub_s))
+{
+	$node->safe_psql('postgres', qq{
+INSERT INTO $tab VALUES
+    (1, 'a', 'say "hi"\\n', 1.50, '2026-01-02 03:04:05+00', '{"x": [1, 2.0, null]}', NULL),
+    (2, 'b', NULL, NULL, NULL, NULL,
+     (SELECT string_agg(md5(i::text), '') FROM generate_series(1, 4000) i)),
+    (3, 'c', 'three', -0.001, 'infinity', '"s"', 'short');
+BEGIN;
+UPDATE $tab SET id = id + 10, amount = coalesce(amount, 0) + 1 WHERE id <= 2;
+SAVEPOINT s;
+UPDATE $tab SET name = 'rolled back';
+ROLLBACK TO s;
+ALTER TABLE $tab ADD COLUMN extra int DEFAULT 7;
+UPDATE $tab SET extra = extra + id WHERE id = 3;
+COMMIT;
+DELETE FROM $tab WHERE id = 11;
+});
+}
+$node->safe_psql('postgres', "INSERT INTO pub_k VALUES (1, 'a', 'named'), (2, 'b', NULL)");
+my $toast = $node->safe_psql('postgres', "SELECT reltoastrelid::regclass FROM pg_class WHERE oid = 'pub_s'::regclass");
+cmp_ok($node->safe_psql('postgres', "SELECT count(*) FROM $toast"), '>', 0,
+	'a value of the table was stored out of line');
+ok(flush_ok(60), 'the rendered rows are delivered');
+
+sub envelopes
+{
+	my ($topic) = @_;
+	my ($out, $err);
+	IPC::Run::run([ 'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
+		  '-f', '%K\t%k\t%s\n' ], '>', \$out, '2>', \$err, IPC::Run::timeout(120));
+	my $json = JSON::PP->new->canonical;
+	return map {
+		my ($klen, $key, $value) = split /\t/, $_, 3;
+		my $e = $json->decode($value);
+		delete @{$e}{qw(ts_ms txid table)};
+		[ $klen < 0 ? undef : $key, $json->encode($e) ]
+	} split /\n/, $out;
+}
+my @row_msgs = envelopes($t_row);
+my @stmt_msgs = envelopes($t_stmt);
+is(scalar @stmt_msgs, 7, 'seven rows published: three inserted, two updated, one updated after ALTER TABLE, one deleted (none rolled back)');
+is_deeply(\@stmt_msgs, \@row_msgs, 'the worker renders what the row trigger sends (envelope and key), out-of-line value, key change and added column included');
+is_deeply([ map { $_->[0] } envelopes($t_key) ], [ 'named', undef ], 'a NULL key column gives a message without a key');
 
 # --- logical messages kafka_send did not write ------------------------------
 # pg_logical_emit_message is PUBLIC: a role without any right on infra can
