@@ -65,8 +65,8 @@ timed() {
 
 reset_state() {
 	psql -X -q -c 'TRUNCATE infra.kafka_outbox_batches, relay' \
-		-c "SELECT FROM pg_replication_slot_advance(slot_name, pg_current_wal_lsn()) FROM pg_replication_slots" \
-		-c 'VACUUM plain_t, row_t, stmt_t, relay, infra.kafka_outbox_batches' -c 'CHECKPOINT'
+		-c "SELECT count(pg_replication_slot_advance(slot_name, pg_current_wal_lsn())) FROM pg_replication_slots" \
+		-c 'VACUUM plain_t, row_t, stmt_t, relay, infra.kafka_outbox_batches' -c 'CHECKPOINT' >/dev/null
 }
 
 declare -A times
