@@ -563,7 +563,9 @@ KafkaStartBuffer(void)
 {
 	Oid			namespace = get_namespace_oid(INFRA_NAME, false);
 
-	txn_wal = infra_kafka_outbox == KAFKA_OUTBOX_WAL && KafkaWalSlotReady();
+	/* The previous release's objects have no WAL outbox (online upgrade). */
+	txn_wal = infra_kafka_outbox == KAFKA_OUTBOX_WAL && !InfraSchemaIsPrevious() &&
+		KafkaWalSlotReady();
 	block_sequence = get_relname_relid("kafka_outbox_block_seq", namespace);
 	if (txn_wal && !OidIsValid(block_sequence))
 		elog(ERROR, "infra.kafka_outbox_block_seq does not exist");

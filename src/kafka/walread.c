@@ -41,6 +41,7 @@
 
 #include "core/compat.h"
 #include "core/spicheck.h"
+#include "core/version.h"
 #include "core/worker.h"
 #include "kafka/outbox.h"
 #include "kafka/producer.h"
@@ -275,6 +276,9 @@ KafkaWalWanted(void)
 
 	if (decoding != NULL)
 		return true;
+	/* The previous release's objects have no WAL outbox (online upgrade). */
+	if (InfraSchemaIsPrevious())
+		return false;
 	name = KafkaWalSlotName();
 	if (KafkaWalSlotExists(name))
 		return true;
