@@ -17,7 +17,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(infra_node worker_pid worker_status wait_until kafka_bootstrap kafka_ctl
-  kafka_create_topic bridge_spawn slurp_log_since src_path);
+  kafka_create_topic kafka_consume bridge_spawn slurp_log_since src_path);
 
 # Path of a file in the test copy of the source tree.
 sub src_path
@@ -100,6 +100,20 @@ sub kafka_ctl
 	my ($cmd) = @_;
 	my $dir = $ENV{INFRA_KAFKA_DIR} // die "INFRA_KAFKA_DIR is not set\n";
 	return system(src_path('test/kafka/broker.sh'), $cmd, $dir) == 0;
+}
+
+# kafka_consume(TOPIC, FORMAT): every message of TOPIC on the test broker,
+# from the beginning, each as the list of its fields: kcat's -f FORMAT,
+# fields separated by tabs, a line a message.
+sub kafka_consume
+{
+	my ($topic, $format) = @_;
+	my ($out, $err);
+	IPC::Run::run(
+		[ 'kcat', '-b', kafka_bootstrap(), '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
+		  '-f', $format ],
+		'>', \$out, '2>', \$err, IPC::Run::timeout(120));
+	return map { [ split /\t/, $_, -1 ] } split /\n/, $out;
 }
 
 # kafka_create_topic(TOPIC, PARTITIONS): create a topic on the test broker.

@@ -2,11 +2,15 @@
 # from outside with kcat: the worker's slot; sent if and only if the
 # transaction commits, through savepoints, exception blocks, two-phase
 # commit and procedures that commit, also for transactions of several
-# logical messages; per-key commit order with no lock taken; nothing lost
-# when the broker is SIGKILLed (undelivered messages move to the table
-# outbox and go first), the worker is SIGKILLed or PostgreSQL crashes
-# mid-stream; the slot keeps no WAL once delivered; and without
-# wal_level = logical, kafka_send writes the table outbox instead.
+# logical messages; per-key commit order with no lock taken; the statement
+# trigger's rows rendered by the worker into the row trigger's messages;
+# logical messages kafka_send did not write (pg_logical_emit_message by a
+# role without rights) never sent; nothing lost when the broker is
+# SIGKILLed (undelivered messages move to the table outbox and go first),
+# the worker is SIGKILLed or PostgreSQL crashes mid-stream; the slot keeps
+# no WAL once delivered; a named standby holds delivery back until it has
+# the commit; and without wal_level = logical, kafka_send writes the table
+# outbox instead.
 use strict;
 use warnings;
 
@@ -41,16 +45,7 @@ ok( wait_until(
 		60),
 	'the worker creates its logical slot, plugin infra');
 
-sub consume
-{
-	my ($topic) = @_;
-	my ($out, $err);
-	IPC::Run::run(
-		[ 'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
-		  '-f', '%k\t%s\t%h\t%p\n' ],
-		'>', \$out, '2>', \$err, IPC::Run::timeout(120));
-	return map { [ split /\t/, $_, -1 ] } split /\n/, $out;
-}
+sub consume { return kafka_consume($_[0], '%k\t%s\t%h\t%p\n'); }
 
 sub flush_ok
 {
@@ -225,16 +220,13 @@ ok(flush_ok(60), 'the rendered rows are delivered');
 sub envelopes
 {
 	my ($topic) = @_;
-	my ($out, $err);
-	IPC::Run::run([ 'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
-		  '-f', '%K\t%k\t%s\n' ], '>', \$out, '2>', \$err, IPC::Run::timeout(120));
 	my $json = JSON::PP->new->canonical;
 	return map {
-		my ($klen, $key, $value) = split /\t/, $_, 3;
+		my ($klen, $key, $value) = @$_;
 		my $e = $json->decode($value);
 		delete @{$e}{qw(ts_ms txid table)};
 		[ $klen < 0 ? undef : $key, $json->encode($e) ]
-	} split /\n/, $out;
+	} kafka_consume($topic, '%K\t%k\t%s\n');
 }
 my @row_msgs = envelopes($t_row);
 my @stmt_msgs = envelopes($t_stmt);
@@ -332,6 +324,41 @@ ok( wait_until(
 		30),
 	'the slot confirms up to the end of the WAL');
 is($node->safe_psql('postgres', 'SELECT pending FROM infra.kafka_stats'), '0', 'kafka_stats shows nothing pending');
+
+# --- infra.kafka_wait_for_standbys ---------------------------------------------
+# A round read from the WAL goes only once the named standby has flushed it.
+my $primary = infra_node('walbox_primary', init => { allows_streaming => 1 },
+	conf => "infra.kafka_brokers = '$bootstrap'\nwal_level = logical\ninfra.kafka_outbox = wal\n$plugins");
+$primary->start;
+$primary->safe_psql('postgres', 'CREATE EXTENSION infra');
+$primary->backup('base');
+my $standby = PostgreSQL::Test::Cluster->new('walbox_standby');
+$standby->init_from_backup($primary, 'base', has_streaming => 1);
+$standby->start;
+$primary->wait_for_catchup($standby);
+ok( wait_until(
+		sub {
+			$primary->safe_psql('postgres',
+				"SELECT count(*) FROM pg_replication_slots WHERE slot_type = 'logical' AND confirmed_flush_lsn IS NOT NULL") eq '1';
+		},
+		60),
+	'the primary\'s worker has its slot');
+$t = "infra_t_wal_standby_$$";
+$primary->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_wait_for_standbys = 'ANY 1 (walbox_standby)'; SELECT pg_reload_conf()");
+$primary->safe_psql('postgres', "SELECT infra.kafka_send('$t', 'while streaming')");
+is($primary->safe_psql('postgres', "SELECT infra.kafka_flush('60 s')"), 't', 'with the standby streaming, messages go');
+$standby->stop;
+my $sid = $primary->safe_psql('postgres', "SELECT infra.kafka_send('$t', 'standby away')");
+cmp_ok($sid, '>=', $wal_first_id, 'sent through the WAL outbox');
+is($primary->safe_psql('postgres', "SELECT infra.kafka_flush('2 s')"), 'f', 'with the standby away, the message waits');
+like($primary->safe_psql('postgres', 'SELECT waiting_for FROM infra.kafka_stats'), qr/^standbys: waiting for ANY 1 \(walbox_standby\)/,
+	'kafka_stats.waiting_for says which standbys');
+is(scalar(grep { $_->[1] eq 'standby away' } consume($t)), 0, 'Kafka does not have it');
+$standby->start;
+is($primary->safe_psql('postgres', "SELECT infra.kafka_flush('60 s')"), 't', 'the standby back: the message goes');
+is_deeply([ map { $_->[1] } consume($t) ], [ 'while streaming', 'standby away' ], 'each once, in order');
+$standby->stop;
+$primary->stop;
 
 # --- without wal_level = logical: the table outbox ----------------------------
 my $replica = infra_node('walbox_replica', conf => "infra.kafka_outbox = wal\nwal_level = replica\n$plugins");
