@@ -592,7 +592,10 @@ GRANT SELECT ON infra.retry_policies TO PUBLIC;
  * a row insert; infra.kafka_outbox shows one row per message.  Message ids
  * come from infra.kafka_outbox_id_seq, not cached per backend: kafka_send
  * relies on ids growing in the order same-key senders commit.  first_id is
- * always the row's smallest id (the worker rewrites partly delivered rows).
+ * the row's smallest id (the worker rewrites partly delivered rows), except
+ * in rows the worker moved from the WAL outbox for retries: their ids are
+ * the WAL outbox's (from 2^51) and their first_id a value of this sequence,
+ * which keeps their place.
  */
 CREATE SEQUENCE infra.kafka_outbox_id_seq CACHE 1;
 

@@ -276,6 +276,25 @@ KafkaSetWaiting(const char *why)
  * (SIGHUP) drains the old producer before replacing it.  False when Kafka
  * is not configured.
  */
+/*
+ * Is there a producer, made with the settings in force?
+ */
+bool
+KafkaProducerCurrent(void)
+{
+	char	   *settings;
+	bool		current;
+
+	if (producer == NULL || infra_kafka_brokers == NULL || infra_kafka_brokers[0] == '\0')
+		return false;
+	settings = psprintf("%s\n%s\n%d", infra_kafka_brokers,
+						infra_kafka_config ? infra_kafka_config : "",
+						infra_kafka_linger_ms);
+	current = strcmp(settings, producer_settings) == 0;
+	pfree(settings);
+	return current;
+}
+
 bool
 KafkaEnsureProducer(void)
 {

@@ -23,6 +23,7 @@ typedef struct KafkaReport
 
 extern KafkaStats *KafkaMyStats(void);
 extern bool KafkaEnsureProducer(void);
+extern bool KafkaProducerCurrent(void);
 extern void KafkaClientShutdown(void);
 extern rd_kafka_t *KafkaProducer(void);
 extern rd_kafka_topic_t *KafkaTopic(const char *name, bool *temporary);

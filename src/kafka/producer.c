@@ -15,6 +15,13 @@
  * infra-msg-id (headers.c), the same for every attempt, so that consumers
  * can drop duplicates.
  *
+ * Once the table is empty, rounds come from the WAL outbox (walread.c), in
+ * commit order, and are pipelined: while one round waits for its
+ * acknowledgements the next is read and produced; they are settled, and
+ * the slot confirmed past them, in the order they were read.  A round that
+ * fails stops the pipeline (the one after it, if produced, is settled right
+ * after it), so retries from the table come before anything newer.
+ *
  * The kafka/ domain, below kafka.c (kafka_send and the outbox it writes):
  *   producer.c     the service the worker runs: a round, step by step
  *   settle.c       a round's outcome written back to the outbox
@@ -99,6 +106,18 @@ static SPIPlanPtr batch_plan = NULL;
 static const Oid batch_types[12] = {INT8OID, BOOLOID, INT8ARRAYOID, TEXTARRAYOID,
 	INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, TIMESTAMPTZOID, INT4OID, INT4OID, XIDOID};
 static int	failed_rounds = 0;
+
+/*
+ * Rounds from the WAL outbox, pipelined: one may wait for its
+ * acknowledgements (wal_in_flight) while the next is read and produced.
+ * Each lives in its own memory (librdkafka holds pointers into it until
+ * its delivery reports are in).
+ */
+static KafkaRound wal_rounds[KAFKA_WAL_BATCHES];
+static MemoryContext wal_round_contexts[KAFKA_WAL_BATCHES];
+static int	wal_in_flight = -1;
+/* Set while a round is served: still set at the next, an ERROR cut it. */
+static bool serving = false;
 
 static long KafkaWorkerServe(void);
 static void KafkaEndTransaction(void);
@@ -309,6 +328,7 @@ KafkaUnpackRows(KafkaRound *round, int nrows)
 		}
 		old = MemoryContextSwitchTo(round_context);
 		KafkaUnpack(SpiGetValue(i, 3, false, NULL, what), INT8OID, &row->ids, NULL, &row->nmsgs);
+		row->moved = row->nmsgs > 0 && DatumGetInt64(row->ids[0]) >= KAFKA_WAL_FIRST_ID;
 		KafkaUnpack(SpiGetValue(i, 4, false, NULL, what), TEXTOID, &row->topics, NULL, NULL);
 		KafkaUnpack(SpiGetValue(i, 5, false, NULL, what), INT4OID, &row->partitions, &row->pnulls, NULL);
 		KafkaUnpack(SpiGetValue(i, 6, false, NULL, what), BYTEAOID, &row->keys, &row->knulls, NULL);
@@ -413,14 +433,21 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
  * standbys as for the table; held back, they stay read for the next round.
  */
 static bool
-KafkaWalReadRound(KafkaRound *round, long *sleep_ms)
+KafkaWalReadRound(KafkaRound *round, int batch, long *sleep_ms)
 {
 	int64		probe_in_ns;
 	bool		durable;
 
-	if (KafkaWalRead(round) == 0)
+	if (KafkaWalRead(round, batch) == 0)
 		return false;
 	InfraWorkerSpiBegin();
+	/* Registered topics are created before anything goes (a round from the table first). */
+	if (KafkaAnyPendingTopic())
+	{
+		KafkaEndTransaction();
+		*sleep_ms = 0;
+		return false;
+	}
 	if (!InfraBreakerAllow("kafka", &probe_in_ns))
 	{
 		KafkaEndTransaction();
@@ -435,7 +462,6 @@ KafkaWalReadRound(KafkaRound *round, long *sleep_ms)
 		*sleep_ms = KAFKA_STANDBY_RETRY_MS;
 		return false;
 	}
-	KafkaWalProducing();
 	return true;
 }
 
@@ -456,7 +482,7 @@ KafkaOrderMessages(KafkaRound *round)
 	for (i = 0; i < round->nincluded; i++)
 	{
 		OutboxRow  *row = &round->rows[i];
-		bool		moved = row->first_id >= KAFKA_WAL_FIRST_ID;
+		bool		moved = row->moved;
 		int			j;
 
 		for (j = 0; j < row->nmsgs; j++)
@@ -534,7 +560,7 @@ KafkaProduceOne(KafkaRound *round, OutboxMessage *m)
  * delivery report, staying responsive to shutdown and reload.
  */
 static void
-KafkaProduceRound(KafkaRound *round)
+KafkaProduceMessages(KafkaRound *round)
 {
 	int			i;
 
@@ -545,6 +571,16 @@ KafkaProduceRound(KafkaRound *round)
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = round->n;
 	SpinLockRelease(&my_stats->mutex);
+}
+
+/*
+ * Wait for every delivery report of the round, staying responsive to
+ * shutdown and reload.
+ */
+static void
+KafkaAwaitReports(KafkaRound *round)
+{
+	int			i;
 
 	for (;;)
 	{
@@ -559,6 +595,28 @@ KafkaProduceRound(KafkaRound *round)
 		if (ShutdownRequestPending)
 			break;
 	}
+}
+
+static void
+KafkaProduceRound(KafkaRound *round)
+{
+	KafkaProduceMessages(round);
+	KafkaAwaitReports(round);
+}
+
+/*
+ * Has a message of the round failed so far (a report in with an error)?
+ */
+static bool
+KafkaRoundFailing(KafkaRound *round)
+{
+	int			i;
+
+	for (i = 0; i < round->n; i++)
+		if (round->messages[i].report.reported &&
+			round->messages[i].report.err != RD_KAFKA_RESP_ERR_NO_ERROR)
+			return true;
+	return false;
 }
 
 /*
@@ -623,7 +681,7 @@ KafkaSettleRound(KafkaRound *round)
 	KafkaEndTransaction();
 	/* Committed (flushed): the slot may now confirm past the round. */
 	if (round->wal)
-		KafkaWalConfirm();
+		KafkaWalConfirm(round->wal_batch);
 
 	/*
 	 * A background worker reports its table statistics itself: without it
@@ -684,9 +742,98 @@ KafkaAccountRound(KafkaRound *round, int64 pending)
 }
 
 /*
+ * A new round from the WAL outbox in slot `slot`, read and produced
+ * without waiting for its acknowledgements; NULL when there is none to
+ * produce now (sleep_ms says how long).
+ */
+static KafkaRound *
+KafkaWalStartRound(int slot, long *sleep_ms)
+{
+	KafkaRound *round = &wal_rounds[slot];
+
+	if (wal_round_contexts[slot] == NULL)
+		wal_round_contexts[slot] = AllocSetContextCreate(TopMemoryContext, "infra kafka WAL round",
+														 ALLOCSET_DEFAULT_SIZES);
+	MemoryContextReset(wal_round_contexts[slot]);
+	MemoryContextSwitchTo(wal_round_contexts[slot]);
+	memset(round, 0, sizeof(*round));
+	round->cut = PG_INT64_MAX;
+	if (!KafkaWalReadRound(round, slot, sleep_ms))
+		return NULL;
+	MemoryContextSwitchTo(wal_round_contexts[slot]);
+	KafkaOrderMessages(round);
+	KafkaProduceMessages(round);
+	return round;
+}
+
+/*
+ * The rest of a WAL round once produced: its reports, classified, settled
+ * (the slot confirms past it), accounted.
+ */
+static long
+KafkaWalFinishRound(int slot)
+{
+	KafkaRound *round = &wal_rounds[slot];
+
+	MemoryContextSwitchTo(wal_round_contexts[slot]);
+	KafkaAwaitReports(round);
+	KafkaClassifyReports(round);
+	return KafkaAccountRound(round, KafkaSettleRound(round));
+}
+
+/*
+ * The round in flight finished, with the next one read and produced
+ * meanwhile unless it is failing: rounds are settled in the order they
+ * were read.  When the older one failed, the newer one (later commits) is
+ * settled right after it, before anything is retried from the table.
+ */
+static long
+KafkaWalPipeline(bool start_next)
+{
+	int			older = wal_in_flight;
+	int			newer = 1 - older;
+	KafkaRound *next = NULL;
+	long		sleep_ms = 0;
+	long		next_sleep_ms;
+
+	KafkaPoll(0);
+	KafkaAbsorbStats();
+	if (start_next && !KafkaRoundFailing(&wal_rounds[older]))
+		next = KafkaWalStartRound(newer, &next_sleep_ms);
+	sleep_ms = KafkaWalFinishRound(older);
+	wal_in_flight = next ? newer : -1;
+	if (next && wal_rounds[older].nbad > 0)
+	{
+		sleep_ms = KafkaWalFinishRound(newer);
+		wal_in_flight = -1;
+	}
+	return wal_in_flight >= 0 ? 0 : sleep_ms;
+}
+
+/*
+ * After an ERROR cut a serve short: let librdkafka report what the WAL
+ * rounds in flight produced (its callbacks write into their memory), then
+ * read the WAL again from the slot (at least once).
+ */
+static void
+KafkaWalPipelineReset(void)
+{
+	int			i;
+
+	for (i = 0; i < KAFKA_WAL_BATCHES; i++)
+		if (wal_round_contexts[i] != NULL && wal_rounds[i].n > 0 && KafkaProducer() != NULL)
+			KafkaAwaitReports(&wal_rounds[i]);
+	memset(wal_rounds, 0, sizeof(wal_rounds));
+	wal_in_flight = -1;
+	KafkaWalStop();
+}
+
+/*
  * One round: produce the oldest outbox messages and settle them, in named
  * steps (read, produce, classify, settle, account), creating the
- * registered topics still pending between the read and the produce.  Returns how long the worker may sleep: -1 (until
+ * registered topics still pending between the read and the produce.  From
+ * the WAL outbox (once the table is empty) rounds are pipelined
+ * (KafkaWalPipeline).  Returns how long the worker may sleep: -1 (until
  * woken) without a producer, KAFKA_IDLE_POLL_MS when the outbox is empty,
  * 0 when more may wait, or a backoff after failures.
  */
@@ -715,12 +862,29 @@ KafkaWorkerServe(void)
 	my_stats = KafkaMyStats();
 	MemoryContextReset(round_context);
 	MemoryContextSwitchTo(round_context);
+	if (serving)
+		KafkaWalPipelineReset();
+	serving = true;
+
+	/*
+	 * A WAL round in flight is finished by the producer that sent it (before
+	 * a reload may replace it); the next one starts only if none will.
+	 */
+	if (wal_in_flight >= 0)
+	{
+		sleep_ms = KafkaWalPipeline(KafkaProducerCurrent());
+		serving = false;
+		return sleep_ms;
+	}
 
 	/* The WAL outbox's slot first: kafka_send writes the WAL once it is there. */
 	if (infra_kafka_outbox == KAFKA_OUTBOX_WAL)
 		(void) KafkaWalWanted();
 	if (!KafkaEnsureProducer())
+	{
+		serving = false;
 		return -1;
+	}
 	KafkaPoll(0);
 	KafkaAbsorbStats();
 
@@ -730,13 +894,24 @@ KafkaWorkerServe(void)
 	/* Before anything is produced, so a new topic has its settings. */
 	if (round.topics_pending)
 		KafkaCreateRegisteredTopics(round_context);
+	if (ready)
+	{
+		KafkaOrderMessages(&round);
+		KafkaProduceRound(&round);
+		KafkaClassifyReports(&round);
+		sleep_ms = KafkaAccountRound(&round, KafkaSettleRound(&round));
+	}
 	/* The WAL outbox once the table is empty (it holds older commits). */
-	if (!ready && round.table_empty && KafkaWalWanted())
-		ready = KafkaWalReadRound(&round, &sleep_ms);
-	if (!ready)
-		return sleep_ms;
-	KafkaOrderMessages(&round);
-	KafkaProduceRound(&round);
-	KafkaClassifyReports(&round);
-	return KafkaAccountRound(&round, KafkaSettleRound(&round));
+	else if (round.table_empty && KafkaWalWanted())
+	{
+		int			slot = Max(KafkaWalHeldBatch(), 0);
+
+		if (KafkaWalStartRound(slot, &sleep_ms) != NULL)
+		{
+			wal_in_flight = slot;
+			sleep_ms = 0;
+		}
+	}
+	serving = false;
+	return sleep_ms;
 }

@@ -18,8 +18,10 @@
 
 /*
  * Ids of the WAL outbox start here (kafka/outbox.h), above the table
- * outbox's: a row of the table with a first id from here holds WAL-outbox
- * messages moved there for retries, in commit order, not id order.
+ * outbox's.  A row of the table holding such ids holds WAL-outbox messages
+ * moved there for retries (settle.c), in commit order, not id order: its
+ * first id is a value of the table's sequence taken when it was moved,
+ * which keeps its place among the rows.
  */
 #define KAFKA_WAL_FIRST_ID (INT64CONST(1) << 51)
 
@@ -54,6 +56,7 @@ typedef struct OutboxRow
 	int32		timeline;		/* its ids' timeline; 0: written before 1.1 */
 	bool	   *keep;			/* still in the outbox after this round */
 	bool		failed;			/* a message of it failed (retriably) */
+	bool		moved;			/* moved from the WAL outbox: ordered by first_id, then place */
 } OutboxRow;
 
 /* One delivery round, from its read to its accounting. */
@@ -74,6 +77,7 @@ typedef struct KafkaRound
 	bool		topics_pending; /* infra.topics has some to create */
 	bool		table_empty;	/* the read found no row */
 	bool		wal;			/* read from the WAL outbox, in commit order */
+	int			wal_batch;		/* which of walread.c's batches holds it */
 } KafkaRound;
 
 #endif							/* INFRA_KAFKA_ROUND_H */

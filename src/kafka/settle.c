@@ -113,6 +113,9 @@ KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
 	memset(argnulls, ' ', sizeof(argnulls));
 	args[0] = Int64GetDatum(row->first_id);
 	args[1] = KafkaKeptArrays(row, kept, &args[3]);
+	/* A row moved from the WAL outbox keeps its place. */
+	if (row->moved)
+		args[1] = Int64GetDatum(row->first_id);
 	args[2] = Int32GetDatum(kept);
 	args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
 	argnulls[9] = row->failed ? ' ' : 'n';
@@ -129,32 +132,36 @@ KafkaRewriteRow(OutboxRow *row, int kept, const char *first_error)
 }
 
 /*
- * A WAL-outbox message the round could not deliver becomes a row of the
- * table outbox (one per logical message, in its order), retried from
- * there before the worker reads the WAL again.
+ * WAL-outbox messages the round could not deliver become rows of the table
+ * outbox (one per logical message, in commit order), retried from there
+ * before the worker reads the WAL again.  Their ids come from per-backend
+ * blocks, in no order: each row's first id is the table sequence's next
+ * value, so the rows keep the order they are moved in (rows whose ids are
+ * the WAL outbox's are read by first id, then place; see round.h).
  */
 static void
 KafkaMoveToTable(OutboxRow *row, int kept, const char *first_error)
 {
-	Oid			argtypes[11] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID,
+	Oid			argtypes[10] = {INT4OID, INT8ARRAYOID, TEXTARRAYOID,
 		INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, INT4OID, TIMESTAMPTZOID, TEXTOID};
-	Datum		args[11];
-	char		argnulls[11];
+	Datum		args[10];
+	char		argnulls[10];
 
 	memset(argnulls, ' ', sizeof(argnulls));
-	args[0] = KafkaKeptArrays(row, kept, &args[2]);
-	args[1] = Int32GetDatum(kept);
-	args[8] = Int32GetDatum(row->timeline);
-	args[9] = TimestampTzGetDatum(row->created_at);
-	args[10] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
-	argnulls[10] = row->failed ? ' ' : 'n';
+	(void) KafkaKeptArrays(row, kept, &args[1]);
+	args[0] = Int32GetDatum(kept);
+	args[7] = Int32GetDatum(row->timeline);
+	args[8] = TimestampTzGetDatum(row->created_at);
+	args[9] = row->failed ? CStringGetTextDatum(first_error) : (Datum) 0;
+	argnulls[9] = row->failed ? ' ' : 'n';
 	SpiExecKept(&plans.move_to_table,
 			  "INSERT INTO infra.kafka_outbox_batches (first_id, messages, ids, topics,"
 			  " partitions, keys, vals, headers, timeline, created_at, attempts, last_error,"
-			  " last_attempt_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10,"
-			  " ($11 IS NOT NULL)::integer, $11,"
-			  " CASE WHEN $11 IS NOT NULL THEN pg_catalog.clock_timestamp() END)",
-			  11, argtypes, args, argnulls, false,
+			  " last_attempt_at) VALUES (pg_catalog.nextval('infra.kafka_outbox_id_seq'::pg_catalog.regclass),"
+			  " $1, $2, $3, $4, $5, $6, $7, $8, $9,"
+			  " ($10 IS NOT NULL)::integer, $10,"
+			  " CASE WHEN $10 IS NOT NULL THEN pg_catalog.clock_timestamp() END)",
+			  10, argtypes, args, argnulls, false,
 			  SPI_OK_INSERT, "the move of WAL-outbox messages to the table", 0, NULL);
 }
 

@@ -11,8 +11,10 @@
  * until it holds infra.kafka_batch_size messages or the bytes bound; once
  * they are settled (delivered, dead-lettered, or moved to the table outbox
  * to be retried from there) the slot confirms past them, which is the whole
- * of "how far Kafka has it": one LSN.  An error between a read and its
- * confirmation starts decoding again from the slot (at least once, as
+ * of "how far Kafka has it": one LSN.  Two reads may be open at once (a
+ * round waiting for its acknowledgements, the next being produced); they
+ * are confirmed in the order they were read.  An error between a read and
+ * its confirmation starts decoding again from the slot (at least once, as
  * after a crash).
  *
  * With infra.kafka_outbox = wal the worker creates the slot; with table it
@@ -59,17 +61,24 @@ typedef struct WalChunk
 
 static LogicalDecodingContext *decoding = NULL;
 
-/* What has been decoded and not yet confirmed, in wal_context. */
-static MemoryContext wal_context = NULL;
-static WalChunk *chunks = NULL;
-static int	nchunks = 0;
-static int	chunk_capacity = 0;
-static int64 chunk_messages = 0;
-static Size chunk_bytes = 0;
-static XLogRecPtr read_upto = InvalidXLogRecPtr;
+/*
+ * What one read decoded, kept until it is confirmed.  Two: one round may be
+ * waiting for its acknowledgements while the next is read and produced.
+ */
+typedef struct WalBatch
+{
+	MemoryContext context;
+	WalChunk   *chunks;
+	int			nchunks;
+	int			capacity;
+	int64		messages;
+	Size		bytes;
+	XLogRecPtr	upto;			/* the reader's position after it */
+	bool		open;			/* read, not yet confirmed */
+} WalBatch;
 
-static bool read_open = false;	/* chunks read, not yet confirmed */
-static bool in_flight = false;	/* a round is producing them */
+static WalBatch batches[KAFKA_WAL_BATCHES];
+static WalBatch *filling = NULL;	/* the one WalWrite appends to */
 static bool reading = false;	/* inside a decode */
 static bool warned_wal_level = false;
 static bool warned_plugin = false;
@@ -148,19 +157,19 @@ WalWrite(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool la
 		return;
 	}
 	memcpy(&head, ctx->out->data + sizeof(KafkaWalCommit), sizeof(head));
-	if (nchunks >= chunk_capacity)
+	if (filling->nchunks >= filling->capacity)
 	{
-		chunk_capacity = Max(64, chunk_capacity * 2);
-		chunks = chunks == NULL ?
-			MemoryContextAlloc(wal_context, sizeof(WalChunk) * chunk_capacity) :
-			repalloc(chunks, sizeof(WalChunk) * chunk_capacity);
+		filling->capacity = Max(64, filling->capacity * 2);
+		filling->chunks = filling->chunks == NULL ?
+			MemoryContextAlloc(filling->context, sizeof(WalChunk) * filling->capacity) :
+			repalloc(filling->chunks, sizeof(WalChunk) * filling->capacity);
 	}
-	chunk = &chunks[nchunks++];
+	chunk = &filling->chunks[filling->nchunks++];
 	chunk->len = ctx->out->len;
-	chunk->data = MemoryContextAlloc(wal_context, chunk->len);
+	chunk->data = MemoryContextAlloc(filling->context, chunk->len);
 	memcpy(chunk->data, ctx->out->data, chunk->len);
-	chunk_messages += head.n;
-	chunk_bytes += chunk->len;
+	filling->messages += head.n;
+	filling->bytes += chunk->len;
 }
 
 static void
@@ -169,20 +178,20 @@ WalProgress(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool
 }
 
 /*
- * Forget what was read and not confirmed.
+ * Forget what batch b read.
  */
 static void
-KafkaWalForget(void)
+KafkaWalForget(WalBatch *b)
 {
-	if (wal_context != NULL)
-		MemoryContextReset(wal_context);
-	chunks = NULL;
-	nchunks = 0;
-	chunk_capacity = 0;
-	chunk_messages = 0;
-	chunk_bytes = 0;
-	read_open = false;
-	in_flight = false;
+	if (b->context != NULL)
+		MemoryContextReset(b->context);
+	b->chunks = NULL;
+	b->nchunks = 0;
+	b->capacity = 0;
+	b->messages = 0;
+	b->bytes = 0;
+	b->upto = InvalidXLogRecPtr;
+	b->open = false;
 }
 
 /*
@@ -192,6 +201,8 @@ KafkaWalForget(void)
 void
 KafkaWalStop(void)
 {
+	int			i;
+
 	if (decoding != NULL)
 		FreeDecodingContext(decoding);
 	decoding = NULL;
@@ -202,7 +213,8 @@ KafkaWalStop(void)
 		ReplicationSlotSave();
 		ReplicationSlotRelease();
 	}
-	KafkaWalForget();
+	for (i = 0; i < KAFKA_WAL_BATCHES; i++)
+		KafkaWalForget(&batches[i]);
 	reading = false;
 }
 
@@ -315,10 +327,12 @@ static void
 KafkaWalStart(void)
 {
 	MemoryContext old;
+	int			i;
 
-	if (wal_context == NULL)
-		wal_context = AllocSetContextCreate(TopMemoryContext, "infra WAL outbox",
-											ALLOCSET_DEFAULT_SIZES);
+	for (i = 0; i < KAFKA_WAL_BATCHES; i++)
+		if (batches[i].context == NULL)
+			batches[i].context = AllocSetContextCreate(TopMemoryContext, "infra WAL outbox",
+													   ALLOCSET_DEFAULT_SIZES);
 	InfraSlotAcquire(KafkaWalSlotName());
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
@@ -344,7 +358,7 @@ KafkaWalDecode(void)
 	if (decoding == NULL)
 		KafkaWalStart();
 	while (decoding->reader->EndRecPtr < upto &&
-		   chunk_messages < infra_kafka_batch_size && chunk_bytes < WAL_BATCH_BYTES &&
+		   filling->messages < infra_kafka_batch_size && filling->bytes < WAL_BATCH_BYTES &&
 		   !ShutdownRequestPending)
 	{
 		char	   *errm = NULL;
@@ -374,23 +388,27 @@ KafkaWalDecode(void)
 						ignored, KAFKA_WAL_PREFIX),
 				 errdetail("They carry no valid token of their transaction: pg_logical_emit_message wrote them, or they are damaged. They are not sent.")));
 	ignored = 0;
-	read_upto = decoding->reader->EndRecPtr;
+	filling->upto = decoding->reader->EndRecPtr;
+	filling->open = true;
 	reading = false;
 	CommitTransactionCommand();
 }
 
 /*
- * Confirm everything read so far: delivered, dead, or moved to the table.
+ * Confirm what the round of this batch read: delivered, dead, or moved to
+ * the table.  Rounds are confirmed in the order they were read.
  */
 void
-KafkaWalConfirm(void)
+KafkaWalConfirm(int batch)
 {
-	if (decoding == NULL || XLogRecPtrIsInvalid(read_upto))
+	WalBatch   *b = &batches[batch];
+
+	if (decoding == NULL || !b->open)
 		return;
-	LogicalConfirmReceivedLocation(read_upto);
+	LogicalConfirmReceivedLocation(b->upto);
 	/* A checkpoint then saves the confirmed position too. */
 	ReplicationSlotMarkDirty();
-	KafkaWalForget();
+	KafkaWalForget(b);
 }
 
 /*
@@ -460,47 +478,63 @@ KafkaWalUnpack(const WalChunk *chunk, OutboxRow *row)
 }
 
 /*
- * The next round from the WAL outbox into round (rows in commit order,
- * round->wal set): what an earlier read left unconfirmed (held back for
- * the standbys), else newly decoded transactions.  Returns its messages;
- * 0 when the WAL up to the flushed position holds none (then the slot
- * confirms past it at once, so it keeps no WAL for nothing).
+ * The batch read and held back (the breaker, the standbys), which must go
+ * before anything read after it; -1 when none is.  Not one in flight: the
+ * producer asks only when none is.
  */
 int
-KafkaWalRead(KafkaRound *round)
+KafkaWalHeldBatch(void)
 {
 	int			i;
 
-	/* An error cut the last read or round short: decode again from the slot. */
-	if (in_flight || reading)
-		KafkaWalStop();
-	if (!read_open)
-	{
-		KafkaWalDecode();
-		read_open = true;
-	}
-	if (nchunks == 0)
-	{
-		KafkaWalConfirm();
-		return 0;
-	}
-	round->wal = true;
-	round->rows = palloc0(sizeof(OutboxRow) * nchunks);
-	for (i = 0; i < nchunks; i++)
-	{
-		KafkaWalUnpack(&chunks[i], &round->rows[i]);
-		round->total += round->rows[i].nmsgs;
-	}
-	round->nincluded = nchunks;
-	return round->total;
+	for (i = 0; i < KAFKA_WAL_BATCHES; i++)
+		if (batches[i].open)
+			return i;
+	return -1;
 }
 
 /*
- * The round read is being produced: an error from here to KafkaWalConfirm
- * makes the next read start again from the slot.
+ * The next round from the WAL outbox into round (rows in commit order,
+ * round->wal set), in batch slot `batch` (the other may be in flight): what
+ * an earlier read there left unconfirmed (held back: the breaker, the
+ * standbys), else newly decoded transactions.  Returns its messages; 0 when
+ * the WAL up to the flushed position holds none (then, with no batch open,
+ * the slot confirms past it at once, so it keeps no WAL for nothing).
  */
-void
-KafkaWalProducing(void)
+int
+KafkaWalRead(KafkaRound *round, int batch)
 {
-	in_flight = true;
+	WalBatch   *b = &batches[batch];
+	int			i;
+
+	/* An error cut the last read short: decode again from the slot. */
+	if (reading)
+		KafkaWalStop();
+	if (!b->open)
+	{
+		filling = b;
+		KafkaWalDecode();
+	}
+	if (b->nchunks == 0)
+	{
+		bool		other_open = false;
+
+		for (i = 0; i < KAFKA_WAL_BATCHES; i++)
+			other_open |= (&batches[i] != b && batches[i].open);
+		if (!other_open)
+			KafkaWalConfirm(batch);
+		else
+			KafkaWalForget(b);
+		return 0;
+	}
+	round->wal = true;
+	round->wal_batch = batch;
+	round->rows = palloc0(sizeof(OutboxRow) * b->nchunks);
+	for (i = 0; i < b->nchunks; i++)
+	{
+		KafkaWalUnpack(&b->chunks[i], &round->rows[i]);
+		round->total += round->rows[i].nmsgs;
+	}
+	round->nincluded = b->nchunks;
+	return round->total;
 }

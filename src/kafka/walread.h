@@ -10,10 +10,13 @@
 
 #include "kafka/round.h"
 
+/* Rounds read from the WAL that may be open at once (one in flight). */
+#define KAFKA_WAL_BATCHES 2
+
 extern bool KafkaWalWanted(void);
-extern int	KafkaWalRead(KafkaRound *round);
-extern void KafkaWalProducing(void);
-extern void KafkaWalConfirm(void);
+extern int	KafkaWalRead(KafkaRound *round, int batch);
+extern void KafkaWalConfirm(int batch);
+extern int	KafkaWalHeldBatch(void);
 extern void KafkaWalStop(void);
 
 #endif							/* INFRA_KAFKA_WALREAD_H */

@@ -291,6 +291,63 @@ is($conflicts, 0, 'every duplicate shares its infra-msg-id with its original');
 ok(per_key_ordered(@broker_run), 'per key, first arrivals keep commit order across the retry from the table');
 is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.kafka_outbox'), '0', 'the table outbox is empty again');
 
+# --- moved rows keep commit order across backends -----------------------------
+# Ids come from per-backend blocks: a later commit may carry a smaller id.
+# With the worker held back (no brokers), two sessions alternate commits to
+# one key, the second one's block below the first's; then the worker reads
+# them in one round against a dead broker, which moves them to the table
+# (a row per logical message), and with the broker back Kafka must get them
+# in commit order.
+$t = "infra_t_wal_moved_$$";
+$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_brokers = ''; SELECT pg_reload_conf()");
+ok(wait_until(sub { $node->safe_psql('postgres', 'SELECT broker_state FROM infra.kafka_stats') eq 'not configured' }, 30),
+	'the worker holds back (no brokers)');
+my %session;
+for my $name (qw(b a))
+{
+	my %s = (in => '', out => '');
+	$s{h} = IPC::Run::start([ 'psql', '-XAtq', '-d', $node->connstr('postgres') ],
+		'<', \$s{in}, '>', \$s{out}, '2>', \$s{out}, IPC::Run::timeout(120));
+	$session{$name} = \%s;
+}
+my $step = 0;
+sub in_session
+{
+	my ($name, $sql) = @_;
+	my $s = $session{$name};
+	$step++;
+	$s->{in} .= "$sql;\n\\echo step $step\n";
+	$s->{h}->pump until $s->{out} =~ /^step $step$/m;
+	my ($result) = $s->{out} =~ /(\d+)\nstep $step$/m;
+	return $result;
+}
+in_session('b', "SELECT infra.kafka_send('$t', 'k:0', 'k')");    # b's block first
+my $a_id = in_session('a', "SELECT infra.kafka_send('$t', 'k:1', 'k')");
+my $b_id = in_session('b', "SELECT infra.kafka_send('$t', 'k:2', 'k')");
+for my $n (3 .. 10)
+{
+	in_session($n % 2 ? 'a' : 'b', "SELECT infra.kafka_send('$t', 'k:$n', 'k')");
+}
+cmp_ok($b_id, "<", $a_id, 'a later commit carries a smaller id (the other backend\'s block)');
+$_->{h}->finish for values %session;
+$node->safe_psql('postgres', q{ALTER SYSTEM SET infra.kafka_brokers = '127.0.0.1:1';
+ALTER SYSTEM SET infra.kafka_config = 'message.timeout.ms=2000'; SELECT pg_reload_conf()});
+ok( wait_until(
+		sub {
+			$node->safe_psql('postgres', "SELECT count(*) FROM infra.kafka_outbox_batches WHERE attempts > 0") >= 2;
+		},
+		60),
+	'against a dead broker the round moves to the table, a row per logical message');
+$node->safe_psql('postgres', qq{ALTER SYSTEM SET infra.kafka_brokers = '$bootstrap';
+ALTER SYSTEM RESET infra.kafka_config; SELECT pg_reload_conf()});
+ok(flush_ok(120), 'with the broker back, the moved rows are delivered');
+my (%first, @order);
+for my $m (consume($t))
+{
+	push @order, $m->[1] unless $first{ $m->[1] }++;
+}
+is_deeply(\@order, [ map { "k:$_" } 0 .. 10 ], 'in commit order, whatever their ids');
+
 # --- worker SIGKILLed, then PostgreSQL crashed, mid-stream ------------------
 $t = "infra_t_wal_crash_$$";
 $node->safe_psql('postgres', qq{
