@@ -566,7 +566,10 @@ KafkaProduceMessages(KafkaRound *round)
 
 	round->start_ns = InfraMonotonicNs();
 	for (i = 0; i < round->n; i++)
+	{
 		KafkaProduceOne(round, &round->messages[i]);
+		round->sent = i + 1;
+	}
 
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = round->n;
@@ -586,7 +589,8 @@ KafkaAwaitReports(KafkaRound *round)
 	{
 		int			outstanding = 0;
 
-		for (i = 0; i < round->n; i++)
+		/* Only what librdkafka was given will be reported. */
+		for (i = 0; i < round->sent; i++)
 			outstanding += !round->messages[i].report.reported;
 		if (outstanding == 0)
 			break;
@@ -821,7 +825,7 @@ KafkaWalPipelineReset(void)
 	int			i;
 
 	for (i = 0; i < KAFKA_WAL_BATCHES; i++)
-		if (wal_round_contexts[i] != NULL && wal_rounds[i].n > 0 && KafkaProducer() != NULL)
+		if (wal_round_contexts[i] != NULL && wal_rounds[i].sent > 0 && KafkaProducer() != NULL)
 			KafkaAwaitReports(&wal_rounds[i]);
 	memset(wal_rounds, 0, sizeof(wal_rounds));
 	wal_in_flight = -1;

@@ -69,6 +69,7 @@ typedef struct KafkaRound
 	XLogRecPtr	async_commit_lsn;	/* how far asynchronous commits of its rows reach */
 	OutboxMessage *messages;	/* what goes now, in id order */
 	int			n;
+	int			sent;			/* of them given to librdkafka so far */
 	int			nok;			/* delivered */
 	int			nbad;			/* failed, to retry */
 	int			ndead;			/* refused for good: dead letters */
