@@ -565,10 +565,13 @@ KafkaStartBuffer(void)
 
 	/* The previous release's objects have no WAL outbox (online upgrade). */
 	txn_wal = infra_kafka_outbox == KAFKA_OUTBOX_WAL && !InfraSchemaIsPrevious() &&
-		KafkaWalSlotReady();
-	block_sequence = get_relname_relid("kafka_outbox_block_seq", namespace);
-	if (txn_wal && !OidIsValid(block_sequence))
-		elog(ERROR, "infra.kafka_outbox_block_seq does not exist");
+		!XLogRecPtrIsInvalid(KafkaWalSlotConfirmed(NULL));
+	if (txn_wal)
+	{
+		block_sequence = get_relname_relid("kafka_outbox_block_seq", namespace);
+		if (!OidIsValid(block_sequence))
+			elog(ERROR, "infra.kafka_outbox_block_seq does not exist");
+	}
 
 	if (!callbacks_registered)
 	{

@@ -88,37 +88,41 @@ KafkaOutboxInit(void)
 
 /*
  * The name of this database's delivery slot (one per database, the plugin
- * "infra").
+ * "infra"), into name (NAMEDATALEN bytes).
  */
-char *
-KafkaWalSlotName(void)
+void
+KafkaWalSlotName(char *name)
 {
-	return psprintf("infra_kafka_%u", MyDatabaseId);
+	snprintf(name, NAMEDATALEN, "infra_kafka_%u", MyDatabaseId);
 }
 
 /*
- * Is the worker's slot there and consistent?  Then a transaction running
- * now is decoded whole.
+ * This database's delivery slot: how far it has confirmed, InvalidXLogRecPtr
+ * while it is being created or when it is not there (*exists, when given,
+ * tells the two apart).  A consistent slot decodes whole every transaction
+ * running now.
  */
-bool
-KafkaWalSlotReady(void)
+XLogRecPtr
+KafkaWalSlotConfirmed(bool *exists)
 {
-	char	   *name = KafkaWalSlotName();
+	char		name[NAMEDATALEN];
 	ReplicationSlot *slot;
-	bool		ready = false;
+	XLogRecPtr	confirmed = InvalidXLogRecPtr;
 
+	KafkaWalSlotName(name);
 	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
 	slot = SearchNamedReplicationSlot(name, false);
 	if (slot != NULL)
 	{
 		SpinLockAcquire(&slot->mutex);
-		ready = slot->data.database == MyDatabaseId &&
-			!XLogRecPtrIsInvalid(slot->data.confirmed_flush);
+		if (slot->data.database == MyDatabaseId)
+			confirmed = slot->data.confirmed_flush;
 		SpinLockRelease(&slot->mutex);
 	}
 	LWLockRelease(ReplicationSlotControlLock);
-	pfree(name);
-	return ready;
+	if (exists)
+		*exists = slot != NULL;
+	return confirmed;
 }
 
 /*
@@ -329,27 +333,6 @@ KafkaTableWrite(Datum *args, Oid writer)
 }
 
 /*
- * How far the slot has confirmed (InvalidXLogRecPtr: no slot).
- */
-static XLogRecPtr
-KafkaWalConfirmed(const char *name)
-{
-	ReplicationSlot *slot;
-	XLogRecPtr	confirmed = InvalidXLogRecPtr;
-
-	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-	slot = SearchNamedReplicationSlot(name, false);
-	if (slot != NULL)
-	{
-		SpinLockAcquire(&slot->mutex);
-		confirmed = slot->data.confirmed_flush;
-		SpinLockRelease(&slot->mutex);
-	}
-	LWLockRelease(ReplicationSlotControlLock);
-	return confirmed;
-}
-
-/*
  * kafka_flush's WAL part: a marker (a non-transactional logical message,
  * which the plugin ignores) written now, then wait until the worker has
  * confirmed past it: every WAL-outbox message committed before the call
@@ -359,10 +342,9 @@ KafkaWalConfirmed(const char *name)
 bool
 KafkaWalFlushWait(int64 deadline_ns)
 {
-	char	   *name = KafkaWalSlotName();
 	XLogRecPtr	marker;
 
-	if (XLogRecPtrIsInvalid(KafkaWalConfirmed(name)))
+	if (XLogRecPtrIsInvalid(KafkaWalSlotConfirmed(NULL)))
 		return true;
 	marker = InfraLogLogicalMessage(KAFKA_WAL_PREFIX ".flush", "", 0, false);
 	XLogFlush(marker);
@@ -371,7 +353,7 @@ KafkaWalFlushWait(int64 deadline_ns)
 		XLogRecPtr	confirmed;
 
 		InfraWorkerWakeNow(INFRA_WORKER_DELIVERY);
-		confirmed = KafkaWalConfirmed(name);
+		confirmed = KafkaWalSlotConfirmed(NULL);
 		/* The marker's LSN is its end: confirmed up to there is past it. */
 		if (XLogRecPtrIsInvalid(confirmed) || confirmed >= marker)
 			return true;

@@ -121,8 +121,8 @@ typedef struct KafkaWalRowsHead
 extern void KafkaOutboxInit(void);
 extern void KafkaWalAppendVarlena(StringInfo buf, const void *data, int32 len);
 extern bool KafkaWalSecretLoaded(void);
-extern char *KafkaWalSlotName(void);
-extern bool KafkaWalSlotReady(void);
+extern void KafkaWalSlotName(char *name);
+extern XLogRecPtr KafkaWalSlotConfirmed(bool *exists);
 extern int64 KafkaWalNextId(Oid block_sequence);
 extern void KafkaWalWrite(const BufferedMessage *msgs, int n);
 extern void KafkaTableWrite(Datum *args, Oid writer);

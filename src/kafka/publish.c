@@ -392,11 +392,11 @@ infra_kafka_publish_statement(PG_FUNCTION_ARGS)
 	query = PublishQuery(trigdata, op, trigger->tgnargs > 1 ? trigger->tgargs[1] : NULL);
 
 	/* The WAL outbox: the rows as they are, rendered by the worker. */
-	rows.topic = topic;
-	rows.headers = KafkaCheckedHeaders(topic);
 	block_sequence = KafkaWalDirect();
 	if (OidIsValid(block_sequence))
 	{
+		rows.topic = topic;
+		rows.headers = KafkaCheckedHeaders(topic);
 		rows.old_rows = TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event) ||
 			TRIGGER_FIRED_BY_DELETE(trigdata->tg_event);
 		rows.new_rows = !TRIGGER_FIRED_BY_DELETE(trigdata->tg_event);

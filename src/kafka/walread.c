@@ -219,20 +219,6 @@ KafkaWalStop(void)
 }
 
 /*
- * Does the slot exist (made by this worker under wal, or left from it)?
- */
-static bool
-KafkaWalSlotExists(const char *name)
-{
-	bool		found;
-
-	LWLockAcquire(ReplicationSlotControlLock, LW_SHARED);
-	found = SearchNamedReplicationSlot(name, false) != NULL;
-	LWLockRelease(ReplicationSlotControlLock);
-	return found;
-}
-
-/*
  * Create the slot (infra.kafka_outbox = wal).  Until it is consistent,
  * kafka_send writes the table outbox.  Waits for the transactions running
  * now, as any logical slot's creation does.
@@ -284,15 +270,17 @@ KafkaWalPluginTrusted(void)
 bool
 KafkaWalWanted(void)
 {
-	char	   *name;
+	char		name[NAMEDATALEN];
+	bool		exists;
 
 	if (decoding != NULL)
 		return true;
 	/* The previous release's objects have no WAL outbox (online upgrade). */
 	if (InfraSchemaIsPrevious())
 		return false;
-	name = KafkaWalSlotName();
-	if (KafkaWalSlotExists(name))
+	/* Made by this worker under wal, or left from it. */
+	(void) KafkaWalSlotConfirmed(&exists);
+	if (exists)
 		return true;
 	if (infra_kafka_outbox != KAFKA_OUTBOX_WAL)
 		return false;
@@ -316,6 +304,7 @@ KafkaWalWanted(void)
 		warned_plugin = true;
 		return false;
 	}
+	KafkaWalSlotName(name);
 	KafkaWalCreateSlot(name);
 	return true;
 }
@@ -327,13 +316,15 @@ static void
 KafkaWalStart(void)
 {
 	MemoryContext old;
+	char		name[NAMEDATALEN];
 	int			i;
 
 	for (i = 0; i < KAFKA_WAL_BATCHES; i++)
 		if (batches[i].context == NULL)
 			batches[i].context = AllocSetContextCreate(TopMemoryContext, "infra WAL outbox",
 													   ALLOCSET_DEFAULT_SIZES);
-	InfraSlotAcquire(KafkaWalSlotName());
+	KafkaWalSlotName(name);
+	InfraSlotAcquire(name);
 	old = MemoryContextSwitchTo(TopMemoryContext);
 	decoding = CreateDecodingContext(InvalidXLogRecPtr, NIL, false,
 									 XL_ROUTINE(.page_read = read_local_xlog_page,
