@@ -32,7 +32,9 @@
 rd_kafka_headers_t *
 KafkaHeaders(int64 id, int32 timeline, TimestampTz written_at, Jsonb *user_headers)
 {
-	rd_kafka_headers_t *headers = rd_kafka_headers_new(8);
+	/* Sized for what it will hold: infra's two and the user's. */
+	rd_kafka_headers_t *headers =
+		rd_kafka_headers_new(2 + (user_headers != NULL ? JB_ROOT_COUNT(user_headers) : 0));
 	static char prefix[48];
 	static int	prefix_len = 0;
 	char		msg_id[96];

@@ -77,6 +77,7 @@
 #include "core/worker.h"
 #include "kafka/kafka.h"
 #include "kafka/outbox.h"
+#include "kafka/progress.h"
 
 PG_FUNCTION_INFO_V1(infra_kafka_send_text);
 PG_FUNCTION_INFO_V1(infra_kafka_send_bytea);
@@ -214,6 +215,7 @@ InfraKafkaInit(void)
 
 	KafkaOutboxInit();
 	InfraShmemRegister(&seg);
+	KafkaProgressInit();
 	MetricsRegisterCollector(KafkaCollectMetrics);
 
 }
@@ -982,14 +984,13 @@ infra_kafka_flush(PG_FUNCTION_ARGS)
 			break;
 		if (InfraMonotonicNs() >= deadline)
 		{
+			KafkaProgressSleepEnd();
 			SPI_finish();
 			PG_RETURN_BOOL(false);
 		}
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 10, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
+		KafkaProgressSleep(deadline);
 	}
+	KafkaProgressSleepEnd();
 	SPI_finish();
 	PG_RETURN_BOOL(true);
 }

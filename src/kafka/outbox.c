@@ -39,10 +39,10 @@
 #include "pgstat.h"
 #include "replication/message.h"
 #include "replication/slot.h"
-#include "storage/latch.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
@@ -51,6 +51,7 @@
 #include "core/spicheck.h"
 #include "core/worker.h"
 #include "kafka/outbox.h"
+#include "kafka/progress.h"
 
 int			infra_kafka_outbox = KAFKA_OUTBOX_TABLE;
 
@@ -244,18 +245,72 @@ KafkaWalToken(TransactionId xid, uint8 *token)
 	memcpy(token, mac, KAFKA_WAL_TOKEN_LEN);
 }
 
+/* The largest write buffer a backend keeps between transactions. */
+#define KAFKA_WAL_KEEP_BYTES (1024 * 1024)
+
+/*
+ * Bytes of a varlena of n data bytes as KafkaWalWrite lays it out.
+ */
+static inline Size
+KafkaWalVarlenaSize(int32 n)
+{
+	return INTALIGN(VARHDRSZ + n);
+}
+
+/*
+ * Copy n bytes as a varlena (4-byte header) padded to 4 bytes at p, which
+ * KafkaWalWrite sized for it; returns the byte after it.
+ */
+static inline char *
+KafkaWalPutVarlena(char *p, const void *data, int32 n)
+{
+	Size		padded = KafkaWalVarlenaSize(n);
+
+	SET_VARSIZE(p, VARHDRSZ + n);
+	memcpy(p + VARHDRSZ, data, n);
+	memset(p + VARHDRSZ + n, 0, padded - (VARHDRSZ + n));
+	return p + padded;
+}
+
 /*
  * Write n messages as one transactional logical message, in call order,
- * with the transaction's token (KafkaWalLoadSecret came first).
+ * with the transaction's token (KafkaWalLoadSecret came first).  The
+ * record is sized first and laid out in a buffer this backend keeps for
+ * the next transaction (at most KAFKA_WAL_KEEP_BYTES of it): a fresh one
+ * each time would be faulted in and trimmed again at every commit.
  */
 void
 KafkaWalWrite(const BufferedMessage *msgs, int n)
 {
-	StringInfoData buf;
+	static char *buffer = NULL;
+	static Size buffer_size = 0;
 	KafkaWalHead head;
+	Size		size = sizeof(KafkaWalHead);
+	char	   *p;
 	int			i;
 
-	initStringInfo(&buf);
+	for (i = 0; i < n; i++)
+	{
+		const BufferedMessage *m = &msgs[i];
+
+		size += sizeof(KafkaWalItem) + KafkaWalVarlenaSize(VARSIZE_ANY_EXHDR(m->topic));
+		if (m->key)
+			size += KafkaWalVarlenaSize(VARSIZE_ANY_EXHDR(m->key));
+		if (m->value)
+			size += KafkaWalVarlenaSize(VARSIZE_ANY_EXHDR(m->value));
+		if (m->headers)
+			size += KafkaWalVarlenaSize(VARSIZE(m->headers) - VARHDRSZ);
+	}
+	if (size > buffer_size)
+	{
+		if (buffer != NULL)
+			pfree(buffer);
+		buffer = NULL;
+		buffer_size = 0;
+		buffer = MemoryContextAlloc(TopMemoryContext, size);
+		buffer_size = size;
+	}
+
 	memset(&head, 0, sizeof(head));
 	head.magic = KAFKA_WAL_MAGIC;
 	/* The ids were allocated in this transaction, so on this timeline. */
@@ -264,7 +319,8 @@ KafkaWalWrite(const BufferedMessage *msgs, int n)
 	head.n = n;
 	/* The message goes under the top transaction's xid as decoding sees it. */
 	KafkaWalToken(GetTopTransactionId(), head.token);
-	appendBinaryStringInfo(&buf, (char *) &head, sizeof(head));
+	memcpy(buffer, &head, sizeof(head));
+	p = buffer + sizeof(head);
 	for (i = 0; i < n; i++)
 	{
 		const BufferedMessage *m = &msgs[i];
@@ -276,17 +332,24 @@ KafkaWalWrite(const BufferedMessage *msgs, int n)
 		item.key_len = m->key ? (int32) VARSIZE_ANY_EXHDR(m->key) : -1;
 		item.value_len = m->value ? (int32) VARSIZE_ANY_EXHDR(m->value) : -1;
 		item.headers_len = m->headers ? (int32) VARSIZE(m->headers) - VARHDRSZ : -1;
-		appendBinaryStringInfo(&buf, (char *) &item, sizeof(item));
-		KafkaWalAppendVarlena(&buf, VARDATA_ANY(m->topic), item.topic_len);
+		memcpy(p, &item, sizeof(item));
+		p += sizeof(item);
+		p = KafkaWalPutVarlena(p, VARDATA_ANY(m->topic), item.topic_len);
 		if (m->key)
-			KafkaWalAppendVarlena(&buf, VARDATA_ANY(m->key), item.key_len);
+			p = KafkaWalPutVarlena(p, VARDATA_ANY(m->key), item.key_len);
 		if (m->value)
-			KafkaWalAppendVarlena(&buf, VARDATA_ANY(m->value), item.value_len);
+			p = KafkaWalPutVarlena(p, VARDATA_ANY(m->value), item.value_len);
 		if (m->headers)
-			KafkaWalAppendVarlena(&buf, VARDATA(m->headers), item.headers_len);
+			p = KafkaWalPutVarlena(p, VARDATA(m->headers), item.headers_len);
 	}
-	(void) InfraLogLogicalMessage(KAFKA_WAL_PREFIX, buf.data, buf.len, true);
-	pfree(buf.data);
+	Assert(p == buffer + size);
+	(void) InfraLogLogicalMessage(KAFKA_WAL_PREFIX, buffer, size, true);
+	if (buffer_size > KAFKA_WAL_KEEP_BYTES)
+	{
+		pfree(buffer);
+		buffer = NULL;
+		buffer_size = 0;
+	}
 }
 
 /*
@@ -343,6 +406,7 @@ bool
 KafkaWalFlushWait(int64 deadline_ns)
 {
 	XLogRecPtr	marker;
+	bool		done = false;
 
 	if (XLogRecPtrIsInvalid(KafkaWalSlotConfirmed(NULL)))
 		return true;
@@ -354,14 +418,17 @@ KafkaWalFlushWait(int64 deadline_ns)
 
 		InfraWorkerWakeNow(INFRA_WORKER_DELIVERY);
 		confirmed = KafkaWalSlotConfirmed(NULL);
+
 		/* The marker's LSN is its end: confirmed up to there is past it. */
 		if (XLogRecPtrIsInvalid(confirmed) || confirmed >= marker)
-			return true;
+		{
+			done = true;
+			break;
+		}
 		if (InfraMonotonicNs() >= deadline_ns)
-			return false;
-		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-						 10, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
-		CHECK_FOR_INTERRUPTS();
+			break;
+		KafkaProgressSleep(deadline_ns);
 	}
+	KafkaProgressSleepEnd();
+	return done;
 }

@@ -75,6 +75,10 @@ typedef struct KafkaRound
 	int			ndead;			/* refused for good: dead letters */
 	char		first_error[KAFKA_ERROR_LEN];
 	int64		start_ns;		/* when producing began */
+	int64		timestamp_ms;	/* its messages' CreateTime: when producing began */
+	char	   *topic_name;		/* the topic being produced to, and its handle */
+	rd_kafka_topic_t *topic_handle;
+	bool		topic_temporary;	/* a handle to destroy after use */
 	bool		topics_pending; /* infra.topics has some to create */
 	bool		table_empty;	/* the read found no row */
 	bool		wal;			/* read from the WAL outbox, in commit order */

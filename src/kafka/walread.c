@@ -46,6 +46,7 @@
 #include "core/version.h"
 #include "core/worker.h"
 #include "kafka/outbox.h"
+#include "kafka/progress.h"
 #include "kafka/producer.h"
 #include "kafka/walread.h"
 
@@ -400,6 +401,7 @@ KafkaWalConfirm(int batch)
 	/* A checkpoint then saves the confirmed position too. */
 	ReplicationSlotMarkDirty();
 	KafkaWalForget(b);
+	KafkaProgressed();
 }
 
 /*
