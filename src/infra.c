@@ -30,6 +30,7 @@
 #include "core/worker.h"
 #include "kafka/kafka.h"
 #include "kafka/producer.h"
+#include "kafka/series.h"
 #include "kafka/standbys.h"
 #include "observability/metricqueries.h"
 #include "observability/otlp.h"
@@ -56,6 +57,7 @@ _PG_init(void)
 	InfraRateLimitInit();
 	InfraBreakerInit();
 	InfraKafkaInit();
+	InfraKafkaSeriesInit();
 	InfraProducerInit();
 	InfraStandbysInit();
 	InfraTracingInit();

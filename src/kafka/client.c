@@ -22,6 +22,7 @@
  */
 #include "postgres.h"
 
+#include "access/xlog.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/hsearch.h"
@@ -40,6 +41,13 @@
  * latency.  While a producer exists the idle worker polls it this often.
  */
 #define KAFKA_STATS_INTERVAL_MS "5000"
+
+/*
+ * A Kafka transaction left open (a worker killed) holds back every
+ * read_committed consumer of its partitions until the coordinator aborts
+ * it, this long after it began; a new worker aborts it at once.
+ */
+#define KAFKA_TRANSACTION_TIMEOUT_MS "60000"
 
 /* Longest the worker waits for the brokers' metadata when it starts. */
 #define KAFKA_PROBE_MS 3000
@@ -73,6 +81,7 @@ static char *latest_stats = NULL;
 static KafkaStats *my_stats = NULL;
 
 static char *producer_settings = NULL;	/* brokers + config it was built with */
+static uint64 producer_generation = 0;	/* producers made so far */
 static char last_client_error[KAFKA_ERROR_LEN];
 
 /* librdkafka's log lines, kept by its callback until the poll returns. */
@@ -107,6 +116,16 @@ KafkaMyStats(void)
 	if (my_stats == NULL)
 		my_stats = KafkaStatsFor(MyDatabaseId, true);
 	return my_stats;
+}
+
+/*
+ * Which producer this is (one more each time one is made): state kept for
+ * one producer (its transactions) is known stale by it.
+ */
+uint64
+KafkaProducerGeneration(void)
+{
+	return producer_generation;
 }
 
 /*
@@ -277,6 +296,41 @@ KafkaSetWaiting(const char *why)
  * is not configured.
  */
 /*
+ * The producer's transactional.id with infra.kafka_delivery = exactly_once:
+ * "infra-<system identifier>-<database oid>", the same across restarts and
+ * on a promoted standby (which has the primary's system identifier), so
+ * that a new worker fences the one before it wherever that one runs.
+ */
+void
+KafkaTransactionalId(char *buf, size_t len)
+{
+	snprintf(buf, len, "infra-" UINT64_FORMAT "-%u", GetSystemIdentifier(), MyDatabaseId);
+}
+
+static bool
+KafkaTransactionalConfigure(rd_kafka_conf_t *conf, char *errbuf, size_t errlen)
+{
+	char		id[64];
+
+	KafkaTransactionalId(id, sizeof(id));
+	return rd_kafka_conf_set(conf, "transactional.id", id, errbuf, errlen) == RD_KAFKA_CONF_OK &&
+		rd_kafka_conf_set(conf, "transaction.timeout.ms", KAFKA_TRANSACTION_TIMEOUT_MS,
+						  errbuf, errlen) == RD_KAFKA_CONF_OK;
+}
+
+/*
+ * The settings a producer is made with, as one string: a producer made
+ * with others is replaced.
+ */
+static char *
+KafkaProducerSettings(void)
+{
+	return psprintf("%s\n%s\n%d\n%d", infra_kafka_brokers,
+					infra_kafka_config ? infra_kafka_config : "",
+					infra_kafka_linger_ms, infra_kafka_delivery);
+}
+
+/*
  * Is there a producer, made with the settings in force?
  */
 bool
@@ -287,9 +341,7 @@ KafkaProducerCurrent(void)
 
 	if (producer == NULL || infra_kafka_brokers == NULL || infra_kafka_brokers[0] == '\0')
 		return false;
-	settings = psprintf("%s\n%s\n%d", infra_kafka_brokers,
-						infra_kafka_config ? infra_kafka_config : "",
-						infra_kafka_linger_ms);
+	settings = KafkaProducerSettings();
 	current = strcmp(settings, producer_settings) == 0;
 	pfree(settings);
 	return current;
@@ -309,9 +361,7 @@ KafkaEnsureProducer(void)
 		KafkaSetState("not configured");
 		return false;
 	}
-	settings = psprintf("%s\n%s\n%d", infra_kafka_brokers,
-						infra_kafka_config ? infra_kafka_config : "",
-						infra_kafka_linger_ms);
+	settings = KafkaProducerSettings();
 	if (producer != NULL && strcmp(settings, producer_settings) == 0)
 	{
 		pfree(settings);
@@ -327,7 +377,9 @@ KafkaEnsureProducer(void)
 		rd_kafka_conf_set(conf, "linger.ms", linger, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "message.timeout.ms", KAFKA_MESSAGE_TIMEOUT_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "statistics.interval.ms", KAFKA_STATS_INTERVAL_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
-		!KafkaConfigApply(conf, infra_kafka_config ? infra_kafka_config : "", errbuf, sizeof(errbuf)))
+		!KafkaConfigApply(conf, infra_kafka_config ? infra_kafka_config : "", errbuf, sizeof(errbuf)) ||
+		(infra_kafka_delivery == KAFKA_DELIVERY_EXACTLY_ONCE &&
+		 !KafkaTransactionalConfigure(conf, errbuf, sizeof(errbuf))))
 	{
 		rd_kafka_conf_destroy(conf);
 		KafkaRecordError(errbuf);
@@ -357,6 +409,7 @@ KafkaEnsureProducer(void)
 	rd_kafka_set_log_queue(producer, NULL);
 	producer_settings = MemoryContextStrdup(TopMemoryContext, settings);
 	pfree(settings);
+	producer_generation++;
 	KafkaSetState("connecting");
 	KafkaProbeBrokers();
 	ereport(LOG,

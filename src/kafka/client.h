@@ -22,6 +22,8 @@ typedef struct KafkaReport
 } KafkaReport;
 
 extern KafkaStats *KafkaMyStats(void);
+extern uint64 KafkaProducerGeneration(void);
+extern void KafkaTransactionalId(char *buf, size_t len);
 extern bool KafkaEnsureProducer(void);
 extern bool KafkaProducerCurrent(void);
 extern void KafkaClientShutdown(void);

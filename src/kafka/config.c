@@ -28,6 +28,13 @@ char	   *infra_kafka_brokers = NULL;
 char	   *infra_kafka_config = NULL;
 int			infra_kafka_batch_size = 10000;
 int			infra_kafka_linger_ms = 1;
+int			infra_kafka_delivery = KAFKA_DELIVERY_AT_LEAST_ONCE;
+
+static const struct config_enum_entry delivery_options[] = {
+	{"at_least_once", KAFKA_DELIVERY_AT_LEAST_ONCE, false},
+	{"exactly_once", KAFKA_DELIVERY_EXACTLY_ONCE, false},
+	{NULL, 0, false}
+};
 
 static emit_log_hook_type prev_emit_log_hook = NULL;
 
@@ -71,6 +78,13 @@ KafkaConfigInit(void)
 							1, 0, 60000,
 							PGC_SIGHUP, GUC_UNIT_MS,
 							NULL, NULL, NULL);
+	DefineCustomEnumVariable("infra.kafka_delivery",
+							 "How the worker hands messages to Kafka: at_least_once, or exactly_once (each round in a Kafka transaction with its progress).",
+							 "exactly_once needs infra.kafka_outbox = wal; consumers must read with isolation.level=read_committed.",
+							 &infra_kafka_delivery,
+							 KAFKA_DELIVERY_AT_LEAST_ONCE, delivery_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
 	if (!process_shared_preload_libraries_in_progress)
 		return;
 	prev_emit_log_hook = emit_log_hook;

@@ -15,6 +15,14 @@ extern char *infra_kafka_brokers;
 extern char *infra_kafka_config;
 extern int	infra_kafka_batch_size;
 extern int	infra_kafka_linger_ms;
+extern int	infra_kafka_delivery;
+
+/* infra.kafka_delivery */
+typedef enum KafkaDelivery
+{
+	KAFKA_DELIVERY_AT_LEAST_ONCE,
+	KAFKA_DELIVERY_EXACTLY_ONCE
+} KafkaDelivery;
 
 extern void KafkaConfigInit(void);
 extern bool KafkaConfigApply(rd_kafka_conf_t *conf, const char *value,

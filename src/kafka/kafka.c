@@ -69,7 +69,6 @@
 
 #include "core/clock.h"
 #include "core/infra.h"
-#include "core/metrics.h"
 #include "core/shmem.h"
 #include "core/spicheck.h"
 #include "core/tracing.h"
@@ -96,7 +95,6 @@ int			infra_kafka_on_full = KAFKA_ON_FULL_ERROR;
 int			infra_environment = 0;
 bool		infra_kafka_require_registered_topics = false;
 
-static void KafkaCollectMetrics(StringInfo out);
 static const struct config_enum_entry environment_options[] = {
 	{"dev", 0, false},
 	{"staging", 1, false},
@@ -216,7 +214,6 @@ InfraKafkaInit(void)
 	KafkaOutboxInit();
 	InfraShmemRegister(&seg);
 	KafkaProgressInit();
-	MetricsRegisterCollector(KafkaCollectMetrics);
 
 }
 
@@ -262,6 +259,30 @@ KafkaStatsFor(Oid database_oid, bool claim)
 		}
 	SpinLockRelease(&kafka_shared->mutex);
 	return found;
+}
+
+/*
+ * A copy of every database's counters in use (for /metrics); how many.
+ */
+int
+KafkaStatsCopyAll(KafkaStats *copies)
+{
+	int			n = 0;
+	int			i;
+
+	if (kafka_shared == NULL)
+		return 0;
+	for (i = 0; i < INFRA_MAX_DATABASES; i++)
+	{
+		KafkaStats *stats = &kafka_shared->stats[i];
+
+		SpinLockAcquire(&stats->mutex);
+		memcpy(&copies[n], stats, sizeof(KafkaStats));
+		SpinLockRelease(&stats->mutex);
+		if (copies[n].database_oid != InvalidOid && copies[n].database[0] != '\0')
+			n++;
+	}
+	return n;
 }
 
 /*
@@ -1163,78 +1184,4 @@ infra_kafka_wake_worker(PG_FUNCTION_ARGS)
 
 	InfraWorkerWakeAtCommit(INFRA_WORKER_DELIVERY);
 	PG_RETURN_VOID();
-}
-
-/*
- * Built-in series: each producing database's delivery counters, backlog
- * and latency.
- */
-static void
-KafkaCollectMetrics(StringInfo out)
-{
-	static const struct
-	{
-		const char *name;
-		const char *type;
-		const char *help;
-	}			families[] = {
-		{"infra_kafka_delivered_total", "counter", "Messages Kafka acknowledged."},
-		{"infra_kafka_failed_attempts_total", "counter", "Delivery attempts that failed and will be retried."},
-		{"infra_kafka_dead_lettered_total", "counter", "Messages moved to infra.kafka_dead_letters."},
-		{"infra_kafka_rounds_total", "counter", "Delivery rounds of the worker."},
-		{"infra_kafka_pending_messages", "gauge", "Messages in infra.kafka_outbox, as of the worker's last round."},
-		{"infra_kafka_in_flight_messages", "gauge", "Messages handed to librdkafka and not yet acknowledged."},
-		{"infra_kafka_broker_up", "gauge", "1 when the broker is reachable: the last delivery round reached it without errors or, idle, the producer is connected."},
-		{"infra_kafka_produce_latency_avg_seconds", "gauge", "Average produce latency (queue and round trip), from librdkafka statistics."},
-		{"infra_kafka_produce_latency_p99_seconds", "gauge", "99th percentile produce latency (queue and round trip), from librdkafka statistics."},
-		{"infra_kafka_oldest_pending_age_seconds", "gauge", "Age of the oldest message waiting in the outbox (0 when it is empty), as of now; it grows while nothing is delivered."},
-	};
-	TimestampTz now = GetCurrentTimestamp();
-	KafkaStats	copies[INFRA_MAX_DATABASES];
-	int			n = 0;
-	int			f;
-	int			i;
-
-	if (kafka_shared == NULL)
-		return;
-	MetricsWriteOne(out, "infra_kafka_max_pending_messages", "gauge",
-					"Messages the outbox may hold (infra.kafka_max_pending); past it kafka_send fails or waits (infra.kafka_on_full).",
-					(double) infra_kafka_max_pending);
-	for (i = 0; i < INFRA_MAX_DATABASES; i++)
-	{
-		KafkaStats *stats = &kafka_shared->stats[i];
-
-		SpinLockAcquire(&stats->mutex);
-		memcpy(&copies[n], stats, sizeof(KafkaStats));
-		SpinLockRelease(&stats->mutex);
-		if (copies[n].database_oid != InvalidOid && copies[n].database[0] != '\0')
-			n++;
-	}
-	for (f = 0; f < lengthof(families); f++)
-	{
-		MetricsWriteFamily(out, families[f].name, families[f].type, families[f].help);
-		for (i = 0; i < n; i++)
-		{
-			KafkaStats *s = &copies[i];
-			StringInfoData labels;
-
-			/* In the order of families[]. */
-			double		values[] = {
-				s->delivered_total, s->failed_attempts_total, s->dead_lettered_total,
-				s->batches_total, s->pending, s->in_flight,
-				strcmp(s->broker_state, "up") == 0,
-				s->latency_avg_ms / 1000.0, s->latency_p99_ms / 1000.0,
-				s->oldest_pending_at == 0 ? 0 :
-				Max(0, (double) (now - s->oldest_pending_at) / USECS_PER_SEC)
-			};
-
-			StaticAssertStmt(lengthof(values) == lengthof(families), "a value per family");
-			/* No latency sample yet: no series, rather than a false 0. */
-			if (f >= 7 && f <= 8 && s->latency_at == 0)
-				continue;
-			initStringInfo(&labels);
-			MetricsAppendLabel(&labels, "database", s->database);
-			MetricsWriteSample(out, families[f].name, labels.data, values[f]);
-		}
-	}
 }

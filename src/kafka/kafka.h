@@ -8,6 +8,7 @@
 #ifndef INFRA_KAFKA_H
 #define INFRA_KAFKA_H
 
+#include "access/xlogdefs.h"
 #include "storage/spin.h"
 #include "utils/jsonb.h"
 
@@ -57,9 +58,16 @@ typedef struct KafkaStats
 	TimestampTz latency_at;		/* when they were taken; 0: never */
 	char		waiting_for[256];	/* why the outbox waits ("": it does not) */
 	TimestampTz oldest_pending_at;	/* created_at of the outbox's head; 0: empty */
+	/* infra.kafka_delivery = exactly_once (txn.c) */
+	int64		txn_committed_total;
+	int64		txn_aborted_total;
+	int64		txn_fenced_total;	/* this worker's producer was fenced */
+	XLogRecPtr	txn_progress;	/* the WAL outbox is in Kafka up to here */
+	TimestampTz txn_began_at;	/* the open Kafka transaction's start; 0: none */
 } KafkaStats;
 
 extern KafkaStats *KafkaStatsFor(Oid database_oid, bool claim);
+extern int	KafkaStatsCopyAll(KafkaStats *copies);
 extern int64 KafkaSendMany(text *topic, Jsonb *headers, int n, bytea *const *values,
 						   text *const *keys);
 

@@ -26,6 +26,7 @@
  *   producer.c     the service the worker runs: a round, step by step
  *   settle.c       a round's outcome written back to the outbox
  *   progress.c     kafka_flush woken when a round has settled
+ *   txn.c          exactly once: each round a Kafka transaction with its progress
  *   client.c       the librdkafka producer, its callbacks and statistics
  *   config.c       the producer's settings, kept secret
  *   headers.c      a message's headers (infra-msg-id, infra-commit-time)
@@ -77,6 +78,7 @@
 #include "kafka/settle.h"
 #include "kafka/standbys.h"
 #include "kafka/topic_admin.h"
+#include "kafka/txn.h"
 #include "kafka/walread.h"
 #include "resilience/breaker.h"
 
@@ -128,6 +130,7 @@ static bool KafkaCommitsDurable(XLogRecPtr async_commit_lsn);
 static int64 KafkaPendingAfterRound(bool rows_left_out, int64 kept);
 static void KafkaProducerShutdown(void);
 static void KafkaRoundTopicDone(KafkaRound *round);
+static bool KafkaRoundFailing(KafkaRound *round);
 
 /* Run by the infra worker of each database, once infra is installed there. */
 static const InfraWorkerService producer_service = {
@@ -497,6 +500,12 @@ KafkaOrderMessages(KafkaRound *round)
 			row->keep[j] = true;
 			if ((moved ? row->first_id : id) >= round->cut)
 				continue;
+			/* Dead-lettered by a round aborted since (exactly once). */
+			if (round->wal && KafkaTxnIsDead(id))
+			{
+				row->keep[j] = false;
+				continue;
+			}
 			m = &round->messages[round->n++];
 			m->id = id;
 			m->order = moved ? row->first_id : id;
@@ -599,6 +608,16 @@ KafkaProduceMessages(KafkaRound *round)
 	 */
 	gettimeofday(&tv, NULL);
 	round->timestamp_ms = (int64) tv.tv_sec * 1000 + tv.tv_usec / 1000;
+	/* Exactly once: the round is one Kafka transaction (txn.c). */
+	if (KafkaTxnEnabled() && round->n > 0)
+	{
+		round->in_txn = true;
+		if (!KafkaTxnBegin())
+		{
+			round->txn_failed = true;
+			return;
+		}
+	}
 	for (i = 0; i < round->n; i++)
 	{
 		KafkaProduceOne(round, &round->messages[i]);
@@ -636,11 +655,63 @@ KafkaAwaitReports(KafkaRound *round)
 	}
 }
 
+/*
+ * Exactly once: end the round's Kafka transaction, committing it with its
+ * progress if no message was refused so far, else aborting it.  Once it
+ * failed, every message not refused for good is reported failed (retried:
+ * Kafka's copy was aborted), whatever its own report said.
+ */
+static void
+KafkaRoundEndTxn(KafkaRound *round)
+{
+	KafkaTxnOutcome outcome = KAFKA_TXN_FATAL;
+	char		why[KAFKA_ERROR_LEN] = "the transaction could not begin";
+	int			i;
+
+	if (!round->txn_failed)
+	{
+		outcome = KafkaTxnEnd(!KafkaRoundFailing(round),
+							  round->wal ? KafkaWalUpto(round->wal_batch) : InvalidXLogRecPtr,
+							  why, sizeof(why));
+		/* Every message is reported now (an abort purges the rest). */
+		KafkaAwaitReports(round);
+	}
+	if (outcome == KAFKA_TXN_COMMITTED)
+		return;
+	round->txn_failed = true;
+	if (round->first_error[0] == '\0')
+		snprintf(round->first_error, sizeof(round->first_error), "Kafka transaction aborted (%s)", why);
+	for (i = 0; i < round->n; i++)
+	{
+		KafkaReport *r = &round->messages[i].report;
+
+		if (r->reported && r->err != RD_KAFKA_RESP_ERR_NO_ERROR && KafkaErrorIsPermanent(r->err))
+			continue;
+		r->reported = true;
+		r->err = RD_KAFKA_RESP_ERR__PURGE_QUEUE;
+	}
+	if (outcome == KAFKA_TXN_FATAL)
+		KafkaClientShutdown();
+}
+
+/*
+ * Wait until the round is acknowledged: its transaction ended, or every
+ * delivery report in.
+ */
+static void
+KafkaRoundWait(KafkaRound *round)
+{
+	if (round->in_txn)
+		KafkaRoundEndTxn(round);
+	else
+		KafkaAwaitReports(round);
+}
+
 static void
 KafkaProduceRound(KafkaRound *round)
 {
 	KafkaProduceMessages(round);
-	KafkaAwaitReports(round);
+	KafkaRoundWait(round);
 }
 
 /*
@@ -708,9 +779,10 @@ KafkaSettleRound(KafkaRound *round)
 	int64		pending;
 
 	InfraWorkerSpiBegin();
+	/* An aborted transaction's messages are read again from the WAL, not moved. */
 	if (round->wal)
 		KafkaSettleWal(round->rows, round->nincluded, round->messages, round->n, round->ndead,
-					   round->first_error);
+					   round->first_error, !round->txn_failed);
 	else
 		KafkaSettle(round->rows, round->nincluded, round->messages, round->n, round->ndead,
 					round->first_error);
@@ -719,7 +791,17 @@ KafkaSettleRound(KafkaRound *round)
 									 round->total - round->nok - round->ndead);
 	KafkaEndTransaction();
 	/* Committed (flushed): the slot may now confirm past the round. */
-	if (round->wal)
+	if (round->wal && round->txn_failed)
+	{
+		int			i;
+
+		/* Read it again from the slot, without what is dead-lettered now. */
+		for (i = 0; i < round->n; i++)
+			if (round->messages[i].dead)
+				KafkaTxnRememberDead(round->messages[i].id);
+		KafkaWalStop();
+	}
+	else if (round->wal)
 		KafkaWalConfirm(round->wal_batch);
 	else
 		KafkaProgressed();
@@ -817,7 +899,7 @@ KafkaWalFinishRound(int slot)
 	KafkaRound *round = &wal_rounds[slot];
 
 	MemoryContextSwitchTo(wal_round_contexts[slot]);
-	KafkaAwaitReports(round);
+	KafkaRoundWait(round);
 	KafkaClassifyReports(round);
 	return KafkaAccountRound(round, KafkaSettleRound(round));
 }
@@ -901,10 +983,14 @@ KafkaWorkerServe(void)
 #endif
 	}
 	my_stats = KafkaMyStats();
+	/* After an ERROR: what librdkafka still reports writes into round memory. */
+	if (serving)
+	{
+		KafkaTxnAbandon();
+		KafkaWalPipelineReset();
+	}
 	MemoryContextReset(round_context);
 	MemoryContextSwitchTo(round_context);
-	if (serving)
-		KafkaWalPipelineReset();
 	serving = true;
 
 	/*
@@ -925,6 +1011,16 @@ KafkaWorkerServe(void)
 	{
 		serving = false;
 		return -1;
+	}
+	/* Exactly once: fence, read the progress back, decode again from the slot. */
+	if (KafkaTxnEnabled() && !KafkaTxnReady())
+	{
+		KafkaWalStop();
+		if (!KafkaTxnStart())
+		{
+			serving = false;
+			return KAFKA_RETRY_MIN_MS;
+		}
 	}
 	KafkaPoll(0);
 	KafkaAbsorbStats();
@@ -947,7 +1043,12 @@ KafkaWorkerServe(void)
 	{
 		int			slot = Max(KafkaWalHeldBatch(), 0);
 
-		if (KafkaWalStartRound(slot, &sleep_ms) != NULL)
+		KafkaRound *started = KafkaWalStartRound(slot, &sleep_ms);
+
+		/* A Kafka transaction at a time: no pipelining with exactly once. */
+		if (started != NULL && started->in_txn)
+			sleep_ms = KafkaWalFinishRound(slot);
+		else if (started != NULL)
 		{
 			wal_in_flight = slot;
 			sleep_ms = 0;

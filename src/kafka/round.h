@@ -79,6 +79,8 @@ typedef struct KafkaRound
 	char	   *topic_name;		/* the topic being produced to, and its handle */
 	rd_kafka_topic_t *topic_handle;
 	bool		topic_temporary;	/* a handle to destroy after use */
+	bool		in_txn;			/* produced in a Kafka transaction (exactly once) */
+	bool		txn_failed;		/* which did not commit */
 	bool		topics_pending; /* infra.topics has some to create */
 	bool		table_empty;	/* the read found no row */
 	bool		wal;			/* read from the WAL outbox, in commit order */

@@ -297,18 +297,19 @@ KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 }
 
 /*
- * Settle a round read from the WAL outbox: dead letters move, and what was
- * neither delivered nor dead moves to the table outbox (the slot then
- * confirms past all of it).
+ * Settle a round read from the WAL outbox: dead letters move, and (with
+ * move_failed) what was neither delivered nor dead moves to the table
+ * outbox (the slot then confirms past all of it).  Without: a round whose
+ * Kafka transaction aborted, read again from the WAL (txn.c).
  */
 void
 KafkaSettleWal(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
-			   int ndead, const char *first_error)
+			   int ndead, const char *first_error, bool move_failed)
 {
 	int			i;
 	int			j;
 
-	for (i = 0; i < nrows; i++)
+	for (i = 0; i < nrows && move_failed; i++)
 	{
 		int			kept = 0;
 

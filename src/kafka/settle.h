@@ -11,7 +11,7 @@
 #include "kafka/round.h"
 
 extern void KafkaSettleWal(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
-						   int ndead, const char *first_error);
+						   int ndead, const char *first_error, bool move_failed);
 extern void KafkaSettle(OutboxRow *rows, int nrows, OutboxMessage *messages, int n,
 						int ndead, const char *first_error);
 

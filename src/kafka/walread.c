@@ -47,6 +47,7 @@
 #include "core/worker.h"
 #include "kafka/outbox.h"
 #include "kafka/progress.h"
+#include "kafka/txn.h"
 #include "kafka/producer.h"
 #include "kafka/walread.h"
 
@@ -158,6 +159,15 @@ WalWrite(LogicalDecodingContext *ctx, XLogRecPtr lsn, TransactionId xid, bool la
 		return;
 	}
 	memcpy(&head, ctx->out->data + sizeof(KafkaWalCommit), sizeof(head));
+	/* Exactly once: a transaction Kafka has already (txn.c) is not read again. */
+	if (!XLogRecPtrIsInvalid(KafkaTxnSkipUpto()))
+	{
+		KafkaWalCommit commit;
+
+		memcpy(&commit, ctx->out->data, sizeof(commit));
+		if (commit.end_lsn <= KafkaTxnSkipUpto())
+			return;
+	}
 	if (filling->nchunks >= filling->capacity)
 	{
 		filling->capacity = Max(64, filling->capacity * 2);
@@ -384,6 +394,16 @@ KafkaWalDecode(void)
 	filling->open = true;
 	reading = false;
 	CommitTransactionCommand();
+}
+
+/*
+ * The LSN the round of this batch read up to: what the slot confirms once
+ * it is settled, and (exactly once) the progress its transaction carries.
+ */
+XLogRecPtr
+KafkaWalUpto(int batch)
+{
+	return batches[batch].upto;
 }
 
 /*

@@ -1,0 +1,108 @@
+#!/usr/bin/env bash
+# Exactly once against at least once (issue 27, item 5), one broker, one
+# PostgreSQL, the WAL outbox, infra.kafka_delivery switched by reload
+# between runs (paired and interleaved: at_least_once, exactly_once, ...):
+#  1. 100,000 messages of 100 bytes committed in transactions of 1,000:
+#     time from the first commit to kafka_flush returning (with
+#     exactly_once: the last Kafka transaction committed), BENCH_PAIRS
+#     pairs (default 3); the ratio of the pair's throughputs.
+#  2. Single-row commits at a steady 1,000 msg/s (pgbench -R) for
+#     BENCH_LATENCY_SECONDS (default 10): latency from the commit (the
+#     value is clock_timestamp() at the send) to a read_committed consumer
+#     (kcat, librdkafka's default) receiving the message, p50 and p99, each
+#     mode; with exactly_once a message is visible once its transaction's
+#     commit marker is written.
+# PostgreSQL runs with production durability (fsync, synchronous_commit).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/../lib.sh"
+. "$here/lib.sh"
+
+messages=${BENCH_MESSAGES:-100000}
+pairs=${BENCH_PAIRS:-3}
+seconds=${BENCH_LATENCY_SECONDS:-10}
+per_txn=1000
+bench_start_broker
+bench_start_pg "infra.kafka_brokers=$bootstrap" "${bench_logical_settings[@]}"
+psql -X -q -c 'CREATE EXTENSION infra'
+bench_set_outbox wal
+
+# set_delivery MODE: reload, then wait until the worker's producer is the
+# mode's (exactly_once: it has read its progress back).
+set_delivery() {
+	psql -X -q -c "ALTER SYSTEM SET infra.kafka_delivery = '$1'" -c 'SELECT pg_reload_conf()' >/dev/null
+	# One message through the new producer.
+	psql -X -qAt -c "SELECT infra.kafka_send('bench_eos_warmup', '$1')" -c "SELECT infra.kafka_flush('60 s')" | grep -q t ||
+		die "no delivery after switching to $1"
+}
+
+payload="repeat('x', 92) || lpad(g::text, 8, '0')"
+statements() {
+	local topic=$1 b
+	for b in $(seq 0 $((messages / per_txn - 1))); do
+		echo "SELECT count(infra.kafka_send('$topic', $payload, 'k' || (g % 100))) FROM generate_series($((b * per_txn + 1)), $(((b + 1) * per_txn))) g;"
+	done
+	echo '\o'
+	echo "SELECT infra.kafka_flush('600 s');"
+}
+
+# --- 1. throughput, paired ---------------------------------------------------
+declare -a ratios
+echo "$messages messages of 100 bytes, transactions of $per_txn: first commit to kafka_flush returning"
+for p in $(seq 1 "$pairs"); do
+	declare -A ms
+	for mode in at_least_once exactly_once; do
+		set_delivery "$mode"
+		topic="bench_eos_${mode}_$p"
+		printf 'warmup\n' | kcat -P -b "$bootstrap" -t "$topic" 2>/dev/null
+		statements "$topic" >"$work/send.sql"
+		start=$(now_ms)
+		flushed=$(psql -X -qAt -o /dev/null -f "$work/send.sql")
+		ms[$mode]=$(($(now_ms) - start))
+		[ "$flushed" = t ] || die "kafka_flush timed out ($mode)"
+		got=$(kcat -C -b "$bootstrap" -t "$topic" -o beginning -e -q -f '%s\n' | grep -vc warmup || true)
+		[ "$got" = "$messages" ] || die "$mode: a read_committed consumer got $got of $messages"
+	done
+	ratio=$(awk -v a="${ms[at_least_once]}" -v e="${ms[exactly_once]}" 'BEGIN { printf "%.2f", a / e }')
+	ratios+=("$ratio")
+	printf 'pair %d: at_least_once %5d ms  exactly_once %5d ms  throughput ratio %s\n' "$p" \
+		"${ms[at_least_once]}" "${ms[exactly_once]}" "$ratio"
+	unset ms
+done
+median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+printf '%-44s %s x, range %s-%s (target >= 0.9: %s)\n' "exactly_once / at_least_once throughput, median" "$median" \
+	"$(printf '%s\n' "${ratios[@]}" | sort -n | head -1)" "$(printf '%s\n' "${ratios[@]}" | sort -n | tail -1)" \
+	"$(awk -v r="$median" 'BEGIN { print (r >= 0.9 ? "meets" : "BELOW") }')"
+
+# --- 2. commit to visible at 1,000 msg/s ---------------------------------------
+# latency MODE: p50 p99 n of commit-to-receipt by a read_committed consumer.
+latency() {
+	local mode=$1 topic="bench_eos_latency_$1" consumer
+	set_delivery "$mode"
+	printf 'warmup\n' | kcat -P -b "$bootstrap" -t "$topic" 2>/dev/null
+	psql -X -qAt -c "SELECT infra.kafka_send('$topic', '0')" -c "SELECT infra.kafka_flush('60 s')" >/dev/null
+	kcat -C -b "$bootstrap" -t "$topic" -o end -u -q -f '%s\n' |
+		perl -MTime::HiRes=time -ne '$| = 1; chomp; printf "%.6f %s\n", time, $_ if /^\d{10,}$/' >"$work/received" &
+	consumer=$!
+	sleep 2
+	echo "SELECT infra.kafka_send('$topic', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text);" >"$work/latency.sql"
+	pgbench -n -R 1000 -c 4 -j 2 -T "$seconds" -f "$work/latency.sql" >/dev/null 2>&1
+	psql -X -qAt -c "SELECT infra.kafka_flush('120 s')" | grep -q t
+	sleep 1
+	kill "$consumer" 2>/dev/null || true
+	pkill -f "kcat -C -b $bootstrap -t $topic" 2>/dev/null || true
+	wait "$consumer" 2>/dev/null || true
+	awk '{ d = ($1 - $2 / 1000000) * 1000; if (d < 0) d = 0; print d }' "$work/received" | sort -n >"$work/latency"
+	awk '{ v[NR] = $1 } END { printf "%s %s %d\n", v[int(NR * 0.50) + 1], v[int(NR * 0.99) + 1], NR }' "$work/latency"
+}
+echo
+echo "single-row commits at 1,000 msg/s for ${seconds}s: commit to receipt by a read_committed consumer"
+declare -A p99
+for mode in at_least_once exactly_once; do
+	read -r p50 p99v count < <(latency "$mode")
+	p99[$mode]=$p99v
+	printf '%-16s p50 %6.1f ms  p99 %6.1f ms  (%d messages)\n' "$mode" "$p50" "$p99v" "$count"
+done
+ratio=$(awk -v e="${p99[exactly_once]}" -v a="${p99[at_least_once]}" 'BEGIN { printf "%.2f", e / a }')
+printf '%-44s %s x (target <= 1.5: %s)\n' "p99 exactly_once / at_least_once" "$ratio" \
+	"$(awk -v r="$ratio" 'BEGIN { print (r <= 1.5 ? "meets" : "ABOVE") }')"

@@ -1,0 +1,207 @@
+# Exactly once into Kafka (infra.kafka_delivery = exactly_once, with the
+# WAL outbox) against the real broker.  Every check compares what a
+# read_committed consumer (kcat's default) sees with what PostgreSQL
+# committed: the sending transactions record each value in a table too, so
+# the committed set is known exactly even when a crash cuts a client off.
+# Faults: the worker SIGKILLed at random points of its rounds (each kill
+# restarts PostgreSQL: the slot goes back to its last saved position, so
+# transactions Kafka already has are decoded again and must be skipped),
+# PostgreSQL stopped -m immediate mid-round, a zombie producer with the
+# worker's transactional id.  A read_uncommitted consumer shows the aborted
+# copies exist, so the checks can fail.  EXACTLY_ONCE_KILLS sizes the
+# fault loop (default 20).
+use strict;
+use warnings;
+
+use IPC::Run;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use InfraTest;
+
+my $bootstrap = kafka_bootstrap();
+my $kills = $ENV{EXACTLY_ONCE_KILLS} // 20;
+
+my $describe = `postgres --describe-config 2>/dev/null`;
+my $plugins = $describe =~ /^output_plugin_libraries\t/m
+  ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
+
+my $node = infra_node('exactly_once', conf => "infra.kafka_brokers = '$bootstrap'\n"
+	  . "wal_level = logical\nmax_replication_slots = 4\n"
+	  . "infra.kafka_outbox = wal\ninfra.kafka_delivery = exactly_once\n"
+	  . "restart_after_crash = on\n$plugins");
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION infra');
+my $db_oid = $node->safe_psql('postgres', "SELECT oid FROM pg_database WHERE datname = 'postgres'");
+my $sysid = $node->safe_psql('postgres', 'SELECT system_identifier FROM pg_control_system()');
+my $slot = "infra_kafka_$db_oid";
+my $progress_topic = "__infra_progress.$sysid.$db_oid";
+my $txn_id = "infra-$sysid-$db_oid";
+ok( wait_until(
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT count(*) FROM pg_replication_slots WHERE slot_name = '$slot' AND confirmed_flush_lsn IS NOT NULL"
+			) eq '1';
+		},
+		60),
+	'the worker has its slot');
+
+my $t = "infra_t_eos_$$";
+$node->safe_psql('postgres', qq{
+CREATE TABLE sent (v text PRIMARY KEY, k text NOT NULL, n bigint NOT NULL);
+CREATE SEQUENCE vals;
+CREATE FUNCTION send_batch(cnt int) RETURNS bigint LANGUAGE sql AS \$\$
+    WITH s AS (
+        INSERT INTO sent
+        SELECT 'k' || (x % 7) || ':' || x, 'k' || (x % 7), x
+        FROM (SELECT nextval('vals') AS x FROM generate_series(1, cnt)) q
+        RETURNING v, k, n)
+    SELECT count(infra.kafka_send('$t', v, k)) FROM (SELECT * FROM s ORDER BY n) o
+\$\$;
+});
+
+sub consume
+{
+	my ($topic, @extra) = @_;
+	my ($out, $err);
+	IPC::Run::run(
+		[ 'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
+		  @extra, '-f', '%k\t%s\n' ],
+		'>', \$out, '2>', \$err, IPC::Run::timeout(180));
+	return map { [ split /\t/, $_, -1 ] } split /\n/, $out;
+}
+
+sub flush_ok
+{
+	my ($seconds) = @_;
+	my ($rc, $out) = $node->psql('postgres', "SELECT infra.kafka_flush('$seconds s')");
+	return $rc == 0 && $out eq 't';
+}
+
+# The read_committed stream against the committed set: exactly equal, no
+# duplicate, per key in commit order (one sender: nextval order).
+sub check_exactly_once
+{
+	my ($label) = @_;
+	my @got = consume($t);
+	my %committed = map { $_ => 1 } split /\n/, $node->safe_psql('postgres', 'SELECT v FROM sent');
+	my (%count, %last, $dups, $missing, $extra, $disorder);
+	$dups = $missing = $extra = $disorder = 0;
+	for my $m (@got)
+	{
+		$dups++ if $count{ $m->[1] }++;
+		$extra++ unless $committed{ $m->[1] };
+		my ($n) = $m->[1] =~ /:(\d+)$/;
+		$disorder++ if defined $last{ $m->[0] } && $n <= $last{ $m->[0] };
+		$last{ $m->[0] } = $n;
+	}
+	$missing = grep { !$count{$_} } keys %committed;
+	is($dups, 0, "$label: no duplicate");
+	is($missing, 0, "$label: nothing committed is missing");
+	is($extra, 0, "$label: nothing uncommitted arrives");
+	is($disorder, 0, "$label: per key, commit order");
+	note(sprintf '%s: %d committed, %d read', $label, scalar(keys %committed), scalar(@got));
+	return scalar(@got);
+}
+
+# --- the progress record ------------------------------------------------------
+my $before = $node->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
+$node->safe_psql('postgres', 'SELECT send_batch(500)');
+ok(flush_ok(60), 'delivered');
+check_exactly_once('steady');
+my @progress = consume($progress_topic);
+ok(@progress >= 1, 'the round wrote its progress to ' . $progress_topic);
+like($progress[-1][1], qr/^\{"timeline": 1, "lsn": "[0-9A-F]+\/[0-9A-F]+"\}$/, 'the progress: timeline and LSN');
+my ($progress_lsn) = $progress[-1][1] =~ /"lsn": "([^"]+)"/;
+is($node->safe_psql('postgres', "SELECT '$progress_lsn'::pg_lsn > '$before'::pg_lsn"), 't',
+	'the progress covers the sending transaction\'s commit');
+my $config = `kcat -b $bootstrap -L -t $progress_topic 2>&1`;
+like($config, qr/partitions?: ?1|1 partitions/, 'the progress topic has one partition');
+
+# --- the worker SIGKILLed at random points of its rounds ---------------------
+# One sender keeps committing transactions of 200 messages; the worker is
+# killed after a random pause (0-600 ms), so at any point of a round:
+# before producing, while producing, before or after its Kafka commit.
+my $sender;
+my $script = $node->basedir . '/send.sql';
+open my $fh, '>', $script or die "cannot write $script: $!";
+print $fh "SELECT send_batch(200);\n";
+close $fh;
+# (Re)start it: a crash of PostgreSQL ends it.
+sub start_sender
+{
+	stop_sender();
+	my ($out, $err) = ('', '');
+	$sender = IPC::Run::start(
+		[ 'pgbench', '-n', '-c', '1', '-T', '600', '-R', '100', '-f', $script, '-h', $node->host, '-p', $node->port, 'postgres' ],
+		'>', \$out, '2>', \$err);
+}
+
+sub stop_sender
+{
+	return unless $sender;
+	eval { $sender->kill_kill; $sender->finish; };
+	undef $sender;
+}
+
+sub worker_back
+{
+	my ($old) = @_;
+	return wait_until(
+		sub {
+			my ($rc, $p) = $node->psql('postgres', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' AND datname = 'postgres'");
+			defined $rc && $rc == 0 && $p ne '' && $p ne $old;
+		},
+		90);
+}
+
+start_sender();
+my $back = 0;
+for my $i (1 .. $kills)
+{
+	select(undef, undef, undef, rand(0.6));
+	my $pid = worker_pid($node, 'postgres');
+	next unless $pid;
+	kill 'KILL', $pid;
+	$back++ if worker_back($pid);
+	start_sender();
+	# Let a few rounds commit before the next kill.
+	select(undef, undef, undef, 0.3);
+}
+is($back, $kills, "the worker came back after each of $kills SIGKILLs");
+stop_sender();
+ok(flush_ok(180), 'everything committed is delivered after the kills');
+my $committed_count = check_exactly_once('worker SIGKILLed ' . $kills . ' times');
+my $uncommitted = () = consume($t, '-X', 'isolation.level=read_uncommitted');
+cmp_ok($uncommitted, '>', $committed_count,
+	'a read_uncommitted consumer sees aborted copies (so these checks can fail)');
+like(slurp_log_since($node, 0), qr/delivers exactly once: Kafka holds the WAL outbox up to/,
+	'each new worker read the progress back');
+
+# --- PostgreSQL stopped -m immediate mid-round --------------------------------
+start_sender();
+select(undef, undef, undef, 1.5);
+$node->stop('immediate');
+stop_sender();
+$node->start;
+ok(flush_ok(180), 'after an immediate stop, everything committed is delivered');
+check_exactly_once('PostgreSQL stopped -m immediate');
+
+# --- a zombie with the worker's transactional id -----------------------------
+# A second producer with the same id (kcat, transactional) fences the
+# worker's: the worker's transaction fails, it makes its producer again
+# (fencing the zombie in turn) and nothing is lost or doubled.
+start_sender();
+select(undef, undef, undef, 1.0);
+my ($zout, $zerr);
+IPC::Run::run([ 'kcat', '-b', $bootstrap, '-P', '-t', "${t}_zombie", '-X', "transactional.id=$txn_id" ],
+	'<', \"zombie\n", '>', \$zout, '2>', \$zerr, IPC::Run::timeout(60));
+select(undef, undef, undef, 1.5);
+stop_sender();
+ok(flush_ok(180), 'after the zombie, everything committed is delivered');
+check_exactly_once('zombie producer');
+like(slurp_log_since($node, 0), qr/Another producer with this transactional id took over/,
+	'the worker says it was fenced');
+
+$node->stop;
+done_testing();
