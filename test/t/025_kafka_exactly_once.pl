@@ -6,13 +6,15 @@
 # Faults: the worker SIGKILLed at random points of its rounds (each kill
 # restarts PostgreSQL: the slot goes back to its last saved position, so
 # transactions Kafka already has are decoded again and must be skipped),
-# PostgreSQL stopped -m immediate mid-round, a zombie producer with the
-# worker's transactional id.  A read_uncommitted consumer shows the aborted
+# PostgreSQL stopped -m immediate mid-round, the broker SIGKILLed and
+# started again, infra.kafka_delivery switched back and forth on the live
+# system, a zombie producer with the worker's transactional id.  A read_uncommitted consumer shows the aborted
 # copies exist, so the checks can fail.  EXACTLY_ONCE_KILLS sizes the
 # fault loop (default 20).
 use strict;
 use warnings;
 
+use HTTP::Tiny;
 use IPC::Run;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
@@ -26,7 +28,9 @@ my $describe = `postgres --describe-config 2>/dev/null`;
 my $plugins = $describe =~ /^output_plugin_libraries\t/m
   ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
 
+my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
 my $node = infra_node('exactly_once', conf => "infra.kafka_brokers = '$bootstrap'\n"
+	  . "infra.metrics_listen = '127.0.0.1:$metrics_port'\n"
 	  . "wal_level = logical\nmax_replication_slots = 4\n"
 	  . "infra.kafka_outbox = wal\ninfra.kafka_delivery = exactly_once\n"
 	  . "restart_after_crash = on\n$plugins");
@@ -149,7 +153,10 @@ sub worker_back
 	my ($old) = @_;
 	return wait_until(
 		sub {
-			my ($rc, $p) = $node->psql('postgres', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' AND datname = 'postgres'");
+			# During crash recovery psql may exit before it reads its input.
+			my ($rc, $p) = eval {
+				$node->psql('postgres', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' AND datname = 'postgres'");
+			};
 			defined $rc && $rc == 0 && $p ne '' && $p ne $old;
 		},
 		90);
@@ -160,7 +167,7 @@ my $back = 0;
 for my $i (1 .. $kills)
 {
 	select(undef, undef, undef, rand(0.6));
-	my $pid = worker_pid($node, 'postgres');
+	my $pid = eval { worker_pid($node, 'postgres') };
 	next unless $pid;
 	kill 'KILL', $pid;
 	$back++ if worker_back($pid);
@@ -187,6 +194,35 @@ $node->start;
 ok(flush_ok(180), 'after an immediate stop, everything committed is delivered');
 check_exactly_once('PostgreSQL stopped -m immediate');
 
+# --- the broker SIGKILLed mid-stream, then started again -----------------------
+# The transaction in flight dies with the broker's connection; the worker
+# aborts or, fenced by its own restart of the producer, starts again and
+# reads the progress back; the coordinator resolves what was open.
+start_sender();
+select(undef, undef, undef, 1.0);
+ok(kafka_ctl('kill'), 'broker SIGKILLed mid-stream');
+select(undef, undef, undef, 2.0);
+ok(kafka_ctl('start'), 'broker started again');
+select(undef, undef, undef, 2.0);
+stop_sender();
+ok(flush_ok(240), 'after the broker came back, everything committed is delivered');
+check_exactly_once('broker SIGKILLed');
+
+# --- switching modes on a live system -------------------------------------------
+# at_least_once and exactly_once in turn, by reload, while a sender runs:
+# the round in flight finishes with the producer that sent it, the new
+# producer starts where the slot stands; nothing lost, nothing doubled.
+start_sender();
+for my $mode (qw(at_least_once exactly_once at_least_once exactly_once))
+{
+	select(undef, undef, undef, 1.0);
+	$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_delivery = '$mode'; SELECT pg_reload_conf()");
+}
+select(undef, undef, undef, 1.0);
+stop_sender();
+ok(flush_ok(180), 'after four switches, everything committed is delivered');
+check_exactly_once('modes switched live');
+
 # --- a zombie with the worker's transactional id -----------------------------
 # A second producer with the same id (kcat, transactional) fences the
 # worker's: the worker's transaction fails, it makes its producer again
@@ -202,6 +238,18 @@ ok(flush_ok(180), 'after the zombie, everything committed is delivered');
 check_exactly_once('zombie producer');
 like(slurp_log_since($node, 0), qr/Another producer with this transactional id took over/,
 	'the worker says it was fenced');
+
+# --- /metrics ---------------------------------------------------------------------
+my $metrics = HTTP::Tiny->new(timeout => 10)->get("http://127.0.0.1:$metrics_port/metrics")->{content} // '';
+my %m = map { /^(\w+)\{database="postgres"\} (\S+)$/ ? ($1 => $2) : () } split /\n/, $metrics;
+cmp_ok($m{infra_kafka_transactions_committed_total} // 0, '>', 100, '/metrics counts committed Kafka transactions');
+cmp_ok($m{infra_kafka_fenced_total} // 0, '>=', 1, 'and the fencing by the zombie');
+cmp_ok(($m{infra_kafka_transactions_aborted_total} // -1), '>=', 0, 'the aborted-transactions series is served');
+cmp_ok($m{infra_kafka_transaction_open_seconds} // -1, '==', 0, 'no transaction open when idle');
+my ($progress_now) = (consume($progress_topic))[-1][1] =~ /"lsn": "([^"]+)"/;
+cmp_ok($m{infra_kafka_progress_lsn_bytes} // -1, '==',
+	$node->safe_psql('postgres', "SELECT pg_wal_lsn_diff('$progress_now', '0/0')::bigint"),
+	'the progress gauge is the last committed progress record');
 
 $node->stop;
 done_testing();
