@@ -119,6 +119,8 @@ static int	failed_rounds = 0;
  * its delivery reports are in).
  */
 static KafkaRound wal_rounds[KAFKA_WAL_BATCHES];
+/* The table outbox's round (its reports land in it until awaited). */
+static KafkaRound table_round;
 static MemoryContext wal_round_contexts[KAFKA_WAL_BATCHES];
 static int	wal_in_flight = -1;
 /* Set while a round is served: still set at the next, an ERROR cut it. */
@@ -963,7 +965,7 @@ KafkaWalPipelineReset(void)
 static long
 KafkaWorkerServe(void)
 {
-	KafkaRound	round;
+	KafkaRound *round = &table_round;
 	long		sleep_ms;
 	bool		ready;
 
@@ -987,6 +989,8 @@ KafkaWorkerServe(void)
 	if (serving)
 	{
 		KafkaTxnAbandon();
+		if (table_round.sent > 0 && KafkaProducer() != NULL)
+			KafkaAwaitReports(&table_round);
 		KafkaWalPipelineReset();
 	}
 	MemoryContextReset(round_context);
@@ -1025,21 +1029,21 @@ KafkaWorkerServe(void)
 	KafkaPoll(0);
 	KafkaAbsorbStats();
 
-	memset(&round, 0, sizeof(round));
-	round.cut = PG_INT64_MAX;
-	ready = KafkaReadRound(&round, &sleep_ms);
+	memset(round, 0, sizeof(*round));
+	round->cut = PG_INT64_MAX;
+	ready = KafkaReadRound(round, &sleep_ms);
 	/* Before anything is produced, so a new topic has its settings. */
-	if (round.topics_pending)
+	if (round->topics_pending)
 		KafkaCreateRegisteredTopics(round_context);
 	if (ready)
 	{
-		KafkaOrderMessages(&round);
-		KafkaProduceRound(&round);
-		KafkaClassifyReports(&round);
-		sleep_ms = KafkaAccountRound(&round, KafkaSettleRound(&round));
+		KafkaOrderMessages(round);
+		KafkaProduceRound(round);
+		KafkaClassifyReports(round);
+		sleep_ms = KafkaAccountRound(round, KafkaSettleRound(round));
 	}
 	/* The WAL outbox once the table is empty (it holds older commits). */
-	else if (round.table_empty && KafkaWalWanted())
+	else if (round->table_empty && KafkaWalWanted())
 	{
 		int			slot = Max(KafkaWalHeldBatch(), 0);
 
