@@ -291,11 +291,6 @@ KafkaSetWaiting(const char *why)
 }
 
 /*
- * Have a producer built from the current settings.  A change of settings
- * (SIGHUP) drains the old producer before replacing it.  False when Kafka
- * is not configured.
- */
-/*
  * The producer's transactional.id with infra.kafka_delivery = exactly_once:
  * "infra-<system identifier>-<database oid>", the same across restarts and
  * on a promoted standby (which has the primary's system identifier), so
@@ -347,6 +342,11 @@ KafkaProducerCurrent(void)
 	return current;
 }
 
+/*
+ * Have a producer built from the current settings.  A change of settings
+ * (SIGHUP) drains the old producer before replacing it.  False when Kafka
+ * is not configured.
+ */
 bool
 KafkaEnsureProducer(void)
 {
