@@ -146,6 +146,33 @@ KafkaWalNextId(Oid block_sequence)
 	return next_id++;
 }
 
+/* The largest write buffer a backend keeps between transactions. */
+#define KAFKA_WAL_KEEP_BYTES (1024 * 1024)
+
+/*
+ * Bytes of a varlena of n data bytes as KafkaWalWrite lays it out.
+ */
+static inline Size
+KafkaWalVarlenaSize(int32 n)
+{
+	return INTALIGN(VARHDRSZ + n);
+}
+
+/*
+ * Copy n bytes as a varlena (4-byte header) padded to 4 bytes at p, sized
+ * for it by the caller (KafkaWalVarlenaSize); returns the byte after it.
+ */
+static inline char *
+KafkaWalPutVarlena(char *p, const void *data, int32 n)
+{
+	Size		padded = KafkaWalVarlenaSize(n);
+
+	SET_VARSIZE(p, VARHDRSZ + n);
+	memcpy(p + VARHDRSZ, data, n);
+	memset(p + VARHDRSZ + n, 0, padded - (VARHDRSZ + n));
+	return p + padded;
+}
+
 /*
  * Append len bytes as a varlena (4-byte header), padded to 4 bytes: the
  * worker points at it in place (walread.c).
@@ -153,13 +180,12 @@ KafkaWalNextId(Oid block_sequence)
 void
 KafkaWalAppendVarlena(StringInfo buf, const void *data, int32 len)
 {
-	uint32		header[2];	/* room for the varlena struct the macro names */
-	static const char zeros[4] = {0};
+	Size		size = KafkaWalVarlenaSize(len);
 
-	SET_VARSIZE(header, VARHDRSZ + len);
-	appendBinaryStringInfo(buf, (char *) header, VARHDRSZ);
-	appendBinaryStringInfo(buf, data, len);
-	appendBinaryStringInfo(buf, zeros, INTALIGN(VARHDRSZ + len) - (VARHDRSZ + len));
+	enlargeStringInfo(buf, size);
+	(void) KafkaWalPutVarlena(buf->data + buf->len, data, len);
+	buf->len += size;
+	buf->data[buf->len] = '\0';
 }
 
 /*
@@ -245,33 +271,6 @@ KafkaWalToken(TransactionId xid, uint8 *token)
 	memcpy(token, mac, KAFKA_WAL_TOKEN_LEN);
 }
 
-/* The largest write buffer a backend keeps between transactions. */
-#define KAFKA_WAL_KEEP_BYTES (1024 * 1024)
-
-/*
- * Bytes of a varlena of n data bytes as KafkaWalWrite lays it out.
- */
-static inline Size
-KafkaWalVarlenaSize(int32 n)
-{
-	return INTALIGN(VARHDRSZ + n);
-}
-
-/*
- * Copy n bytes as a varlena (4-byte header) padded to 4 bytes at p, which
- * KafkaWalWrite sized for it; returns the byte after it.
- */
-static inline char *
-KafkaWalPutVarlena(char *p, const void *data, int32 n)
-{
-	Size		padded = KafkaWalVarlenaSize(n);
-
-	SET_VARSIZE(p, VARHDRSZ + n);
-	memcpy(p + VARHDRSZ, data, n);
-	memset(p + VARHDRSZ + n, 0, padded - (VARHDRSZ + n));
-	return p + padded;
-}
-
 /*
  * Write n messages as one transactional logical message, in call order,
  * with the transaction's token (KafkaWalLoadSecret came first).  The
@@ -305,8 +304,6 @@ KafkaWalWrite(const BufferedMessage *msgs, int n)
 	{
 		if (buffer != NULL)
 			pfree(buffer);
-		buffer = NULL;
-		buffer_size = 0;
 		buffer = MemoryContextAlloc(TopMemoryContext, size);
 		buffer_size = size;
 	}

@@ -541,11 +541,12 @@ KafkaProduceOne(KafkaRound *round, OutboxMessage *m)
 
 	/* Messages come in runs of one topic: look its handle up once a run. */
 	if (round->topic_handle == NULL ||
-		VARSIZE_ANY_EXHDR(topic_text) != strlen(round->topic_name) ||
-		memcmp(VARDATA_ANY(topic_text), round->topic_name, VARSIZE_ANY_EXHDR(topic_text)) != 0)
+		VARSIZE_ANY_EXHDR(topic_text) != round->topic_len ||
+		memcmp(VARDATA_ANY(topic_text), round->topic_name, round->topic_len) != 0)
 	{
 		KafkaRoundTopicDone(round);
 		round->topic_name = text_to_cstring(topic_text);
+		round->topic_len = VARSIZE_ANY_EXHDR(topic_text);
 		round->topic_handle = KafkaTopic(round->topic_name, &round->topic_temporary);
 	}
 
@@ -590,6 +591,7 @@ KafkaRoundTopicDone(KafkaRound *round)
 	if (round->topic_name != NULL)
 		pfree(round->topic_name);
 	round->topic_name = NULL;
+	round->topic_len = 0;
 }
 
 /*

@@ -77,6 +77,7 @@ typedef struct KafkaRound
 	int64		start_ns;		/* when producing began */
 	int64		timestamp_ms;	/* its messages' CreateTime: when producing began */
 	char	   *topic_name;		/* the topic being produced to, and its handle */
+	Size		topic_len;
 	rd_kafka_topic_t *topic_handle;
 	bool		topic_temporary;	/* a handle to destroy after use */
 	bool		in_txn;			/* produced in a Kafka transaction (exactly once) */
