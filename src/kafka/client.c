@@ -6,7 +6,10 @@
  *
  * One long-lived idempotent producer (enable.idempotence, acks=all) per
  * worker, built from the settings of config.c and rebuilt (after a drain)
- * when a reload changes them.  librdkafka runs its own threads; none of
+ * when a reload changes them.  With exactly once, KAFKA_TXN_PRODUCERS
+ * transactional producers instead, taking rounds in turn (txn.c says why);
+ * the calls below act on the current one (KafkaUseProducer), polls serve
+ * them all.  librdkafka runs its own threads; none of
  * them calls PostgreSQL.  Delivery reports, errors, log lines and
  * statistics are delivered by rd_kafka_poll() on the worker's own thread
  * and only fill plain C structures; KafkaPoll() then reports the log lines
@@ -55,7 +58,10 @@
 /* Most topics whose handles (and metadata) the producer keeps. */
 #define KAFKA_MAX_KNOWN_TOPICS 10000
 
-static rd_kafka_t *producer = NULL;
+/* The producers (one, or KAFKA_TXN_PRODUCERS), and the one calls act on. */
+static rd_kafka_t *producers[KAFKA_TXN_PRODUCERS];
+static int	nproducers = 0;
+static int	current = 0;
 
 /*
  * Topics the producer has produced to, with their handles.  librdkafka looks
@@ -69,7 +75,7 @@ typedef struct KnownTopic
 	rd_kafka_topic_t *rkt;
 } KnownTopic;
 
-static HTAB *known_topics = NULL;
+static HTAB *known_topics[KAFKA_TXN_PRODUCERS];
 
 /*
  * The latest statistics JSON from librdkafka (malloc'd), handed from the
@@ -106,6 +112,7 @@ static int	KafkaStatsCallback(rd_kafka_t *rk, char *json, size_t json_len, void 
 static void KafkaProbeBrokers(void);
 static bool KafkaJsonIs(JsonbContainer *object, const char *key, const char *value);
 static void KafkaNoteBrokers(int known, int up);
+static rd_kafka_t *KafkaMakeProducer(int which);
 
 /*
  * This database's entry of the shared Kafka counters, claimed on first use.
@@ -119,8 +126,8 @@ KafkaMyStats(void)
 }
 
 /*
- * Which producer this is (one more each time one is made): state kept for
- * one producer (its transactions) is known stale by it.
+ * Which set of producers this is (one more each time they are made):
+ * state kept for them (their transactions) is known stale by it.
  */
 uint64
 KafkaProducerGeneration(void)
@@ -129,12 +136,30 @@ KafkaProducerGeneration(void)
 }
 
 /*
- * The producer (NULL until KafkaEnsureProducer has built one).
+ * The current producer (NULL until KafkaEnsureProducer has built them).
  */
 rd_kafka_t *
 KafkaProducer(void)
 {
-	return producer;
+	return nproducers > 0 ? producers[current] : NULL;
+}
+
+/* How many producers there are (0 before KafkaEnsureProducer). */
+int
+KafkaProducerCount(void)
+{
+	return nproducers;
+}
+
+/*
+ * Make producer `which` the one KafkaProducer, KafkaTopic and KafkaPoll's
+ * wait act on.
+ */
+void
+KafkaUseProducer(int which)
+{
+	if (which >= 0 && which < nproducers)
+		current = which;
 }
 
 /*
@@ -217,12 +242,19 @@ KafkaReportClientLogs(void)
 }
 
 /*
- * rd_kafka_poll, then the librdkafka lines it served.
+ * rd_kafka_poll of every producer (the current one waits up to
+ * timeout_ms), then the librdkafka lines it served.
  */
 void
 KafkaPoll(int timeout_ms)
 {
-	rd_kafka_poll(producer, timeout_ms);
+	int			i;
+
+	for (i = 0; i < nproducers; i++)
+		if (i != current)
+			rd_kafka_poll(producers[i], 0);
+	if (nproducers > 0)
+		rd_kafka_poll(producers[current], timeout_ms);
 	KafkaReportClientLogs();
 }
 
@@ -291,23 +323,27 @@ KafkaSetWaiting(const char *why)
 }
 
 /*
- * The producer's transactional.id with infra.kafka_delivery = exactly_once:
- * "infra-<system identifier>-<database oid>", the same across restarts and
- * on a promoted standby (which has the primary's system identifier), so
- * that a new worker fences the one before it wherever that one runs.
+ * The transactional.id of producer `which` with infra.kafka_delivery =
+ * exactly_once: "infra-<system identifier>-<database oid>-<which>", the
+ * same across restarts and on a promoted standby (which has the primary's
+ * system identifier), so that a new worker fences the one before it
+ * wherever that one runs.  which < 0: the prefix alone.
  */
 void
-KafkaTransactionalId(char *buf, size_t len)
+KafkaTransactionalId(char *buf, size_t len, int which)
 {
-	snprintf(buf, len, "infra-" UINT64_FORMAT "-%u", GetSystemIdentifier(), MyDatabaseId);
+	if (which < 0)
+		snprintf(buf, len, "infra-" UINT64_FORMAT "-%u", GetSystemIdentifier(), MyDatabaseId);
+	else
+		snprintf(buf, len, "infra-" UINT64_FORMAT "-%u-%d", GetSystemIdentifier(), MyDatabaseId, which);
 }
 
 static bool
-KafkaTransactionalConfigure(rd_kafka_conf_t *conf, char *errbuf, size_t errlen)
+KafkaTransactionalConfigure(rd_kafka_conf_t *conf, int which, char *errbuf, size_t errlen)
 {
 	char		id[64];
 
-	KafkaTransactionalId(id, sizeof(id));
+	KafkaTransactionalId(id, sizeof(id), which);
 	return rd_kafka_conf_set(conf, "transactional.id", id, errbuf, errlen) == RD_KAFKA_CONF_OK &&
 		rd_kafka_conf_set(conf, "transaction.timeout.ms", KAFKA_TRANSACTION_TIMEOUT_MS,
 						  errbuf, errlen) == RD_KAFKA_CONF_OK;
@@ -334,7 +370,7 @@ KafkaProducerCurrent(void)
 	char	   *settings;
 	bool		current;
 
-	if (producer == NULL || infra_kafka_brokers == NULL || infra_kafka_brokers[0] == '\0')
+	if (nproducers == 0 || infra_kafka_brokers == NULL || infra_kafka_brokers[0] == '\0')
 		return false;
 	settings = KafkaProducerSettings();
 	current = strcmp(settings, producer_settings) == 0;
@@ -351,9 +387,8 @@ bool
 KafkaEnsureProducer(void)
 {
 	char	   *settings;
-	rd_kafka_conf_t *conf;
-	char		errbuf[512];
-	char		linger[16];
+	int			n = infra_kafka_delivery == KAFKA_DELIVERY_EXACTLY_ONCE ? KAFKA_TXN_PRODUCERS : 1;
+	int			i;
 
 	if (infra_kafka_brokers == NULL || infra_kafka_brokers[0] == '\0')
 	{
@@ -362,85 +397,120 @@ KafkaEnsureProducer(void)
 		return false;
 	}
 	settings = KafkaProducerSettings();
-	if (producer != NULL && strcmp(settings, producer_settings) == 0)
+	if (nproducers > 0 && strcmp(settings, producer_settings) == 0)
 	{
 		pfree(settings);
 		return true;
 	}
 	KafkaClientShutdown();
-
-	conf = rd_kafka_conf_new();
-	snprintf(linger, sizeof(linger), "%d", infra_kafka_linger_ms);
-	if (rd_kafka_conf_set(conf, "bootstrap.servers", infra_kafka_brokers, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "enable.idempotence", "true", errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "acks", "all", errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "linger.ms", linger, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "message.timeout.ms", KAFKA_MESSAGE_TIMEOUT_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
-		rd_kafka_conf_set(conf, "statistics.interval.ms", KAFKA_STATS_INTERVAL_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
-		!KafkaConfigApply(conf, infra_kafka_config ? infra_kafka_config : "", errbuf, sizeof(errbuf)) ||
-		(infra_kafka_delivery == KAFKA_DELIVERY_EXACTLY_ONCE &&
-		 !KafkaTransactionalConfigure(conf, errbuf, sizeof(errbuf))))
+	for (i = 0; i < n; i++)
 	{
-		rd_kafka_conf_destroy(conf);
-		KafkaRecordError(errbuf);
-		ereport(LOG,
-				(errmsg("infra worker cannot configure the Kafka producer: %s", errbuf)));
-		KafkaSetState("misconfigured");
-		pfree(settings);
-		return false;
+		producers[i] = KafkaMakeProducer(i);
+		if (producers[i] == NULL)
+		{
+			nproducers = i;
+			KafkaClientShutdown();
+			KafkaSetState("misconfigured");
+			pfree(settings);
+			return false;
+		}
+		nproducers = i + 1;
 	}
-	rd_kafka_conf_set_dr_msg_cb(conf, KafkaDeliveryReport);
-	rd_kafka_conf_set_error_cb(conf, KafkaErrorCallback);
-	rd_kafka_conf_set_stats_cb(conf, KafkaStatsCallback);
-	rd_kafka_conf_set_log_cb(conf, KafkaLogCallback);
-	(void) rd_kafka_conf_set(conf, "log.queue", "true", errbuf, sizeof(errbuf));
-
-	producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errbuf, sizeof(errbuf));
-	if (producer == NULL)
-	{
-		KafkaRecordError(errbuf);
-		ereport(LOG,
-				(errmsg("infra worker cannot create the Kafka producer: %s", errbuf)));
-		KafkaSetState("misconfigured");
-		pfree(settings);
-		return false;
-	}
-	/* Its log lines come through rd_kafka_poll(), on this thread. */
-	rd_kafka_set_log_queue(producer, NULL);
+	current = 0;
 	producer_settings = MemoryContextStrdup(TopMemoryContext, settings);
 	pfree(settings);
 	producer_generation++;
 	KafkaSetState("connecting");
 	KafkaProbeBrokers();
 	ereport(LOG,
-			(errmsg("infra worker started a Kafka producer for %s (librdkafka %s)",
+			(errmsg("infra worker started %s for %s (librdkafka %s)",
+					n == 1 ? "a Kafka producer" : psprintf("%d transactional Kafka producers", n),
 					infra_kafka_brokers, rd_kafka_version_str())));
 	return true;
 }
 
 /*
- * Drain and destroy the producer (SIGHUP with new settings, exit).
+ * Producer `which`, made from the current settings (transactional with
+ * exactly once; the first one also gives the statistics); NULL, the error
+ * recorded, when it cannot be made.
+ */
+static rd_kafka_t *
+KafkaMakeProducer(int which)
+{
+	rd_kafka_conf_t *conf = rd_kafka_conf_new();
+	rd_kafka_t *rk;
+	char		errbuf[512];
+	char		linger[16];
+
+	snprintf(linger, sizeof(linger), "%d", infra_kafka_linger_ms);
+	if (rd_kafka_conf_set(conf, "bootstrap.servers", infra_kafka_brokers, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "enable.idempotence", "true", errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "acks", "all", errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "linger.ms", linger, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
+		rd_kafka_conf_set(conf, "message.timeout.ms", KAFKA_MESSAGE_TIMEOUT_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
+		(which == 0 &&
+		 rd_kafka_conf_set(conf, "statistics.interval.ms", KAFKA_STATS_INTERVAL_MS, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK) ||
+		!KafkaConfigApply(conf, infra_kafka_config ? infra_kafka_config : "", errbuf, sizeof(errbuf)) ||
+		(infra_kafka_delivery == KAFKA_DELIVERY_EXACTLY_ONCE &&
+		 !KafkaTransactionalConfigure(conf, which, errbuf, sizeof(errbuf))))
+	{
+		rd_kafka_conf_destroy(conf);
+		KafkaRecordError(errbuf);
+		ereport(LOG,
+				(errmsg("infra worker cannot configure the Kafka producer: %s", errbuf)));
+		return NULL;
+	}
+	rd_kafka_conf_set_dr_msg_cb(conf, KafkaDeliveryReport);
+	rd_kafka_conf_set_error_cb(conf, KafkaErrorCallback);
+	if (which == 0)
+		rd_kafka_conf_set_stats_cb(conf, KafkaStatsCallback);
+	rd_kafka_conf_set_log_cb(conf, KafkaLogCallback);
+	(void) rd_kafka_conf_set(conf, "log.queue", "true", errbuf, sizeof(errbuf));
+
+	rk = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errbuf, sizeof(errbuf));
+	if (rk == NULL)
+	{
+		KafkaRecordError(errbuf);
+		ereport(LOG,
+				(errmsg("infra worker cannot create the Kafka producer: %s", errbuf)));
+		return NULL;
+	}
+	/* Its log lines come through rd_kafka_poll(), on this thread. */
+	rd_kafka_set_log_queue(rk, NULL);
+	return rk;
+}
+
+/*
+ * Drain and destroy the producers (SIGHUP with new settings, exit).
  */
 void
 KafkaClientShutdown(void)
 {
-	if (producer == NULL)
-		return;
-	(void) rd_kafka_flush(producer, 5000);
-	KafkaReportClientLogs();
-	if (known_topics != NULL)
-	{
-		HASH_SEQ_STATUS status;
-		KnownTopic *t;
+	int			i;
 
-		hash_seq_init(&status, known_topics);
-		while ((t = hash_seq_search(&status)) != NULL)
-			rd_kafka_topic_destroy(t->rkt);
-		hash_destroy(known_topics);
-		known_topics = NULL;
+	if (nproducers == 0)
+		return;
+	for (i = 0; i < nproducers; i++)
+		(void) rd_kafka_flush(producers[i], 5000);
+	KafkaReportClientLogs();
+	for (i = 0; i < nproducers; i++)
+	{
+		if (known_topics[i] != NULL)
+		{
+			HASH_SEQ_STATUS status;
+			KnownTopic *t;
+
+			hash_seq_init(&status, known_topics[i]);
+			while ((t = hash_seq_search(&status)) != NULL)
+				rd_kafka_topic_destroy(t->rkt);
+			hash_destroy(known_topics[i]);
+			known_topics[i] = NULL;
+		}
+		rd_kafka_destroy(producers[i]);
+		producers[i] = NULL;
 	}
-	rd_kafka_destroy(producer);
-	producer = NULL;
+	nproducers = 0;
+	current = 0;
 	if (latest_stats)
 		free(latest_stats);
 	latest_stats = NULL;
@@ -450,7 +520,7 @@ KafkaClientShutdown(void)
 }
 
 /*
- * The producer's handle of a topic; the first time, its metadata is asked
+ * The current producer's handle of a topic; the first time, its metadata is asked
  * for and awaited (up to a second), so that its first messages go at once.
  * Past KAFKA_MAX_KNOWN_TOPICS the handle is *temporary: the caller destroys
  * it after use.
@@ -458,28 +528,29 @@ KafkaClientShutdown(void)
 rd_kafka_topic_t *
 KafkaTopic(const char *name, bool *temporary)
 {
+	rd_kafka_t *producer = KafkaProducer();
 	KnownTopic *t;
 	bool		found;
 
 	*temporary = false;
-	if (known_topics == NULL)
+	if (known_topics[current] == NULL)
 	{
 		HASHCTL		ctl;
 
 		ctl.keysize = sizeof(((KnownTopic *) NULL)->name);
 		ctl.entrysize = sizeof(KnownTopic);
-		known_topics = hash_create("infra kafka topics", 64, &ctl, HASH_ELEM | HASH_STRINGS);
+		known_topics[current] = hash_create("infra kafka topics", 64, &ctl, HASH_ELEM | HASH_STRINGS);
 	}
-	t = strlen(name) < sizeof(t->name) ? hash_search(known_topics, name, HASH_FIND, NULL) : NULL;
+	t = strlen(name) < sizeof(t->name) ? hash_search(known_topics[current], name, HASH_FIND, NULL) : NULL;
 	if (t != NULL)
 		return t->rkt;
 	if (strlen(name) >= sizeof(t->name) ||
-		hash_get_num_entries(known_topics) >= KAFKA_MAX_KNOWN_TOPICS)
+		hash_get_num_entries(known_topics[current]) >= KAFKA_MAX_KNOWN_TOPICS)
 	{
 		*temporary = true;
 		return rd_kafka_topic_new(producer, name, NULL);
 	}
-	t = hash_search(known_topics, name, HASH_ENTER, &found);
+	t = hash_search(known_topics[current], name, HASH_ENTER, &found);
 	t->rkt = rd_kafka_topic_new(producer, name, NULL);
 	{
 		const struct rd_kafka_metadata *md;
@@ -546,7 +617,7 @@ KafkaProbeBrokers(void)
 {
 	const struct rd_kafka_metadata *metadata = NULL;
 
-	if (rd_kafka_metadata(producer, 0, NULL, &metadata, KAFKA_PROBE_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
+	if (rd_kafka_metadata(producers[0], 0, NULL, &metadata, KAFKA_PROBE_MS) == RD_KAFKA_RESP_ERR_NO_ERROR)
 	{
 		if (metadata->broker_cnt > 0)
 			KafkaSetState("up");

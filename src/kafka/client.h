@@ -15,6 +15,13 @@
  * What a delivery report says of one message: the opaque handed to
  * rd_kafka_producev points at one of these.
  */
+/*
+ * With exactly once, this many transactional producers take the rounds in
+ * turn (txn.c).  Fixed: a new worker fences exactly the ids an old one
+ * used.
+ */
+#define KAFKA_TXN_PRODUCERS 3
+
 typedef struct KafkaReport
 {
 	bool		reported;
@@ -23,11 +30,13 @@ typedef struct KafkaReport
 
 extern KafkaStats *KafkaMyStats(void);
 extern uint64 KafkaProducerGeneration(void);
-extern void KafkaTransactionalId(char *buf, size_t len);
+extern void KafkaTransactionalId(char *buf, size_t len, int which);
 extern bool KafkaEnsureProducer(void);
 extern bool KafkaProducerCurrent(void);
 extern void KafkaClientShutdown(void);
 extern rd_kafka_t *KafkaProducer(void);
+extern int	KafkaProducerCount(void);
+extern void KafkaUseProducer(int which);
 extern rd_kafka_topic_t *KafkaTopic(const char *name, bool *temporary);
 extern void KafkaPoll(int timeout_ms);
 extern void KafkaAbsorbStats(void);

@@ -123,6 +123,13 @@ static KafkaRound wal_rounds[KAFKA_WAL_BATCHES];
 static KafkaRound table_round;
 static MemoryContext wal_round_contexts[KAFKA_WAL_BATCHES];
 static int	wal_in_flight = -1;
+
+/*
+ * A WAL round's Kafka transaction aborted: decoding starts again from the
+ * slot once no round is in flight (the rounds' data lives in walread.c's
+ * batches).
+ */
+static bool wal_read_again = false;
 /* Set while a round is served: still set at the next, an ERROR cut it. */
 static bool serving = false;
 
@@ -613,21 +620,31 @@ KafkaProduceMessages(KafkaRound *round)
 	gettimeofday(&tv, NULL);
 	round->timestamp_ms = (int64) tv.tv_sec * 1000 + tv.tv_usec / 1000;
 	/* Exactly once: the round is one Kafka transaction (txn.c). */
+	round->producer = 0;
 	if (KafkaTxnEnabled() && round->n > 0)
 	{
 		round->in_txn = true;
-		if (!KafkaTxnBegin())
+		round->producer = KafkaTxnBegin();
+		if (round->producer < 0)
 		{
+			round->producer = 0;
 			round->txn_failed = true;
 			return;
 		}
 	}
+	KafkaUseProducer(round->producer);
+	round->generation = KafkaProducerGeneration();
 	for (i = 0; i < round->n; i++)
 	{
 		KafkaProduceOne(round, &round->messages[i]);
 		round->sent = i + 1;
 	}
 	KafkaRoundTopicDone(round);
+	/* With its messages, the WAL round's progress record (txn.c). */
+	if (round->in_txn && round->wal &&
+		!KafkaTxnProgress(round->producer, KafkaWalUpto(round->wal_batch),
+						  round->first_error, sizeof(round->first_error)))
+		round->must_abort = true;
 
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = round->n;
@@ -636,20 +653,33 @@ KafkaProduceMessages(KafkaRound *round)
 
 /*
  * Wait for every delivery report of the round, staying responsive to
- * shutdown and reload.
+ * shutdown and reload.  Messages of a producer closed meanwhile (exactly
+ * once, another producer failed for good) count as failed: their
+ * transaction is lost.
  */
 static void
 KafkaAwaitReports(KafkaRound *round)
 {
 	int			i;
 
+	KafkaUseProducer(round->producer);
 	for (;;)
 	{
 		int			outstanding = 0;
+		bool		closed = KafkaProducerCount() == 0 || KafkaProducerGeneration() != round->generation;
 
 		/* Only what librdkafka was given will be reported. */
 		for (i = 0; i < round->sent; i++)
-			outstanding += !round->messages[i].report.reported;
+		{
+			KafkaReport *r = &round->messages[i].report;
+
+			if (!r->reported && closed)
+			{
+				r->reported = true;
+				r->err = RD_KAFKA_RESP_ERR__DESTROY;
+			}
+			outstanding += !r->reported;
+		}
 		if (outstanding == 0)
 			break;
 		KafkaPoll(50);
@@ -674,7 +704,10 @@ KafkaRoundEndTxn(KafkaRound *round)
 
 	if (!round->txn_failed)
 	{
-		outcome = KafkaTxnEnd(!KafkaRoundFailing(round),
+		if (round->must_abort)
+			strlcpy(why, round->first_error[0] ? round->first_error :
+					"the transaction before it was aborted", sizeof(why));
+		outcome = KafkaTxnEnd(round->producer, !KafkaRoundFailing(round) && !round->must_abort,
 							  round->wal ? KafkaWalUpto(round->wal_batch) : InvalidXLogRecPtr,
 							  why, sizeof(why));
 		/* Every message is reported now (an abort purges the rest). */
@@ -803,7 +836,7 @@ KafkaSettleRound(KafkaRound *round)
 		for (i = 0; i < round->n; i++)
 			if (round->messages[i].dead)
 				KafkaTxnRememberDead(round->messages[i].id);
-		KafkaWalStop();
+		wal_read_again = true;
 	}
 	else if (round->wal)
 		KafkaWalConfirm(round->wal_batch);
@@ -913,6 +946,11 @@ KafkaWalFinishRound(int slot)
  * meanwhile unless it is failing: rounds are settled in the order they
  * were read.  When the older one failed, the newer one (later commits) is
  * settled right after it, before anything is retried from the table.
+ *
+ * Exactly once, the next round goes to another producer (txn.c): only
+ * once every message of the older one is acknowledged (no order holds
+ * between two producers), and it is aborted when the older one's
+ * transaction does not commit.
  */
 static long
 KafkaWalPipeline(bool start_next)
@@ -925,14 +963,23 @@ KafkaWalPipeline(bool start_next)
 
 	KafkaPoll(0);
 	KafkaAbsorbStats();
-	if (start_next && !KafkaRoundFailing(&wal_rounds[older]))
+	if (wal_rounds[older].in_txn && !wal_rounds[older].txn_failed)
+		KafkaAwaitReports(&wal_rounds[older]);
+	if (start_next && !wal_rounds[older].txn_failed && !wal_rounds[older].must_abort &&
+		!KafkaRoundFailing(&wal_rounds[older]))
 		next = KafkaWalStartRound(newer, &next_sleep_ms);
 	sleep_ms = KafkaWalFinishRound(older);
 	wal_in_flight = next ? newer : -1;
-	if (next && wal_rounds[older].nbad > 0)
+	if (next && (wal_rounds[older].nbad > 0 || wal_rounds[older].txn_failed))
 	{
+		wal_rounds[newer].must_abort |= wal_rounds[older].txn_failed;
 		sleep_ms = KafkaWalFinishRound(newer);
 		wal_in_flight = -1;
+	}
+	if (wal_read_again && wal_in_flight < 0)
+	{
+		KafkaWalStop();
+		wal_read_again = false;
 	}
 	return wal_in_flight >= 0 ? 0 : sleep_ms;
 }
@@ -952,6 +999,7 @@ KafkaWalPipelineReset(void)
 			KafkaAwaitReports(&wal_rounds[i]);
 	memset(wal_rounds, 0, sizeof(wal_rounds));
 	wal_in_flight = -1;
+	wal_read_again = false;
 	KafkaWalStop();
 }
 
@@ -1051,10 +1099,7 @@ KafkaWorkerServe(void)
 
 		KafkaRound *started = KafkaWalStartRound(slot, &sleep_ms);
 
-		/* A Kafka transaction at a time: no pipelining with exactly once. */
-		if (started != NULL && started->in_txn)
-			sleep_ms = KafkaWalFinishRound(slot);
-		else if (started != NULL)
+		if (started != NULL)
 		{
 			wal_in_flight = slot;
 			sleep_ms = 0;

@@ -80,8 +80,11 @@ typedef struct KafkaRound
 	Size		topic_len;
 	rd_kafka_topic_t *topic_handle;
 	bool		topic_temporary;	/* a handle to destroy after use */
+	int			producer;		/* which producer it went to (client.c) */
+	uint64		generation;		/* of which set of producers */
 	bool		in_txn;			/* produced in a Kafka transaction (exactly once) */
 	bool		txn_failed;		/* which did not commit */
+	bool		must_abort;		/* the round before it did not commit: nor may it */
 	bool		topics_pending; /* infra.topics has some to create */
 	bool		table_empty;	/* the read found no row */
 	bool		wal;			/* read from the WAL outbox, in commit order */

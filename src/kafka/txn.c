@@ -4,9 +4,9 @@
  *		Exactly once into Kafka: each round in a Kafka transaction that
  *		also carries the round's progress.
  *
- * With infra.kafka_delivery = exactly_once the producer is transactional
- * (transactional.id "infra-<system identifier>-<database oid>", client.c)
- * and every round is one Kafka transaction: its messages and one progress
+ * With infra.kafka_delivery = exactly_once the producers are transactional
+ * (transactional.id "infra-<system identifier>-<database oid>-<n>",
+ * client.c) and every round is one Kafka transaction: its messages and one progress
  * record, written to this database's progress topic
  * (__infra_progress.<system identifier>.<database oid>, one partition,
  * compacted).  The record says how far the WAL outbox is in Kafka: the
@@ -17,7 +17,22 @@
  * taken in).  "The round reached Kafka" and "Kafka knows it" are then one
  * atomic fact.
  *
- * When a producer is made (start, reload, after a fatal error):
+ * Rounds go to KAFKA_TXN_PRODUCERS producers in turn.  One producer would
+ * begin its next transaction while the coordinator still writes the last
+ * one's commit markers: Kafka answers CONCURRENT_TRANSACTIONS and
+ * librdkafka (2.0.2) tries again 20 ms later, a fixed delay that made
+ * exactly once a third slower than at least once and its commit-to-visible
+ * tail ten times longer.  With three, a producer begins again two rounds
+ * after its commit.  It also lets the rounds overlap as at least once's do
+ * (producer.c): a round is produced only once every message of the round
+ * before it is acknowledged (so per partition, and so per key, Kafka's
+ * order is the commit order: two producers give no order between them),
+ * while that round's transaction commits; transactions commit in read
+ * order, and when one does not, the next is aborted too.  So a committed
+ * progress record means every round before it committed, and the progress
+ * is the highest committed record.
+ *
+ * When the producers are made (start, reload, after a fatal error):
  * init_transactions fences any earlier producer with the same id (a killed
  * worker, the old primary after a failover: its next call fails) and
  * finishes or aborts what it left open; then the progress is read back
@@ -63,19 +78,26 @@
 
 /* The producer generation transactions were initialised for (0: none). */
 static uint64 ready_generation = 0;
+/* The generation init_transactions was last called for (it runs once per producer). */
+static uint64 init_generation = 0;
 /* WAL-outbox transactions ending at or before this are in Kafka. */
 static XLogRecPtr skip_upto = InvalidXLogRecPtr;
 /* Ids dead-lettered by an aborted round: left out when it is read again. */
 static HTAB *dead_ids = NULL;
-/* A Kafka transaction is open (begun, not ended). */
-static bool txn_open = false;
+/* Which producers have a Kafka transaction open (begun, not ended), since when. */
+static bool txn_open[KAFKA_TXN_PRODUCERS];
+static TimestampTz txn_began[KAFKA_TXN_PRODUCERS];
+static uint64 txn_generation[KAFKA_TXN_PRODUCERS];
+/* The producer the next round begins on. */
+static int	txn_next = 0;
 
 static bool KafkaTxnInit(void);
 static bool KafkaTxnEnsureTopic(const char *topic);
+static bool KafkaTxnKnowTopic(const char *topic);
 static bool KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn);
 static bool KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr *lsn);
-static void KafkaTxnFail(rd_kafka_error_t *error, const char *what);
-static void KafkaTxnNoteBegin(void);
+static void KafkaTxnFail(rd_kafka_error_t *error, const char *what, int which);
+static void KafkaTxnNoteOpen(void);
 static void KafkaTxnNoteEnd(bool committed, XLogRecPtr progress);
 static void KafkaTxnNoteFenced(void);
 
@@ -121,7 +143,15 @@ KafkaTxnStart(void)
 	TimeLineID	current = GetWALInsertionTimeLine();
 
 	KafkaTxnProgressTopic(topic, sizeof(topic));
-	if (!KafkaTxnInit() || !KafkaTxnEnsureTopic(topic) || !KafkaTxnReadProgress(topic, &tli, &lsn))
+	/* A producer is initialised once: after a failure, made again. */
+	if (init_generation == KafkaProducerGeneration())
+	{
+		KafkaClientShutdown();
+		if (!KafkaEnsureProducer())
+			return false;
+	}
+	if (!KafkaTxnInit() || !KafkaTxnEnsureTopic(topic) || !KafkaTxnKnowTopic(topic) ||
+		!KafkaTxnReadProgress(topic, &tli, &lsn))
 	{
 		/* Made again at the next try (a fatal error leaves it unusable). */
 		KafkaClientShutdown();
@@ -161,29 +191,40 @@ KafkaTxnStart(void)
 }
 
 /*
- * init_transactions, resumed while it times out (responsive to shutdown).
+ * init_transactions on every producer, each resumed while it times out
+ * (responsive to shutdown).
  */
 static bool
 KafkaTxnInit(void)
 {
 	int64		deadline = InfraMonotonicNs() + KAFKA_TXN_START_S * NS_PER_SEC;
+	int			i;
 
-	for (;;)
+	init_generation = KafkaProducerGeneration();
+	memset(txn_open, 0, sizeof(txn_open));
+	txn_next = 0;
+	for (i = 0; i < KafkaProducerCount(); i++)
 	{
-		rd_kafka_error_t *error = rd_kafka_init_transactions(KafkaProducer(), KAFKA_TXN_POLL_MS);
-
-		KafkaPoll(0);
-		if (error == NULL)
-			return true;
-		if (!rd_kafka_error_is_retriable(error) || ShutdownRequestPending ||
-			InfraMonotonicNs() >= deadline)
+		KafkaUseProducer(i);
+		for (;;)
 		{
-			KafkaTxnFail(error, "initialise transactions");
-			return false;
+			rd_kafka_error_t *error = rd_kafka_init_transactions(KafkaProducer(), KAFKA_TXN_POLL_MS);
+
+			KafkaPoll(0);
+			if (error == NULL)
+				break;
+			if (!rd_kafka_error_is_retriable(error) || ShutdownRequestPending ||
+				InfraMonotonicNs() >= deadline)
+			{
+				KafkaTxnFail(error, "initialise transactions", i);
+				return false;
+			}
+			rd_kafka_error_destroy(error);
+			CHECK_FOR_INTERRUPTS();
 		}
-		rd_kafka_error_destroy(error);
-		CHECK_FOR_INTERRUPTS();
 	}
+	KafkaUseProducer(0);
+	return true;
 }
 
 /*
@@ -243,6 +284,32 @@ KafkaTxnEnsureTopic(const char *topic)
 }
 
 /*
+ * Every producer asks for the progress topic's metadata now: a producer
+ * that first meets it at a commit would wait for its leader (up to a
+ * second, librdkafka's metadata timer) with the transaction open.
+ */
+static bool
+KafkaTxnKnowTopic(const char *topic)
+{
+	int			i;
+
+	for (i = 0; i < KafkaProducerCount(); i++)
+	{
+		bool		temporary;
+		rd_kafka_topic_t *rkt;
+
+		KafkaUseProducer(i);
+		rkt = KafkaTopic(topic, &temporary);
+		if (rkt == NULL)
+			return false;
+		if (temporary)
+			rd_kafka_topic_destroy(rkt);
+	}
+	KafkaUseProducer(0);
+	return true;
+}
+
+/*
  * A consumer reading committed records only, to read the progress back;
  * NULL (the error recorded) when it cannot be made.
  */
@@ -254,7 +321,7 @@ KafkaTxnProgressReader(void)
 	char		group[96];
 	rd_kafka_t *consumer;
 
-	KafkaTransactionalId(group, sizeof(group));
+	KafkaTransactionalId(group, sizeof(group), -1);
 	strlcat(group, "-progress", sizeof(group));
 	if (rd_kafka_conf_set(conf, "bootstrap.servers", infra_kafka_brokers, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
 		rd_kafka_conf_set(conf, "group.id", group, errbuf, sizeof(errbuf)) != RD_KAFKA_CONF_OK ||
@@ -281,7 +348,7 @@ KafkaTxnProgressReader(void)
 
 /*
  * Read the progress topic from start to high (the last stable offset),
- * keeping the last progress record: -1 on error, else whether one was
+ * keeping the highest progress record: -1 on error, else whether one was
  * found.
  */
 static int
@@ -327,8 +394,16 @@ KafkaTxnScanProgress(rd_kafka_t *consumer, const char *topic, int64 start, int64
 		}
 		else
 		{
-			if (msg->offset < high && KafkaTxnParseProgress(msg->payload, msg->len, tli, lsn))
+			TimeLineID	t;
+			XLogRecPtr	l;
+
+			if (msg->offset < high && KafkaTxnParseProgress(msg->payload, msg->len, &t, &l) &&
+				(found == 0 || l > *lsn))
+			{
+				*tli = t;
+				*lsn = l;
 				found = 1;
+			}
 			done = msg->offset + 1 >= high;
 		}
 		rd_kafka_message_destroy(msg);
@@ -338,11 +413,12 @@ KafkaTxnScanProgress(rd_kafka_t *consumer, const char *topic, int64 start, int64
 }
 
 /*
- * The last committed progress record (read_committed): its timeline and
- * LSN, or 0 and InvalidXLogRecPtr when there is none.  Only this
- * database's producer writes the topic, and init_transactions has just
- * finished its last transaction, so the last committed record is the
- * progress.  Reads back from the end, a wider window each time, past the
+ * The highest committed progress record (read_committed): its timeline
+ * and LSN, or 0 and InvalidXLogRecPtr when there is none.  Only this
+ * database's producers write the topic, and init_transactions has just
+ * finished their last transactions, so that record is the progress (it is
+ * also the last one: a round's record is written after the one before it
+ * committed).  Reads back from the end, a wider window each time, past the
  * transaction markers and aborted records.
  */
 static bool
@@ -407,59 +483,102 @@ KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr
 }
 
 /*
- * Begin the round's transaction.  False: the producer is unusable (it was
- * shut down; the round fails and is read again).
+ * Begin the round's transaction on the next producer with none open, and
+ * make it the current one.  Returns which, or -1: it cannot (the round
+ * fails and is read again; the producers are made again).
  */
-bool
+int
 KafkaTxnBegin(void)
 {
-	rd_kafka_error_t *error = rd_kafka_begin_transaction(KafkaProducer());
+	rd_kafka_error_t *error;
+	int			which = -1;
+	int			i;
 
+	for (i = 0; i < KafkaProducerCount() && which < 0; i++)
+		if (!txn_open[(txn_next + i) % KafkaProducerCount()])
+			which = (txn_next + i) % KafkaProducerCount();
+	if (which < 0)
+	{
+		ready_generation = 0;
+		return -1;
+	}
+	txn_next = (which + 1) % KafkaProducerCount();
+	KafkaUseProducer(which);
+	error = rd_kafka_begin_transaction(KafkaProducer());
 	if (error == NULL)
 	{
-		txn_open = true;
-		KafkaTxnNoteBegin();
-		return true;
+		txn_open[which] = true;
+		txn_began[which] = GetCurrentTimestamp();
+		txn_generation[which] = KafkaProducerGeneration();
+		KafkaTxnNoteOpen();
+		return which;
 	}
-	KafkaTxnFail(error, "begin a transaction");
+	KafkaTxnFail(error, "begin a transaction", which);
+	return -1;
+}
+
+/*
+ * Produce the round's progress record into its transaction (producer
+ * `which`): the WAL outbox is in Kafka up to upto once it commits.  Sent
+ * with the round's messages, so that the commit has only EndTxn left to
+ * wait for.  False (why says it) when librdkafka refuses it: the round
+ * must not commit.
+ */
+bool
+KafkaTxnProgress(int which, XLogRecPtr upto, char *why, size_t whylen)
+{
+	char		topic[96];
+	char		value[96];
+	rd_kafka_resp_err_t err;
+	bool		temporary;
+	rd_kafka_topic_t *rkt;
+
+	KafkaUseProducer(which);
+	KafkaTxnProgressTopic(topic, sizeof(topic));
+	snprintf(value, sizeof(value), "{\"timeline\": %u, \"lsn\": \"%X/%X\"}",
+			 GetWALInsertionTimeLine(), LSN_FORMAT_ARGS(upto));
+	/* The handle KafkaTxnKnowTopic made: its leader is known. */
+	rkt = KafkaTopic(topic, &temporary);
+	err = rd_kafka_producev(KafkaProducer(),
+							RD_KAFKA_V_RKT(rkt),
+							RD_KAFKA_V_PARTITION(0),
+							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
+							RD_KAFKA_V_KEY(KAFKA_PROGRESS_KEY, strlen(KAFKA_PROGRESS_KEY)),
+							RD_KAFKA_V_VALUE(value, strlen(value)),
+							RD_KAFKA_V_END);
+	if (temporary)
+		rd_kafka_topic_destroy(rkt);
+	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		return true;
+	snprintf(why, whylen, "progress record: %s", rd_kafka_err2str(err));
 	return false;
 }
 
 /*
- * End the round's transaction: with upto valid, first the progress record
- * saying the WAL outbox is in Kafka up to it; commit if commit, else
- * abort.  Every message of the transaction has been reported when this
- * returns (an abort purges what was not sent).  Returns the outcome.
+ * End the round's transaction on producer `which`: commit if commit
+ * (with upto valid, its progress record says the WAL outbox is in Kafka
+ * up to upto), else abort.  Every message of the transaction has been
+ * reported when this returns (an abort purges what was not sent).
+ * Returns the outcome.
  */
 KafkaTxnOutcome
-KafkaTxnEnd(bool commit, XLogRecPtr upto, char *why, size_t whylen)
+KafkaTxnEnd(int which, bool commit, XLogRecPtr upto, char *why, size_t whylen)
 {
-	rd_kafka_t *rk = KafkaProducer();
+	rd_kafka_t *rk;
 	rd_kafka_error_t *error = NULL;
 
-	txn_open = false;
-	if (commit && !XLogRecPtrIsInvalid(upto))
+	/* Its producer closed (another one failed for good): it is lost. */
+	if (which >= KafkaProducerCount() || !txn_open[which] ||
+		txn_generation[which] != KafkaProducerGeneration())
 	{
-		char		topic[96];
-		char		value[96];
-		rd_kafka_resp_err_t err;
-
-		KafkaTxnProgressTopic(topic, sizeof(topic));
-		snprintf(value, sizeof(value), "{\"timeline\": %u, \"lsn\": \"%X/%X\"}",
-				 GetWALInsertionTimeLine(), LSN_FORMAT_ARGS(upto));
-		err = rd_kafka_producev(rk,
-								RD_KAFKA_V_TOPIC(topic),
-								RD_KAFKA_V_PARTITION(0),
-								RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-								RD_KAFKA_V_KEY(KAFKA_PROGRESS_KEY, strlen(KAFKA_PROGRESS_KEY)),
-								RD_KAFKA_V_VALUE(value, strlen(value)),
-								RD_KAFKA_V_END);
-		if (err != RD_KAFKA_RESP_ERR_NO_ERROR)
-		{
-			snprintf(why, whylen, "progress record: %s", rd_kafka_err2str(err));
-			commit = false;
-		}
+		txn_open[which] = false;
+		KafkaTxnNoteOpen();
+		snprintf(why, whylen, "its producer was closed");
+		return KAFKA_TXN_FATAL;
 	}
+	KafkaUseProducer(which);
+	rk = KafkaProducer();
+	txn_open[which] = false;
 	if (commit)
 	{
 		error = rd_kafka_commit_transaction(rk, -1);
@@ -474,7 +593,7 @@ KafkaTxnEnd(bool commit, XLogRecPtr upto, char *why, size_t whylen)
 		snprintf(why, whylen, "commit: %s", rd_kafka_error_string(error));
 		if (!rd_kafka_error_txn_requires_abort(error))
 		{
-			KafkaTxnFail(error, "commit a transaction");
+			KafkaTxnFail(error, "commit a transaction", which);
 			return KAFKA_TXN_FATAL;
 		}
 		rd_kafka_error_destroy(error);
@@ -484,7 +603,7 @@ KafkaTxnEnd(bool commit, XLogRecPtr upto, char *why, size_t whylen)
 	if (error != NULL)
 	{
 		snprintf(why, whylen, "abort: %s", rd_kafka_error_string(error));
-		KafkaTxnFail(error, "abort a transaction");
+		KafkaTxnFail(error, "abort a transaction", which);
 		return KAFKA_TXN_FATAL;
 	}
 	KafkaTxnNoteEnd(false, skip_upto);
@@ -497,7 +616,7 @@ KafkaTxnEnd(bool commit, XLogRecPtr upto, char *why, size_t whylen)
  * and let it be made again, which fences in turn.
  */
 static void
-KafkaTxnFail(rd_kafka_error_t *error, const char *what)
+KafkaTxnFail(rd_kafka_error_t *error, const char *what, int which)
 {
 	rd_kafka_resp_err_t code = rd_kafka_error_code(error);
 	bool		fenced = code == RD_KAFKA_RESP_ERR__FENCED ||
@@ -516,33 +635,42 @@ KafkaTxnFail(rd_kafka_error_t *error, const char *what)
 	(void) rd_kafka_purge(KafkaProducer(), RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT);
 	KafkaPoll(0);
 	ready_generation = 0;
-	txn_open = false;
+	txn_open[which] = false;
+	KafkaTxnNoteOpen();
 }
 
 /*
- * An ERROR cut a round short with its transaction open: abort it (what
- * it produced is reported, purged), or let the producer be made again.
+ * An ERROR cut rounds short with their transactions open: abort them
+ * (what they produced is reported, purged), or let the producers be made
+ * again.
  */
 void
 KafkaTxnAbandon(void)
 {
-	rd_kafka_error_t *error;
+	int			i;
 
-	if (!txn_open || KafkaProducer() == NULL)
+	for (i = 0; i < KAFKA_TXN_PRODUCERS; i++)
 	{
-		txn_open = false;
-		return;
+		rd_kafka_error_t *error;
+
+		if (!txn_open[i])
+			continue;
+		txn_open[i] = false;
+		if (i >= KafkaProducerCount() || txn_generation[i] != KafkaProducerGeneration())
+			continue;
+		KafkaUseProducer(i);
+		error = rd_kafka_abort_transaction(KafkaProducer(), -1);
+		KafkaPoll(0);
+		if (error != NULL)
+		{
+			KafkaTxnFail(error, "abort a transaction", i);
+			KafkaClientShutdown();
+			memset(txn_open, 0, sizeof(txn_open));
+			KafkaTxnNoteOpen();
+			return;
+		}
+		KafkaTxnNoteEnd(false, skip_upto);
 	}
-	txn_open = false;
-	error = rd_kafka_abort_transaction(KafkaProducer(), -1);
-	KafkaPoll(0);
-	if (error != NULL)
-	{
-		KafkaTxnFail(error, "abort a transaction");
-		KafkaClientShutdown();
-		return;
-	}
-	KafkaTxnNoteEnd(false, skip_upto);
 }
 
 /*
@@ -573,14 +701,22 @@ KafkaTxnIsDead(int64 id)
 	return dead_ids != NULL && hash_search(dead_ids, &id, HASH_FIND, NULL) != NULL;
 }
 
-/* kafka_stats' transaction counters (this database's entry). */
+/*
+ * kafka_stats' transaction counters (this database's entry); txn_began_at
+ * is when the oldest transaction open began (0: none).
+ */
 static void
-KafkaTxnNoteBegin(void)
+KafkaTxnNoteOpen(void)
 {
 	KafkaStats *stats = KafkaMyStats();
+	TimestampTz oldest = 0;
+	int			i;
 
+	for (i = 0; i < KAFKA_TXN_PRODUCERS; i++)
+		if (txn_open[i] && (oldest == 0 || txn_began[i] < oldest))
+			oldest = txn_began[i];
 	SpinLockAcquire(&stats->mutex);
-	stats->txn_began_at = GetCurrentTimestamp();
+	stats->txn_began_at = oldest;
 	SpinLockRelease(&stats->mutex);
 }
 
@@ -589,8 +725,8 @@ KafkaTxnNoteEnd(bool committed, XLogRecPtr progress)
 {
 	KafkaStats *stats = KafkaMyStats();
 
+	KafkaTxnNoteOpen();
 	SpinLockAcquire(&stats->mutex);
-	stats->txn_began_at = 0;
 	if (committed)
 		stats->txn_committed_total++;
 	else
@@ -605,7 +741,6 @@ KafkaTxnNoteFenced(void)
 	KafkaStats *stats = KafkaMyStats();
 
 	SpinLockAcquire(&stats->mutex);
-	stats->txn_began_at = 0;
 	stats->txn_fenced_total++;
 	SpinLockRelease(&stats->mutex);
 }
