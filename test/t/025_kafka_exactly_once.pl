@@ -20,6 +20,7 @@ use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use InfraTest;
+use InfraExactlyOnce;
 
 my $bootstrap = kafka_bootstrap();
 my $kills = $ENV{EXACTLY_ONCE_KILLS} // 20;
@@ -52,29 +53,9 @@ ok( wait_until(
 	'the worker has its slot');
 
 my $t = "infra_t_eos_$$";
-$node->safe_psql('postgres', qq{
-CREATE TABLE sent (v text PRIMARY KEY, k text NOT NULL, n bigint NOT NULL);
-CREATE SEQUENCE vals;
-CREATE FUNCTION send_batch(cnt int) RETURNS bigint LANGUAGE sql AS \$\$
-    WITH s AS (
-        INSERT INTO sent
-        SELECT 'k' || (x % 7) || ':' || x, 'k' || (x % 7), x
-        FROM (SELECT nextval('vals') AS x FROM generate_series(1, cnt)) q
-        RETURNING v, k, n)
-    SELECT count(infra.kafka_send('$t', v, k)) FROM (SELECT * FROM s ORDER BY n) o
-\$\$;
-});
+eos_setup($node, $t);
 
-sub consume
-{
-	my ($topic, @extra) = @_;
-	my ($out, $err);
-	IPC::Run::run(
-		[ 'kcat', '-b', $bootstrap, '-C', '-t', $topic, '-o', 'beginning', '-e', '-q',
-		  @extra, '-f', '%k\t%s\n' ],
-		'>', \$out, '2>', \$err, IPC::Run::timeout(180));
-	return map { [ split /\t/, $_, -1 ] } split /\n/, $out;
-}
+sub consume { return eos_consume($bootstrap, @_) }
 
 sub flush_ok
 {
@@ -83,31 +64,7 @@ sub flush_ok
 	return $rc == 0 && $out eq 't';
 }
 
-# The read_committed stream against the committed set: exactly equal, no
-# duplicate, per key in commit order (one sender: nextval order).
-sub check_exactly_once
-{
-	my ($label) = @_;
-	my @got = consume($t);
-	my %committed = map { $_ => 1 } split /\n/, $node->safe_psql('postgres', 'SELECT v FROM sent');
-	my (%count, %last, $dups, $missing, $extra, $disorder);
-	$dups = $missing = $extra = $disorder = 0;
-	for my $m (@got)
-	{
-		$dups++ if $count{ $m->[1] }++;
-		$extra++ unless $committed{ $m->[1] };
-		my ($n) = $m->[1] =~ /:(\d+)$/;
-		$disorder++ if defined $last{ $m->[0] } && $n <= $last{ $m->[0] };
-		$last{ $m->[0] } = $n;
-	}
-	$missing = grep { !$count{$_} } keys %committed;
-	is($dups, 0, "$label: no duplicate");
-	is($missing, 0, "$label: nothing committed is missing");
-	is($extra, 0, "$label: nothing uncommitted arrives");
-	is($disorder, 0, "$label: per key, commit order");
-	note(sprintf '%s: %d committed, %d read', $label, scalar(keys %committed), scalar(@got));
-	return scalar(@got);
-}
+sub check_exactly_once { return eos_check($node, $bootstrap, $t, @_) }
 
 # --- the progress record ------------------------------------------------------
 my $before = $node->safe_psql('postgres', 'SELECT pg_current_wal_lsn()');
@@ -127,41 +84,8 @@ like($config, qr/partitions?: ?1|1 partitions/, 'the progress topic has one part
 # One sender keeps committing transactions of 200 messages; the worker is
 # killed after a random pause (0-600 ms), so at any point of a round:
 # before producing, while producing, before or after its Kafka commit.
-my $sender;
-my $script = $node->basedir . '/send.sql';
-open my $fh, '>', $script or die "cannot write $script: $!";
-print $fh "SELECT send_batch(200);\n";
-close $fh;
-# (Re)start it: a crash of PostgreSQL ends it.
-sub start_sender
-{
-	stop_sender();
-	my ($out, $err) = ('', '');
-	$sender = IPC::Run::start(
-		[ 'pgbench', '-n', '-c', '1', '-T', '600', '-R', '100', '-f', $script, '-h', $node->host, '-p', $node->port, 'postgres' ],
-		'>', \$out, '2>', \$err);
-}
-
-sub stop_sender
-{
-	return unless $sender;
-	eval { $sender->kill_kill; $sender->finish; };
-	undef $sender;
-}
-
-sub worker_back
-{
-	my ($old) = @_;
-	return wait_until(
-		sub {
-			# During crash recovery psql may exit before it reads its input.
-			my ($rc, $p) = eval {
-				$node->psql('postgres', "SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' AND datname = 'postgres'");
-			};
-			defined $rc && $rc == 0 && $p ne '' && $p ne $old;
-		},
-		90);
-}
+sub start_sender { eos_sender_start($node, 100, 200) }
+sub stop_sender { eos_sender_stop() }
 
 start_sender();
 my $back = 0;
@@ -171,7 +95,7 @@ for my $i (1 .. $kills)
 	my $pid = eval { worker_pid($node, 'postgres') };
 	next unless $pid;
 	kill 'KILL', $pid;
-	$back++ if worker_back($pid);
+	$back++ if eos_worker_back($node, $pid);
 	start_sender();
 	# Let a few rounds commit before the next kill.
 	select(undef, undef, undef, 0.3);
