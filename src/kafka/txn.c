@@ -8,7 +8,7 @@
  * (transactional.id "infra-<system identifier>-<database oid>-<n>",
  * client.c) and every round is one Kafka transaction: its messages and one progress
  * record, written to this database's progress topic
- * (__infra_progress.<system identifier>.<database oid>, one partition,
+ * (__infra_progress_<system identifier>_<database oid>, one partition,
  * compacted).  The record says how far the WAL outbox is in Kafka: the
  * timeline and the LSN up to which the round read (every transaction
  * whose commit record ends at or before it is in this or an earlier
@@ -125,7 +125,7 @@ KafkaTxnSkipUpto(void)
 void
 KafkaTxnProgressTopic(char *buf, size_t len)
 {
-	snprintf(buf, len, KAFKA_PROGRESS_PREFIX "." UINT64_FORMAT ".%u",
+	snprintf(buf, len, KAFKA_PROGRESS_PREFIX "_" UINT64_FORMAT "_%u",
 			 GetSystemIdentifier(), MyDatabaseId);
 }
 

@@ -40,7 +40,7 @@ $node->safe_psql('postgres', 'CREATE EXTENSION infra');
 my $db_oid = $node->safe_psql('postgres', "SELECT oid FROM pg_database WHERE datname = 'postgres'");
 my $sysid = $node->safe_psql('postgres', 'SELECT system_identifier FROM pg_control_system()');
 my $slot = "infra_kafka_$db_oid";
-my $progress_topic = "__infra_progress.$sysid.$db_oid";
+my $progress_topic = "__infra_progress_${sysid}_$db_oid";
 # The worker's producers take rounds in turn, each with its own id.
 my @txn_ids = map { "infra-$sysid-$db_oid-$_" } 0 .. 2;
 ok( wait_until(
