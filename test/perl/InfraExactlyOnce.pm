@@ -13,7 +13,8 @@ use IPC::Run;
 use Test::More;
 use InfraTest;
 
-our @EXPORT = qw(eos_setup eos_consume eos_check eos_sender_start eos_sender_stop eos_worker_back);
+our @EXPORT = qw(eos_setup eos_consume eos_check eos_sender_start eos_sender_stop eos_worker_back
+  eos_bridge eos_check_sink);
 
 my $sender;
 
@@ -115,6 +116,53 @@ sub eos_worker_back
 			defined $rc && $rc == 0 && $p ne '' && $p ne $old;
 		},
 		90);
+}
+
+# eos_bridge(DIR, NODE, CONNINFO, BOOTSTRAP, TOPIC, GROUP, KAFKA_LINES): infra-bridge
+# reading TOPIC read_committed, dedupe off, into table sink (v, part, off),
+# which it creates through NODE; KAFKA_LINES are more [kafka] settings.  Returns the
+# harness.
+sub eos_bridge
+{
+	my ($dir, $node, $conninfo, $bootstrap, $topic, $group, $kafka) = @_;
+	$node->safe_psql('postgres', 'CREATE TABLE sink (v text, part integer, off bigint)');
+	open my $bfh, '>', "$dir/bridge.ini" or die;
+	print $bfh <<"INI";
+[bridge]
+conninfo = $conninfo
+brokers = $bootstrap
+group = $group
+batch_size = 500
+batch_delay_ms = 50
+
+[kafka]
+isolation.level = read_committed
+@{[ $kafka // '' ]}
+[route sink]
+topics = $topic
+table = sink
+format = text
+column = v
+partition_column = part
+offset_column = off
+dedupe = off
+INI
+	close $bfh;
+	return bridge_spawn("$dir/bridge.ini", "$dir/bridge.log");
+}
+
+# eos_check_sink(NODE): the bridge's table holds exactly the committed set.
+sub eos_check_sink
+{
+	my ($node) = @_;
+	my $total = $node->safe_psql('postgres', 'SELECT count(*) FROM sent');
+	ok(wait_until(sub { $node->safe_psql('postgres', 'SELECT count(*) FROM sink') >= $total }, 120),
+		"the bridge wrote $total rows");
+	sleep 1;
+	is( $node->safe_psql('postgres', q{
+	SELECT (SELECT count(*) FROM sink) || '/' || (SELECT count(DISTINCT v) FROM sink) || '/'
+	    || (SELECT count(*) FROM sent s FULL JOIN sink k USING (v) WHERE s.v IS NULL OR k.v IS NULL)}),
+		"$total/$total/0", 'the bridge (read_committed, dedupe off) holds exactly the committed set, once each');
 }
 
 1;

@@ -17,161 +17,30 @@
 use strict;
 use warnings;
 
-use HTTP::Tiny;
 use IPC::Run;
-use JSON::PP;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use Time::HiRes qw(time usleep);
 use InfraTest;
+use InfraPatroni;
 
-my $pg15 = '/usr/lib/postgresql/15/bin';
-plan skip_all => 'Patroni runs Debian\'s PostgreSQL 15; this run is another version'
-  unless `pg_config --version` =~ /^PostgreSQL 15\./;
-for my $tool ('patroni', 'patronictl', 'etcd')
-{
-	plan skip_all => "$tool is not installed (make deps)" unless -x "/usr/bin/$tool";
-}
+InfraPatroni::require_patroni();
+my $pg15 = $InfraPatroni::pg15;
 
 my $bootstrap = kafka_bootstrap();
 my $dir = PostgreSQL::Test::Utils::tempdir;
-my $http = HTTP::Tiny->new(timeout => 5);
-sub port { return PostgreSQL::Test::Cluster::get_free_port() }
+my $ha = InfraPatroni->start($dir,
+	parameters => {
+		'infra.kafka_brokers' => "'$bootstrap'",
+		'infra.kafka_wait_for_standbys' => 'synchronous_standby_names' });
+my $rw = $ha->{rw};
+sub members { return $ha->members }
+sub leader { return $ha->leader }
+sub sync_standby { return $ha->sync_standby }
+sub psql_rw { return $ha->psql_rw(@_) }
+sub kill_leader { return $ha->kill_leader }
 
-# --- etcd ---------------------------------------------------------------------
-my ($etcd_client, $etcd_peer) = (port(), port());
-my $etcd = IPC::Run::start(
-	[ 'etcd', '--name', 'e0', '--data-dir', "$dir/etcd",
-	  '--listen-client-urls', "http://127.0.0.1:$etcd_client",
-	  '--advertise-client-urls', "http://127.0.0.1:$etcd_client",
-	  '--listen-peer-urls', "http://127.0.0.1:$etcd_peer",
-	  '--initial-advertise-peer-urls', "http://127.0.0.1:$etcd_peer",
-	  '--initial-cluster', "e0=http://127.0.0.1:$etcd_peer" ],
-	'>', "$dir/etcd.log", '2>&1');
-ok(wait_until(sub { ($http->get("http://127.0.0.1:$etcd_client/health")->{content} // '') =~ /true/ }, 30),
-	'etcd is up');
-
-# --- three Patroni nodes -------------------------------------------------------
-my @nodes = map { { name => "node$_", pg => port(), rest => port() } } 1 .. 3;
-my $ports = join ',', map { $_->{pg} } @nodes;
-my $hosts = join ',', map { '127.0.0.1' } @nodes;
-my $rw = "host=$hosts port=$ports dbname=postgres user=postgres target_session_attrs=read-write connect_timeout=3";
-
-foreach my $n (@nodes)
-{
-	mkdir "$dir/$n->{name}.sock";
-	my $yml = "$dir/$n->{name}.yml";
-	open my $fh, '>', $yml or die;
-	print $fh <<"YAML";
-scope: infra_ha
-name: $n->{name}
-log:
-  level: INFO
-restapi:
-  listen: 127.0.0.1:$n->{rest}
-  connect_address: 127.0.0.1:$n->{rest}
-etcd3:
-  hosts: 127.0.0.1:$etcd_client
-bootstrap:
-  dcs:
-    ttl: 10
-    loop_wait: 1
-    retry_timeout: 4
-    primary_start_timeout: 0
-    synchronous_mode: true
-    postgresql:
-      use_pg_rewind: true
-      use_slots: true
-      parameters:
-        shared_preload_libraries: infra
-        infra.database: postgres
-        infra.kafka_brokers: '$bootstrap'
-        infra.kafka_wait_for_standbys: synchronous_standby_names
-        max_worker_processes: 24
-        wal_log_hints: 'on'
-        fsync: 'off'
-  initdb:
-    - encoding: UTF8
-    - locale: C
-postgresql:
-  listen: 127.0.0.1:$n->{pg}
-  connect_address: 127.0.0.1:$n->{pg}
-  data_dir: $dir/$n->{name}.data
-  bin_dir: $pg15
-  pgpass: $dir/$n->{name}.pgpass
-  authentication:
-    superuser:
-      username: postgres
-      password: secret
-    replication:
-      username: replicator
-      password: secret
-    rewind:
-      username: rewinder
-      password: secret
-  parameters:
-    unix_socket_directories: '$dir/$n->{name}.sock'
-  pg_hba:
-    - local all all trust
-    - host all all 127.0.0.1/32 trust
-    - host replication replicator 127.0.0.1/32 trust
-YAML
-	close $fh;
-	$n->{yml} = $yml;
-	$n->{log} = "$dir/$n->{name}.log";
-	$n->{h} = IPC::Run::start([ 'patroni', $yml ], '>', $n->{log}, '2>&1');
-}
-
-# Cluster members from any node's REST API: name -> {role, state, ...}.
-sub members
-{
-	foreach my $n (@nodes)
-	{
-		my $r = $http->get("http://127.0.0.1:$n->{rest}/cluster");
-		next unless $r->{success};
-		my $c = eval { decode_json($r->{content}) } or next;
-		return { map { $_->{name} => $_ } @{ $c->{members} } };
-	}
-	return {};
-}
-sub node_named { my ($name) = @_; return (grep { $_->{name} eq $name } @nodes)[0] }
-sub leader
-{
-	my $m = members();
-	my ($name) = grep { $m->{$_}{role} eq 'leader' && $m->{$_}{state} eq 'running' } keys %$m;
-	return $name ? node_named($name) : undef;
-}
-sub sync_standby
-{
-	my $m = members();
-	my ($name) = grep { $m->{$_}{role} eq 'sync_standby' && $m->{$_}{state} =~ /running|streaming/ } keys %$m;
-	return $name ? node_named($name) : undef;
-}
-sub psql_rw
-{
-	my ($sql) = @_;
-	my ($out, $err);
-	IPC::Run::run([ "$pg15/psql", '-XAtq', '-v', 'ON_ERROR_STOP=1', '-d', $rw, '-c', $sql ],
-		'>', \$out, '2>', \$err, IPC::Run::timeout(60))
-	  or die "psql: $err";
-	chomp $out;
-	return $out;
-}
-sub psql_at
-{
-	my ($n, $sql) = @_;
-	my ($out, $err);
-	IPC::Run::run([ "$pg15/psql", '-XAtq', '-d', "host=127.0.0.1 port=$n->{pg} dbname=postgres user=postgres", '-c', $sql ],
-		'>', \$out, '2>', \$err, IPC::Run::timeout(60));
-	chomp $out;
-	return $out;
-}
-
-my $t0 = time;
-ok(wait_until(sub { leader() && sync_standby() && scalar(keys %{ members() }) == 3 }, 120),
-	'Patroni: a leader, a synchronous standby and a replica');
-note sprintf('cluster up in %.1f s', time - $t0);
 my $first = leader();
 note "leader: $first->{name}, sync standby: " . sync_standby()->{name};
 
@@ -238,15 +107,6 @@ sub consume
 		my ($id) = ($h // '') =~ /infra-msg-id=([^,]+)/;
 		[ $n, $id ];
 	} split /\n/, $out;
-}
-
-# kill_leader: SIGKILL the leader's postmaster; returns it and when.
-sub kill_leader
-{
-	my $l = leader() or die 'no leader';
-	my ($pid) = split /\n/, slurp_file("$dir/$l->{name}.data/postmaster.pid");
-	kill 'KILL', $pid;
-	return ($l, time);
 }
 
 # check(TAG, SURVIVING_LEADER): what Kafka, the new primary and the client say.
@@ -367,14 +227,5 @@ check('async', 0);
 
 $bridge->signal('TERM');
 $bridge->finish;
-foreach my $n (@nodes)
-{
-	$n->{h}->signal('TERM');
-}
-foreach my $n (@nodes)
-{
-	$n->{h}->finish;
-}
-$etcd->signal('TERM');
-$etcd->finish;
+$ha->stop;
 done_testing();
