@@ -17,7 +17,7 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(infra_node worker_pid worker_status wait_until kafka_bootstrap kafka_ctl
-  kafka_create_topic kafka_consume bridge_spawn slurp_log_since src_path);
+  kafka_create_topic kafka_consume bridge_spawn slurp_log_since src_path plugins_conf kafka_cluster);
 
 # Path of a file in the test copy of the source tree.
 sub src_path
@@ -131,6 +131,30 @@ sub bridge_spawn
 {
 	my ($ini, $log) = @_;
 	return IPC::Run::start([ 'infra-bridge', '--config', $ini ], '<', \undef, '>>', $log, '2>>', $log);
+}
+
+# plugins_conf([POSTGRES]): the postgresql.conf line the WAL outbox needs
+# where the server lists trusted output plugins (output_plugin_libraries,
+# in the 15.20 and 18 builds here), else ''.  POSTGRES: the server binary
+# (default: postgres on PATH).
+sub plugins_conf
+{
+	my ($postgres) = @_;
+	$postgres //= 'postgres';
+	my $describe = `$postgres --describe-config 2>/dev/null`;
+	return $describe =~ /^output_plugin_libraries\t/m
+	  ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
+}
+
+# kafka_cluster(CMD, DIR, ARGS...): test/kafka/cluster.sh's output (chomped);
+# dies when it fails.
+sub kafka_cluster
+{
+	my ($out, $err);
+	IPC::Run::run([ src_path('test/kafka/cluster.sh'), @_ ], '>', \$out, '2>', \$err, IPC::Run::timeout(180))
+	  or die "cluster.sh @_: $err";
+	chomp $out;
+	return $out;
 }
 
 1;

@@ -24,10 +24,7 @@ use InfraTest;
 my $bootstrap = kafka_bootstrap();
 my $wal_first_id = 2**51;
 
-# Servers that list trusted output plugins must list infra.
-my $describe = `postgres --describe-config 2>/dev/null`;
-my $plugins = $describe =~ /^output_plugin_libraries\t/m
-  ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
+my $plugins = plugins_conf();
 
 my $node = infra_node('walbox', conf => "infra.kafka_brokers = '$bootstrap'\n"
 	  . "wal_level = logical\nmax_replication_slots = 4\nmax_prepared_transactions = 4\n"

@@ -25,9 +25,7 @@ use InfraExactlyOnce;
 my $bootstrap = kafka_bootstrap();
 my $kills = $ENV{EXACTLY_ONCE_KILLS} // 20;
 
-my $describe = `postgres --describe-config 2>/dev/null`;
-my $plugins = $describe =~ /^output_plugin_libraries\t/m
-  ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
+my $plugins = plugins_conf();
 
 my $metrics_port = PostgreSQL::Test::Cluster::get_free_port();
 my $node = infra_node('exactly_once', conf => "infra.kafka_brokers = '$bootstrap'\n"

@@ -36,9 +36,7 @@ use InfraExactlyOnce;
 
 InfraPatroni::require_patroni();
 my $pg15 = $InfraPatroni::pg15;
-my $describe = `$pg15/postgres --describe-config 2>/dev/null`;
-my $plugins = $describe =~ /^output_plugin_libraries\t/m
-  ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
+my $plugins = plugins_conf("$pg15/postgres");
 
 my $bootstrap = kafka_bootstrap();
 my $dir = PostgreSQL::Test::Utils::tempdir;

@@ -17,16 +17,8 @@ use Time::HiRes qw(time);
 use InfraTest;
 
 my $dir = PostgreSQL::Test::Utils::tempdir;
-my $cluster = src_path('test/kafka/cluster.sh');
 my $broker = src_path('test/kafka/broker.sh');
-sub cluster
-{
-	my ($out, $err);
-	IPC::Run::run([ $cluster, @_ ], '>', \$out, '2>', \$err, IPC::Run::timeout(180))
-	  or die "cluster.sh @_: $err";
-	chomp $out;
-	return $out;
-}
+sub cluster { return kafka_cluster(@_) }
 cluster('start', "$dir/kafka");
 my $bootstrap = cluster('bootstrap', "$dir/kafka");
 pass("a three-node Kafka cluster: $bootstrap");

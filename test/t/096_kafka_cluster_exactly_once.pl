@@ -24,16 +24,8 @@ use InfraTest;
 use InfraExactlyOnce;
 
 my $dir = PostgreSQL::Test::Utils::tempdir;
-my $cluster = src_path('test/kafka/cluster.sh');
 my $broker = src_path('test/kafka/broker.sh');
-sub cluster
-{
-	my ($out, $err);
-	IPC::Run::run([ $cluster, @_ ], '>', \$out, '2>', \$err, IPC::Run::timeout(180))
-	  or die "cluster.sh @_: $err";
-	chomp $out;
-	return $out;
-}
+sub cluster { return kafka_cluster(@_) }
 sub node_of { return cluster('node', "$dir/kafka", $_[0]) }
 sub leaders { return map { split / / } split /\n/, cluster('leaders', "$dir/kafka", $_[0]) }
 
@@ -43,9 +35,7 @@ pass("a three-node Kafka cluster: $bootstrap");
 my $t = "infra_t_cluster_eos_$$";
 cluster('create-topic', "$dir/kafka", $t, 3);
 
-my $describe = `postgres --describe-config 2>/dev/null`;
-my $plugins = $describe =~ /^output_plugin_libraries\t/m
-  ? "output_plugin_libraries = 'pgoutput, test_decoding, infra'\n" : '';
+my $plugins = plugins_conf();
 my $node = infra_node('kcluster_eos', conf => "infra.kafka_brokers = '$bootstrap'\n"
 	  . "wal_level = logical\nmax_replication_slots = 4\n"
 	  . "infra.kafka_outbox = wal\ninfra.kafka_delivery = exactly_once\nrestart_after_crash = on\n$plugins");
