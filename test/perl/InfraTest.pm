@@ -17,7 +17,8 @@ use Test::More;
 use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(infra_node worker_pid worker_status wait_until kafka_bootstrap kafka_ctl
-  kafka_create_topic kafka_consume bridge_spawn slurp_log_since src_path plugins_conf kafka_cluster);
+  kafka_create_topic kafka_consume bridge_spawn slurp_log_since src_path plugins_conf kafka_cluster
+  kafka_cluster_leaders kafka_cluster_kill_leader);
 
 # Path of a file in the test copy of the source tree.
 sub src_path
@@ -155,6 +156,34 @@ sub kafka_cluster
 	  or die "cluster.sh @_: $err";
 	chomp $out;
 	return $out;
+}
+
+# kafka_cluster_leaders(DIR, TOPIC): partition => leader node id ('-1': none).
+sub kafka_cluster_leaders
+{
+	my ($dir, $topic) = @_;
+	return map { split / / } split /\n/, kafka_cluster('leaders', $dir, $topic);
+}
+
+# kafka_cluster_kill_leader(DIR, TOPIC, PARTITION): SIGKILL the broker leading
+# PARTITION of TOPIC and wait (60 s at most) until every partition of TOPIC
+# has another leader.  Returns the victim's node id, whether they did, and
+# how many seconds that took.
+sub kafka_cluster_kill_leader
+{
+	my ($dir, $topic, $partition) = @_;
+	my %leader_of = kafka_cluster_leaders($dir, $topic);
+	my $victim = $leader_of{$partition};
+	my $t0 = time;
+	system(src_path('test/kafka/broker.sh'), 'kill', kafka_cluster('node', $dir, $victim)) == 0
+	  or die "cannot kill broker $victim";
+	my $moved = wait_until(
+		sub {
+			my %l = kafka_cluster_leaders($dir, $topic);
+			!grep { $_ eq $victim || $_ eq '-1' } values %l;
+		},
+		60);
+	return ($victim, $moved, time - $t0);
 }
 
 1;

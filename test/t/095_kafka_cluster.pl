@@ -24,7 +24,7 @@ my $bootstrap = cluster('bootstrap', "$dir/kafka");
 pass("a three-node Kafka cluster: $bootstrap");
 my $topic = "infra_t_cluster_$$";
 cluster('create-topic', "$dir/kafka", $topic, 3);
-my %leader_of = map { split / / } split /\n/, cluster('leaders', "$dir/kafka", $topic);
+my %leader_of = kafka_cluster_leaders("$dir/kafka", $topic);
 is(scalar keys %leader_of, 3, 'three partitions, each with a leader');
 
 my $node = infra_node('kcluster', conf => "infra.kafka_brokers = '$bootstrap'\n");
@@ -79,18 +79,11 @@ sub node_of { return cluster('node', "$dir/kafka", $_[0]) }
 ok(wait_until(sub { committed() >= 200 }, 60), 'load running');
 
 # The broker leading partition 0 (and whatever else it leads) dies.
-my $victim = $leader_of{0};
-my $t = time;
-system($broker, 'kill', node_of($victim)) == 0 or die;
-note "SIGKILLed broker $victim, the leader of partition 0";
 my $at_kill = committed();
-ok( wait_until(
-		sub {
-			my %l = map { split / / } split /\n/, cluster('leaders', "$dir/kafka", $topic);
-			!grep { $_ eq $victim || $_ eq '-1' } values %l;
-		}, 60),
-	'its partitions get new leaders');
-note sprintf('new leaders %.1f s after the kill', time - $t);
+my ($victim, $moved, $took) = kafka_cluster_kill_leader("$dir/kafka", $topic, 0);
+note "SIGKILLed broker $victim, the leader of partition 0";
+ok($moved, 'its partitions get new leaders');
+note sprintf('new leaders %.1f s after the kill', $took);
 ok(wait_until(sub { committed() >= $at_kill + 200 }, 60), 'commits go on meanwhile');
 system($broker, 'start', node_of($victim)) == 0 or die;
 pass("broker $victim back");

@@ -27,7 +27,7 @@ my $dir = PostgreSQL::Test::Utils::tempdir;
 my $broker = src_path('test/kafka/broker.sh');
 sub cluster { return kafka_cluster(@_) }
 sub node_of { return cluster('node', "$dir/kafka", $_[0]) }
-sub leaders { return map { split / / } split /\n/, cluster('leaders', "$dir/kafka", $_[0]) }
+sub leaders { return kafka_cluster_leaders("$dir/kafka", $_[0]) }
 
 cluster('start', "$dir/kafka");
 my $bootstrap = cluster('bootstrap', "$dir/kafka");
@@ -91,19 +91,11 @@ eos_sender_start($node, 50, 20);
 ok(wait_until(sub { committed() >= 1000 }, 60), 'load running');
 
 # --- the leader of partition 0 ------------------------------------------------
-my %leader_of = leaders($t);
-my $victim = $leader_of{0};
-my $tkill = time;
-system($broker, 'kill', node_of($victim)) == 0 or die;
-note "SIGKILLed broker $victim, the leader of partition 0";
 my $at_kill = committed();
-ok( wait_until(
-		sub {
-			my %l = leaders($t);
-			!grep { $_ eq $victim || $_ eq '-1' } values %l;
-		}, 60),
-	'its partitions get new leaders');
-note sprintf('new leaders %.1f s after the kill', time - $tkill);
+my ($victim, $moved, $took) = kafka_cluster_kill_leader("$dir/kafka", $t, 0);
+note "SIGKILLed broker $victim, the leader of partition 0";
+ok($moved, 'its partitions get new leaders');
+note sprintf('new leaders %.1f s after the kill', $took);
 kill_worker('with rounds in flight to the new leaders');
 ok(wait_until(sub { committed() >= $at_kill + 1000 }, 90), 'commits go on meanwhile');
 system($broker, 'start', node_of($victim)) == 0 or die;
