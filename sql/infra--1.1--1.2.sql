@@ -271,6 +271,7 @@ SELECT pg_catalog.pg_extension_config_dump('infra.circuit_breakers', 'WHERE NOT 
 
 /* A breaker's live state is its owner's: the view joins on both. */
 DROP VIEW infra.kafka_stats;
+DROP FUNCTION infra.kafka_stats();
 DROP VIEW infra.circuit_breaker_state;
 DROP FUNCTION infra.circuit_breaker_states();
 CREATE FUNCTION infra.circuit_breaker_states(
@@ -314,13 +315,42 @@ REVOKE ALL ON FUNCTION infra.circuit_breaker_states() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION infra.circuit_breaker_states() TO pg_monitor;
 GRANT SELECT ON infra.circuit_breaker_state TO pg_monitor;
 
+/* Exactly once's transactions, fencing and progress. */
+CREATE FUNCTION infra.kafka_stats(
+    OUT pending bigint,
+    OUT in_flight bigint,
+    OUT delivered_total bigint,
+    OUT failed_attempts_total bigint,
+    OUT oldest_pending_age interval,
+    OUT last_error text,
+    OUT last_error_at timestamptz,
+    OUT last_delivery_at timestamptz,
+    OUT broker_state text,
+    OUT last_batch_ms double precision,
+    OUT batches_total bigint,
+    OUT dead_lettered_total bigint,
+    OUT produce_latency_avg_ms double precision,
+    OUT produce_latency_p99_ms double precision,
+    OUT waiting_for text,
+    OUT transactions_committed_total bigint,
+    OUT transactions_aborted_total bigint,
+    OUT fenced_total bigint,
+    OUT progress_lsn pg_lsn,
+    OUT transaction_open_for interval)
+RETURNS record
+AS 'MODULE_PATHNAME', 'infra_kafka_stats'
+LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp;
+REVOKE ALL ON FUNCTION infra.kafka_stats() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION infra.kafka_stats() TO pg_monitor;
+
 CREATE VIEW infra.kafka_stats AS
     SELECT s.*, b.state AS breaker_state
       FROM infra.kafka_stats() s
       LEFT JOIN infra.circuit_breaker_state b ON b.name = 'kafka';
 
 COMMENT ON VIEW infra.kafka_stats IS
-'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic); waiting_for: why the outbox waits (standbys behind infra.kafka_wait_for_standbys), NULL when it does not.';
+'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic); waiting_for: why the outbox waits (standbys behind infra.kafka_wait_for_standbys), NULL when it does not; with infra.kafka_delivery = exactly_once, the Kafka transactions committed and aborted, times the producer was fenced, the WAL position Kafka holds by the committed progress, and how long the oldest open transaction has been open (it holds back every read_committed consumer).';
 REVOKE ALL ON infra.kafka_stats FROM PUBLIC;
 GRANT SELECT ON infra.kafka_stats TO pg_monitor;
 

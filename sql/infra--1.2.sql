@@ -735,7 +735,12 @@ CREATE FUNCTION infra.kafka_stats(
     OUT dead_lettered_total bigint,
     OUT produce_latency_avg_ms double precision,
     OUT produce_latency_p99_ms double precision,
-    OUT waiting_for text)
+    OUT waiting_for text,
+    OUT transactions_committed_total bigint,
+    OUT transactions_aborted_total bigint,
+    OUT fenced_total bigint,
+    OUT progress_lsn pg_lsn,
+    OUT transaction_open_for interval)
 RETURNS record
 AS 'MODULE_PATHNAME', 'infra_kafka_stats'
 LANGUAGE C VOLATILE STRICT PARALLEL RESTRICTED SECURITY DEFINER
@@ -747,7 +752,7 @@ CREATE VIEW infra.kafka_stats AS
       LEFT JOIN infra.circuit_breaker_state b ON b.name = 'kafka';
 
 COMMENT ON VIEW infra.kafka_stats IS
-'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic); waiting_for: why the outbox waits (standbys behind infra.kafka_wait_for_standbys), NULL when it does not.';
+'The outbox backlog and the producer''s counters, last error and broker state; produce latency from librdkafka statistics (queueing plus broker round trip, last 5 s with traffic); waiting_for: why the outbox waits (standbys behind infra.kafka_wait_for_standbys), NULL when it does not; with infra.kafka_delivery = exactly_once, the Kafka transactions committed and aborted, times the producer was fenced, the WAL position Kafka holds by the committed progress, and how long the oldest open transaction has been open (it holds back every read_committed consumer).';
 
 /* Messages Kafka refused for good (too large, invalid topic, not authorised). */
 CREATE TABLE infra.kafka_dead_letters (

@@ -63,6 +63,7 @@
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/pg_lsn.h"
 #include "utils/snapmgr.h"
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
@@ -1024,8 +1025,8 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 {
 	TupleDesc	tupdesc;
 	KafkaStats	copy;
-	Datum		values[15];
-	bool		nulls[15];
+	Datum		values[20];
+	bool		nulls[20];
 	bool		isnull;
 
 	INFRA_CHECK_SCHEMA();
@@ -1085,6 +1086,20 @@ infra_kafka_stats(PG_FUNCTION_ARGS)
 	nulls[13] = copy.latency_at == 0;
 	values[14] = CStringGetTextDatum(copy.waiting_for);
 	nulls[14] = copy.waiting_for[0] == '\0';
+	/* Exactly once; a 1.1 declaration stops at waiting_for. */
+	values[15] = Int64GetDatum(copy.txn_committed_total);
+	values[16] = Int64GetDatum(copy.txn_aborted_total);
+	values[17] = Int64GetDatum(copy.txn_fenced_total);
+	values[18] = LSNGetDatum(copy.txn_progress);
+	nulls[18] = XLogRecPtrIsInvalid(copy.txn_progress);
+	nulls[19] = copy.txn_began_at == 0;
+	if (!nulls[19])
+	{
+		Interval   *open_for = palloc0(sizeof(Interval));
+
+		open_for->time = Max(GetCurrentTimestamp() - copy.txn_began_at, 0);
+		values[19] = IntervalPGetDatum(open_for);
+	}
 	{
 		HeapTuple	tuple = heap_form_tuple(BlessTupleDesc(tupdesc), values, nulls);
 		Datum		result = SPI_datumTransfer(HeapTupleGetDatum(tuple), false, -1);

@@ -166,7 +166,26 @@ check_exactly_once('zombie producers');
 like(slurp_log_since($node, 0), qr/Another producer with this transactional id took over/,
 	'the worker says it was fenced');
 
-# --- /metrics ---------------------------------------------------------------------
+# --- a transaction held open: kafka_stats and /metrics show for how long --------
+# The broker hangs (SIGSTOP) while a sender runs: the worker's transaction
+# stays open, which holds back every read_committed consumer.
+start_sender();
+select(undef, undef, undef, 0.5);
+ok(kafka_ctl('pause'), 'broker paused mid-stream');
+ok(wait_until(sub {
+			$node->safe_psql('postgres',
+				"SELECT transaction_open_for > interval '2 s' FROM infra.kafka_stats") eq 't';
+		}, 30),
+	'kafka_stats shows how long the open transaction has been open');
+my $open_metric = HTTP::Tiny->new(timeout => 10)->get("http://127.0.0.1:$metrics_port/metrics")->{content} // '';
+my ($open_seconds) = $open_metric =~ /^infra_kafka_transaction_open_seconds\{database="postgres"\} (\S+)$/m;
+cmp_ok($open_seconds // 0, '>', 2, 'and so does /metrics (what InfraKafkaTransactionOpenTooLong fires on)');
+ok(kafka_ctl('resume'), 'broker resumed');
+stop_sender();
+ok(flush_ok(180), 'after the hang, everything committed is delivered');
+check_exactly_once('broker hung');
+
+# --- /metrics and kafka_stats ---------------------------------------------------------
 my $metrics = HTTP::Tiny->new(timeout => 10)->get("http://127.0.0.1:$metrics_port/metrics")->{content} // '';
 my %m = map { /^(\w+)\{database="postgres"\} (\S+)$/ ? ($1 => $2) : () } split /\n/, $metrics;
 cmp_ok($m{infra_kafka_transactions_committed_total} // 0, '>', 100, '/metrics counts committed Kafka transactions');
@@ -177,6 +196,12 @@ my ($progress_now) = (consume($progress_topic))[-1][1] =~ /"lsn": "([^"]+)"/;
 cmp_ok($m{infra_kafka_progress_lsn_bytes} // -1, '==',
 	$node->safe_psql('postgres', "SELECT pg_wal_lsn_diff('$progress_now', '0/0')::bigint"),
 	'the progress gauge is the last committed progress record');
+is($node->safe_psql('postgres',
+		"SELECT transactions_committed_total || ' ' || transactions_aborted_total || ' ' || fenced_total"
+		  . " || ' ' || progress_lsn || ' ' || (transaction_open_for IS NULL) FROM infra.kafka_stats"),
+	join(' ', $m{infra_kafka_transactions_committed_total} // '', $m{infra_kafka_transactions_aborted_total} // '',
+		$m{infra_kafka_fenced_total} // '', $progress_now, 'true'),
+	'kafka_stats shows the same transactions, fencing and progress, and no transaction open when idle');
 
 $node->stop;
 done_testing();
