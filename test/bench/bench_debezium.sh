@@ -21,8 +21,12 @@
 #  stopped with pg_terminate_backend); lost and duplicated messages / rows
 #  counted; what killing the worker costs the other sessions
 #  (debezium/faults.sh).
+#  Exactly once (issue 27): infra with infra.kafka_delivery = exactly_once
+#  against Debezium's outbox on a distributed Connect worker with
+#  exactly-once source support; throughput, p99 and a SIGKILL's duplicates
+#  as a read_committed consumer sees them (debezium/eos.sh).
 # Prints the ratios against the targets.  BENCH_PARTS picks parts (default
-# "outbox sink faults").
+# "outbox sink faults eos").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib.sh"
@@ -36,7 +40,7 @@ connect=$here/../debezium/connect.sh
 
 "$connect" fetch
 bench_start_broker
-bench_start_pg "infra.kafka_brokers=$bootstrap" "wal_level=logical" "max_replication_slots=4" "max_wal_senders=4" \
+bench_start_pg "infra.kafka_brokers=$bootstrap" "${bench_logical_settings[@]}" "max_wal_senders=4" \
 	"track_commit_timestamp=on"
 bench_on_exit() { as_test_user "$connect" kill "$work/connect" >/dev/null 2>&1 || true; }
 
@@ -117,6 +121,19 @@ EOF
 	fi
 }
 
+payload="repeat('x', 92) || lpad(g::text, 8, '0')"   # 100 bytes, unique
+statements() {  # statements KIND FILE: the throughput run's transactions
+	: >"$2"
+	local b
+	for b in $(seq 0 $((messages / per_txn - 1))); do
+		if [ "$1" = infra ]; then
+			echo "SELECT count(infra.kafka_send('$3', $payload, 'k' || (g % 100))) FROM generate_series($((b * per_txn + 1)), $(((b + 1) * per_txn))) g;"
+		else
+			echo "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT '$3', 'k' || (g % 100), 'e', $payload FROM generate_series($((b * per_txn + 1)), $(((b + 1) * per_txn))) g;"
+		fi
+	done >>"$2"
+}
+
 # sink_connector NAME TOPIC TABLE SETTING: its configuration as JSON for the
 # REST API; "tuned" per the connector's documentation.
 sink_connector() {
@@ -166,7 +183,7 @@ sink_messages() {
 }'
 }
 
-for part in ${BENCH_PARTS:-outbox sink faults}; do
+for part in ${BENCH_PARTS:-outbox sink faults eos}; do
 	. "$here/debezium/$part.sh"
 	echo
 done

@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
-# Kafka Connect in standalone mode with Debezium's connectors, for the
-# Debezium comparison benchmark (test/bench/bench_debezium.sh) only.
+# Kafka Connect with Debezium's connectors, for the Debezium comparison
+# benchmark (test/bench/bench_debezium.sh) only.
 #
 #   connect.sh fetch                 resolve Connect and the two Debezium
 #                                    connectors into the cache (Maven)
 #   connect.sh start DIR WORKER CONNECTOR...
-#                                    run Connect with those properties files
-#                                    (DIR holds its log, pid and offsets)
+#                                    run Connect standalone with those
+#                                    properties files (DIR holds its log,
+#                                    pid and offsets)
+#   connect.sh start-distributed DIR WORKER
+#                                    run a distributed worker (its state in
+#                                    Kafka topics; connectors through its
+#                                    REST API): what exactly-once source
+#                                    support needs
 #   connect.sh stop DIR              SIGTERM, wait
 #   connect.sh kill DIR              SIGKILL (a crash)
 #
@@ -44,15 +50,16 @@ fetch() {
 
 pid_of() { cat "$dir/connect.pid" 2>/dev/null || true; }
 
+# start CLASS start DIR WORKER [CONNECTOR...]
 start() {
-	local worker=$3 i
-	shift 3
+	local class=$1 worker=$4 i
+	shift 4
 	mkdir -p "$dir"
 	# "Kafka Connect started" is how start() knows it is up.
 	java_log_config "$dir/log4j2.properties" "$dir/connect.log" \
 		"logger.connect.name = org.apache.kafka.connect.runtime.Connect" "logger.connect.level = info"
 	nohup java -Xms256m -Xmx1g -Dlog4j2.configurationFile="$dir/log4j2.properties" \
-		-cp "$CONNECT_LIB/*" org.apache.kafka.connect.cli.ConnectStandalone "$worker" "$@" \
+		-cp "$CONNECT_LIB/*" "org.apache.kafka.connect.cli.$class" "$worker" "$@" \
 		>>"$dir/connect.out" 2>&1 </dev/null &
 	echo $! >"$dir/connect.pid"
 	for i in $(seq 1 240); do
@@ -65,7 +72,8 @@ start() {
 
 case "$cmd" in
 fetch) fetch ;;
-start) start "$@" ;;
+start) start ConnectStandalone "$@" ;;
+start-distributed) start ConnectDistributed "$@" ;;
 stop | kill)
 	pid=$(pid_of)
 	if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
@@ -75,7 +83,7 @@ stop | kill)
 	rm -f "$dir/connect.pid"
 	;;
 *)
-	sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+	sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
 	exit 2
 	;;
 esac

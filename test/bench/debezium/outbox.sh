@@ -1,18 +1,5 @@
 # Sourced by bench_debezium.sh: the outbox side (see there).
 
-payload="repeat('x', 92) || lpad(g::text, 8, '0')"   # 100 bytes, unique
-statements() {  # statements KIND FILE: the throughput run's transactions
-	: >"$2"
-	local b
-	for b in $(seq 0 $((messages / per_txn - 1))); do
-		if [ "$1" = infra ]; then
-			echo "SELECT count(infra.kafka_send('$3', $payload, 'k' || (g % 100))) FROM generate_series($((b * per_txn + 1)), $(((b + 1) * per_txn))) g;"
-		else
-			echo "INSERT INTO outbox (aggregatetype, aggregateid, type, payload) SELECT '$3', 'k' || (g % 100), 'e', $payload FROM generate_series($((b * per_txn + 1)), $(((b + 1) * per_txn))) g;"
-		fi
-	done >>"$2"
-}
-
 cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$(cat "$work/connect/connect.pid")/stat"; }
 
 # dbz_run SETTING: start Connect, warm up, throughput, latency, idle CPU.
