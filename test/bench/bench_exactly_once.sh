@@ -47,7 +47,18 @@ statements() {
 }
 
 # --- 1. throughput, paired ---------------------------------------------------
+# CPU time in ms: cpu_ms PID (a process, user + system) or cpu_ms (the
+# whole machine, busy).
+hz=$(getconf CLK_TCK)
+cpu_ms() {
+	if [ $# = 1 ]; then
+		awk -v hz="$hz" '{ print int(($14 + $15) * 1000 / hz) }' "/proc/$1/stat"
+	else
+		awk -v hz="$hz" '/^cpu / { print int(($2 + $3 + $4 + $7 + $8) * 1000 / hz) }' /proc/stat
+	fi
+}
 declare -a ratios
+declare -A cpu_broker cpu_worker cpu_machine
 echo "$messages messages of 100 bytes, transactions of $per_txn: first commit to kafka_flush returning"
 for p in $(seq 1 "$pairs"); do
 	declare -A ms
@@ -56,9 +67,15 @@ for p in $(seq 1 "$pairs"); do
 		topic="bench_eos_${mode}_$p"
 		printf 'warmup\n' | kcat -P -b "$bootstrap" -t "$topic" 2>/dev/null
 		statements "$topic" >"$work/send.sql"
+		broker_pid=$(cat "$work/kafka/broker.pid")
+		worker_pid=$(psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' AND datname = current_database() LIMIT 1")
+		read -r b0 w0 m0 < <(echo "$(cpu_ms "$broker_pid") $(cpu_ms "$worker_pid") $(cpu_ms)")
 		start=$(now_ms)
 		flushed=$(psql -X -qAt -o /dev/null -f "$work/send.sql")
 		ms[$mode]=$(($(now_ms) - start))
+		cpu_broker[$mode]=$((${cpu_broker[$mode]:-0} + $(cpu_ms "$broker_pid") - b0))
+		cpu_worker[$mode]=$((${cpu_worker[$mode]:-0} + $(cpu_ms "$worker_pid") - w0))
+		cpu_machine[$mode]=$((${cpu_machine[$mode]:-0} + $(cpu_ms) - m0))
 		[ "$flushed" = t ] || die "kafka_flush timed out ($mode)"
 		got=$(kcat -C -b "$bootstrap" -t "$topic" -o beginning -e -q -f '%s\n' | grep -vc warmup || true)
 		[ "$got" = "$messages" ] || die "$mode: a read_committed consumer got $got of $messages"
@@ -68,6 +85,12 @@ for p in $(seq 1 "$pairs"); do
 	printf 'pair %d: at_least_once %5d ms  exactly_once %5d ms  throughput ratio %s\n' "$p" \
 		"${ms[at_least_once]}" "${ms[exactly_once]}" "$ratio"
 	unset ms
+done
+# What the machine spent: on these 2 cores both modes keep it busy, so the
+# throughput ratio follows the CPU each mode costs.
+for mode in at_least_once exactly_once; do
+	printf 'CPU per %d messages, %-14s broker %4d ms  infra worker %4d ms  machine %4d ms\n' "$messages" "$mode:" \
+		$((cpu_broker[$mode] / pairs)) $((cpu_worker[$mode] / pairs)) $((cpu_machine[$mode] / pairs))
 done
 median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
 printf '%-44s %s x, range %s-%s (target >= 0.9: %s)\n' "exactly_once / at_least_once throughput, median" "$median" \
