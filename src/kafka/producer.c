@@ -50,6 +50,7 @@
 #include "access/transam.h"
 #include "access/xact.h"
 #include "access/xlog.h"
+#include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "commands/dbcommands.h"
 #include "executor/spi.h"
@@ -84,6 +85,8 @@
 
 /* Most key and value bytes one round reads (at least one row is read). */
 #define KAFKA_BATCH_BYTES (16 * 1024 * 1024)
+/* Exactly once: the most messages of a table-outbox round (its progress record lists their ids). */
+#define KAFKA_TXN_TABLE_ROUND 10000
 
 /* While a producer exists the idle worker polls it this often (statistics). */
 #define KAFKA_IDLE_POLL_MS 5000
@@ -291,7 +294,10 @@ KafkaEndTransaction(void)
 static int
 KafkaQueryBatch(void)
 {
-	Datum		args[2] = {Int32GetDatum(infra_kafka_batch_size), Int64GetDatum(KAFKA_BATCH_BYTES)};
+	/* Exactly once, a progress record lists a table round's ids: keep it small. */
+	int			limit = KafkaTxnEnabled() ? Min(infra_kafka_batch_size, KAFKA_TXN_TABLE_ROUND) :
+		infra_kafka_batch_size;
+	Datum		args[2] = {Int32GetDatum(limit), Int64GetDatum(KAFKA_BATCH_BYTES)};
 	Oid			argtypes[2] = {INT4OID, INT8OID};
 
 	SpiExecKept(&batch_plan,
@@ -409,12 +415,16 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 		SpinLockRelease(&my_stats->mutex);
 	}
 	round->topics_pending = KafkaAnyPendingTopic();
+	/* Exactly once: the ids Kafka has are this install's sequence's (txn.c). */
+	KafkaTxnIdSpace(get_relname_relid("kafka_outbox_id_seq", get_namespace_oid("infra", false)));
 	nrows = KafkaQueryBatch();
 	KafkaNoteOldest(nrows);
 	if (nrows == 0)
 	{
 		round->table_empty = true;
 		KafkaEndTransaction();
+		/* No row holds a message Kafka has (exactly once). */
+		KafkaTxnForget(NULL, -1);
 		SpinLockAcquire(&my_stats->mutex);
 		my_stats->pending = 0;
 		SpinLockRelease(&my_stats->mutex);
@@ -481,6 +491,18 @@ KafkaWalReadRound(KafkaRound *round, int batch, long *sleep_ms)
 	return true;
 }
 
+/* The ids of the messages the round produces (in its memory). */
+static int64 *
+KafkaRoundIds(KafkaRound *round)
+{
+	int64	   *ids = palloc(sizeof(int64) * Max(round->n, 1));
+	int			i;
+
+	for (i = 0; i < round->n; i++)
+		ids[i] = round->messages[i].id;
+	return ids;
+}
+
 /*
  * The round's messages in id order.  Rows of concurrent transactions
  * interleave their ids; only ids below the first left-out row's first id
@@ -495,6 +517,7 @@ KafkaOrderMessages(KafkaRound *round)
 	int			i;
 
 	round->messages = palloc0(sizeof(OutboxMessage) * Max(round->total, 1));
+	round->skipped = palloc(sizeof(int64) * Max(round->total, 1));
 	for (i = 0; i < round->nincluded; i++)
 	{
 		OutboxRow  *row = &round->rows[i];
@@ -513,6 +536,13 @@ KafkaOrderMessages(KafkaRound *round)
 			if (round->wal && KafkaTxnIsDead(id))
 			{
 				row->keep[j] = false;
+				continue;
+			}
+			/* In Kafka by a committed round whose settle did not (exactly once). */
+			if (!round->wal && KafkaTxnIsSettled(id))
+			{
+				row->keep[j] = false;
+				round->skipped[round->nskipped++] = id;
 				continue;
 			}
 			m = &round->messages[round->n++];
@@ -640,10 +670,16 @@ KafkaProduceMessages(KafkaRound *round)
 		round->sent = i + 1;
 	}
 	KafkaRoundTopicDone(round);
-	/* With its messages, the WAL round's progress record (txn.c). */
-	if (round->in_txn && round->wal &&
-		!KafkaTxnProgress(round->producer, KafkaWalUpto(round->wal_batch),
-						  round->first_error, sizeof(round->first_error)))
+	/*
+	 * With its messages, the round's progress record (txn.c): how far the
+	 * WAL outbox is, and a table round's message ids.
+	 */
+	if (round->in_txn &&
+		!(round->wal ?
+		  KafkaTxnProgress(round->producer, KafkaWalUpto(round->wal_batch), NULL, 0,
+						   round->first_error, sizeof(round->first_error)) :
+		  KafkaTxnProgress(round->producer, InvalidXLogRecPtr, KafkaRoundIds(round), round->n,
+						   round->first_error, sizeof(round->first_error))))
 		round->must_abort = true;
 
 	SpinLockAcquire(&my_stats->mutex);
@@ -714,7 +750,12 @@ KafkaRoundEndTxn(KafkaRound *round)
 		KafkaAwaitReports(round);
 	}
 	if (outcome == KAFKA_TXN_COMMITTED)
+	{
+		/* Until the settle commits, the outbox holds what Kafka has. */
+		if (!round->wal)
+			KafkaTxnSettled(KafkaRoundIds(round), round->n);
 		return;
+	}
 	round->txn_failed = true;
 	if (round->first_error[0] == '\0')
 		snprintf(round->first_error, sizeof(round->first_error), "Kafka transaction aborted (%s)", why);
@@ -841,7 +882,13 @@ KafkaSettleRound(KafkaRound *round)
 	else if (round->wal)
 		KafkaWalConfirm(round->wal_batch);
 	else
+	{
+		/* Its rows are deleted or rewritten without what Kafka has. */
+		if (round->in_txn)
+			KafkaTxnForget(KafkaRoundIds(round), round->n);
+		KafkaTxnForget(round->skipped, round->nskipped);
 		KafkaProgressed();
+	}
 
 	/*
 	 * A background worker reports its table statistics itself: without it

@@ -49,12 +49,20 @@
  * dead-lettered first and left out when the round is read again
  * (producer.c).
  *
+ * The table outbox: a round's record also lists its message ids, as
+ * ranges; the worker deletes the rows once Kafka committed.  Until that
+ * delete has committed the ids stay in settled_ids: every later record
+ * names them too, and a table round leaves them out (deleting their rows).
+ * A worker killed in between reads them back with the progress.  A list,
+ * not a "last id": rows of concurrent transactions commit out of id order.
+ *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "access/timeline.h"
 #include "access/xlog.h"
+#include "lib/stringinfo.h"
 #include "miscadmin.h"
 #include "postmaster/interrupt.h"
 #include "storage/spin.h"
@@ -75,6 +83,8 @@
 /* The progress topic's name: prefix, system identifier, database oid. */
 #define KAFKA_PROGRESS_PREFIX "__infra_progress"
 #define KAFKA_PROGRESS_KEY "progress"
+/* The most message ids a progress record may list (two table rounds' worth, and more). */
+#define KAFKA_TXN_MAX_IDS 1000000
 
 /* The producer generation transactions were initialised for (0: none). */
 static uint64 ready_generation = 0;
@@ -84,6 +94,18 @@ static uint64 init_generation = 0;
 static XLogRecPtr skip_upto = InvalidXLogRecPtr;
 /* Ids dead-lettered by an aborted round: left out when it is read again. */
 static HTAB *dead_ids = NULL;
+/*
+ * Table outbox: ids of messages Kafka holds (their round committed) whose
+ * rows the outbox may still hold (the round's settle has not committed):
+ * every progress record lists them, and a table round leaves them out.
+ */
+static HTAB *settled_ids = NULL;
+/*
+ * The sequence those ids came from (infra.kafka_outbox_id_seq's oid): a
+ * record of an earlier install of the extension, whose sequence started
+ * again at 1, names ids that are not these rows'.
+ */
+static Oid	settled_seq = InvalidOid;
 /* Which producers have a Kafka transaction open (begun, not ended), since when. */
 static bool txn_open[KAFKA_TXN_PRODUCERS];
 static TimestampTz txn_began[KAFKA_TXN_PRODUCERS];
@@ -95,7 +117,10 @@ static bool KafkaTxnInit(void);
 static bool KafkaTxnEnsureTopic(const char *topic);
 static bool KafkaTxnKnowTopic(const char *topic);
 static bool KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn);
-static bool KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr *lsn);
+static bool KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr *lsn,
+								  bool keep_ids);
+static HTAB *KafkaTxnIdSet(HTAB **set, const char *name);
+static void KafkaTxnAppendIds(StringInfo buf, const int64 *ids, int nids);
 static void KafkaTxnFail(rd_kafka_error_t *error, const char *what, int which);
 static void KafkaTxnNoteOpen(void);
 static void KafkaTxnNoteEnd(bool committed, XLogRecPtr progress);
@@ -177,16 +202,12 @@ KafkaTxnStart(void)
 		list_free_deep(history);
 	}
 	ready_generation = KafkaProducerGeneration();
-	if (infra_kafka_outbox != KAFKA_OUTBOX_WAL)
-		ereport(WARNING,
-				(errmsg("infra.kafka_delivery is exactly_once but infra.kafka_outbox is table: messages are sent in Kafka transactions, at least once"),
-				 errhint("Set infra.kafka_outbox = wal (with wal_level = logical) for exactly once.")));
 	SpinLockAcquire(&KafkaMyStats()->mutex);
 	KafkaMyStats()->txn_progress = skip_upto;
 	SpinLockRelease(&KafkaMyStats()->mutex);
 	ereport(LOG,
-			(errmsg("infra worker delivers exactly once: Kafka holds the WAL outbox up to %X/%X",
-					LSN_FORMAT_ARGS(skip_upto))));
+			(errmsg("infra worker delivers exactly once: Kafka holds the WAL outbox up to %X/%X and %ld messages of the table outbox's last rounds",
+					LSN_FORMAT_ARGS(skip_upto), settled_ids ? hash_get_num_entries(settled_ids) : 0L)));
 	return true;
 }
 
@@ -348,12 +369,12 @@ KafkaTxnProgressReader(void)
 
 /*
  * Read the progress topic from start to high (the last stable offset),
- * keeping the highest progress record: -1 on error, else whether one was
- * found.
+ * keeping the last progress record (in *last, palloc'd): -1 on error, else
+ * whether one was found.
  */
 static int
 KafkaTxnScanProgress(rd_kafka_t *consumer, const char *topic, int64 start, int64 high,
-					 int64 deadline, TimeLineID *tli, XLogRecPtr *lsn)
+					 int64 deadline, char **last, size_t *lastlen)
 {
 	rd_kafka_topic_partition_list_t *parts = rd_kafka_topic_partition_list_new(1);
 	rd_kafka_resp_err_t err;
@@ -397,11 +418,13 @@ KafkaTxnScanProgress(rd_kafka_t *consumer, const char *topic, int64 start, int64
 			TimeLineID	t;
 			XLogRecPtr	l;
 
-			if (msg->offset < high && KafkaTxnParseProgress(msg->payload, msg->len, &t, &l) &&
-				(found == 0 || l > *lsn))
+			if (msg->offset < high && KafkaTxnParseProgress(msg->payload, msg->len, &t, &l, false))
 			{
-				*tli = t;
-				*lsn = l;
+				if (*last != NULL)
+					pfree(*last);
+				*last = palloc(msg->len);
+				memcpy(*last, msg->payload, msg->len);
+				*lastlen = msg->len;
 				found = 1;
 			}
 			done = msg->offset + 1 >= high;
@@ -413,13 +436,14 @@ KafkaTxnScanProgress(rd_kafka_t *consumer, const char *topic, int64 start, int64
 }
 
 /*
- * The highest committed progress record (read_committed): its timeline
- * and LSN, or 0 and InvalidXLogRecPtr when there is none.  Only this
- * database's producers write the topic, and init_transactions has just
- * finished their last transactions, so that record is the progress (it is
- * also the last one: a round's record is written after the one before it
- * committed).  Reads back from the end, a wider window each time, past the
- * transaction markers and aborted records.
+ * The last committed progress record (read_committed): its timeline and
+ * LSN, or 0 and InvalidXLogRecPtr when there is none, and its table-outbox
+ * ids (settled_ids).  Only this database's producers write the topic, and
+ * init_transactions has just finished their last transactions, so that
+ * record is the progress (a round's record is written once every message
+ * of the round before it is acknowledged, and commits after it: the last
+ * record is also the highest).  Reads back from the end, a wider window
+ * each time, past the transaction markers and aborted records.
  */
 static bool
 KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn)
@@ -430,6 +454,8 @@ KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn)
 	int64		high = 0;
 	int64		window = 64;
 	int			found = 0;
+	char	   *last = NULL;
+	size_t		lastlen = 0;
 	rd_kafka_resp_err_t err;
 
 	if (consumer == NULL)
@@ -445,7 +471,7 @@ KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn)
 	{
 		int64		start = Max(low, high - window);
 
-		found = KafkaTxnScanProgress(consumer, topic, start, high, deadline, tli, lsn);
+		found = KafkaTxnScanProgress(consumer, topic, start, high, deadline, &last, &lastlen);
 		if (start == low)
 			break;
 		window *= 16;
@@ -453,30 +479,84 @@ KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn)
 	(void) rd_kafka_assign(consumer, NULL);
 	rd_kafka_consumer_close(consumer);
 	rd_kafka_destroy(consumer);
-	return found >= 0;
+	if (found < 0)
+		return false;
+	if (settled_ids != NULL)
+		hash_destroy(settled_ids);
+	settled_ids = NULL;
+	if (found > 0)
+		(void) KafkaTxnParseProgress(last, lastlen, tli, lsn, true);
+	return true;
 }
 
 /*
- * A progress record: {"timeline": N, "lsn": "X/X"}.
+ * A progress record: {"timeline": N, "lsn": "X/X"}, and when the table
+ * outbox has rows Kafka holds, "seq": OID, "ids": "a-b,c,..." (their
+ * sequence, ranges of message ids).  With keep_ids, the ids go to
+ * settled_ids.
  */
 static bool
-KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr *lsn)
+KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr *lsn,
+					  bool keep_ids)
 {
-	char		buf[128];
+	char	   *buf;
+	char	   *p;
 	unsigned int t;
 	uint32		hi;
 	uint32		lo;
+	int			used = 0;
+	int64		count = 0;
+	bool		ok;
 
-	if (value == NULL || len >= sizeof(buf))
+	if (value == NULL)
 		return false;
-	memcpy(buf, value, len);
-	buf[len] = '\0';
-	if (sscanf(buf, "{\"timeline\": %u, \"lsn\": \"%X/%X\"}", &t, &hi, &lo) != 3)
+	buf = pnstrdup(value, len);
+	ok = sscanf(buf, "{\"timeline\": %u, \"lsn\": \"%X/%X\"%n", &t, &hi, &lo, &used) == 3 && used > 0;
+	p = buf + used;
+	if (ok && strncmp(p, ", \"seq\": ", 9) == 0)
+	{
+		unsigned int seq;
+		int			n = 0;
+
+		ok = sscanf(p, ", \"seq\": %u, \"ids\": \"%n", &seq, &n) == 1 && n > 0;
+		p += n;
+		if (ok && keep_ids)
+			settled_seq = seq;
+		while (ok && *p != '"')
+		{
+			char	   *end;
+			int64		a = strtoi64(p, &end, 10);
+			int64		b = a;
+
+			ok = end != p && a > 0;
+			p = end;
+			if (ok && *p == '-')
+			{
+				b = strtoi64(p + 1, &end, 10);
+				ok = end != p + 1 && b >= a;
+				p = end;
+			}
+			/* No round lists more: a record that does is not ours. */
+			count += ok ? b - a + 1 : 0;
+			ok = ok && count <= KAFKA_TXN_MAX_IDS;
+			for (; ok && keep_ids && a <= b; a++)
+				(void) hash_search(KafkaTxnIdSet(&settled_ids, "infra kafka settled ids"), &a, HASH_ENTER, NULL);
+			if (ok && *p == ',')
+				p++;
+			else
+				ok = ok && *p == '"';
+		}
+		p += ok ? 1 : 0;
+	}
+	ok = ok && strcmp(p, "}") == 0;
+	if (!ok)
 	{
 		ereport(WARNING,
-				(errmsg("infra worker skips a malformed Kafka progress record: %s", buf)));
+				(errmsg("infra worker skips a malformed Kafka progress record: %.200s", buf)));
+		pfree(buf);
 		return false;
 	}
+	pfree(buf);
 	*tli = t;
 	*lsn = ((uint64) hi << 32) | lo;
 	return true;
@@ -519,24 +599,29 @@ KafkaTxnBegin(void)
 
 /*
  * Produce the round's progress record into its transaction (producer
- * `which`): the WAL outbox is in Kafka up to upto once it commits.  Sent
+ * `which`): the WAL outbox is in Kafka up to upto once it commits
+ * (InvalidXLogRecPtr: as far as it already is), and the table outbox's
+ * messages ids (a table round's) with those settled_ids holds.  Sent
  * with the round's messages, so that the commit has only EndTxn left to
  * wait for.  False (why says it) when librdkafka refuses it: the round
  * must not commit.
  */
 bool
-KafkaTxnProgress(int which, XLogRecPtr upto, char *why, size_t whylen)
+KafkaTxnProgress(int which, XLogRecPtr upto, const int64 *ids, int nids, char *why, size_t whylen)
 {
 	char		topic[96];
-	char		value[96];
+	StringInfoData value;
 	rd_kafka_resp_err_t err;
 	bool		temporary;
 	rd_kafka_topic_t *rkt;
 
 	KafkaUseProducer(which);
 	KafkaTxnProgressTopic(topic, sizeof(topic));
-	snprintf(value, sizeof(value), "{\"timeline\": %u, \"lsn\": \"%X/%X\"}",
-			 GetWALInsertionTimeLine(), LSN_FORMAT_ARGS(upto));
+	initStringInfo(&value);
+	appendStringInfo(&value, "{\"timeline\": %u, \"lsn\": \"%X/%X\"",
+					 GetWALInsertionTimeLine(), LSN_FORMAT_ARGS(XLogRecPtrIsInvalid(upto) ? skip_upto : upto));
+	KafkaTxnAppendIds(&value, ids, nids);
+	appendStringInfoChar(&value, '}');
 	/* The handle KafkaTxnKnowTopic made: its leader is known. */
 	rkt = KafkaTopic(topic, &temporary);
 	err = rd_kafka_producev(KafkaProducer(),
@@ -544,8 +629,9 @@ KafkaTxnProgress(int which, XLogRecPtr upto, char *why, size_t whylen)
 							RD_KAFKA_V_PARTITION(0),
 							RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
 							RD_KAFKA_V_KEY(KAFKA_PROGRESS_KEY, strlen(KAFKA_PROGRESS_KEY)),
-							RD_KAFKA_V_VALUE(value, strlen(value)),
+							RD_KAFKA_V_VALUE(value.data, value.len),
 							RD_KAFKA_V_END);
+	pfree(value.data);
 	if (temporary)
 		rd_kafka_topic_destroy(rkt);
 	if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
@@ -673,6 +759,22 @@ KafkaTxnAbandon(void)
 	}
 }
 
+/* The id set *set, made on first use. */
+static HTAB *
+KafkaTxnIdSet(HTAB **set, const char *name)
+{
+	if (*set == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = sizeof(int64);
+		ctl.entrysize = sizeof(int64);
+		ctl.hcxt = TopMemoryContext;
+		*set = hash_create(name, 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+	}
+	return *set;
+}
+
 /*
  * Remember that a message was dead-lettered by a round that was then
  * aborted: reading the round again leaves it out.
@@ -680,19 +782,120 @@ KafkaTxnAbandon(void)
 void
 KafkaTxnRememberDead(int64 id)
 {
-	bool		found;
+	(void) hash_search(KafkaTxnIdSet(&dead_ids, "infra kafka dead-lettered ids"), &id, HASH_ENTER, NULL);
+}
 
-	if (dead_ids == NULL)
+/*
+ * Table outbox: the messages of a round whose Kafka transaction committed.
+ * Until its settle commits, the outbox may still hold them: later rounds
+ * leave them out, and every progress record names them.
+ */
+void
+KafkaTxnSettled(const int64 *ids, int n)
+{
+	int			i;
+
+	for (i = 0; i < n; i++)
+		(void) hash_search(KafkaTxnIdSet(&settled_ids, "infra kafka settled ids"), &ids[i], HASH_ENTER, NULL);
+}
+
+/*
+ * The table outbox's ids come from this sequence (a table round's read
+ * says so): settled ids of another one (an earlier install of the
+ * extension) are not these rows'.
+ */
+void
+KafkaTxnIdSpace(Oid seq)
+{
+	if (settled_seq != seq && settled_ids != NULL)
 	{
-		HASHCTL		ctl;
-
-		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(int64);
-		ctl.hcxt = TopMemoryContext;
-		dead_ids = hash_create("infra kafka dead-lettered ids", 64, &ctl,
-							   HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
+		ereport(LOG,
+				(errmsg("infra worker ignores %ld table-outbox ids of the Kafka progress: they come from another install of the extension",
+						hash_get_num_entries(settled_ids))));
+		hash_destroy(settled_ids);
+		settled_ids = NULL;
 	}
-	(void) hash_search(dead_ids, &id, HASH_ENTER, &found);
+	settled_seq = seq;
+}
+
+/* Is this table-outbox message in Kafka already (KafkaTxnSettled)? */
+bool
+KafkaTxnIsSettled(int64 id)
+{
+	return settled_ids != NULL && hash_search(settled_ids, &id, HASH_FIND, NULL) != NULL;
+}
+
+/*
+ * A round's settle committed: its rows are gone or rewritten without these
+ * ids (n < 0: the outbox table is empty: all of them).
+ */
+void
+KafkaTxnForget(const int64 *ids, int n)
+{
+	int			i;
+
+	if (settled_ids == NULL)
+		return;
+	if (n < 0)
+	{
+		hash_destroy(settled_ids);
+		settled_ids = NULL;
+		return;
+	}
+	for (i = 0; i < n; i++)
+		(void) hash_search(settled_ids, &ids[i], HASH_REMOVE, NULL);
+}
+
+static int
+KafkaTxnIdCmp(const void *a, const void *b)
+{
+	int64		x = *(const int64 *) a;
+	int64		y = *(const int64 *) b;
+
+	return x < y ? -1 : x > y;
+}
+
+/*
+ * , "ids": "a-b,c,..." for settled_ids and ids (ranges of consecutive
+ * ids), or nothing when both are empty.
+ */
+static void
+KafkaTxnAppendIds(StringInfo buf, const int64 *ids, int nids)
+{
+	long		nsettled = settled_ids ? hash_get_num_entries(settled_ids) : 0;
+	int64	   *all;
+	int			n = 0;
+	int			i;
+
+	if (nsettled + nids == 0)
+		return;
+	all = palloc(sizeof(int64) * (nsettled + nids));
+	if (nsettled > 0)
+	{
+		HASH_SEQ_STATUS seq;
+		int64	   *id;
+
+		hash_seq_init(&seq, settled_ids);
+		while ((id = hash_seq_search(&seq)) != NULL)
+			all[n++] = *id;
+	}
+	for (i = 0; i < nids; i++)
+		all[n++] = ids[i];
+	qsort(all, n, sizeof(int64), KafkaTxnIdCmp);
+	appendStringInfo(buf, ", \"seq\": %u, \"ids\": \"", settled_seq);
+	for (i = 0; i < n;)
+	{
+		int			j = i;
+
+		while (j + 1 < n && all[j + 1] <= all[j] + 1)
+			j++;
+		appendStringInfo(buf, "%s" INT64_FORMAT, i > 0 ? "," : "", all[i]);
+		if (all[j] != all[i])
+			appendStringInfo(buf, "-" INT64_FORMAT, all[j]);
+		i = j + 1;
+	}
+	appendStringInfoChar(buf, '"');
+	pfree(all);
 }
 
 bool

@@ -1,5 +1,5 @@
 # Exactly once into Kafka (infra.kafka_delivery = exactly_once, with the
-# WAL outbox) against the real broker.  Every check compares what a
+# WAL outbox, then the table outbox) against the real broker.  Every check compares what a
 # read_committed consumer (kcat's default) sees with what PostgreSQL
 # committed: the sending transactions record each value in a table too, so
 # the committed set is known exactly even when a crash cuts a client off.
@@ -8,7 +8,8 @@
 # transactions Kafka already has are decoded again and must be skipped),
 # PostgreSQL stopped -m immediate mid-round, the broker SIGKILLed and
 # started again, infra.kafka_delivery switched back and forth on the live
-# system, a zombie producer with the worker's transactional id.  A read_uncommitted consumer shows the aborted
+# system, the worker SIGKILLed with the table outbox, a zombie producer
+# with the worker's transactional id, the broker hung.  A read_uncommitted consumer shows the aborted
 # copies exist, so the checks can fail.  EXACTLY_ONCE_KILLS sizes the
 # fault loop (default 20).
 use strict;
@@ -146,6 +147,39 @@ stop_sender();
 ok(flush_ok(180), 'after four switches, everything committed is delivered');
 check_exactly_once('modes switched live');
 
+# --- the table outbox ---------------------------------------------------------------
+# With infra.kafka_outbox = table a round's progress record lists its
+# message ids; a worker killed after the Kafka commit but before the rows'
+# delete commits finds them in the progress and leaves them out.
+my $inserted = "SELECT coalesce(n_tup_ins, 0) FROM pg_stat_user_tables WHERE relid = 'infra.kafka_outbox_batches'::regclass";
+my $inserted_before = $node->safe_psql('postgres', $inserted);
+$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_outbox = 'table'; SELECT pg_reload_conf()");
+ok(wait_until(sub { $node->safe_psql('postgres', 'SHOW infra.kafka_outbox') eq 'table' }, 30),
+	'switched to the table outbox');
+start_sender();
+ok(wait_until(sub { $node->safe_psql('postgres', $inserted) > $inserted_before + 10 }, 30),
+	'the sender writes the outbox table');
+my $table_back = 0;
+for my $i (1 .. $kills)
+{
+	select(undef, undef, undef, rand(0.6));
+	my $pid = eval { worker_pid($node, 'postgres') };
+	next unless $pid;
+	kill 'KILL', $pid;
+	$table_back++ if eos_worker_back($node, $pid);
+	start_sender();
+	select(undef, undef, undef, 0.3);
+}
+is($table_back, $kills, "the worker came back after each of $kills SIGKILLs (table outbox)");
+stop_sender();
+ok(flush_ok(180), 'everything committed to the table outbox is delivered after the kills');
+check_exactly_once('table outbox, worker SIGKILLed ' . $kills . ' times');
+like(slurp_log_since($node, 0), qr/and [1-9]\d* messages of the table outbox's last rounds/,
+	'a new worker read the table outbox\'s ids back from the progress');
+is($node->safe_psql('postgres', 'SELECT count(*) FROM infra.kafka_outbox_batches'), '0',
+	'the outbox table is empty');
+$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_outbox = 'wal'; SELECT pg_reload_conf()");
+
 # --- zombies with the worker's transactional ids -----------------------------
 # A second producer with the same id (kcat, transactional) fences the
 # worker's: the worker's transaction fails, it makes its producers again
@@ -202,6 +236,28 @@ is($node->safe_psql('postgres',
 	join(' ', $m{infra_kafka_transactions_committed_total} // '', $m{infra_kafka_transactions_aborted_total} // '',
 		$m{infra_kafka_fenced_total} // '', $progress_now, 'true'),
 	'kafka_stats shows the same transactions, fencing and progress, and no transaction open when idle');
+
+# --- the extension made again ---------------------------------------------------------
+# Its id sequence starts again: the ids the last progress record names
+# (a table round's) are not the new rows'.  The new ids are set inside
+# that record's range, the worker is killed so that it reads the record
+# back, and every new message must still go.
+$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_outbox = 'table'; SELECT pg_reload_conf()");
+ok(wait_until(sub { $node->safe_psql('postgres', 'SHOW infra.kafka_outbox') eq 'table' }, 30),
+	'the table outbox again');
+$node->safe_psql('postgres', 'SELECT send_batch(300)');
+ok(flush_ok(60), 'a table round delivered');
+my ($named) = (consume($progress_topic))[-1][1] =~ /"ids": "(\d+)/;
+ok($named, "the last progress record names table-outbox ids (from $named)");
+$node->safe_psql('postgres', 'DROP EXTENSION infra CASCADE');
+$node->safe_psql('postgres', 'CREATE EXTENSION infra');
+$node->safe_psql('postgres', "SELECT setval('infra.kafka_outbox_id_seq', $named - 1)");
+my $old_worker = worker_pid($node, 'postgres');
+kill 'KILL', $old_worker;
+ok(eos_worker_back($node, $old_worker), 'the worker is back after the extension was made again');
+$node->safe_psql('postgres', 'SELECT send_batch(300)');
+ok(flush_ok(120), 'the new install delivers');
+check_exactly_once('ids of a new install inside the old record\'s range');
 
 $node->stop;
 done_testing();
