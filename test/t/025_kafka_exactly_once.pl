@@ -86,20 +86,27 @@ like($config, qr/partitions?: ?1|1 partitions/, 'the progress topic has one part
 sub start_sender { eos_sender_start($node, 100, 200) }
 sub stop_sender { eos_sender_stop() }
 
-start_sender();
-my $back = 0;
-for my $i (1 .. $kills)
+# kill_at_random(): the worker SIGKILLed $kills times, each after a random
+# pause, the sender started again each time; how often it came back.
+sub kill_at_random
 {
-	select(undef, undef, undef, rand(0.6));
-	my $pid = eval { worker_pid($node, 'postgres') };
-	next unless $pid;
-	kill 'KILL', $pid;
-	$back++ if eos_worker_back($node, $pid);
-	start_sender();
-	# Let a few rounds commit before the next kill.
-	select(undef, undef, undef, 0.3);
+	my $back = 0;
+	for my $i (1 .. $kills)
+	{
+		select(undef, undef, undef, rand(0.6));
+		my $pid = eval { worker_pid($node, 'postgres') };
+		next unless $pid;
+		kill 'KILL', $pid;
+		$back++ if eos_worker_back($node, $pid);
+		start_sender();
+		# Let a few rounds commit before the next kill.
+		select(undef, undef, undef, 0.3);
+	}
+	return $back;
 }
-is($back, $kills, "the worker came back after each of $kills SIGKILLs");
+
+start_sender();
+is(kill_at_random(), $kills, "the worker came back after each of $kills SIGKILLs");
 stop_sender();
 ok(flush_ok(180), 'everything committed is delivered after the kills');
 my $committed_count = check_exactly_once('worker SIGKILLed ' . $kills . ' times');
@@ -159,18 +166,7 @@ ok(wait_until(sub { $node->safe_psql('postgres', 'SHOW infra.kafka_outbox') eq '
 start_sender();
 ok(wait_until(sub { $node->safe_psql('postgres', $inserted) > $inserted_before + 10 }, 30),
 	'the sender writes the outbox table');
-my $table_back = 0;
-for my $i (1 .. $kills)
-{
-	select(undef, undef, undef, rand(0.6));
-	my $pid = eval { worker_pid($node, 'postgres') };
-	next unless $pid;
-	kill 'KILL', $pid;
-	$table_back++ if eos_worker_back($node, $pid);
-	start_sender();
-	select(undef, undef, undef, 0.3);
-}
-is($table_back, $kills, "the worker came back after each of $kills SIGKILLs (table outbox)");
+is(kill_at_random(), $kills, "the worker came back after each of $kills SIGKILLs (table outbox)");
 stop_sender();
 ok(flush_ok(180), 'everything committed to the table outbox is delivered after the kills');
 check_exactly_once('table outbox, worker SIGKILLed ' . $kills . ' times');
