@@ -423,8 +423,8 @@ KafkaReadRound(KafkaRound *round, long *sleep_ms)
 	{
 		round->table_empty = true;
 		KafkaEndTransaction();
-		/* No row holds a message Kafka has (exactly once). */
-		KafkaTxnForget(NULL, -1);
+		/* No row holds a message Kafka has (exactly once), once the deletes are flushed. */
+		KafkaTxnForget(NULL, -1, GetXLogInsertRecPtr());
 		SpinLockAcquire(&my_stats->mutex);
 		my_stats->pending = 0;
 		SpinLockRelease(&my_stats->mutex);
@@ -491,15 +491,18 @@ KafkaWalReadRound(KafkaRound *round, int batch, long *sleep_ms)
 	return true;
 }
 
-/* The ids of the messages the round produces (in its memory). */
-static int64 *
+/* The ids of the messages the round produces, with their timelines (in its memory). */
+static KafkaTxnId *
 KafkaRoundIds(KafkaRound *round)
 {
-	int64	   *ids = palloc(sizeof(int64) * Max(round->n, 1));
+	KafkaTxnId *ids = palloc0(sizeof(KafkaTxnId) * Max(round->n, 1));
 	int			i;
 
 	for (i = 0; i < round->n; i++)
-		ids[i] = round->messages[i].id;
+	{
+		ids[i].id = round->messages[i].id;
+		ids[i].tli = round->rows[round->messages[i].row].timeline;
+	}
 	return ids;
 }
 
@@ -517,7 +520,7 @@ KafkaOrderMessages(KafkaRound *round)
 	int			i;
 
 	round->messages = palloc0(sizeof(OutboxMessage) * Max(round->total, 1));
-	round->skipped = palloc(sizeof(int64) * Max(round->total, 1));
+	round->skipped = palloc0(sizeof(KafkaTxnId) * Max(round->total, 1));
 	for (i = 0; i < round->nincluded; i++)
 	{
 		OutboxRow  *row = &round->rows[i];
@@ -539,10 +542,11 @@ KafkaOrderMessages(KafkaRound *round)
 				continue;
 			}
 			/* In Kafka by a committed round whose settle did not (exactly once). */
-			if (!round->wal && KafkaTxnIsSettled(id))
+			if (!round->wal && KafkaTxnIsSettled(id, row->timeline))
 			{
 				row->keep[j] = false;
-				round->skipped[round->nskipped++] = id;
+				round->skipped[round->nskipped].id = id;
+				round->skipped[round->nskipped++].tli = row->timeline;
 				continue;
 			}
 			m = &round->messages[round->n++];
@@ -883,10 +887,13 @@ KafkaSettleRound(KafkaRound *round)
 		KafkaWalConfirm(round->wal_batch);
 	else
 	{
-		/* Its rows are deleted or rewritten without what Kafka has. */
+		/*
+		 * Its rows are deleted or rewritten without what Kafka has: once
+		 * that (asynchronous) commit is flushed.
+		 */
 		if (round->in_txn)
-			KafkaTxnForget(KafkaRoundIds(round), round->n);
-		KafkaTxnForget(round->skipped, round->nskipped);
+			KafkaTxnForget(KafkaRoundIds(round), round->n, GetXLogInsertRecPtr());
+		KafkaTxnForget(round->skipped, round->nskipped, GetXLogInsertRecPtr());
 		KafkaProgressed();
 	}
 

@@ -50,7 +50,10 @@
  * (producer.c).
  *
  * The table outbox: a round's record also lists its message ids, as
- * ranges; the worker deletes the rows once Kafka committed.  Until that
+ * ranges by the timeline each was allocated on (a failover that lost WAL
+ * makes the new primary hand out delivered ids again, on its timeline),
+ * with the id sequence's oid; the worker deletes the rows once Kafka
+ * committed.  Until that
  * delete has committed the ids stay in settled_ids: every later record
  * names them too, and a table round leaves them out (deleting their rows).
  * A worker killed in between reads them back with the progress.  A list,
@@ -100,6 +103,11 @@ static HTAB *dead_ids = NULL;
  * every progress record lists them, and a table round leaves them out.
  */
 static HTAB *settled_ids = NULL;
+typedef struct SettledEntry
+{
+	KafkaTxnId	key;
+	XLogRecPtr	forget_at;		/* its rows' delete commits here (async): gone once flushed */
+} SettledEntry;
 /*
  * The sequence those ids came from (infra.kafka_outbox_id_seq's oid): a
  * record of an earlier install of the extension, whose sequence started
@@ -119,8 +127,9 @@ static bool KafkaTxnKnowTopic(const char *topic);
 static bool KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn);
 static bool KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr *lsn,
 								  bool keep_ids);
-static HTAB *KafkaTxnIdSet(HTAB **set, const char *name);
-static void KafkaTxnAppendIds(StringInfo buf, const int64 *ids, int nids);
+static HTAB *KafkaTxnIdSet(HTAB **set, const char *name, Size keysize, Size entrysize);
+static void KafkaTxnAppendIds(StringInfo buf, const KafkaTxnId *ids, int nids);
+static void KafkaTxnPurge(void);
 static void KafkaTxnFail(rd_kafka_error_t *error, const char *what, int which);
 static void KafkaTxnNoteOpen(void);
 static void KafkaTxnNoteEnd(bool committed, XLogRecPtr progress);
@@ -491,9 +500,9 @@ KafkaTxnReadProgress(const char *topic, TimeLineID *tli, XLogRecPtr *lsn)
 
 /*
  * A progress record: {"timeline": N, "lsn": "X/X"}, and when the table
- * outbox has rows Kafka holds, "seq": OID, "ids": "a-b,c,..." (their
- * sequence, ranges of message ids).  With keep_ids, the ids go to
- * settled_ids.
+ * outbox has rows Kafka holds, "seq": OID, "ids": "T:a-b,c;T2:d" (their
+ * sequence; by the timeline each id was allocated on, ranges of ids).
+ * With keep_ids, the ids go to settled_ids.
  */
 static bool
 KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr *lsn,
@@ -506,6 +515,8 @@ KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr
 	uint32		lo;
 	int			used = 0;
 	int64		count = 0;
+	TimeLineID	group_tli = 0;
+	bool		in_group = false;
 	bool		ok;
 
 	if (value == NULL)
@@ -525,9 +536,22 @@ KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr
 		while (ok && *p != '"')
 		{
 			char	   *end;
-			int64		a = strtoi64(p, &end, 10);
-			int64		b = a;
+			int64		a;
+			int64		b;
 
+			/* A timeline's group: "T:" first, ";" before the next. */
+			if (!in_group || *p == ';')
+			{
+				p += *p == ';' ? 1 : 0;
+				group_tli = (TimeLineID) strtoul(p, &end, 10);
+				ok = end != p && *end == ':';
+				p = end + 1;
+				in_group = true;
+				if (!ok)
+					break;
+			}
+			a = strtoi64(p, &end, 10);
+			b = a;
 			ok = end != p && a > 0;
 			p = end;
 			if (ok && *p == '-')
@@ -540,11 +564,15 @@ KafkaTxnParseProgress(const char *value, size_t len, TimeLineID *tli, XLogRecPtr
 			count += ok ? b - a + 1 : 0;
 			ok = ok && count <= KAFKA_TXN_MAX_IDS;
 			for (; ok && keep_ids && a <= b; a++)
-				(void) hash_search(KafkaTxnIdSet(&settled_ids, "infra kafka settled ids"), &a, HASH_ENTER, NULL);
+			{
+				KafkaTxnId	key = {.id = a,.tli = group_tli,.zero = 0};
+
+				KafkaTxnSettled(&key, 1);
+			}
 			if (ok && *p == ',')
 				p++;
 			else
-				ok = ok && *p == '"';
+				ok = ok && (*p == '"' || *p == ';');
 		}
 		p += ok ? 1 : 0;
 	}
@@ -607,7 +635,7 @@ KafkaTxnBegin(void)
  * must not commit.
  */
 bool
-KafkaTxnProgress(int which, XLogRecPtr upto, const int64 *ids, int nids, char *why, size_t whylen)
+KafkaTxnProgress(int which, XLogRecPtr upto, const KafkaTxnId *ids, int nids, char *why, size_t whylen)
 {
 	char		topic[96];
 	StringInfoData value;
@@ -759,16 +787,16 @@ KafkaTxnAbandon(void)
 	}
 }
 
-/* The id set *set, made on first use. */
+/* The id set *set (keys of keysize bytes, entries of entrysize), made on first use. */
 static HTAB *
-KafkaTxnIdSet(HTAB **set, const char *name)
+KafkaTxnIdSet(HTAB **set, const char *name, Size keysize, Size entrysize)
 {
 	if (*set == NULL)
 	{
 		HASHCTL		ctl;
 
-		ctl.keysize = sizeof(int64);
-		ctl.entrysize = sizeof(int64);
+		ctl.keysize = keysize;
+		ctl.entrysize = entrysize;
 		ctl.hcxt = TopMemoryContext;
 		*set = hash_create(name, 64, &ctl, HASH_ELEM | HASH_BLOBS | HASH_CONTEXT);
 	}
@@ -782,7 +810,7 @@ KafkaTxnIdSet(HTAB **set, const char *name)
 void
 KafkaTxnRememberDead(int64 id)
 {
-	(void) hash_search(KafkaTxnIdSet(&dead_ids, "infra kafka dead-lettered ids"), &id, HASH_ENTER, NULL);
+	(void) hash_search(KafkaTxnIdSet(&dead_ids, "infra kafka dead-lettered ids", sizeof(int64), sizeof(int64)), &id, HASH_ENTER, NULL);
 }
 
 /*
@@ -791,12 +819,18 @@ KafkaTxnRememberDead(int64 id)
  * leave them out, and every progress record names them.
  */
 void
-KafkaTxnSettled(const int64 *ids, int n)
+KafkaTxnSettled(const KafkaTxnId *ids, int n)
 {
 	int			i;
 
 	for (i = 0; i < n; i++)
-		(void) hash_search(KafkaTxnIdSet(&settled_ids, "infra kafka settled ids"), &ids[i], HASH_ENTER, NULL);
+	{
+		SettledEntry *e = hash_search(KafkaTxnIdSet(&settled_ids, "infra kafka settled ids",
+													sizeof(KafkaTxnId), sizeof(SettledEntry)),
+									  &ids[i], HASH_ENTER, NULL);
+
+		e->forget_at = InvalidXLogRecPtr;
+	}
 }
 
 /*
@@ -820,78 +854,114 @@ KafkaTxnIdSpace(Oid seq)
 
 /* Is this table-outbox message in Kafka already (KafkaTxnSettled)? */
 bool
-KafkaTxnIsSettled(int64 id)
+KafkaTxnIsSettled(int64 id, TimeLineID tli)
 {
-	return settled_ids != NULL && hash_search(settled_ids, &id, HASH_FIND, NULL) != NULL;
+	KafkaTxnId	key = {.id = id,.tli = tli,.zero = 0};
+
+	return settled_ids != NULL && hash_search(settled_ids, &key, HASH_FIND, NULL) != NULL;
 }
 
 /*
  * A round's settle committed: its rows are gone or rewritten without these
- * ids (n < 0: the outbox table is empty: all of them).
+ * ids (n < 0: the outbox table is empty: all of them).  The worker commits
+ * asynchronously: a crash could still bring the rows back, so the ids go
+ * once the WAL is flushed past done (KafkaTxnPurge).
  */
 void
-KafkaTxnForget(const int64 *ids, int n)
+KafkaTxnForget(const KafkaTxnId *ids, int n, XLogRecPtr done)
 {
+	SettledEntry *e;
 	int			i;
 
 	if (settled_ids == NULL)
 		return;
 	if (n < 0)
 	{
-		hash_destroy(settled_ids);
-		settled_ids = NULL;
+		HASH_SEQ_STATUS seq;
+
+		hash_seq_init(&seq, settled_ids);
+		while ((e = hash_seq_search(&seq)) != NULL)
+			if (XLogRecPtrIsInvalid(e->forget_at))
+				e->forget_at = done;
 		return;
 	}
 	for (i = 0; i < n; i++)
-		(void) hash_search(settled_ids, &ids[i], HASH_REMOVE, NULL);
+		if ((e = hash_search(settled_ids, &ids[i], HASH_FIND, NULL)) != NULL &&
+			XLogRecPtrIsInvalid(e->forget_at))
+			e->forget_at = done;
+}
+
+/* Let go of the ids whose rows' delete is durable now. */
+static void
+KafkaTxnPurge(void)
+{
+	XLogRecPtr	flushed = GetFlushRecPtr(NULL);
+	HASH_SEQ_STATUS seq;
+	SettledEntry *e;
+
+	if (settled_ids == NULL)
+		return;
+	hash_seq_init(&seq, settled_ids);
+	while ((e = hash_seq_search(&seq)) != NULL)
+		if (!XLogRecPtrIsInvalid(e->forget_at) && e->forget_at <= flushed)
+			(void) hash_search(settled_ids, &e->key, HASH_REMOVE, NULL);
 }
 
 static int
 KafkaTxnIdCmp(const void *a, const void *b)
 {
-	int64		x = *(const int64 *) a;
-	int64		y = *(const int64 *) b;
+	const KafkaTxnId *x = a;
+	const KafkaTxnId *y = b;
 
-	return x < y ? -1 : x > y;
+	if (x->tli != y->tli)
+		return x->tli < y->tli ? -1 : 1;
+	return x->id < y->id ? -1 : x->id > y->id;
 }
 
 /*
- * , "ids": "a-b,c,..." for settled_ids and ids (ranges of consecutive
- * ids), or nothing when both are empty.
+ * , "seq": OID, "ids": "T:a-b,c;T2:d" for settled_ids and ids (by the
+ * timeline they were allocated on, ranges of consecutive ids), or nothing
+ * when both are empty.
  */
 static void
-KafkaTxnAppendIds(StringInfo buf, const int64 *ids, int nids)
+KafkaTxnAppendIds(StringInfo buf, const KafkaTxnId *ids, int nids)
 {
-	long		nsettled = settled_ids ? hash_get_num_entries(settled_ids) : 0;
-	int64	   *all;
+	long		nsettled;
+	KafkaTxnId *all;
 	int			n = 0;
 	int			i;
 
+	KafkaTxnPurge();
+	nsettled = settled_ids ? hash_get_num_entries(settled_ids) : 0;
 	if (nsettled + nids == 0)
 		return;
-	all = palloc(sizeof(int64) * (nsettled + nids));
+	all = palloc(sizeof(KafkaTxnId) * (nsettled + nids));
 	if (nsettled > 0)
 	{
 		HASH_SEQ_STATUS seq;
-		int64	   *id;
+		SettledEntry *e;
 
 		hash_seq_init(&seq, settled_ids);
-		while ((id = hash_seq_search(&seq)) != NULL)
-			all[n++] = *id;
+		while ((e = hash_seq_search(&seq)) != NULL)
+			all[n++] = e->key;
 	}
 	for (i = 0; i < nids; i++)
 		all[n++] = ids[i];
-	qsort(all, n, sizeof(int64), KafkaTxnIdCmp);
+	qsort(all, n, sizeof(KafkaTxnId), KafkaTxnIdCmp);
 	appendStringInfo(buf, ", \"seq\": %u, \"ids\": \"", settled_seq);
 	for (i = 0; i < n;)
 	{
 		int			j = i;
 
-		while (j + 1 < n && all[j + 1] <= all[j] + 1)
+		while (j + 1 < n && all[j + 1].tli == all[i].tli && all[j + 1].id <= all[j].id + 1)
 			j++;
-		appendStringInfo(buf, "%s" INT64_FORMAT, i > 0 ? "," : "", all[i]);
-		if (all[j] != all[i])
-			appendStringInfo(buf, "-" INT64_FORMAT, all[j]);
+		if (i == 0 || all[i - 1].tli != all[i].tli)
+			appendStringInfo(buf, "%s%u:", i > 0 ? ";" : "", all[i].tli);
+		else
+			appendStringInfoChar(buf, ',');
+		appendStringInfo(buf, INT64_FORMAT, all[i].id);
+		if (all[j].id != all[i].id)
+			appendStringInfo(buf, "-" INT64_FORMAT, all[j].id);
 		i = j + 1;
 	}
 	appendStringInfoChar(buf, '"');

@@ -7,7 +7,8 @@
 #   has flushed their commits, and kafka_stats says why it waits;
 # - a failover that lost WAL makes the new primary reuse outbox ids the old
 #   one delivered, yet no two messages share an infra-msg-id (the timeline
-#   is part of it).
+#   is part of it), and with exactly once the reused ids go (the progress
+#   names ids with their timeline).
 use strict;
 use warnings;
 
@@ -149,14 +150,20 @@ SELECT pg_reload_conf()});
 
 # --- a failover that lost WAL ------------------------------------------------
 # The standby misses what follows: more than 32 ids (the sequence's WAL
-# look-ahead), delivered by the old primary.
+# look-ahead), delivered by the old primary.  Both deliver exactly once:
+# the old primary's last progress record names the ids it delivered (on
+# timeline 1), which the new primary hands out again on timeline 2, and
+# those new messages must go all the same.
+$primary->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_delivery = 'exactly_once'; SELECT pg_reload_conf()");
 $primary->wait_for_catchup($standby);
 $standby->stop;
+$standby->append_conf('postgresql.conf', "infra.kafka_delivery = exactly_once\n");
 $primary->safe_psql('postgres',
 	"SELECT infra.kafka_send('$topic', 'old ' || g) FROM generate_series(1, 100) g");
 ok(flushed($primary, 60), 'the old primary delivered 100 messages the standby never received');
 my $old_ids = $primary->safe_psql('postgres', "SELECT pg_catalog.pg_sequence_last_value('infra.kafka_outbox_id_seq')");
 $primary->stop('immediate');
+my $standby_log_at = -s $standby->logfile;
 $standby->start;
 $standby->promote;
 $standby->poll_query_until('postgres', "SELECT state = 'running' FROM infra.worker_status WHERE database = 'postgres'")
@@ -168,6 +175,8 @@ my $first_new = $standby->safe_psql('postgres',
 	"SELECT min(id) FROM (SELECT infra.kafka_send('$topic', 'new ' || g) AS id FROM generate_series(1, 50) g) s");
 cmp_ok($first_new, '<', $old_ids, "the new primary reuses outbox ids the old one delivered ($first_new < $old_ids)");
 ok(flushed($standby, 60), 'the new primary delivers its messages');
+like(slurp_log_since($standby, $standby_log_at), qr/and (\d{3,}) messages of the table outbox's last rounds/,
+	"the new primary's worker read the old one's delivered ids back from the Kafka progress");
 
 my @got = consume($topic);
 my %ids;
