@@ -491,19 +491,25 @@ KafkaWalReadRound(KafkaRound *round, int batch, long *sleep_ms)
 	return true;
 }
 
-/* The ids of the messages the round produces, with their timelines (in its memory). */
+/*
+ * The ids of the messages a table round produces, with their timelines:
+ * its progress record names them, they are settled once it commits and
+ * forgotten once its rows' delete is durable.  Made once, in its memory.
+ */
 static KafkaTxnId *
 KafkaRoundIds(KafkaRound *round)
 {
-	KafkaTxnId *ids = palloc0(sizeof(KafkaTxnId) * Max(round->n, 1));
 	int			i;
 
+	if (round->ids != NULL)
+		return round->ids;
+	round->ids = palloc0(sizeof(KafkaTxnId) * Max(round->n, 1));
 	for (i = 0; i < round->n; i++)
 	{
-		ids[i].id = round->messages[i].id;
-		ids[i].tli = round->rows[round->messages[i].row].timeline;
+		round->ids[i].id = round->messages[i].id;
+		round->ids[i].tli = round->rows[round->messages[i].row].timeline;
 	}
-	return ids;
+	return round->ids;
 }
 
 /*

@@ -69,6 +69,7 @@ typedef struct KafkaRound
 	XLogRecPtr	async_commit_lsn;	/* how far asynchronous commits of its rows reach */
 	OutboxMessage *messages;	/* what goes now, in id order */
 	int			n;
+	struct KafkaTxnId *ids;		/* table outbox, exactly once: what it produces */
 	struct KafkaTxnId *skipped; /* table outbox, exactly once: ids Kafka holds already */
 	int			nskipped;
 	int			sent;			/* of them given to librdkafka so far */

@@ -183,6 +183,10 @@ sink_messages() {
 }'
 }
 
+# get KIND LABEL FIELD: a field of a result line; ratio A B: A / B.
+get() { awk -v k="$1" -v l="$2" -v f="$3" '$1 == k && $2 == l { print $f }' "$work/results"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
+
 for part in ${BENCH_PARTS:-outbox sink faults eos}; do
 	. "$here/debezium/$part.sh"
 	echo

@@ -115,7 +115,7 @@ latency() {
 	kill "$consumer" 2>/dev/null || true
 	pkill -f "kcat -C -b $bootstrap -t $topic" 2>/dev/null || true
 	wait "$consumer" 2>/dev/null || true
-	awk '{ d = ($1 - $2 / 1000000) * 1000; if (d < 0) d = 0; print d }' "$work/received" | sort -n >"$work/latency"
+	bench_receipt_ms "$work/received" >"$work/latency"
 	awk '{ v[NR] = $1 } END { printf "%s %s %d\n", v[int(NR * 0.50) + 1], v[int(NR * 0.99) + 1], NR }' "$work/latency"
 }
 echo

@@ -58,3 +58,10 @@ bench_set_outbox() {
 	done
 	die "infra.kafka_outbox = $1 did not take effect"
 }
+
+# bench_receipt_ms FILE: lines "arrival_seconds sent_microseconds" (a consumer
+# stamping each value, a commit time in microseconds, on arrival) as
+# latencies in ms, sorted.
+bench_receipt_ms() {
+	awk '{ d = ($1 - $2 / 1000000) * 1000; if (d < 0) d = 0; print d }' "$1" | sort -n
+}

@@ -109,7 +109,7 @@ eos_latency() {
 	kill "$consumer" 2>/dev/null || true
 	pkill -f "kcat -C -b $bootstrap -t $t " 2>/dev/null || true
 	wait "$consumer" 2>/dev/null || true
-	awk '{ d = ($1 - $2 / 1000000) * 1000; if (d < 0) d = 0; print d }' "$work/received_$2" | sort -n >"$work/eos_lat_$2"
+	bench_receipt_ms "$work/received_$2" >"$work/eos_lat_$2"
 	awk -v l="$2" '{ v[NR] = $1 } END { printf "latency %s %d %.1f %.1f\n", l, NR, v[int(NR * 0.5) + 1], v[int(NR * 0.99) + 1] }' \
 		"$work/eos_lat_$2" >>"$work/results"
 }
@@ -167,7 +167,6 @@ psql -X -q -c "ALTER SYSTEM RESET infra.kafka_delivery" -c 'SELECT pg_reload_con
 bench_set_outbox table
 
 # --- report ------------------------------------------------------------------------
-get() { awk -v k="$1" -v l="$2" -v f="$3" '$1 == k && $2 == l { print $f }' "$work/results"; }
 echo "exactly once: what a read_committed consumer receives"
 echo "$messages messages of 100 bytes in transactions of $per_txn, first commit to the consumer's receipt of the last"
 for l in infra_eos dbz_eos_defaults dbz_eos_tuned; do
@@ -183,7 +182,6 @@ echo "relay SIGKILLed at 40% of $fault_batches transactions of 100, restarted (r
 printf '%-26s %9s %9s %6s %11s\n' "" expected delivered lost duplicates
 awk '$1 == "fault" && ($2 == "infra_eos_worker_kill" || $2 == "debezium_eos_kill") {
 	printf "%-26s %9d %9d %6d %11d\n", $2, $3, $4, $5, $6 }' "$work/results"
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 eos_tp=$(ratio "$(get throughput dbz_eos_tuned 3)" "$(get throughput infra_eos 3)")
 eos_best=$(awk '$1 == "latency" && $2 ~ /^dbz_eos/ { print $5 }' "$work/results" | sort -n | head -n 1)
 printf '%-46s %6s x (target >= 3: %s)\n' "exactly once: infra / tuned Debezium, throughput" "$eos_tp" \

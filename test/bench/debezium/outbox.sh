@@ -97,7 +97,6 @@ dbz_run defaults
 dbz_run tuned
 
 # --- report ------------------------------------------------------------------------
-get() { awk -v k="$1" -v l="$2" -v f="$3" '$1 == k && $2 == l { print $f }' "$work/results"; }
 rate_of() { awk -v n="$messages" -v ms="$1" 'BEGIN { printf "%.0f", n / (ms / 1000) }'; }
 echo "outbox: $messages messages of 100 bytes in transactions of $per_txn, first commit to the broker's append of the last"
 for l in infra dbz_defaults dbz_tuned kcat; do
@@ -112,7 +111,6 @@ for l in infra dbz_defaults dbz_tuned; do
 		"$( [ "$l" = infra ] && echo - || get idle "$l" 3)"
 done
 echo
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 tp_ratio=$(ratio "$(get throughput dbz_tuned 3)" "$(get throughput infra 3)")
 kcat_ratio=$(ratio "$(get throughput kcat 3)" "$(get throughput infra 3)")
 best_p99=$(awk '$1 == "latency" && $2 ~ /^dbz/ { print $5 }' "$work/results" | sort -n | head -n 1)
