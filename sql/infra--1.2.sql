@@ -1537,3 +1537,244 @@ SELECT pg_catalog.pg_extension_config_dump('infra.removed_presets', '');
 REVOKE ALL ON infra.removed_presets FROM PUBLIC;
 GRANT SELECT ON infra.removed_presets TO PUBLIC;
 REVOKE ALL ON FUNCTION infra.removed_presets_apply() FROM PUBLIC;
+
+/*
+ * Transactional HTTP (src/http/): http_send writes a transaction's requests
+ * as rows of arrays at commit, the infra http worker sends them with libcurl
+ * and keeps what must be tried again, and what failed for good.
+ */
+CREATE TABLE infra.http_endpoints (
+    name text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'),
+    url text NOT NULL CHECK (url ~* '^https?://[^/?#]+'),
+    secrets text[] CHECK (cardinality(secrets) BETWEEN 1 AND 8),
+    headers jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(headers) = 'object'),
+    timeout_ms integer NOT NULL DEFAULT 30000 CHECK (timeout_ms BETWEEN 1 AND 600000),
+    connect_timeout_ms integer NOT NULL DEFAULT 5000 CHECK (connect_timeout_ms BETWEEN 1 AND 600000),
+    low_speed_seconds integer NOT NULL DEFAULT 10 CHECK (low_speed_seconds BETWEEN 1 AND 3600),
+    retry_schedule interval[] NOT NULL
+        DEFAULT '{5 seconds,30 seconds,2 minutes,10 minutes,30 minutes,1 hour,2 hours,4 hours,8 hours,8 hours}'
+        CHECK (cardinality(retry_schedule) <= 100),
+    rate_per_second double precision CHECK (rate_per_second > 0),
+    concurrency integer NOT NULL DEFAULT 16 CHECK (concurrency BETWEEN 1 AND 1000),
+    max_response_bytes integer NOT NULL DEFAULT 65536 CHECK (max_response_bytes BETWEEN 0 AND 104857600),
+    disable_after interval NOT NULL DEFAULT '5 days' CHECK (disable_after > '0'),
+    enabled boolean NOT NULL DEFAULT true,
+    disabled_reason text,
+    failing_since timestamptz
+);
+
+COMMENT ON TABLE infra.http_endpoints IS
+'Named HTTP destinations for infra.http_send(endpoint => ...): base URL, Standard Webhooks signing secrets (whsec_..., several during a rotation; nobody but the extension''s owner may read them), timeouts, retry schedule, rate, concurrency, and whether the worker disabled it (410, or failing for disable_after).';
+
+SELECT pg_catalog.pg_extension_config_dump('infra.http_endpoints', '');
+
+CREATE SEQUENCE infra.http_request_id_seq;
+
+CREATE TABLE infra.http_outbox_batches (
+    first_id bigint PRIMARY KEY,
+    requests integer NOT NULL CHECK (requests > 0),
+    ids bigint[] NOT NULL,
+    endpoints text[] NOT NULL,
+    urls text[] NOT NULL,
+    methods text[] NOT NULL,
+    headers jsonb[] NOT NULL,
+    bodies bytea[] NOT NULL,
+    timeline integer NOT NULL CHECK (timeline > 0),
+    created_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    CHECK (cardinality(ids) = requests)
+);
+
+ALTER TABLE infra.http_outbox_batches
+    ALTER ids SET STORAGE EXTERNAL,
+    ALTER urls SET STORAGE EXTERNAL,
+    ALTER headers SET STORAGE EXTERNAL,
+    ALTER bodies SET STORAGE EXTERNAL;
+
+COMMENT ON TABLE infra.http_outbox_batches IS
+'HTTP requests of committed transactions not yet tried, a transaction''s requests per row; read infra.http_requests instead.';
+
+CREATE TABLE infra.http_retries (
+    id bigint PRIMARY KEY,
+    timeline integer NOT NULL,
+    endpoint text,
+    url text,
+    method text NOT NULL,
+    headers jsonb,
+    body bytea,
+    created_at timestamptz NOT NULL,
+    attempts integer NOT NULL,
+    next_attempt_at timestamptz NOT NULL,
+    last_status integer,
+    last_error text,
+    outcomes jsonb NOT NULL DEFAULT '[]'
+);
+
+CREATE INDEX http_retries_due ON infra.http_retries (next_attempt_at);
+
+COMMENT ON TABLE infra.http_retries IS
+'HTTP requests that failed and wait for their next attempt (or for their endpoint), with every attempt''s outcome.';
+
+CREATE TABLE infra.http_dead_letters (
+    id bigint PRIMARY KEY,
+    timeline integer NOT NULL,
+    endpoint text,
+    url text,
+    method text NOT NULL,
+    headers jsonb,
+    body bytea,
+    created_at timestamptz NOT NULL,
+    failed_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    attempts integer NOT NULL,
+    last_status integer,
+    error text NOT NULL,
+    outcomes jsonb NOT NULL
+);
+
+COMMENT ON TABLE infra.http_dead_letters IS
+'HTTP requests that failed for good (retry schedule spent, a refused address, a disabled endpoint), with every attempt''s outcome; send again with infra.http_retry_dead_letters().';
+
+CREATE FUNCTION infra.http_send(
+    url text,
+    body text,
+    method text DEFAULT 'POST',
+    headers jsonb DEFAULT NULL,
+    endpoint text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_http_send_text'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION infra.http_send(
+    url text,
+    body bytea,
+    method text DEFAULT 'POST',
+    headers jsonb DEFAULT NULL,
+    endpoint text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_http_send_bytea'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+CREATE FUNCTION infra.http_send(
+    url text,
+    body jsonb,
+    method text DEFAULT 'POST',
+    headers jsonb DEFAULT NULL,
+    endpoint text DEFAULT NULL)
+RETURNS bigint
+AS 'MODULE_PATHNAME', 'infra_http_send_jsonb'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.http_send(text, text, text, jsonb, text) IS
+'Send an HTTP request once the calling transaction commits (never if it rolls back): to url, or to the named endpoint (url NULL, or a path appended to its URL); returns the request''s id.';
+
+CREATE FUNCTION infra.http_wake_worker()
+RETURNS void
+AS 'MODULE_PATHNAME', 'infra_http_wake_worker'
+LANGUAGE C VOLATILE PARALLEL UNSAFE;
+
+COMMENT ON FUNCTION infra.http_wake_worker() IS
+'Wake this database''s infra http worker when the calling transaction commits (after a change of infra.http_endpoints or the retries).';
+
+CREATE FUNCTION infra.http_endpoints_check()
+RETURNS trigger
+AS 'MODULE_PATHNAME', 'infra_http_endpoints_check'
+LANGUAGE C;
+
+CREATE TRIGGER http_endpoints_check
+    BEFORE INSERT OR UPDATE ON infra.http_endpoints
+    FOR EACH ROW EXECUTE FUNCTION infra.http_endpoints_check();
+
+CREATE FUNCTION infra.http_endpoints_changed()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    PERFORM infra.http_wake_worker();
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER http_endpoints_changed
+    AFTER INSERT OR UPDATE OR DELETE ON infra.http_endpoints
+    FOR EACH STATEMENT EXECUTE FUNCTION infra.http_endpoints_changed();
+
+CREATE FUNCTION infra.http_retry_dead_letters(endpoint text DEFAULT NULL, ids bigint[] DEFAULT NULL)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    moved bigint;
+BEGIN
+    WITH gone AS (
+        DELETE FROM infra.http_dead_letters d
+         WHERE (http_retry_dead_letters.endpoint IS NULL
+                OR d.endpoint = http_retry_dead_letters.endpoint)
+           AND (http_retry_dead_letters.ids IS NULL
+                OR d.id = ANY (http_retry_dead_letters.ids))
+        RETURNING d.*)
+    INSERT INTO infra.http_retries
+        (id, timeline, endpoint, url, method, headers, body, created_at, attempts,
+         next_attempt_at, last_status, last_error, outcomes)
+    SELECT g.id, g.timeline, g.endpoint, g.url, g.method, g.headers, g.body, g.created_at, 0,
+           clock_timestamp(), g.last_status, g.error, g.outcomes
+      FROM gone g;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    PERFORM infra.http_wake_worker();
+    RETURN moved;
+END
+$$;
+
+COMMENT ON FUNCTION infra.http_retry_dead_letters(text, bigint[]) IS
+'Send dead letters again (of one endpoint, or with these ids, or all), with a fresh retry schedule and the same webhook-id; returns how many.';
+
+CREATE FUNCTION infra.http_enable_endpoint(name text)
+RETURNS boolean
+LANGUAGE sql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+    UPDATE infra.http_endpoints e
+       SET enabled = true, disabled_reason = NULL, failing_since = NULL
+     WHERE e.name = http_enable_endpoint.name
+    RETURNING true;
+$$;
+
+COMMENT ON FUNCTION infra.http_enable_endpoint(text) IS
+'Enable an endpoint the worker disabled (410 Gone, or failing for its disable_after); its waiting requests go out again.';
+
+CREATE VIEW infra.http_requests AS
+    SELECT r.id, 'queued'::text AS state, r.endpoint, r.url, r.method,
+           b.created_at, 0 AS attempts, NULL::timestamptz AS next_attempt_at,
+           NULL::integer AS last_status, NULL::text AS last_error
+      FROM infra.http_outbox_batches b,
+           unnest(b.ids, b.endpoints, b.urls, b.methods) AS r(id, endpoint, url, method)
+    UNION ALL
+    SELECT id, 'retrying', endpoint, url, method, created_at, attempts, next_attempt_at,
+           last_status, last_error
+      FROM infra.http_retries
+    UNION ALL
+    SELECT id, 'dead', endpoint, url, method, created_at, attempts, NULL, last_status, error
+      FROM infra.http_dead_letters;
+
+COMMENT ON VIEW infra.http_requests IS
+'HTTP requests not delivered yet, one row each: queued (committed, not tried yet), retrying (failed, waiting for next_attempt_at), dead (failed for good).';
+
+REVOKE ALL ON infra.http_endpoints FROM PUBLIC;
+GRANT SELECT (name, url, headers, timeout_ms, connect_timeout_ms, low_speed_seconds, retry_schedule,
+              rate_per_second, concurrency, max_response_bytes, disable_after, enabled,
+              disabled_reason, failing_since)
+    ON infra.http_endpoints TO PUBLIC;
+REVOKE ALL ON SEQUENCE infra.http_request_id_seq FROM PUBLIC;
+REVOKE ALL ON infra.http_outbox_batches FROM PUBLIC;
+REVOKE ALL ON infra.http_retries FROM PUBLIC;
+REVOKE ALL ON infra.http_dead_letters FROM PUBLIC;
+REVOKE ALL ON infra.http_requests FROM PUBLIC;
+GRANT SELECT ON infra.http_requests TO pg_monitor;
+REVOKE ALL ON FUNCTION infra.http_send(text, text, text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_send(text, bytea, text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_send(text, jsonb, text, jsonb, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_wake_worker() FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_endpoints_changed() FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_endpoints_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_retry_dead_letters(text, bigint[]) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_enable_endpoint(text) FROM PUBLIC;

@@ -28,6 +28,7 @@
 #include "core/tracing.h"
 #include "core/version.h"
 #include "core/worker.h"
+#include "http/http.h"
 #include "kafka/kafka.h"
 #include "kafka/producer.h"
 #include "kafka/series.h"
@@ -60,6 +61,7 @@ _PG_init(void)
 	InfraKafkaSeriesInit();
 	InfraProducerInit();
 	InfraStandbysInit();
+	HttpDeliverInit();
 	InfraTracingInit();
 	InfraQueryStatsInit();
 	InfraMetricQueriesInit();

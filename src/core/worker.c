@@ -3,10 +3,11 @@
  * worker.c
  *		The infra background worker and its status in shared memory.
  *
- * The postmaster starts two workers per database named in infra.database:
- * the "infra worker" (delivery: the Kafka outbox) and the "infra
- * metric-query worker", which runs the SQL of infra.metric_queries as the
- * roles those rows name.  They are one program: each connects to its
+ * The postmaster starts three workers per database named in infra.database:
+ * the "infra worker" (delivery: the Kafka outbox), the "infra metric-query
+ * worker", which runs the SQL of infra.metric_queries as the roles those
+ * rows name, and the "infra http worker" (http_send's requests; its
+ * service also gives a socket to wait on).  They are one program: each connects to its
  * database, waits until CREATE EXTENSION infra has happened there, and then
  * runs the services registered for its kind (InfraWorkerKind), without
  * naming them.  Keeping other roles' SQL out of the delivery worker's
@@ -152,6 +153,8 @@ static long InfraWorkerServe(void);
 static void InfraWorkerReload(void);
 static void InfraWorkerAnnounce(InfraWorkerState state, const char *installed);
 static void InfraWorkerLoop(void);
+static pgsocket InfraWorkerSocket(void);
+static void InfraWorkerWait(pgsocket sock, long timeout);
 static long InfraWorkerBackoffMs(int failures);
 static const char *InfraWorkerStateName(InfraWorkerState state);
 static InfraWorkerState InfraWorkerShownState(const InfraWorkerSlot *slot);
@@ -160,7 +163,9 @@ static void InfraWorkerPinSettings(void);
 static void InfraWorkerStatusRows(FunctionCallInfo fcinfo, InfraWorkerKind kind);
 
 /* What each kind is called in process titles and pg_stat_activity. */
-static const char *const kind_names[INFRA_WORKER_KINDS] = {"infra worker", "infra metric-query worker"};
+static const char *const kind_names[INFRA_WORKER_KINDS] = {
+	"infra worker", "infra metric-query worker", "infra http worker"
+};
 
 void
 InfraRegisterWorker(const char *function, const char *name, const char *type,
@@ -702,6 +707,43 @@ InfraWorkerAnnounce(InfraWorkerState state, const char *installed)
 }
 
 /*
+ * The descriptor a service of this worker's kind wants to be woken by, if
+ * any (one per worker: the services of a kind share no socket).
+ */
+static pgsocket
+InfraWorkerSocket(void)
+{
+	int			i;
+
+	for (i = 0; i < nservices; i++)
+		if (services[i].kind == my_slot->kind && services[i].socket != NULL)
+		{
+			pgsocket	sock = services[i].socket();
+
+			if (sock != PGINVALID_SOCKET)
+				return sock;
+		}
+	return PGINVALID_SOCKET;
+}
+
+/*
+ * Sleep until the latch is set, the socket (if any) is readable or timeout
+ * milliseconds (-1: none) have passed.
+ */
+static void
+InfraWorkerWait(pgsocket sock, long timeout)
+{
+	int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (timeout > 0 ? WL_TIMEOUT : 0);
+
+	if (sock != PGINVALID_SOCKET)
+		(void) WaitLatchOrSocket(MyLatch, events | WL_SOCKET_READABLE, sock, timeout,
+								 PG_WAIT_EXTENSION);
+	else
+		(void) WaitLatch(MyLatch, events, timeout, PG_WAIT_EXTENSION);
+	ResetLatch(MyLatch);
+}
+
+/*
  * Sleep on the latch, look at what changed, serve; forever.
  */
 static void
@@ -775,10 +817,8 @@ InfraWorkerLoop(void)
 		MemoryContextReset(loop_context);
 		if (timeout == 0)
 			continue;
-		(void) WaitLatch(MyLatch,
-						 WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | (timeout > 0 ? WL_TIMEOUT : 0),
-						 timeout, PG_WAIT_EXTENSION);
-		ResetLatch(MyLatch);
+		InfraWorkerWait(state == INFRA_WORKER_RUNNING ? InfraWorkerSocket() : PGINVALID_SOCKET,
+						timeout);
 	}
 	for (i = 0; i < nservices; i++)
 		if (services[i].kind == my_slot->kind)
@@ -1005,11 +1045,12 @@ WorkerCollectMetrics(StringInfo out)
 	for (kind = 0; kind < INFRA_WORKER_KINDS; kind++)
 	{
 		static const char *const families[INFRA_WORKER_KINDS] = {
-			"infra_worker_up", "infra_metric_query_worker_up"
+			"infra_worker_up", "infra_metric_query_worker_up", "infra_http_worker_up"
 		};
 		static const char *const helps[INFRA_WORKER_KINDS] = {
 			"1 when the infra worker (delivery) of the database is running.",
-			"1 when the metric-query worker of the database is running."
+			"1 when the metric-query worker of the database is running.",
+			"1 when the http worker (http_send) of the database is running."
 		};
 
 		MetricsWriteFamily(out, families[kind], "gauge", helps[kind]);

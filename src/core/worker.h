@@ -23,14 +23,16 @@
 extern char *infra_database;
 
 /*
- * The kinds of per-database worker: the delivery worker (the outbox, Kafka)
- * and the metric-query worker, which runs other roles' SQL in a session of
- * its own so that nothing those queries do can reach delivery.
+ * The kinds of per-database worker: the delivery worker (the outbox, Kafka),
+ * the metric-query worker, which runs other roles' SQL in a session of its
+ * own so that nothing those queries do can reach delivery, and the http
+ * worker (http_send's requests), whose endpoints' slowness reaches neither.
  */
 typedef enum InfraWorkerKind
 {
 	INFRA_WORKER_DELIVERY = 0,
 	INFRA_WORKER_METRIC_QUERIES,
+	INFRA_WORKER_HTTP,
 	INFRA_WORKER_KINDS
 } InfraWorkerKind;
 
@@ -59,8 +61,10 @@ extern void InfraRegisterWorker(const char *function, const char *name, const ch
  * happened in its database: serve does a round of work and says how long
  * the worker may sleep (-1: until woken, 0: not at all, else milliseconds);
  * shutdown releases what serve holds when the worker stops.  kind says
- * which of the database's workers runs it.  Registered by the modules in
- * _PG_init; the worker names none of them.
+ * which of the database's workers runs it.  socket, when set, gives a
+ * descriptor (or PGINVALID_SOCKET) whose readability also wakes the worker
+ * (an epoll set of the service's own connections).  Registered by the
+ * modules in _PG_init; the worker names none of them.
  */
 typedef struct InfraWorkerService
 {
@@ -68,6 +72,7 @@ typedef struct InfraWorkerService
 	InfraWorkerKind kind;
 	long		(*serve) (void);
 	void		(*shutdown) (void);
+	pgsocket	(*socket) (void);
 } InfraWorkerService;
 
 extern void InfraWorkerRegisterService(const InfraWorkerService *service);

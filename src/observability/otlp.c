@@ -28,7 +28,7 @@
  */
 #include "postgres.h"
 
-#include <curl/curl.h>
+#include "core/libcurl.h"
 
 #include "access/xact.h"
 #include "commands/extension.h"

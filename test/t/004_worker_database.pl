@@ -24,14 +24,14 @@ is(worker_status($node, 'postgres', 'state'),
 	'running', 'the other database is served meanwhile');
 
 # Backoff, not a crash loop: over 8 s, a 2 s restart loop would make four
-# failed connections per worker; each of the database's two workers
-# (delivery, metric queries) makes one and then waits.
+# failed connections per worker; each of the database's three workers
+# (delivery, metric queries, http) makes one and then waits.
 sleep 8;
 my $log = slurp_file($node->logfile);
 my $fatals = () = $log =~ /FATAL:  database "latecomer" does not exist/g;
-is($fatals, 2, 'one failed connection per worker, then backoff');
+is($fatals, 3, 'one failed connection per worker, then backoff');
 my $reports = () = $log =~ /LOG:  database "latecomer" named in infra.database does not exist/g;
-is($reports, 2, 'the missing database is logged once per worker, with a hint');
+is($reports, 3, 'the missing database is logged once per worker, with a hint');
 like($log, qr/HINT:  Create the database, or change infra\.database/,
 	'the hint says what to do');
 

@@ -1,0 +1,199 @@
+# Transactional HTTP: http_send delivers after commit and never after a
+# rollback; a local receiver (test/http/receiver.py) checks every signature
+# with the Standard Webhooks reference library; statuses are judged (2xx
+# delivered, 5xx retried with the same webhook-id, 410 disables the
+# endpoint, 429 with Retry-After pauses it); SSRF: every spelling of a
+# loopback or metadata address is refused before a byte is sent, redirects
+# are not followed; a hanging endpoint does not hold back another; the
+# worker SIGKILLed and PostgreSQL stopped -m immediate with requests queued
+# lose none.
+use strict;
+use warnings;
+
+use JSON::PP;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use Time::HiRes qw(time usleep);
+use InfraTest;
+
+my $python = $ENV{INFRA_PYTHON} // die "INFRA_PYTHON is not set: run through test/run.sh\n";
+my $rport = PostgreSQL::Test::Cluster::get_free_port();
+my $rlog = "${PostgreSQL::Test::Utils::tmp_check}/http_requests.jsonl";
+my $secret = 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw';
+my $secret2 = 'whsec_dGhlIG5leHQga2V5IGluIHRoZSByb3RhdGlvbg==';
+my $receiver = IPC::Run::start(
+	[ $python, src_path('test/http/receiver.py'), '--port', $rport, '--log', $rlog,
+	  '--secret', $secret, '--secret', $secret2 ],
+	'>', \my $rout, '2>', \my $rerr);
+wait_until(sub { $receiver->pump_nb; $rout =~ /listening/ }, 30) or die "receiver: $rerr";
+my $base = "http://127.0.0.1:$rport";
+
+my $node = infra_node('http', conf => "restart_after_crash = on\nmax_prepared_transactions = 5\ninfra.http_allow = '127.0.0.1'\n");
+$node->start;
+$node->safe_psql('postgres', 'CREATE EXTENSION infra');
+
+# Everything the receiver logged, requests only (or connections with 1).
+sub received
+{
+	my ($connections) = @_;
+	return () unless -f $rlog;
+	my @all = map { decode_json($_) } grep { length } split /\n/, slurp_file($rlog);
+	return grep { $connections ? $_->{accepted} : !$_->{accepted} } @all;
+}
+sub received_at { my ($path) = @_; return grep { $_->{path} eq $path } received(); }
+sub sql { return $node->safe_psql('postgres', $_[0]); }
+
+ok(wait_until(sub { sql("SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'infra http worker'") == 1 }),
+	'the http worker runs, one per database');
+
+# --- sent after commit, never after rollback ----------------------------------
+sql("BEGIN; SELECT infra.http_send('$base/ok/rolled-back', 'x'); ROLLBACK;");
+sql("BEGIN; SELECT infra.http_send('$base/ok/a', '{\"n\": 1}'::jsonb, headers => '{\"X-Trace\": \"t1\"}');
+   SAVEPOINT s; SELECT infra.http_send('$base/ok/savepoint-dropped', 'x'); ROLLBACK TO s;
+   SAVEPOINT t; SELECT infra.http_send('$base/ok/savepoint-kept', 'x'); RELEASE t; COMMIT;");
+sql("DO \$\$ BEGIN PERFORM infra.http_send('$base/ok/exception', 'x');
+   BEGIN PERFORM infra.http_send('$base/ok/exception-dropped', 'x'); RAISE EXCEPTION 'boom';
+   EXCEPTION WHEN OTHERS THEN NULL; END; END \$\$;");
+sql("CREATE PROCEDURE p() LANGUAGE plpgsql AS \$\$ BEGIN PERFORM infra.http_send('$base/ok/proc-1', 'x'); COMMIT;
+   PERFORM infra.http_send('$base/ok/proc-rolled-back', 'x'); ROLLBACK; END \$\$; CALL p();");
+ok(wait_until(sub { received_at('/ok/proc-1') && received_at('/ok/exception') && received_at('/ok/a')
+	  && received_at('/ok/savepoint-kept') }, 30), 'committed requests arrive');
+sleep 1;
+is(scalar(map { received_at("/ok/$_") } qw(rolled-back savepoint-dropped exception-dropped proc-rolled-back)), 0,
+	'nothing rolled back (transaction, savepoint, exception block, procedure) is sent');
+my ($a) = received_at('/ok/a');
+is($a->{method}, 'POST', 'POST by default');
+is($a->{body}, '{"n": 1}', 'the jsonb body as JSON text');
+is($a->{headers}{'content-type'}, 'application/json', 'a jsonb body is application/json');
+is($a->{headers}{'x-trace'}, 't1', "the caller's header is sent");
+like($a->{headers}{'webhook-id'}, qr/^msg_\d+_\d+_1_\d+$/, 'webhook-id: system id, database, timeline, id');
+like($a->{headers}{'webhook-timestamp'}, qr/^\d{10}$/, 'webhook-timestamp: Unix seconds');
+is($a->{verified}, undef, 'no signature without an endpoint secret');
+is(sql("SELECT count(*) FROM infra.http_requests"), 0, 'delivered requests leave infra.http_requests');
+
+# --- two-phase commit ----------------------------------------------------------
+if (sql("SHOW max_prepared_transactions") > 0)
+{
+	sql("BEGIN; SELECT infra.http_send('$base/ok/prepared', 'x'); PREPARE TRANSACTION 'h1';");
+	sql("BEGIN; SELECT infra.http_send('$base/ok/prepared-rolled-back', 'x'); PREPARE TRANSACTION 'h2';");
+	sleep 1;
+	is(scalar(received_at('/ok/prepared')), 0, 'a prepared transaction sends nothing yet');
+	sql("COMMIT PREPARED 'h1'");
+	sql("ROLLBACK PREPARED 'h2'");
+	ok(wait_until(sub { received_at('/ok/prepared') }, 30), 'COMMIT PREPARED sends');
+	sleep 1;
+	is(scalar(received_at('/ok/prepared-rolled-back')), 0, 'ROLLBACK PREPARED does not');
+}
+
+# --- endpoints, methods, signatures --------------------------------------------
+sql("INSERT INTO infra.http_endpoints (name, url, secrets, headers, retry_schedule)
+   VALUES ('hooks', '$base/ok/hooks', ARRAY['$secret', '$secret2'], '{\"X-Env\": \"test\"}', '{1 second, 1 second}'),
+          ('flaky', '$base/fail/2', ARRAY['$secret'], '{}', '{1 second, 1 second, 1 second}'),
+          ('gone', '$base/status/410', NULL, '{}', '{1 second}'),
+          ('spent', '$base/status/500', NULL, '{}', '{1 second}')");
+sql("SELECT infra.http_send(NULL, 'hello', endpoint => 'hooks');
+   SELECT infra.http_send('/orders/7?x=1', '\\x0001ff'::bytea, 'PUT', endpoint => 'hooks');
+   SELECT infra.http_send('/orders/7', NULL, 'DELETE', endpoint => 'hooks')");
+ok(wait_until(sub { scalar(grep { $_->{path} =~ m{^/ok/hooks} } received()) == 3 }, 30), 'endpoint requests arrive');
+my @hooks = grep { $_->{path} =~ m{^/ok/hooks} } received();
+is(join(',', sort map { "$_->{method} $_->{path}" } @hooks),
+	'DELETE /ok/hooks/orders/7,POST /ok/hooks,PUT /ok/hooks/orders/7?x=1', "the endpoint's URL with the path appended, any method");
+is(scalar(grep { join(',', @{ $_->{verified} // [] }) eq '0,1' } @hooks), 3,
+	'every request verifies with the standardwebhooks library, under both secrets');
+like($hooks[0]{headers}{'webhook-signature'}, qr/^v1,\S+ v1,\S+$/, 'one v1 signature per secret (key rotation)');
+is($hooks[0]{headers}{'x-env'}, 'test', "the endpoint's headers are sent");
+is((grep { $_->{method} eq 'PUT' } @hooks)[0]{headers}{'content-type'}, 'application/octet-stream', 'bytea: octet-stream');
+
+sql("SELECT infra.http_send(NULL, 'retry me', endpoint => 'flaky')");
+ok(wait_until(sub { scalar(received_at('/fail/2')) == 3 }, 30), '500 twice, then 200: three attempts');
+my @flaky = received_at('/fail/2');
+is(scalar(keys %{ { map { $_->{headers}{'webhook-id'} => 1 } @flaky } }), 1, 'the same webhook-id on every attempt');
+is(scalar(grep { join(',', @{ $_->{verified} // [] }) eq '0' } @flaky), 3,
+	'each attempt signed anew, valid under its one secret and not under another');
+ok(wait_until(sub { sql("SELECT count(*) FROM infra.http_requests") == 0 }, 10), 'then nothing waits');
+
+sql("SELECT infra.http_send(NULL, 'x', endpoint => 'gone')");
+ok(wait_until(sub { sql("SELECT enabled FROM infra.http_endpoints WHERE name = 'gone'") eq 'f' }, 30),
+	'410 Gone disables the endpoint');
+is(sql("SELECT disabled_reason FROM infra.http_endpoints WHERE name = 'gone'"), '410 Gone', 'and says why');
+is(sql("SELECT state || ' ' || attempts || ' ' || last_status FROM infra.http_requests WHERE endpoint = 'gone'"),
+	'dead 1 410', 'the request is a dead letter with its status');
+sql("SELECT infra.http_send(NULL, 'y', endpoint => 'gone')");
+ok(wait_until(sub { sql("SELECT count(*) FROM infra.http_dead_letters WHERE endpoint = 'gone'") == 2 }, 30),
+	'a request to a disabled endpoint becomes a dead letter');
+is(scalar(received_at('/status/410')), 1, 'without being sent');
+
+sql("SELECT infra.http_send(NULL, 'x', endpoint => 'spent')");
+ok(wait_until(sub { sql("SELECT count(*) FROM infra.http_dead_letters WHERE endpoint = 'spent'") == 1 }, 30),
+	'a spent retry schedule makes a dead letter');
+is(sql("SELECT attempts || ' ' || jsonb_array_length(outcomes) || ' ' || (outcomes->1->>'status')
+      FROM infra.http_dead_letters WHERE endpoint = 'spent'"), '2 2 500', 'with every attempt\'s outcome');
+sql("UPDATE infra.http_endpoints SET url = '$base/ok/spent-fixed' WHERE name = 'spent'");
+is(sql("SELECT infra.http_retry_dead_letters('spent')"), 1, 'http_retry_dead_letters moves it back');
+ok(wait_until(sub { received_at('/ok/spent-fixed') }, 30), 'and it is delivered');
+my @fixed = received_at('/ok/spent-fixed');
+is(scalar(@fixed), 1, 'once');
+
+# --- SSRF: refused before a byte is sent ----------------------------------------
+my $conns = scalar(received(1));
+sql("ALTER SYSTEM SET infra.http_allow = ''"); sql("SELECT pg_reload_conf()");
+sleep 1;
+my @spellings = ("http://127.0.0.1:$rport/ssrf", "http://127.1:$rport/ssrf", "http://2130706433:$rport/ssrf",
+	"http://0x7f.1:$rport/ssrf", "http://[::1]:$rport/ssrf", "http://[::ffff:127.0.0.1]:$rport/ssrf",
+	"http://localhost:$rport/ssrf", 'http://169.254.169.254/latest/meta-data/', 'http://0.0.0.0:1/ssrf',
+	'http://10.1.2.3:1/ssrf');
+sql("SELECT infra.http_send('$_', 'x')") for @spellings;
+ok(wait_until(sub { sql("SELECT count(*) FROM infra.http_dead_letters WHERE url LIKE '%ssrf%' OR url LIKE '%meta-data%'")
+	  == scalar(@spellings) }, 30), 'every loopback, private and metadata spelling is a dead letter');
+is(sql("SELECT count(*) FROM infra.http_dead_letters WHERE (url LIKE '%ssrf%' OR url LIKE '%meta-data%')
+      AND error LIKE '%refused%' AND attempts = 1"), scalar(@spellings), 'refused, at once');
+is(scalar(received(1)), $conns, 'the receiver saw no connection at all');
+like(sql("SELECT error FROM infra.http_dead_letters WHERE url LIKE 'http://2130706433%'"),
+	qr/127\.0\.0\.1 refused: loopback/, 'the error names the address and the range');
+sql("ALTER SYSTEM SET infra.http_allow = '127.0.0.1, 169.254.0.0/16'"); sql("SELECT pg_reload_conf()");
+sleep 1;
+sql("SELECT infra.http_send('http://169.254.169.254/again', 'x')");
+ok(wait_until(sub { sql("SELECT count(*) FROM infra.http_dead_letters WHERE url LIKE '%169.254.169.254/again'") == 1 }, 30),
+	'the metadata address stays refused when its range is allowed');
+like(sql("SELECT error FROM infra.http_dead_letters WHERE url LIKE '%169.254.169.254/again'"), qr/metadata/, 'as metadata');
+sql("SELECT infra.http_send('$base/redirect?to=http://169.254.169.254/', 'x')");
+ok(wait_until(sub { sql("SELECT last_status FROM infra.http_requests WHERE url LIKE '%redirect%'") eq '302' }, 30),
+	'a redirect is a failure, not followed');
+is(scalar(grep { $_->{path} =~ m{^/redirect} } received()), 1, 'the receiver was asked once');
+sql("DELETE FROM infra.http_retries WHERE url LIKE '%redirect%'");
+
+# --- a hanging endpoint does not hold back another ----------------------------
+sql("INSERT INTO infra.http_endpoints (name, url, timeout_ms, concurrency) VALUES
+   ('hang', '$base/hang', 600000, 2), ('steady', '$base/ok/steady', 30000, 4)");
+sql("SELECT infra.http_send(NULL, 'h', endpoint => 'hang') FROM generate_series(1, 3000)");
+my $t0 = time();
+sql("SELECT infra.http_send(NULL, 's', endpoint => 'steady') FROM generate_series(1, 500)");
+ok(wait_until(sub { scalar(grep { $_->{path} eq '/ok/steady' } received()) == 500 }, 60),
+	'500 requests to a steady endpoint arrive while another hangs');
+my $took = time() - $t0;
+cmp_ok($took, '<', 20, sprintf('in %.1f s', $took));
+is(scalar(received_at('/hang')), 2, 'the hanging endpoint has its concurrency (2) in flight, no more');
+sql("UPDATE infra.http_endpoints SET enabled = false, disabled_reason = 'test' WHERE name = 'hang'");
+
+# --- crashes lose nothing ---------------------------------------------------------
+sql("INSERT INTO infra.http_endpoints (name, url, concurrency) VALUES ('crash', '$base/slow/20', 8)");
+sql("SELECT infra.http_send(NULL, i::text, endpoint => 'crash') FROM generate_series(1, 2000) i");
+ok(wait_until(sub { scalar(received_at('/slow/20')) >= 100 }, 60), 'delivery under way');
+my $wpid = sql("SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra http worker'");
+kill 'KILL', $wpid;
+ok(wait_until(sub { scalar(received_at('/slow/20')) >= 600 }, 120), 'delivery goes on after a SIGKILL of the worker');
+$node->stop('immediate');
+$node->start;
+ok(wait_until(sub { sql("SELECT count(*) FROM infra.http_requests WHERE endpoint = 'crash'") == 0 }, 180),
+	'after -m immediate, the queue drains');
+my %bodies = map { $_->{body} => 1 } received_at('/slow/20');
+is(scalar(keys %bodies), 2000, 'all 2000 requests arrived');
+my %ids;
+$ids{ $_->{body} }{ $_->{headers}{'webhook-id'} } = 1 for received_at('/slow/20');
+is(scalar(grep { keys %{ $ids{$_} } > 1 } keys %ids), 0, 'repeats only with the same webhook-id');
+note('repeats after the two crashes: ' . (scalar(received_at('/slow/20')) - 2000));
+
+$receiver->kill_kill;
+$node->stop;
+done_testing();
