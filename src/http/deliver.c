@@ -50,8 +50,18 @@
 #include "http/series.h"
 #include "http/transfer.h"
 
-/* Requests one endpoint keeps in memory; the rest wait in http_retries. */
-#define HTTP_QUEUE_PER_ENDPOINT 2000
+/*
+ * Requests waiting to start that the worker reads ahead, counting the
+ * queues of endpoints that make progress: enough to keep every connection
+ * busy.  An endpoint that makes none (its requests in flight for a second
+ * without one finishing, or paused by a Retry-After) is not counted, so it
+ * never stops the reading for the others; its queue grows up to
+ * HTTP_QUEUE_PER_ENDPOINT, and what comes for it beyond that waits in
+ * http_retries.  A progressing endpoint's queue stays below the read-ahead
+ * and so never reaches that limit.
+ */
+#define HTTP_READ_AHEAD 2000
+#define HTTP_QUEUE_PER_ENDPOINT (2 * HTTP_READ_AHEAD)
 /* Longest pause a Retry-After can impose, in seconds. */
 #define HTTP_RETRY_AFTER_MAX 3600
 /* How often a busy worker reads the endpoints again (a change wakes it too). */
@@ -78,6 +88,9 @@ typedef struct HttpEndpoint
 	double		tokens;
 	int64		tokens_at_ns;
 	int			slot;			/* its counters in shared memory (series.c) */
+	int64		progress_ns;	/* last completion, or start after none in flight */
+	HttpAllowList *allow_seen;	/* the allow list host_allowed was found with */
+	bool		host_allowed;	/* its URL's host is named in infra.http_allow */
 } HttpEndpoint;
 
 typedef struct HttpBatch
@@ -212,6 +225,7 @@ HttpTakeEndpoint(const HttpEndpointConf *c, void *arg)
 		ep->conf.disabled_reason = pstrdup(ep->conf.disabled_reason);
 	strlcpy(ep->conf.name, c->name, sizeof(ep->conf.name));
 	ep->conf.url = pstrdup(c->url);
+	ep->allow_seen = NULL;		/* its host is looked up again */
 	ep->conf.nsecrets = c->nsecrets;
 	ep->conf.secrets = palloc(sizeof(char *) * Max(c->nsecrets, 1));
 	for (i = 0; i < c->nsecrets; i++)
@@ -440,8 +454,11 @@ HttpAttemptDone(HttpRequest *r, void *owner, const HttpAttempt *a)
 	char		why[HTTP_ERROR_LEN];
 
 	ep->in_flight--;
+	ep->progress_ns = InfraMonotonicNs();
 	r->status = a->status;
-	HttpRecordOutcome(r, a);
+	/* Outcomes are kept for requests that failed (a delivery keeps none). */
+	if (!(a->completed && a->status >= 200 && a->status < 300))
+		HttpRecordOutcome(r, a);
 	HttpStatsAttempt(ep->slot,
 					 a->refused ? HTTP_RESULT_REFUSED :
 					 a->completed && a->status >= 200 && a->status < 300 ? HTTP_RESULT_DELIVERED :
@@ -530,7 +547,8 @@ HttpTake(HttpRequest *r, void *arg)
 	}
 	if (ep->queued >= HTTP_QUEUE_PER_ENDPOINT || ep->paused_until_ns > InfraMonotonicNs())
 	{
-		int64		wait_ms = Max(1000, (ep->paused_until_ns - InfraMonotonicNs()) / 1000000);
+		/* Paused: until the pause ends; full: ten seconds. */
+		int64		wait_ms = Max(10000, (ep->paused_until_ns - InfraMonotonicNs()) / 1000000);
 
 		r->next_attempt_at = GetCurrentTimestamp() + wait_ms * 1000;
 		HttpJudged(r, HTTP_FATE_RETRY, r->error[0] ? r->error : "deferred: endpoint busy or paused");
@@ -560,20 +578,39 @@ static bool
 HttpRead(void)
 {
 	int			room = infra_http_max_requests - held;
+	int			ahead = HTTP_READ_AHEAD;
 	int			n;
 	int64	   *skip;
 	bool		got = false;
+	HASH_SEQ_STATUS seq;
+	HttpEndpoint *ep;
+	int64		now_ns = InfraMonotonicNs();
 
+	hash_seq_init(&seq, endpoints);
+	while ((ep = hash_seq_search(&seq)) != NULL)
+		if (ep->paused_until_ns <= now_ns &&
+			(ep->in_flight == 0 || now_ns - ep->progress_ns < NS_PER_SEC))
+			ahead -= ep->queued;
 	if (room <= 0)
 		return false;
-	skip = HttpHeldIds(batches, &n);
-	got |= HttpStoreBatches(skip, n, Max(1, room / HTTP_SEND_BUFFER), http_cxt, HttpTake, NULL) > 0;
-	room = infra_http_max_requests - held;
-	if (room > 0 && next_due != 0 && next_due <= GetCurrentTimestamp())
+	if (ahead >= HTTP_SEND_BUFFER)
 	{
+		skip = HttpHeldIds(batches, &n);
+		got |= HttpStoreBatches(skip, n, Max(1, Min(room, ahead) / HTTP_SEND_BUFFER),
+								http_cxt, HttpTake, NULL) > 0;
+	}
+	room = infra_http_max_requests - held;
+	if (room > 0 && ahead > 0 && next_due != 0 && next_due <= GetCurrentTimestamp())
+	{
+		int			limit = Min(room, ahead);
+		int			rows;
+
 		skip = HttpHeldIds(held_retries, &n);
-		got |= HttpStoreDueRetries(skip, n, room, http_cxt, HttpTake, NULL) > 0;
-		next_due = 0;
+		rows = HttpStoreDueRetries(skip, n, limit, http_cxt, HttpTake, NULL);
+		got |= rows > 0;
+		/* More may be due; else the next one not held already. */
+		skip = HttpHeldIds(held_retries, &n);
+		next_due = rows == limit ? GetCurrentTimestamp() : HttpStoreNextDue(skip, n);
 	}
 	return got;
 }
@@ -632,11 +669,17 @@ HttpDispatch(void)
 				HttpJudged(r, HTTP_FATE_DEAD, "endpoint disabled");
 				continue;
 			}
-			origin = HttpOrigin(url, &host);
+			/* The host is the endpoint's (its URL, or its origin): looked up once. */
+			if (ep->allow_seen != allow)
+			{
+				origin = HttpOrigin(url, &host);
+				ep->host_allowed = origin != NULL && HttpAllowedHost(allow, host);
+				ep->allow_seen = allow;
+			}
 			r->attempts++;
-			ep->in_flight++;
-			HttpTransferStart(r, &ep->conf, url, allow,
-							  origin != NULL && HttpAllowedHost(allow, host), ep);
+			if (ep->in_flight++ == 0)
+				ep->progress_ns = now_ns;
+			HttpTransferStart(r, &ep->conf, url, allow, ep->host_allowed, ep);
 			started = true;
 		}
 	}
@@ -747,7 +790,7 @@ HttpStart(void)
 	url_slot = HttpStatsSlot(database_name, "(url)");
 	HttpTransferInit();
 	HttpReloadEndpoints();
-	next_due = HttpStoreNextDue();
+	next_due = HttpStoreNextDue(NULL, 0);
 }
 
 /*
@@ -770,7 +813,12 @@ HttpServe(void)
 	{
 		HttpReloadEndpoints();
 		if (next_due == 0)
-			next_due = HttpStoreNextDue();
+		{
+			int			n;
+			int64	   *skip = HttpHeldIds(held_retries, &n);
+
+			next_due = HttpStoreNextDue(skip, n);
+		}
 	}
 	busy |= HttpRead();
 	busy |= HttpDispatch();

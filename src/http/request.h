@@ -83,7 +83,7 @@ extern int	HttpStoreBatches(int64 *skip, int nskip, int limit, MemoryContext cxt
 							 HttpRequestSink sink, void *arg);
 extern int	HttpStoreDueRetries(int64 *skip, int nskip, int limit, MemoryContext cxt,
 								HttpRequestSink sink, void *arg);
-extern TimestampTz HttpStoreNextDue(void);
+extern TimestampTz HttpStoreNextDue(int64 *skip, int nskip);
 extern void HttpStoreSettle(List *requests, int64 *batches, int nbatches, List *endpoints);
 
 #endif							/* INFRA_HTTP_REQUEST_H */

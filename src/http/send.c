@@ -148,6 +148,10 @@ HttpCheckUrl(const char *url, bool relative)
 	char	   *scheme = NULL;
 	char	   *host = NULL;
 	bool		ok;
+	/* The origin ("scheme://authority") of the last URL found valid. */
+	static char origin[256];
+	const char *slashes = strstr(url, "://");
+	size_t		origin_len = 0;
 
 	for (p = (const unsigned char *) url; *p; p++)
 		if (*p <= ' ' || *p == 0x7f)
@@ -155,6 +159,12 @@ HttpCheckUrl(const char *url, bool relative)
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("URL must not contain spaces or control characters"),
 					 errhint("Percent-encode them (%%20 for a space).")));
+	if (slashes != NULL)
+		origin_len = slashes + 3 - url + strcspn(slashes + 3, "/?#");
+	/* Only the path differs from a URL already parsed: it is as valid. */
+	if (!relative && origin_len > 0 && origin_len < sizeof(origin) &&
+		strlen(origin) == origin_len && strncmp(origin, url, origin_len) == 0)
+		return;
 	if (relative)
 	{
 		if (url[0] != '/' && url[0] != '?')
@@ -176,6 +186,8 @@ HttpCheckUrl(const char *url, bool relative)
 	curl_free(scheme);
 	curl_free(host);
 	curl_url_cleanup(u);
+	if (ok && origin_len > 0 && origin_len < sizeof(origin))
+		strlcpy(origin, url, origin_len + 1);
 	if (!ok)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -300,9 +312,20 @@ HttpRequestHeaders(Jsonb *user, const char *content_type)
 	JsonbParseState *state = NULL;
 	JsonbValue	k, v;
 	Jsonb	   *ours;
+	/* The common case, a Content-Type alone: made once per type. */
+	static const char *made_for[3];
+	static Jsonb *made[3];
+	int			slot = -1;
 
 	if (content_type == NULL && traceparent == NULL)
 		return user;
+	if (user == NULL && traceparent == NULL)
+	{
+		for (slot = 0; slot < 3 && made_for[slot] != NULL && made_for[slot] != content_type; slot++)
+			;
+		if (slot < 3 && made_for[slot] == content_type)
+			return made[slot];
+	}
 	pushJsonbValue(&state, WJB_BEGIN_OBJECT, NULL);
 	k.type = v.type = jbvString;
 	if (content_type != NULL)
@@ -324,6 +347,12 @@ HttpRequestHeaders(Jsonb *user, const char *content_type)
 		pushJsonbValue(&state, WJB_VALUE, &v);
 	}
 	ours = JsonbValueToJsonb(pushJsonbValue(&state, WJB_END_OBJECT, NULL));
+	if (slot >= 0 && slot < 3)
+	{
+		made[slot] = MemoryContextAlloc(TopMemoryContext, VARSIZE(ours));
+		memcpy(made[slot], ours, VARSIZE(ours));
+		made_for[slot] = content_type;
+	}
 	if (user == NULL)
 		return ours;
 	/* HTTP header names ignore case: the caller's Content-Type wins over ours. */

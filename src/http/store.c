@@ -274,18 +274,23 @@ HttpStoreDueRetries(int64 *skip, int nskip, int limit, MemoryContext cxt,
 }
 
 /*
- * When the next retry is due (0: none waits).
+ * When the next retry not in skip is due (0: none waits).
  */
 TimestampTz
-HttpStoreNextDue(void)
+HttpStoreNextDue(int64 *skip, int nskip)
 {
 	bool		isnull;
 	Datum		d;
 	TimestampTz due;
+	Oid			argtypes[1] = {INT8ARRAYOID};
+	Datum		args[1];
 
+	args[0] = HttpIdArray(skip, nskip);
 	InfraWorkerSpiBegin();
-	SpiExecKept(&next_due_plan, "SELECT pg_catalog.min(next_attempt_at) FROM infra.http_retries",
-				0, NULL, NULL, NULL, true, SPI_OK_SELECT, "the http retries' next due", 0, NULL);
+	SpiExecKept(&next_due_plan,
+				"SELECT pg_catalog.min(next_attempt_at) FROM infra.http_retries "
+				"WHERE id OPERATOR(pg_catalog.<>) ALL ($1)",
+				1, argtypes, args, NULL, true, SPI_OK_SELECT, "the http retries' next due", 0, NULL);
 	d = SpiGetValue(0, 1, true, &isnull, "the http retries' next due");
 	due = isnull ? 0 : DatumGetTimestampTz(d);
 	InfraWorkerSpiEnd();

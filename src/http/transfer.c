@@ -43,6 +43,8 @@
 #include "http/transfer.h"
 
 #define HTTP_EPOLL_EVENTS 256
+/* Finished easy handles kept for the next transfers (curl_easy_reset). */
+#define HTTP_SPARE_HANDLES 256
 
 typedef struct HttpTransfer
 {
@@ -65,6 +67,8 @@ static int	epoll_fd = -1;
 static int64 timer_at_ns = -1;	/* -1: libcurl wants no timeout */
 static int	running = 0;
 static MemoryContext transfer_cxt = NULL;
+static CURL *spare[HTTP_SPARE_HANDLES];
+static int	nspare = 0;
 
 static int
 HttpSocketCallback(CURL *easy, curl_socket_t s, int what, void *userp, void *socketp)
@@ -272,7 +276,7 @@ HttpTransferStart(HttpRequest *r, const HttpEndpointConf *conf, const char *url,
 {
 	MemoryContext old = MemoryContextSwitchTo(transfer_cxt);
 	HttpTransfer *t = palloc0(sizeof(HttpTransfer));
-	CURL	   *e = curl_easy_init();
+	CURL	   *e = nspare > 0 ? spare[--nspare] : curl_easy_init();
 
 	if (e == NULL)
 		elog(ERROR, "could not create a libcurl handle");
@@ -338,7 +342,14 @@ HttpTransferFinish(CURL *e, CURLcode result, HttpTransferDone done)
 		snprintf(a.error, sizeof(a.error), "%s", t->curl_error[0] ? t->curl_error : curl_easy_strerror(result));
 	a.completed = result == CURLE_OK || (t->too_large && code > 0);
 	curl_multi_remove_handle(multi, e);
-	curl_easy_cleanup(e);
+	if (nspare < HTTP_SPARE_HANDLES)
+	{
+		/* Back to its defaults; the next transfer sets everything it needs. */
+		curl_easy_reset(e);
+		spare[nspare++] = e;
+	}
+	else
+		curl_easy_cleanup(e);
 	curl_slist_free_all(t->headers);
 	done(t->request, t->owner, &a);
 	pfree(t);
