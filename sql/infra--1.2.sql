@@ -1742,22 +1742,39 @@ $$;
 COMMENT ON FUNCTION infra.http_enable_endpoint(text) IS
 'Enable an endpoint the worker disabled (410 Gone, or failing for its disable_after); its waiting requests go out again.';
 
+CREATE FUNCTION infra.http_recent(
+    OUT id bigint, OUT endpoint text, OUT url text, OUT method text, OUT created_at timestamptz,
+    OUT attempts integer, OUT last_status integer, OUT last_attempt_ms integer,
+    OUT finished_at timestamptz)
+RETURNS SETOF record
+AS 'MODULE_PATHNAME', 'infra_http_recent'
+LANGUAGE C VOLATILE PARALLEL SAFE;
+
+COMMENT ON FUNCTION infra.http_recent() IS
+'The last requests of this database the http worker delivered (a ring in shared memory of 4,096 for the server, latest first; emptied by a restart).';
+
 CREATE VIEW infra.http_requests AS
     SELECT r.id, 'queued'::text AS state, r.endpoint, r.url, r.method,
            b.created_at, 0 AS attempts, NULL::timestamptz AS next_attempt_at,
-           NULL::integer AS last_status, NULL::text AS last_error
+           NULL::integer AS last_status, NULL::text AS last_error,
+           NULL::integer AS last_attempt_ms, NULL::timestamptz AS finished_at
       FROM infra.http_outbox_batches b,
            unnest(b.ids, b.endpoints, b.urls, b.methods) AS r(id, endpoint, url, method)
     UNION ALL
     SELECT id, 'retrying', endpoint, url, method, created_at, attempts, next_attempt_at,
-           last_status, last_error
+           last_status, last_error, (outcomes -> -1 ->> 'ms')::integer, NULL
       FROM infra.http_retries
     UNION ALL
-    SELECT id, 'dead', endpoint, url, method, created_at, attempts, NULL, last_status, error
-      FROM infra.http_dead_letters;
+    SELECT id, 'dead', endpoint, url, method, created_at, attempts, NULL, last_status, error,
+           (outcomes -> -1 ->> 'ms')::integer, failed_at
+      FROM infra.http_dead_letters
+    UNION ALL
+    SELECT id, 'delivered', endpoint, url, method, created_at, attempts, NULL, last_status, NULL,
+           last_attempt_ms, finished_at
+      FROM infra.http_recent();
 
 COMMENT ON VIEW infra.http_requests IS
-'HTTP requests not delivered yet, one row each: queued (committed, not tried yet), retrying (failed, waiting for next_attempt_at), dead (failed for good).';
+'HTTP requests, one row each: queued (committed, not tried yet), retrying (failed, waiting for next_attempt_at), dead (failed for good), delivered (the last 4,096 the server delivered, from memory); last_attempt_ms is the last attempt''s duration.';
 
 REVOKE ALL ON infra.http_endpoints FROM PUBLIC;
 GRANT SELECT (name, url, headers, timeout_ms, connect_timeout_ms, low_speed_seconds, retry_schedule,
@@ -1770,6 +1787,8 @@ REVOKE ALL ON infra.http_retries FROM PUBLIC;
 REVOKE ALL ON infra.http_dead_letters FROM PUBLIC;
 REVOKE ALL ON infra.http_requests FROM PUBLIC;
 GRANT SELECT ON infra.http_requests TO pg_monitor;
+REVOKE ALL ON FUNCTION infra.http_recent() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION infra.http_recent() TO pg_monitor;
 REVOKE ALL ON FUNCTION infra.http_send(text, text, text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_send(text, bytea, text, jsonb, text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_send(text, jsonb, text, jsonb, text) FROM PUBLIC;

@@ -477,6 +477,8 @@ HttpAttemptDone(HttpRequest *r, void *owner, const HttpAttempt *a)
 			ep->conf.failing_since = 0;
 			ep->changed = true;
 		}
+		HttpRecentAdd(r->id, r->endpoint, r->url, r->method, r->created_at, r->attempts,
+					  a->status, a->elapsed_ms);
 		HttpJudged(r, HTTP_FATE_DELIVERED, "");
 		return;
 	}

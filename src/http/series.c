@@ -11,23 +11,34 @@
  * under endpoint "(url)".  When the slots run out, further endpoints count
  * under "(other)" of their database.
  *
- * Lock rules: one spinlock over the segment; the workers update a slot
- * under it, the metrics collector copies the slots out under it; nothing
- * else happens while it is held.  Called by deliver.c and, for /metrics,
+ * Beside them, a ring of the last HTTP_RECENT requests delivered (every
+ * database's), which infra.http_requests shows as state "delivered": what
+ * a table would keep with a retention, at no write per request.
+ *
+ * Lock rules: one spinlock over the segment; the workers update a slot or
+ * the ring under it, the metrics collector and http_recent() copy them out
+ * under it; nothing else happens while it is held.  Called by deliver.c and, for /metrics,
  * by core/metrics.c through the registered collector.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
+#include "fmgr.h"
+#include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/spin.h"
+#include "utils/builtins.h"
 #include "utils/timestamp.h"
+#include "utils/tuplestore.h"
 
 #include "core/metrics.h"
 #include "core/shmem.h"
+#include "core/version.h"
 #include "http/http.h"
 #include "http/series.h"
+
+PG_FUNCTION_INFO_V1(infra_http_recent);
 
 #define HTTP_STATS_SLOTS 256
 #define HTTP_BUCKETS 11
@@ -53,10 +64,30 @@ typedef struct HttpStats
 	uint64		seconds_count;
 } HttpStats;
 
+#define HTTP_RECENT 4096
+#define HTTP_RECENT_URL 160
+
+/* A delivered request, as the ring keeps it. */
+typedef struct HttpRecent
+{
+	Oid			database_oid;	/* InvalidOid: unused */
+	int64		id;
+	char		endpoint[NAMEDATALEN];
+	char		url[HTTP_RECENT_URL];	/* cut at HTTP_RECENT_URL - 1 bytes */
+	char		method[16];
+	TimestampTz created_at;
+	TimestampTz finished_at;
+	int32		attempts;
+	int32		status;
+	int32		attempt_ms;
+} HttpRecent;
+
 typedef struct HttpShared
 {
 	slock_t		mutex;
 	HttpStats	slots[HTTP_STATS_SLOTS];
+	uint64		recent_next;	/* where the next delivery goes, mod HTTP_RECENT */
+	HttpRecent	recent[HTTP_RECENT];
 } HttpShared;
 
 static HttpShared *http_shared = NULL;
@@ -192,6 +223,76 @@ HttpStatsQueue(int slot, int64 in_flight, int64 queued, TimestampTz oldest)
 	s->queued = queued;
 	s->oldest_queued = oldest;
 	SpinLockRelease(&http_shared->mutex);
+}
+
+/* A delivered request into the ring (the oldest one leaves it). */
+void
+HttpRecentAdd(int64 id, const char *endpoint, const char *url, const char *method,
+			  TimestampTz created_at, int attempts, int status, int64 attempt_ms)
+{
+	HttpRecent	r;
+
+	if (http_shared == NULL)
+		return;
+	memset(&r, 0, sizeof(r));
+	r.database_oid = MyDatabaseId;
+	r.id = id;
+	strlcpy(r.endpoint, endpoint ? endpoint : "", sizeof(r.endpoint));
+	strlcpy(r.url, url ? url : "", sizeof(r.url));
+	strlcpy(r.method, method, sizeof(r.method));
+	r.created_at = created_at;
+	r.finished_at = GetCurrentTimestamp();
+	r.attempts = attempts;
+	r.status = status;
+	r.attempt_ms = (int32) Min(attempt_ms, PG_INT32_MAX);
+	SpinLockAcquire(&http_shared->mutex);
+	http_shared->recent[http_shared->recent_next++ % HTTP_RECENT] = r;
+	SpinLockRelease(&http_shared->mutex);
+}
+
+/*
+ * infra.http_recent(): the requests of this database the ring still holds,
+ * the latest first.
+ */
+Datum
+infra_http_recent(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	HttpRecent *copy;
+	uint64		next;
+	int			i;
+
+	INFRA_CHECK_SCHEMA();
+	InitMaterializedSRF(fcinfo, 0);
+	if (http_shared == NULL)
+		return (Datum) 0;
+	copy = palloc(sizeof(HttpRecent) * HTTP_RECENT);
+	SpinLockAcquire(&http_shared->mutex);
+	memcpy(copy, http_shared->recent, sizeof(HttpRecent) * HTTP_RECENT);
+	next = http_shared->recent_next;
+	SpinLockRelease(&http_shared->mutex);
+	for (i = 1; i <= HTTP_RECENT && (uint64) i <= next; i++)
+	{
+		HttpRecent *r = &copy[(next - i) % HTTP_RECENT];
+		Datum		values[9];
+		bool		nulls[9] = {false};
+
+		if (r->database_oid != MyDatabaseId)
+			continue;
+		values[0] = Int64GetDatum(r->id);
+		values[1] = CStringGetTextDatum(r->endpoint);
+		nulls[1] = r->endpoint[0] == '\0';
+		values[2] = CStringGetTextDatum(r->url);
+		nulls[2] = r->url[0] == '\0';
+		values[3] = CStringGetTextDatum(r->method);
+		values[4] = TimestampTzGetDatum(r->created_at);
+		values[5] = Int32GetDatum(r->attempts);
+		values[6] = Int32GetDatum(r->status);
+		values[7] = Int32GetDatum(r->attempt_ms);
+		values[8] = TimestampTzGetDatum(r->finished_at);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
 }
 
 /* The slots of a database forgotten (its worker starts afresh). */

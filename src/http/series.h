@@ -25,6 +25,8 @@ extern void HttpStatsDead(int slot);
 extern void HttpStatsEnabled(int slot, bool enabled, bool counted);
 extern void HttpStatsQueue(int slot, int64 in_flight, int64 queued, TimestampTz oldest);
 extern void HttpStatsForget(void);
+extern void HttpRecentAdd(int64 id, const char *endpoint, const char *url, const char *method,
+						  TimestampTz created_at, int attempts, int status, int64 attempt_ms);
 extern void HttpSeriesInit(void);
 
 #endif							/* INFRA_HTTP_SERIES_H */
