@@ -95,6 +95,52 @@ SET ROLE http_regress_monitor;
 SELECT state, count(*) FROM infra.http_requests GROUP BY 1;
 RESET ROLE;
 
+-- The publishing trigger: each change as a Standard Webhooks payload to the
+-- endpoint, written by a role with only http_send's jsonb form.
+DELETE FROM infra.http_outbox_batches;
+CREATE TABLE public.invoices (id integer PRIMARY KEY, total numeric);
+CREATE TRIGGER invoices_hook AFTER INSERT OR UPDATE OR DELETE ON public.invoices
+    FOR EACH ROW EXECUTE FUNCTION infra.http_publish('billing', '/invoices');
+CREATE TRIGGER invoices_bad BEFORE INSERT ON public.invoices
+    FOR EACH ROW EXECUTE FUNCTION infra.http_publish('billing');
+INSERT INTO public.invoices VALUES (1, 10);
+DROP TRIGGER invoices_bad ON public.invoices;
+GRANT SELECT, INSERT, UPDATE, DELETE ON public.invoices TO http_regress_app;
+SET ROLE http_regress_app;
+INSERT INTO public.invoices VALUES (1, 10);
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION infra.http_send(text, jsonb, text, jsonb, text) TO http_regress_app;
+SET ROLE http_regress_app;
+INSERT INTO public.invoices VALUES (1, 10);
+UPDATE public.invoices SET total = 12 WHERE id = 1;
+DELETE FROM public.invoices;
+RESET ROLE;
+SELECT u.endpoint, u.url, (convert_from(u.body, 'UTF8')::jsonb - 'timestamp') #- '{data,txid}' AS body,
+       convert_from(u.body, 'UTF8')::jsonb #> '{data,txid}' IS NOT NULL AS has_txid,
+       convert_from(u.body, 'UTF8')::jsonb ->> 'timestamp' ~ '^\d{4}-\d\d-\d\dT[0-9:.]+Z$' AS timestamp_ok
+  FROM infra.http_outbox_batches b,
+       unnest(b.endpoints, b.urls, b.bodies, b.ids) AS u(endpoint, url, body, id)
+ ORDER BY u.id;
+DROP TABLE public.invoices;
+-- A role granted http_publish() makes such triggers on its own tables.
+GRANT CREATE ON SCHEMA public TO http_regress_app;
+SET ROLE http_regress_app;
+CREATE TABLE public.app_events (id integer PRIMARY KEY);
+CREATE TRIGGER app_events_hook AFTER INSERT ON public.app_events
+    FOR EACH ROW EXECUTE FUNCTION infra.http_publish('billing');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION infra.http_publish() TO http_regress_app;
+SET ROLE http_regress_app;
+CREATE TRIGGER app_events_hook AFTER INSERT ON public.app_events
+    FOR EACH ROW EXECUTE FUNCTION infra.http_publish('billing');
+INSERT INTO public.app_events VALUES (7);
+DROP TABLE public.app_events;
+RESET ROLE;
+SELECT count(*) FROM infra.http_requests WHERE endpoint = 'billing' AND url IS NULL AND state = 'queued';
+REVOKE ALL ON FUNCTION infra.http_publish() FROM http_regress_app;
+REVOKE CREATE ON SCHEMA public FROM http_regress_app;
+REVOKE ALL ON FUNCTION infra.http_send(text, jsonb, text, jsonb, text) FROM http_regress_app;
+
 -- Dead letters go back to the retries with a fresh schedule.
 INSERT INTO infra.http_dead_letters (id, timeline, endpoint, url, method, created_at, attempts, error, outcomes)
     VALUES (-1, 1, 'billing', NULL, 'POST', now(), 3, 'HTTP status 500', '[]');

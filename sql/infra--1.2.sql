@@ -1776,6 +1776,51 @@ CREATE VIEW infra.http_requests AS
 COMMENT ON VIEW infra.http_requests IS
 'HTTP requests, one row each: queued (committed, not tried yet), retrying (failed, waiting for next_attempt_at), dead (failed for good), delivered (the last 4,096 the server delivered, from memory); last_attempt_ms is the last attempt''s duration.';
 
+/*
+ * The row trigger that sends each change to an endpoint, as a Standard
+ * Webhooks payload {type, timestamp, data}: type "schema.table.op", data
+ * {op, schema, table, before, after, txid}.  Its arguments: the endpoint,
+ * and optionally a path appended to the endpoint's URL.  Runs as the
+ * writer, who needs EXECUTE on the jsonb infra.http_send.
+ */
+CREATE FUNCTION infra.http_publish()
+RETURNS trigger
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    endpoint_name text := TG_ARGV[0];
+    path text := TG_ARGV[1];
+BEGIN
+    IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER' THEN
+        RAISE EXCEPTION 'infra.http_publish() must be an AFTER ... FOR EACH ROW trigger'
+            USING ERRCODE = '39P01',
+                  HINT = 'CREATE TRIGGER ... AFTER INSERT OR UPDATE OR DELETE ON t FOR EACH ROW EXECUTE FUNCTION infra.http_publish(''endpoint'').';
+    END IF;
+    IF endpoint_name IS NULL THEN
+        RAISE EXCEPTION 'infra.http_publish() needs an endpoint of infra.http_endpoints as its first argument'
+            USING ERRCODE = '22023',
+                  HINT = 'EXECUTE FUNCTION infra.http_publish(''endpoint'', ''/path'').';
+    END IF;
+    PERFORM infra.http_send(path,
+        jsonb_build_object(
+            'type', TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME || '.' || lower(TG_OP),
+            'timestamp', to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"'),
+            'data', jsonb_build_object(
+                'op', lower(TG_OP),
+                'schema', TG_TABLE_SCHEMA,
+                'table', TG_TABLE_NAME,
+                'before', CASE WHEN TG_OP IN ('UPDATE', 'DELETE') THEN to_jsonb(OLD) END,
+                'after', CASE WHEN TG_OP IN ('INSERT', 'UPDATE') THEN to_jsonb(NEW) END,
+                'txid', pg_current_xact_id()::text::bigint)),
+        endpoint => endpoint_name);
+    RETURN NULL;
+END
+$$;
+
+COMMENT ON FUNCTION infra.http_publish() IS
+'Row trigger: send each change to the endpoint given as first argument (a path as second), as {type: "schema.table.op", timestamp, data: {op, schema, table, before, after, txid}}; sent if and only if the transaction commits.';
+
 REVOKE ALL ON infra.http_endpoints FROM PUBLIC;
 GRANT SELECT (name, url, headers, timeout_ms, connect_timeout_ms, low_speed_seconds, retry_schedule,
               rate_per_second, concurrency, max_response_bytes, disable_after, enabled,
@@ -1797,3 +1842,4 @@ REVOKE ALL ON FUNCTION infra.http_endpoints_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_endpoints_check() FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_retry_dead_letters(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_enable_endpoint(text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_publish() FROM PUBLIC;
