@@ -1544,7 +1544,7 @@ REVOKE ALL ON FUNCTION infra.removed_presets_apply() FROM PUBLIC;
  * and keeps what must be tried again, and what failed for good.
  */
 CREATE TABLE infra.http_endpoints (
-    name text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'),
+    name text PRIMARY KEY CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,57}$'),
     url text NOT NULL CHECK (url ~* '^https?://[^/?#]+'),
     secrets text[] CHECK (cardinality(secrets) BETWEEN 1 AND 8),
     headers jsonb NOT NULL DEFAULT '{}' CHECK (jsonb_typeof(headers) = 'object'),
@@ -1683,6 +1683,59 @@ CREATE TRIGGER http_endpoints_check
     BEFORE INSERT OR UPDATE ON infra.http_endpoints
     FOR EACH ROW EXECUTE FUNCTION infra.http_endpoints_check();
 
+/*
+ * Each endpoint has its own circuit breaker and, with a rate, its own rate
+ * limiter: rows "http:<name>" of infra.circuit_breakers and
+ * infra.rate_limiters (shown by circuit_breaker_state and rate_limits),
+ * made, kept in step with rate_per_second and removed with the endpoint.
+ * They belong to the extension's owner; the worker asks them before each
+ * request and tells the breaker each outcome.
+ */
+CREATE FUNCTION infra.http_endpoints_resilience()
+RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    limit_rate integer;
+    limit_per interval;
+BEGIN
+    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND OLD.name <> NEW.name) THEN
+        DELETE FROM infra.circuit_breakers WHERE name = 'http:' || OLD.name;
+        DELETE FROM infra.rate_limiters WHERE name = 'http:' || OLD.name;
+    END IF;
+    IF TG_OP = 'DELETE' THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO infra.circuit_breakers
+        (name, window_kind, window_size, minimum_calls, failure_rate_threshold, open_duration, description)
+        VALUES ('http:' || NEW.name, 'count', 20, 10, 50, '30 seconds',
+                'the breaker of HTTP endpoint ' || NEW.name || ' (infra.http_endpoints)')
+        ON CONFLICT (name) DO NOTHING;
+    IF NEW.rate_per_second IS NULL THEN
+        DELETE FROM infra.rate_limiters WHERE name = 'http:' || NEW.name;
+        RETURN NULL;
+    END IF;
+    IF NEW.rate_per_second >= 1 THEN
+        limit_rate := round(NEW.rate_per_second);
+        limit_per := '1 second';
+    ELSE
+        limit_rate := 1;
+        limit_per := make_interval(secs => 1 / NEW.rate_per_second);
+    END IF;
+    INSERT INTO infra.rate_limiters (name, rate, per, burst, description)
+        VALUES ('http:' || NEW.name, limit_rate, limit_per, limit_rate,
+                'the rate of HTTP endpoint ' || NEW.name || ' (infra.http_endpoints.rate_per_second)')
+        ON CONFLICT (name) DO UPDATE
+            SET rate = excluded.rate, per = excluded.per, burst = excluded.burst;
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER http_endpoints_resilience
+    AFTER INSERT OR UPDATE OR DELETE ON infra.http_endpoints
+    FOR EACH ROW EXECUTE FUNCTION infra.http_endpoints_resilience();
+
 CREATE FUNCTION infra.http_endpoints_changed()
 RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER
@@ -1760,6 +1813,8 @@ CREATE VIEW infra.http_requests AS
            NULL::integer AS last_attempt_ms, NULL::timestamptz AS finished_at
       FROM infra.http_outbox_batches b,
            unnest(b.ids, b.endpoints, b.urls, b.methods) AS r(id, endpoint, url, method)
+     WHERE NOT EXISTS (SELECT FROM infra.http_retries t WHERE t.id = r.id)
+       AND NOT EXISTS (SELECT FROM infra.http_dead_letters d WHERE d.id = r.id)
     UNION ALL
     SELECT id, 'retrying', endpoint, url, method, created_at, attempts, next_attempt_at,
            last_status, last_error, (outcomes -> -1 ->> 'ms')::integer, NULL
@@ -1840,6 +1895,7 @@ REVOKE ALL ON FUNCTION infra.http_send(text, jsonb, text, jsonb, text) FROM PUBL
 REVOKE ALL ON FUNCTION infra.http_wake_worker() FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_endpoints_changed() FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_endpoints_check() FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.http_endpoints_resilience() FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_retry_dead_letters(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_enable_endpoint(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_publish() FROM PUBLIC;

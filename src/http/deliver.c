@@ -40,6 +40,7 @@
 #include "utils/hsearch.h"
 #include "utils/json.h"
 #include "utils/memutils.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "core/clock.h"
@@ -48,6 +49,8 @@
 #include "http/http.h"
 #include "http/request.h"
 #include "http/series.h"
+#include "resilience/breaker.h"
+#include "resilience/ratelimit.h"
 #include "http/transfer.h"
 
 /*
@@ -85,8 +88,6 @@ typedef struct HttpEndpoint
 	int			queued;
 	dlist_head	queue;
 	int64		paused_until_ns;
-	double		tokens;
-	int64		tokens_at_ns;
 	int			slot;			/* its counters in shared memory (series.c) */
 	int64		progress_ns;	/* last completion, or start after none in flight */
 	HttpAllowList *allow_seen;	/* the allow list host_allowed was found with */
@@ -104,6 +105,13 @@ typedef struct HttpHeldId
 	int64		id;
 } HttpHeldId;
 
+/* An attempt's outcome for its endpoint's breaker, told at the next dispatch. */
+typedef struct HttpBreakerOutcome
+{
+	char		endpoint[HTTP_ENDPOINT_NAME_LEN];
+	bool		failed;
+} HttpBreakerOutcome;
+
 char	   *infra_http_allow = NULL;
 int			infra_http_max_requests = 10000;
 
@@ -114,6 +122,7 @@ static HTAB *batches = NULL;
 static HTAB *held_retries = NULL;
 static List *judged = NIL;		/* requests whose outcome is to be written */
 static List *done_batches = NIL;	/* first ids of batches all judged */
+static List *breaker_outcomes = NIL;	/* HttpBreakerOutcome, not told yet */
 static int	held = 0;			/* requests in memory */
 static TimestampTz next_due = 0;
 static int64 reloaded_ns = 0;
@@ -456,6 +465,16 @@ HttpAttemptDone(HttpRequest *r, void *owner, const HttpAttempt *a)
 	ep->in_flight--;
 	ep->progress_ns = InfraMonotonicNs();
 	r->status = a->status;
+	if (ep->named && !a->refused)
+	{
+		MemoryContext old = MemoryContextSwitchTo(http_cxt);
+		HttpBreakerOutcome *o = palloc(sizeof(HttpBreakerOutcome));
+
+		strlcpy(o->endpoint, ep->conf.name, sizeof(o->endpoint));
+		o->failed = !(a->completed && a->status >= 200 && a->status < 300);
+		breaker_outcomes = lappend(breaker_outcomes, o);
+		MemoryContextSwitchTo(old);
+	}
 	/* Outcomes are kept for requests that failed (a delivery keeps none). */
 	if (!(a->completed && a->status >= 200 && a->status < 300))
 		HttpRecordOutcome(r, a);
@@ -560,6 +579,21 @@ HttpTake(HttpRequest *r, void *arg)
 	ep->queued++;
 }
 
+/* A row of the outbox none of whose requests is left to send: deleted next. */
+static void
+HttpEmptyBatch(int64 first_id, void *arg)
+{
+	MemoryContext old = MemoryContextSwitchTo(http_cxt);
+	int64	   *first = palloc(sizeof(int64));
+	HttpBatch  *b = hash_search(batches, &first_id, HASH_ENTER, NULL);
+
+	/* Held until the delete, so that no read takes it again meanwhile. */
+	b->pending = 0;
+	*first = first_id;
+	done_batches = lappend(done_batches, first);
+	MemoryContextSwitchTo(old);
+}
+
 /* The ids (or first ids) a hash holds, for a read to skip. */
 static int64 *
 HttpHeldIds(HTAB *hash, int *n)
@@ -599,7 +633,7 @@ HttpRead(void)
 	{
 		skip = HttpHeldIds(batches, &n);
 		got |= HttpStoreBatches(skip, n, Max(1, Min(room, ahead) / HTTP_SEND_BUFFER),
-								http_cxt, HttpTake, NULL) > 0;
+								http_cxt, HttpTake, HttpEmptyBatch, NULL) > 0;
 	}
 	room = infra_http_max_requests - held;
 	if (room > 0 && ahead > 0 && next_due != 0 && next_due <= GetCurrentTimestamp())
@@ -630,22 +664,58 @@ HttpFullUrl(HttpEndpoint *ep, HttpRequest *r)
 	return psprintf("%s%s", ep->conf.url, r->url);
 }
 
-/* May the endpoint start one more now (its rate)? */
+/*
+ * May the endpoint start one more now?  A named endpoint asks its breaker
+ * and, with a rate, its limiter ("http:<name>", the rows its trigger
+ * made); when either says no, the endpoint pauses until they would say
+ * yes, its requests staying queued.  In a transaction (a name not cached
+ * yet is read).
+ */
 static bool
-HttpRateAllows(HttpEndpoint *ep, int64 now_ns)
+HttpMayStart(HttpEndpoint *ep, int64 now_ns)
 {
-	if (ep->conf.rate <= 0)
+	char		name[NAMEDATALEN];
+	int64		wait_ns = 0;
+
+	if (!ep->named)
 		return true;
-	ep->tokens = Min(Max(ep->conf.rate, 1.0),
-					 ep->tokens + (now_ns - ep->tokens_at_ns) * ep->conf.rate / NS_PER_SEC);
-	ep->tokens_at_ns = now_ns;
-	if (ep->tokens < 1.0)
+	snprintf(name, sizeof(name), "http:%s", ep->conf.name);
+	if (ep->conf.rate > 0 && !InfraRateLimitAllow(name, &wait_ns))
+	{
+		ep->paused_until_ns = now_ns + Max(wait_ns, NS_PER_SEC / 1000);
 		return false;
-	ep->tokens -= 1.0;
+	}
+	if (!InfraBreakerAllow(name, &wait_ns))
+	{
+		ep->paused_until_ns = now_ns + Max(wait_ns, NS_PER_SEC / 10);
+		return false;
+	}
 	return true;
 }
 
-/* Start what each endpoint may start now; true if any started. */
+/* Tell the endpoints' breakers how the attempts since the last pass ended. */
+static void
+HttpRecordBreakers(void)
+{
+	ListCell   *lc;
+
+	foreach(lc, breaker_outcomes)
+	{
+		HttpBreakerOutcome *o = lfirst(lc);
+		char		name[NAMEDATALEN];
+
+		snprintf(name, sizeof(name), "http:%s", o->endpoint);
+		InfraBreakerRecord(name, o->failed);
+	}
+	list_free_deep(breaker_outcomes);
+	breaker_outcomes = NIL;
+}
+
+/*
+ * Start what each endpoint may start now; true if any started.  In a
+ * transaction when a named endpoint has requests waiting or its breaker an
+ * outcome to hear: breakers and limiters are rows of tables.
+ */
 static bool
 HttpDispatch(void)
 {
@@ -653,24 +723,40 @@ HttpDispatch(void)
 	HttpEndpoint *ep;
 	int64		now_ns = InfraMonotonicNs();
 	bool		started = false;
+	bool		in_transaction = false;
+	MemoryContext old_context = CurrentMemoryContext;
 
 	hash_seq_init(&seq, endpoints);
 	while ((ep = hash_seq_search(&seq)) != NULL)
 	{
-		while (!dlist_is_empty(&ep->queue) && ep->in_flight < ep->conf.concurrency &&
-			   ep->paused_until_ns <= now_ns && HttpRateAllows(ep, now_ns))
+		if (!in_transaction && ep->named &&
+			(breaker_outcomes != NIL || (!dlist_is_empty(&ep->queue) &&
+										 ep->in_flight < ep->conf.concurrency &&
+										 ep->paused_until_ns <= now_ns)))
 		{
-			HttpRequest *r = dlist_container(HttpRequest, node, dlist_pop_head_node(&ep->queue));
+			InfraWorkerStartTransaction();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			in_transaction = true;
+			HttpRecordBreakers();
+		}
+		while (!dlist_is_empty(&ep->queue) && ep->in_flight < ep->conf.concurrency &&
+			   ep->paused_until_ns <= now_ns)
+		{
+			HttpRequest *r = dlist_container(HttpRequest, node, dlist_head_node(&ep->queue));
 			char	   *host = NULL;
 			char	   *origin;
-			char	   *url = HttpFullUrl(ep, r);
+			char	   *url;
 
+			if (ep->conf.enabled && !HttpMayStart(ep, now_ns))
+				break;
+			dlist_delete(&r->node);
 			ep->queued--;
 			if (!ep->conf.enabled)
 			{
 				HttpJudged(r, HTTP_FATE_DEAD, "endpoint disabled");
 				continue;
 			}
+			url = HttpFullUrl(ep, r);
 			/* The host is the endpoint's (its URL, or its origin): looked up once. */
 			if (ep->allow_seen != allow)
 			{
@@ -684,6 +770,12 @@ HttpDispatch(void)
 			HttpTransferStart(r, &ep->conf, url, allow, ep->host_allowed, ep);
 			started = true;
 		}
+	}
+	if (in_transaction)
+	{
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(old_context);
 	}
 	return started;
 }

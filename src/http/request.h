@@ -77,10 +77,11 @@ typedef struct HttpRequest
 /* store.c */
 typedef void (*HttpEndpointSink) (const HttpEndpointConf *conf, void *arg);
 typedef void (*HttpRequestSink) (HttpRequest *request, void *arg);
+typedef void (*HttpBatchSink) (int64 first_id, void *arg);
 
 extern void HttpStoreEndpoints(HttpEndpointSink sink, void *arg);
 extern int	HttpStoreBatches(int64 *skip, int nskip, int limit, MemoryContext cxt,
-							 HttpRequestSink sink, void *arg);
+							 HttpRequestSink sink, HttpBatchSink empty, void *arg);
 extern int	HttpStoreDueRetries(int64 *skip, int nskip, int limit, MemoryContext cxt,
 								HttpRequestSink sink, void *arg);
 extern TimestampTz HttpStoreNextDue(int64 *skip, int nskip);

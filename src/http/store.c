@@ -166,11 +166,13 @@ HttpNewRequest(MemoryContext cxt, int64 id, int32 timeline, const char *endpoint
 
 /*
  * Up to limit rows of infra.http_outbox_batches not in skip, smallest
- * first id first; each of their requests to sink.  Returns the rows read.
+ * first id first; each of their requests to sink, but those already in
+ * http_retries or http_dead_letters (their row outlived their move: a crash
+ * came between); a row with none left to empty.  Returns the rows read.
  */
 int
 HttpStoreBatches(int64 *skip, int nskip, int limit, MemoryContext cxt,
-				 HttpRequestSink sink, void *arg)
+				 HttpRequestSink sink, HttpBatchSink empty, void *arg)
 {
 	Oid			argtypes[2] = {INT8ARRAYOID, INT4OID};
 	Datum		args[2];
@@ -181,8 +183,13 @@ HttpStoreBatches(int64 *skip, int nskip, int limit, MemoryContext cxt,
 	args[1] = Int32GetDatum(limit);
 	InfraWorkerSpiBegin();
 	SpiExecKept(&batches_plan,
-				"SELECT first_id, ids, endpoints, urls, methods, headers, bodies, timeline, created_at "
-				"FROM infra.http_outbox_batches WHERE first_id OPERATOR(pg_catalog.<>) ALL ($1) "
+				"SELECT first_id, ids, endpoints, urls, methods, headers, bodies, timeline, created_at, "
+				/* Ids already retried or dead (a crash before the row's delete): not again. */
+				"ARRAY(SELECT t.id FROM infra.http_retries t WHERE t.id OPERATOR(pg_catalog.>=) b.first_id "
+				"AND t.id OPERATOR(pg_catalog.<=) b.ids[b.requests] "
+				"UNION ALL SELECT d.id FROM infra.http_dead_letters d WHERE d.id OPERATOR(pg_catalog.>=) b.first_id "
+				"AND d.id OPERATOR(pg_catalog.<=) b.ids[b.requests]) "
+				"FROM infra.http_outbox_batches b WHERE first_id OPERATOR(pg_catalog.<>) ALL ($1) "
 				"ORDER BY first_id LIMIT $2",
 				2, argtypes, args, NULL, true, SPI_OK_SELECT, "the http outbox read", 0, NULL);
 	for (row = 0; row < SPI_processed; row++)
@@ -196,12 +203,23 @@ HttpStoreBatches(int64 *skip, int nskip, int limit, MemoryContext cxt,
 		TimestampTz created = DatumGetTimestampTz(SpiGetValue(row, 9, false, NULL, "the http outbox read"));
 		int			c, i;
 
+		Datum	   *gone;
+		bool	   *gone_nulls;
+		int			ngone;
+		int			taken = 0;
+
 		for (c = 0; c < 6; c++)
 			HttpColumnArray(row, c + 2, types[c], &v[c], &nl[c], &n[c]);
+		HttpColumnArray(row, 10, INT8OID, &gone, &gone_nulls, &ngone);
 		for (i = 0; i < n[0]; i++)
 		{
 			HttpRequest *r;
+			int			g;
 
+			for (g = 0; g < ngone && DatumGetInt64(gone[g]) != DatumGetInt64(v[0][i]); g++)
+				;
+			if (g < ngone)
+				continue;
 			if (nl[0][i] || nl[3][i] || i >= n[1] || i >= n[2] || i >= n[3] || i >= n[4] || i >= n[5])
 				elog(ERROR, "malformed row of infra.http_outbox_batches (first id " INT64_FORMAT ")", first);
 			r = HttpNewRequest(cxt, DatumGetInt64(v[0][i]), tli,
@@ -211,7 +229,11 @@ HttpStoreBatches(int64 *skip, int nskip, int limit, MemoryContext cxt,
 							   nl[5][i] ? NULL : DatumGetByteaPP(v[5][i]), created);
 			r->batch = first;
 			sink(r, arg);
+			taken++;
 		}
+		/* Every request of the row is elsewhere: the row is done with. */
+		if (taken == 0)
+			empty(first, arg);
 	}
 	rows = (int) SPI_processed;
 	InfraWorkerSpiEnd();

@@ -737,6 +737,33 @@ infra_rate_limit_named(PG_FUNCTION_ARGS)
 }
 
 /*
+ * For infra's own callers (the http worker): one call of the named limiter,
+ * if it is configured (true when it is not).  *retry_in_ns: when to try
+ * again after a refusal.  In a transaction: a name not cached yet is read.
+ */
+bool
+InfraRateLimitAllow(const char *name, int64 *retry_in_ns)
+{
+	LimiterCacheEntry limiter;
+	RateLimitArgs args;
+	RateLimitResult result;
+
+	*retry_in_ns = 0;
+	if (!ConfigCacheFetch(&limiter_cache, name, &limiter, true))
+		return true;
+	RateLimitSetKey(&args.key, RATE_LIMIT_KIND_LIMITER, InvalidOid, cstring_to_text(name));
+	args.key.scope = limiter.own.owner;
+	args.rate = limiter.rate;
+	args.per_ns = limiter.per_ns;
+	args.burst = limiter.burst;
+	args.cost = 1;
+	RateLimitCheckArgs(&args);
+	RateLimitApply(&args, &result);
+	*retry_in_ns = result.retry_after_ns;
+	return result.allowed;
+}
+
+/*
  * May the current user forget (or share) this key?  Superusers may do
  * anything; others what they own: their own keys, public keys they made
  * public, named limiters of rows they own.

@@ -17,6 +17,8 @@
 /* GUC */
 extern int	infra_rate_limit_max_keys;
 
+extern bool InfraRateLimitAllow(const char *name, int64 *retry_in_ns);
+
 extern void InfraRateLimitInit(void);
 
 #endif							/* INFRA_RATELIMIT_H */

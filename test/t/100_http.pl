@@ -62,14 +62,14 @@ ok(wait_until(sub { received_at('/ok/proc-1') && received_at('/ok/exception') &&
 sleep 1;
 is(scalar(map { received_at("/ok/$_") } qw(rolled-back savepoint-dropped exception-dropped proc-rolled-back)), 0,
 	'nothing rolled back (transaction, savepoint, exception block, procedure) is sent');
-my ($a) = received_at('/ok/a');
-is($a->{method}, 'POST', 'POST by default');
-is($a->{body}, '{"n": 1}', 'the jsonb body as JSON text');
-is($a->{headers}{'content-type'}, 'application/json', 'a jsonb body is application/json');
-is($a->{headers}{'x-trace'}, 't1', "the caller's header is sent");
-like($a->{headers}{'webhook-id'}, qr/^msg_\d+_\d+_1_\d+$/, 'webhook-id: system id, database, timeline, id');
-like($a->{headers}{'webhook-timestamp'}, qr/^\d{10}$/, 'webhook-timestamp: Unix seconds');
-is($a->{verified}, undef, 'no signature without an endpoint secret');
+my ($first) = received_at('/ok/a');
+is($first->{method}, 'POST', 'POST by default');
+is($first->{body}, '{"n": 1}', 'the jsonb body as JSON text');
+is($first->{headers}{'content-type'}, 'application/json', 'a jsonb body is application/json');
+is($first->{headers}{'x-trace'}, 't1', "the caller's header is sent");
+like($first->{headers}{'webhook-id'}, qr/^msg_\d+_\d+_1_\d+$/, 'webhook-id: system id, database, timeline, id');
+like($first->{headers}{'webhook-timestamp'}, qr/^\d{10}$/, 'webhook-timestamp: Unix seconds');
+is($first->{verified}, undef, 'no signature without an endpoint secret');
 is(sql("SELECT count(*) FROM infra.http_requests WHERE state <> 'delivered'"), 0, 'nothing waits');
 is(sql("SELECT state || ' ' || attempts || ' ' || last_status || ' ' || (last_attempt_ms >= 0) || ' ' || (finished_at >= created_at)
         FROM infra.http_requests WHERE url LIKE '%/ok/a'"), 'delivered 1 200 true true',
@@ -137,6 +137,37 @@ is(sql("SELECT infra.http_retry_dead_letters('spent')"), 1, 'http_retry_dead_let
 ok(wait_until(sub { received_at('/ok/spent-fixed') }, 30), 'and it is delivered');
 my @fixed = received_at('/ok/spent-fixed');
 is(scalar(@fixed), 1, 'once');
+
+# --- each endpoint's own breaker and limiter (the existing ones) -------------------
+is(sql("SELECT string_agg(name, ',' ORDER BY name) FROM infra.circuit_breakers WHERE name LIKE 'http:%'"),
+	'http:flaky,http:gone,http:hooks,http:spent', 'each endpoint has its breaker, a row of infra.circuit_breakers');
+sql("INSERT INTO infra.http_endpoints (name, url, rate_per_second) VALUES ('limited', '$base/ok/limited', 5)");
+is(sql("SELECT rate || ' per ' || per || ', burst ' || burst FROM infra.rate_limiters WHERE name = 'http:limited'"),
+	'5 per 00:00:01, burst 5', 'and with a rate, its limiter, a row of infra.rate_limiters');
+sql("SELECT infra.http_send(NULL, i::text, endpoint => 'limited') FROM generate_series(1, 20) i");
+ok(wait_until(sub { scalar(received_at('/ok/limited')) == 20 }, 30), '20 requests to an endpoint limited to 5/s arrive');
+my @lim = sort { $a <=> $b } map { $_->{time} } received_at('/ok/limited');
+cmp_ok($lim[-1] - $lim[0], '>=', 2.5, sprintf('over %.1f s: the burst of 5, then 5 a second', $lim[-1] - $lim[0]));
+is(sql("SELECT allowed_total FROM infra.rate_limits WHERE kind = 'limiter' AND key = 'http:limited'"), 20,
+	'infra.rate_limits counts them');
+sql("INSERT INTO infra.http_endpoints (name, url, concurrency, retry_schedule) VALUES ('failing', '$base/status/500?failing', 1, '{1 hour}')");
+sql("SELECT infra.http_send(NULL, i::text, endpoint => 'failing') FROM generate_series(1, 30) i");
+ok(wait_until(sub { sql("SELECT state FROM infra.circuit_breaker_state WHERE name = 'http:failing'") eq 'open' }, 30),
+	'failures open the endpoint\'s breaker');
+sleep 2;
+my $tried = scalar(received_at('/status/500?failing'));
+cmp_ok($tried, '<=', 12, "the open breaker stops the attempts ($tried of 30 made)");
+is(sql("SELECT count(*) FROM infra.http_requests WHERE endpoint = 'failing' AND state = 'retrying'"), $tried,
+	'the failed ones wait for their retry');
+sql("UPDATE infra.http_endpoints SET url = '$base/ok/recovered' WHERE name = 'failing'");
+sql("SELECT infra.breaker_reset('http:failing')");
+ok(wait_until(sub { scalar(received_at('/ok/recovered')) == 30 - $tried }, 30),
+	'closed again, the requests the breaker held go out');
+sql("DELETE FROM infra.http_retries WHERE endpoint = 'failing'");
+sql("DELETE FROM infra.http_endpoints WHERE name IN ('failing', 'limited')");
+is(sql("SELECT count(*) FROM infra.circuit_breakers WHERE name IN ('http:failing', 'http:limited')")
+	  + sql("SELECT count(*) FROM infra.rate_limiters WHERE name = 'http:limited'"), 0,
+	'a deleted endpoint takes its breaker and limiter with it');
 
 # --- SSRF: refused before a byte is sent ----------------------------------------
 my $conns = scalar(received(1));
