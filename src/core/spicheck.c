@@ -24,6 +24,7 @@
 #include "postgres.h"
 
 #include "executor/spi.h"
+#include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
 
@@ -100,6 +101,43 @@ SpiGetValue(uint64 row, int col, bool null_ok, bool *isnull, const char *what)
 	if (isnull != NULL)
 		*isnull = null;
 	return value;
+}
+
+/*
+ * SpiExecKept in an SPI connection of its own, as role: a restricted
+ * operation (infra's tables belong to the extension's owner, and the
+ * caller of kafka_send or http_send needs no right on them).  Returns the
+ * rows processed; with first, the first column of the first row (a
+ * by-value type; untouched when no row came).  The caller provides the
+ * snapshot.
+ */
+uint64
+SpiExecKeptAs(Oid role, SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
+			  Datum *args, const char *nulls, bool read_only, int expected,
+			  const char *what, Datum *first)
+{
+	Oid			save_user;
+	int			save_context;
+	uint64		processed = 0;
+
+	GetUserIdAndSecContext(&save_user, &save_context);
+	SetUserIdAndSecContext(role, save_context |
+						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
+	PG_TRY();
+	{
+		SPI_connect();
+		SpiExecKept(plan, sql, nargs, argtypes, args, nulls, read_only, expected, what, 0, NULL);
+		processed = SPI_processed;
+		if (first != NULL && processed > 0)
+			*first = SpiGetValue(0, 1, false, NULL, what);
+		SPI_finish();
+	}
+	PG_FINALLY();
+	{
+		SetUserIdAndSecContext(save_user, save_context);
+	}
+	PG_END_TRY();
+	return processed;
 }
 
 /*

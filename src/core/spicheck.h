@@ -22,6 +22,9 @@ extern Datum SpiGetValue(uint64 row, int col, bool null_ok, bool *isnull,
 extern void SpiExecKept(SPIPlanPtr *plan, const char *sql, int nargs, Oid *argtypes,
 						Datum *args, const char *nulls, bool read_only, int expected,
 						const char *what, int ncols, const Oid *types);
+extern uint64 SpiExecKeptAs(Oid role, SPIPlanPtr *plan, const char *sql, int nargs,
+							Oid *argtypes, Datum *args, const char *nulls, bool read_only,
+							int expected, const char *what, Datum *first);
 extern void InfraPinSearchPath(void);
 
 #endif							/* INFRA_SPICHECK_H */

@@ -350,41 +350,15 @@ KafkaOutboxOwner(Oid namespace)
 static int64
 KafkaMeasureBacklog(int64 my_id)
 {
-	Oid			save_user;
-	int			save_context;
-	int64		backlog = 0;
+	Oid			argtypes[1] = {INT8OID};
+	Datum		arg = Int64GetDatum(my_id);
+	Datum		backlog = Int64GetDatum(0);
 
-	GetUserIdAndSecContext(&save_user, &save_context);
-	SetUserIdAndSecContext(outbox_writer, save_context |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		Datum		arg = Int64GetDatum(my_id);
-
-		SPI_connect();
-		if (backlog_plan == NULL)
-		{
-			Oid			argtypes[1] = {INT8OID};
-			SPIPlanPtr	plan = SPI_prepare("SELECT coalesce($1 OPERATOR(pg_catalog.-) pg_catalog.min(first_id), 0)"
-										   " FROM infra.kafka_outbox_batches",
-										   1, argtypes);
-
-			if (plan == NULL)
-				elog(ERROR, "could not prepare the outbox backlog query");
-			SPI_keepplan(plan);
-			backlog_plan = plan;
-		}
-		SpiCheckResult(SPI_execute_plan(backlog_plan, &arg, NULL, false, 1),
-					   SPI_OK_SELECT, "the outbox backlog query", 1, int8_type);
-		backlog = DatumGetInt64(SpiGetValue(0, 1, false, NULL, "the outbox backlog query"));
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_context);
-	}
-	PG_END_TRY();
-	return backlog;
+	(void) SpiExecKeptAs(outbox_writer, &backlog_plan,
+						 "SELECT coalesce($1 OPERATOR(pg_catalog.-) pg_catalog.min(first_id), 0)"
+						 " FROM infra.kafka_outbox_batches",
+						 1, argtypes, &arg, NULL, false, SPI_OK_SELECT, "the outbox backlog query", &backlog);
+	return DatumGetInt64(backlog);
 }
 
 /*

@@ -360,8 +360,6 @@ KafkaTableWrite(Datum *args, Oid writer)
 	Oid			argtypes[9] = {INT8OID, INT4OID, INT8ARRAYOID, TEXTARRAYOID, INT4ARRAYOID,
 	BYTEAARRAYOID, BYTEAARRAYOID, JSONBARRAYOID, INT4OID};
 	bool		pushed_snapshot = false;
-	Oid			save_user;
-	int			save_context;
 
 	/* At pre-commit no snapshot is active any more; the INSERT needs one. */
 	if (!ActiveSnapshotSet())
@@ -369,25 +367,11 @@ KafkaTableWrite(Datum *args, Oid writer)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pushed_snapshot = true;
 	}
-	GetUserIdAndSecContext(&save_user, &save_context);
-	SetUserIdAndSecContext(writer, save_context |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		SPI_connect();
-		SpiExecKept(&insert_plan,
-					"INSERT INTO infra.kafka_outbox_batches "
-					"(first_id, messages, ids, topics, partitions, keys, vals, headers, timeline) "
-					"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-					9, argtypes, args, NULL, false,
-					SPI_OK_INSERT, "the outbox insert", 0, NULL);
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_context);
-	}
-	PG_END_TRY();
+	(void) SpiExecKeptAs(writer, &insert_plan,
+						 "INSERT INTO infra.kafka_outbox_batches "
+						 "(first_id, messages, ids, topics, partitions, keys, vals, headers, timeline) "
+						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+						 9, argtypes, args, NULL, false, SPI_OK_INSERT, "the outbox insert", NULL);
 	if (pushed_snapshot)
 		PopActiveSnapshot();
 }
