@@ -183,6 +183,7 @@ HttpDeliverInit(void)
 	url_defaults.enabled = true;
 	InfraWorkerRegisterService(&http_service);
 	HttpSeriesInit();
+	HttpSecretsInit();
 }
 
 static pgsocket

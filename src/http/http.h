@@ -35,6 +35,7 @@ extern bool HttpAddressTextAllowed(const HttpAllowList *list, const char *ip,
 
 /* sign.c: Standard Webhooks */
 extern bool HttpSecretValid(const char *secret);
+extern void HttpSecretsInit(void);
 extern char *HttpSignature(const char *const *secrets, int nsecrets, const char *msg_id,
 						   int64 timestamp, const char *body, size_t bodylen);
 

@@ -265,8 +265,6 @@ HttpCheckEndpoint(text *endpoint)
 	ListCell   *lc;
 	Oid			argtypes[1] = {TEXTOID};
 	Datum		args[1];
-	Oid			save_user;
-	int			save_context;
 	bool		found;
 	MemoryContext old;
 
@@ -274,23 +272,9 @@ HttpCheckEndpoint(text *endpoint)
 		if (strcmp((char *) lfirst(lc), name) == 0)
 			return;
 	args[0] = PointerGetDatum(endpoint);
-	GetUserIdAndSecContext(&save_user, &save_context);
-	SetUserIdAndSecContext(outbox_owner, save_context |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
-	PG_TRY();
-	{
-		SPI_connect();
-		SpiExecKept(&endpoint_plan,
-					"SELECT 1 FROM infra.http_endpoints WHERE name OPERATOR(pg_catalog.=) $1",
-					1, argtypes, args, NULL, true, SPI_OK_SELECT, "the endpoint lookup", 0, NULL);
-		found = SPI_processed > 0;
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_context);
-	}
-	PG_END_TRY();
+	found = SpiExecKeptAs(outbox_owner, &endpoint_plan,
+						  "SELECT 1 FROM infra.http_endpoints WHERE name OPERATOR(pg_catalog.=) $1",
+						  1, argtypes, args, NULL, true, SPI_OK_SELECT, "the endpoint lookup", NULL) > 0;
 	if (!found)
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
@@ -422,8 +406,6 @@ HttpFlushBuffer(bool all_levels)
 	Datum		args[9];
 	int			n = 0, kept = 0, i, c;
 	int			dims[1], lbs[1] = {1};
-	Oid			save_user;
-	int			save_context;
 	bool		pushed = false;
 
 	if (buffered == NULL || nbuffered == 0)
@@ -476,26 +458,13 @@ HttpFlushBuffer(bool all_levels)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		pushed = true;
 	}
-	GetUserIdAndSecContext(&save_user, &save_context);
-	SetUserIdAndSecContext(outbox_owner, save_context |
-						   SECURITY_LOCAL_USERID_CHANGE | SECURITY_RESTRICTED_OPERATION);
 	/* The ids were taken in this transaction, so on this timeline. */
 	args[8] = Int32GetDatum((int32) GetWALInsertionTimeLine());
-	PG_TRY();
-	{
-		SPI_connect();
-		SpiExecKept(&insert_plan,
-					"INSERT INTO infra.http_outbox_batches "
-					"(first_id, requests, ids, endpoints, urls, methods, headers, bodies, timeline) "
-					"VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-					9, argtypes, args, NULL, false, SPI_OK_INSERT, "the http outbox insert", 0, NULL);
-		SPI_finish();
-	}
-	PG_FINALLY();
-	{
-		SetUserIdAndSecContext(save_user, save_context);
-	}
-	PG_END_TRY();
+	(void) SpiExecKeptAs(outbox_owner, &insert_plan,
+						 "INSERT INTO infra.http_outbox_batches "
+						 "(first_id, requests, ids, endpoints, urls, methods, headers, bodies, timeline) "
+						 "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+						 9, argtypes, args, NULL, false, SPI_OK_INSERT, "the http outbox insert", NULL);
 	if (pushed)
 		PopActiveSnapshot();
 }

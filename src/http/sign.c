@@ -10,8 +10,13 @@
  * key while the old one still verifies.  A secret is "whsec_" and the key
  * in base64.
  *
+ * And secrets kept out of the server log: an emit_log_hook masks every
+ * "whsec_" secret in a message, its detail and context (an INSERT logged by
+ * log_statement, a constraint's "Failing row contains"), and a statement
+ * naming one is not repeated as an error's STATEMENT line.
+ *
  * Lock rules: none.  Called by deliver.c (the worker) and by the
- * http_endpoints checks.
+ * http_endpoints checks; the hook by elog.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -22,6 +27,9 @@
 #include "common/hmac.h"
 #include "common/sha2.h"
 #include "lib/stringinfo.h"
+#include "miscadmin.h"
+#include "tcop/tcopprot.h"
+#include "utils/elog.h"
 #include "utils/resowner.h"
 
 #include "http/http.h"
@@ -125,4 +133,53 @@ HttpSignature(const char *const *secrets, int nsecrets, const char *msg_id,
 		appendStringInfo(&out, "%sv1,%.*s", i > 0 ? " " : "", b64len, b64);
 	}
 	return out.data;
+}
+
+static emit_log_hook_type prev_emit_log_hook = NULL;
+
+/* text with each "whsec_<base64>" as "whsec_(hidden)"; text itself when none. */
+static char *
+HttpMaskSecrets(char *text)
+{
+	StringInfoData out;
+	const char *p;
+	const char *hit;
+
+	if (text == NULL || strstr(text, WHSEC_PREFIX) == NULL)
+		return text;
+	initStringInfo(&out);
+	for (p = text; (hit = strstr(p, WHSEC_PREFIX)) != NULL;)
+	{
+		const char *end = hit + strlen(WHSEC_PREFIX);
+
+		end += strspn(end, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=");
+		appendBinaryStringInfo(&out, p, hit - p);
+		appendStringInfoString(&out, WHSEC_PREFIX "(hidden)");
+		p = end;
+	}
+	appendStringInfoString(&out, p);
+	return out.data;
+}
+
+static void
+HttpHideSecretsInLog(ErrorData *edata)
+{
+	edata->message = HttpMaskSecrets(edata->message);
+	edata->detail = HttpMaskSecrets(edata->detail);
+	edata->detail_log = HttpMaskSecrets(edata->detail_log);
+	edata->context = HttpMaskSecrets(edata->context);
+	edata->internalquery = HttpMaskSecrets(edata->internalquery);
+	if (debug_query_string != NULL && strstr(debug_query_string, WHSEC_PREFIX) != NULL)
+		edata->hide_stmt = true;
+	if (prev_emit_log_hook)
+		prev_emit_log_hook(edata);
+}
+
+void
+HttpSecretsInit(void)
+{
+	if (!process_shared_preload_libraries_in_progress)
+		return;
+	prev_emit_log_hook = emit_log_hook;
+	emit_log_hook = HttpHideSecretsInLog;
 }

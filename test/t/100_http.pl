@@ -253,6 +253,17 @@ $ids{ $_->{body} }{ $_->{headers}{'webhook-id'} } = 1 for received_at('/slow/5')
 is(scalar(grep { keys %{ $ids{$_} } > 1 } keys %ids), 0, 'repeats only with the same webhook-id');
 note('repeats after the two crashes: ' . (count_path('/slow/5') - $nreq));
 
+# --- secrets: in no log line --------------------------------------------------------
+# The endpoints' secrets were written by statements logged in full
+# (log_statement = all), and one in a row a constraint refused.
+sql("DO \$\$ BEGIN INSERT INTO infra.http_endpoints (name, url, secrets) VALUES ('bad name!', '$base/', ARRAY['$secret']);
+     EXCEPTION WHEN check_violation THEN NULL; END \$\$");
+my $server_log = slurp_file($node->logfile);
+like($server_log, qr/whsec_\(hidden\)/, 'the statements that set secrets are logged with them masked');
+(my $key2 = $secret2) =~ s/^whsec_//;
+(my $key1 = $secret) =~ s/^whsec_//;
+unlike($server_log, qr/\Q$key1\E|\Q$key2\E/, 'and no secret appears in the server log');
+
 $receiver->kill_kill;
 $node->stop;
 done_testing();
