@@ -86,10 +86,15 @@ INSERT INTO infra.http_endpoints (name, url, secrets)
 UPDATE infra.http_endpoints SET secrets = ARRAY['whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
     'whsec_dGhlIG5leHQga2V5IGluIHRoZSByb3RhdGlvbg=='] WHERE name = 'crm';
 UPDATE infra.http_endpoints SET secrets = ARRAY['whsec_!!'] WHERE name = 'crm';
+UPDATE infra.http_endpoints SET allow = '{10.0.0.0/8}' WHERE name = 'crm';
 SELECT secrets FROM infra.http_endpoints WHERE name = 'crm';
 SELECT name, url FROM infra.http_endpoints WHERE name = 'crm';
 RESET ROLE;
 SELECT cardinality(secrets) FROM infra.http_endpoints WHERE name = 'crm';
+UPDATE infra.http_endpoints SET allow = '{10.0.0.0/33}' WHERE name = 'crm';
+UPDATE infra.http_endpoints SET allow = '{10.0.0.0/8, hooks.internal}', breaker_failure_rate = 20 WHERE name = 'crm';
+SELECT allow, failure_rate_threshold FROM infra.http_endpoints e
+  JOIN infra.circuit_breakers b ON b.name = 'http:' || e.name WHERE e.name = 'crm';
 CREATE ROLE http_regress_monitor IN ROLE pg_monitor;
 SET ROLE http_regress_monitor;
 SELECT state, count(*) FROM infra.http_requests GROUP BY 1;

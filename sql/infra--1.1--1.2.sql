@@ -528,13 +528,17 @@ CREATE TABLE infra.http_endpoints (
     concurrency integer NOT NULL DEFAULT 16 CHECK (concurrency BETWEEN 1 AND 1000),
     max_response_bytes integer NOT NULL DEFAULT 65536 CHECK (max_response_bytes BETWEEN 0 AND 104857600),
     disable_after interval NOT NULL DEFAULT '5 days' CHECK (disable_after > '0'),
+    breaker_failure_rate double precision NOT NULL DEFAULT 50
+        CHECK (breaker_failure_rate > 0 AND breaker_failure_rate <= 100),
+    breaker_open_duration interval NOT NULL DEFAULT '30 seconds' CHECK (breaker_open_duration > '0'),
+    allow text[],
     enabled boolean NOT NULL DEFAULT true,
     disabled_reason text,
     failing_since timestamptz
 );
 
 COMMENT ON TABLE infra.http_endpoints IS
-'Named HTTP destinations for infra.http_send(endpoint => ...): base URL, Standard Webhooks signing secrets (whsec_..., several during a rotation; nobody but the extension''s owner may read them), timeouts, retry schedule, rate, concurrency, and whether the worker disabled it (410, or failing for disable_after).';
+'Named HTTP destinations for infra.http_send(endpoint => ...): base URL, Standard Webhooks signing secrets (whsec_..., several during a rotation; nobody but the extension''s owner may read them), timeouts, retry schedule, rate, concurrency, its breaker''s failure rate and open duration, addresses it may reach beyond infra.http_allow (allow: set by superusers only), and whether the worker disabled it (410, or failing for disable_after).';
 
 SELECT pg_catalog.pg_extension_config_dump('infra.http_endpoints', '');
 
@@ -679,9 +683,11 @@ BEGIN
     END IF;
     INSERT INTO infra.circuit_breakers
         (name, window_kind, window_size, minimum_calls, failure_rate_threshold, open_duration, description)
-        VALUES ('http:' || NEW.name, 'count', 20, 10, 50, '30 seconds',
+        VALUES ('http:' || NEW.name, 'count', 20, 10, NEW.breaker_failure_rate, NEW.breaker_open_duration,
                 'the breaker of HTTP endpoint ' || NEW.name || ' (infra.http_endpoints)')
-        ON CONFLICT (name) DO NOTHING;
+        ON CONFLICT (name) DO UPDATE
+            SET failure_rate_threshold = excluded.failure_rate_threshold,
+                open_duration = excluded.open_duration;
     IF NEW.rate_per_second IS NULL THEN
         DELETE FROM infra.rate_limiters WHERE name = 'http:' || NEW.name;
         RETURN NULL;
@@ -848,8 +854,8 @@ COMMENT ON FUNCTION infra.http_publish() IS
 
 REVOKE ALL ON infra.http_endpoints FROM PUBLIC;
 GRANT SELECT (name, url, headers, timeout_ms, connect_timeout_ms, low_speed_seconds, retry_schedule,
-              rate_per_second, concurrency, max_response_bytes, disable_after, enabled,
-              disabled_reason, failing_since)
+              rate_per_second, concurrency, max_response_bytes, disable_after, breaker_failure_rate,
+              breaker_open_duration, allow, enabled, disabled_reason, failing_since)
     ON infra.http_endpoints TO PUBLIC;
 REVOKE ALL ON SEQUENCE infra.http_request_id_seq FROM PUBLIC;
 REVOKE ALL ON infra.http_outbox_batches FROM PUBLIC;

@@ -90,8 +90,9 @@ typedef struct HttpEndpoint
 	int64		paused_until_ns;
 	int			slot;			/* its counters in shared memory (series.c) */
 	int64		progress_ns;	/* last completion, or start after none in flight */
-	HttpAllowList *allow_seen;	/* the allow list host_allowed was found with */
-	bool		host_allowed;	/* its URL's host is named in infra.http_allow */
+	HttpAllowList *allow_seen;	/* infra.http_allow's list when these were made: */
+	HttpAllowList *ep_allow;	/* that and its own allow column */
+	bool		host_allowed;	/* its URL's host is named in ep_allow */
 } HttpEndpoint;
 
 typedef struct HttpBatch
@@ -235,7 +236,8 @@ HttpTakeEndpoint(const HttpEndpointConf *c, void *arg)
 		ep->conf.disabled_reason = pstrdup(ep->conf.disabled_reason);
 	strlcpy(ep->conf.name, c->name, sizeof(ep->conf.name));
 	ep->conf.url = pstrdup(c->url);
-	ep->allow_seen = NULL;		/* its host is looked up again */
+	ep->conf.allow = c->allow ? pstrdup(c->allow) : NULL;
+	ep->allow_seen = NULL;		/* its allow list and host made again */
 	ep->conf.nsecrets = c->nsecrets;
 	ep->conf.secrets = palloc(sizeof(char *) * Max(c->nsecrets, 1));
 	for (i = 0; i < c->nsecrets; i++)
@@ -652,6 +654,33 @@ HttpRead(void)
 	return got;
 }
 
+/*
+ * The allow list an endpoint's connections are checked with: infra.http_allow
+ * and, for a named endpoint, its allow column (a superuser's).
+ */
+static void
+HttpEndpointAllow(HttpEndpoint *ep)
+{
+	char		why[256];
+	HttpAllowList *merged = NULL;
+
+	ep->ep_allow = allow;
+	if (ep->named && ep->conf.allow != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(http_cxt);
+
+		merged = HttpAllowListParse(psprintf("%s,%s", infra_http_allow ? infra_http_allow : "",
+											 ep->conf.allow), why, sizeof(why));
+		MemoryContextSwitchTo(old);
+		if (merged != NULL)
+			ep->ep_allow = merged;
+		else
+			ereport(LOG,
+					(errmsg("infra http worker ignores the allow list of endpoint \"%s\": %s",
+							ep->conf.name, why)));
+	}
+}
+
 /* The whole URL of a request: absolute, or the endpoint's and a path. */
 static char *
 HttpFullUrl(HttpEndpoint *ep, HttpRequest *r)
@@ -761,14 +790,15 @@ HttpDispatch(void)
 			/* The host is the endpoint's (its URL, or its origin): looked up once. */
 			if (ep->allow_seen != allow)
 			{
+				HttpEndpointAllow(ep);
 				origin = HttpOrigin(url, &host);
-				ep->host_allowed = origin != NULL && HttpAllowedHost(allow, host);
+				ep->host_allowed = origin != NULL && HttpAllowedHost(ep->ep_allow, host);
 				ep->allow_seen = allow;
 			}
 			r->attempts++;
 			if (ep->in_flight++ == 0)
 				ep->progress_ns = now_ns;
-			HttpTransferStart(r, &ep->conf, url, allow, ep->host_allowed, ep);
+			HttpTransferStart(r, &ep->conf, url, ep->ep_allow, ep->host_allowed, ep);
 			started = true;
 		}
 	}

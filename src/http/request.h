@@ -38,6 +38,7 @@ typedef struct HttpEndpointConf
 	bool		enabled;
 	char	   *disabled_reason;
 	TimestampTz failing_since;	/* 0: not failing */
+	char	   *allow;			/* its allow list beyond infra.http_allow, or NULL */
 } HttpEndpointConf;
 
 /* What happens to a request after an attempt. */

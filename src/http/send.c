@@ -30,6 +30,7 @@
 #include "fmgr.h"
 #include "miscadmin.h"
 #include "utils/array.h"
+#include "utils/fmgrprotos.h"
 #include "utils/builtins.h"
 #include "utils/jsonb.h"
 #include "utils/lsyscache.h"
@@ -641,6 +642,49 @@ infra_http_wake_worker(PG_FUNCTION_ARGS)
 
 
 /*
+ * An endpoint's allow list opens private addresses: a superuser's to set,
+ * as infra.http_allow is.  Each entry must parse as the setting's would.
+ */
+static void
+HttpCheckAllow(TriggerData *trigdata, HeapTuple tuple, TupleDesc desc)
+{
+	int			col = SPI_fnumber(desc, "allow");
+	bool		isnull, old_null = true;
+	Datum		d, old = (Datum) 0;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n, i;
+	char		why[256];
+
+	if (col <= 0)
+		return;
+	d = heap_getattr(tuple, col, desc, &isnull);
+	if (TRIGGER_FIRED_BY_UPDATE(trigdata->tg_event))
+		old = heap_getattr(trigdata->tg_trigtuple, col, desc, &old_null);
+	if (isnull && old_null)
+		return;
+	if (isnull == old_null && !isnull &&
+		DatumGetBool(DirectFunctionCall2(array_eq, d, old)))
+		return;
+	if (!superuser())
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied to set the allow list of an HTTP endpoint"),
+				 errdetail("It lets the worker reach private, loopback and link-local addresses, as infra.http_allow does."),
+				 errhint("Ask a superuser to set it.")));
+	if (isnull)
+		return;
+	deconstruct_array(DatumGetArrayTypeP(d), TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &n);
+	for (i = 0; i < n; i++)
+		if (nulls[i] || HttpAllowListParse(TextDatumGetCString(elems[i]), why, sizeof(why)) == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("invalid entry %d in the allow list of the endpoint: %s", i + 1,
+							nulls[i] ? "NULL" : why),
+					 errhint("Give CIDRs (10.0.0.0/8), addresses or host names, one per element.")));
+}
+
+/*
  * BEFORE INSERT OR UPDATE trigger of infra.http_endpoints: every secret is
  * "whsec_" and a base64 key, and the URL one http_send would take.  The
  * error never shows the secret.
@@ -664,6 +708,7 @@ infra_http_endpoints_check(PG_FUNCTION_ARGS)
 	d = heap_getattr(tuple, col, desc, &isnull);
 	if (!isnull)
 		HttpCheckUrl(TextDatumGetCString(d), false);
+	HttpCheckAllow(trigdata, tuple, desc);
 	col = SPI_fnumber(desc, "secrets");
 	d = heap_getattr(tuple, col, desc, &isnull);
 	if (!isnull)

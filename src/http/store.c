@@ -76,7 +76,8 @@ HttpStoreEndpoints(HttpEndpointSink sink, void *arg)
 				"FROM pg_catalog.unnest(retry_schedule) s), "
 				"coalesce(rate_per_second, 0), concurrency, max_response_bytes, "
 				"(pg_catalog.date_part('epoch', disable_after) OPERATOR(pg_catalog.*) 1000)::pg_catalog.int8, "
-				"enabled, disabled_reason, failing_since FROM infra.http_endpoints",
+				"enabled, disabled_reason, failing_since, "
+				"pg_catalog.array_to_string(allow, ',') FROM infra.http_endpoints",
 				0, NULL, NULL, NULL, true, SPI_OK_SELECT, "the http endpoints read", 0, NULL);
 	for (i = 0; i < SPI_processed; i++)
 	{
@@ -118,6 +119,8 @@ HttpStoreEndpoints(HttpEndpointSink sink, void *arg)
 		c.disabled_reason = HttpTextOrNull(d, isnull);
 		d = SpiGetValue(i, 15, true, &isnull, "the endpoints read");
 		c.failing_since = isnull ? 0 : DatumGetTimestampTz(d);
+		d = SpiGetValue(i, 16, true, &isnull, "the endpoints read");
+		c.allow = HttpTextOrNull(d, isnull);
 		sink(&c, arg);
 	}
 	InfraWorkerSpiEnd();

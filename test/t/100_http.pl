@@ -185,6 +185,12 @@ is(sql("SELECT count(*) FROM infra.http_dead_letters WHERE (url LIKE '%ssrf%' OR
 is(scalar(received(1)), $conns, 'the receiver saw no connection at all');
 like(sql("SELECT error FROM infra.http_dead_letters WHERE url LIKE 'http://2130706433%'"),
 	qr/127\.0\.0\.1 refused: loopback/, 'the error names the address and the range');
+sql("INSERT INTO infra.http_endpoints (name, url, allow, breaker_failure_rate) VALUES ('private', '$base/ok/private', '{127.0.0.1/32}', 25)");
+sql("SELECT infra.http_send(NULL, 'x', endpoint => 'private')");
+ok(wait_until(sub { received_at('/ok/private') }, 30), "an endpoint's own allow list (a superuser's) opens its address");
+is(sql("SELECT failure_rate_threshold FROM infra.circuit_breakers WHERE name = 'http:private'"), 25,
+	"its breaker_failure_rate is its breaker's threshold");
+sql("DELETE FROM infra.http_endpoints WHERE name = 'private'");
 sql("ALTER SYSTEM SET infra.http_allow = '127.0.0.1, 169.254.0.0/16'"); sql("SELECT pg_reload_conf()");
 sleep 1;
 sql("SELECT infra.http_send('http://169.254.169.254/again', 'x')");
