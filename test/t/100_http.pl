@@ -138,6 +138,22 @@ ok(wait_until(sub { received_at('/ok/spent-fixed') }, 30), 'and it is delivered'
 my @fixed = received_at('/ok/spent-fixed');
 is(scalar(@fixed), 1, 'once');
 
+# An endpoint failing for longer than its disable_after is disabled: a log
+# line and a metric.
+my $log_at = -s $node->logfile;
+sql("INSERT INTO infra.http_endpoints (name, url, disable_after, retry_schedule)
+     VALUES ('weary', '$base/status/500?weary', '1 second', '{1 second, 1 second, 1 second, 1 second}')");
+sql("SELECT infra.http_send(NULL, 'x', endpoint => 'weary')");
+ok(wait_until(sub { sql("SELECT enabled FROM infra.http_endpoints WHERE name = 'weary'") eq 'f' }, 30),
+	'an endpoint failing for longer than its disable_after is disabled');
+is(sql("SELECT disabled_reason FROM infra.http_endpoints WHERE name = 'weary'"), 'failing for longer than disable_after',
+	'with the reason');
+like(slurp_log_since($node, $log_at), qr/infra http worker disabled endpoint "weary": failing since/, 'an event in the log');
+like(sql("SELECT infra.metrics_prometheus()"),
+	qr/^infra_http_endpoint_disabled_total\{database="postgres",endpoint="weary"\} 1$/m, 'and a metric');
+sql("DELETE FROM infra.http_retries WHERE endpoint = 'weary'");
+sql("DELETE FROM infra.http_endpoints WHERE name = 'weary'");
+
 # --- each endpoint's own breaker and limiter (the existing ones) -------------------
 is(sql("SELECT string_agg(name, ',' ORDER BY name) FROM infra.circuit_breakers WHERE name LIKE 'http:%'"),
 	'http:flaky,http:gone,http:hooks,http:spent', 'each endpoint has its breaker, a row of infra.circuit_breakers');
