@@ -30,7 +30,12 @@ wait_until(sub { $receiver->pump_nb; $rout =~ /listening/ }, 30) or die "receive
 my $base = "http://127.0.0.1:$rport";
 
 my $node = infra_node('http', conf => "restart_after_crash = on\nmax_prepared_transactions = 5\ninfra.http_allow = '127.0.0.1'\n");
-$node->start;
+# A proxy in the server's environment (nothing listens there): the worker
+# must ignore it, or no request below would arrive.
+{
+	local @ENV{qw(http_proxy HTTP_PROXY https_proxy HTTPS_PROXY ALL_PROXY all_proxy)} = ('http://127.0.0.1:9') x 6;
+	$node->start;
+}
 $node->safe_psql('postgres', 'CREATE EXTENSION infra');
 
 # Everything the receiver logged, requests only (or connections with 1).
@@ -64,6 +69,7 @@ is(scalar(map { received_at("/ok/$_") } qw(rolled-back savepoint-dropped excepti
 	'nothing rolled back (transaction, savepoint, exception block, procedure) is sent');
 my ($first) = received_at('/ok/a');
 is($first->{method}, 'POST', 'POST by default');
+is($first->{headers}{host}, "127.0.0.1:$rport", 'sent straight to the receiver, not through the environment\'s proxy');
 is($first->{body}, '{"n": 1}', 'the jsonb body as JSON text');
 is($first->{headers}{'content-type'}, 'application/json', 'a jsonb body is application/json');
 is($first->{headers}{'x-trace'}, 't1', "the caller's header is sent");
