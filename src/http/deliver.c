@@ -365,6 +365,8 @@ HttpRecordOutcome(HttpRequest *r, const HttpAttempt *a)
 {
 	MemoryContext old = MemoryContextSwitchTo(http_cxt);
 
+	if (r->outcomes.data == NULL)
+		initStringInfo(&r->outcomes);
 	if (r->outcomes.len > 0)
 		appendStringInfoChar(&r->outcomes, ',');
 	appendStringInfo(&r->outcomes, "{\"attempt\": %d, \"at\": ", r->attempts);
@@ -887,7 +889,8 @@ HttpSettle(void)
 			next_due = r->next_attempt_at;
 		if (r->batch == 0)
 			(void) hash_search(held_retries, &r->id, HASH_REMOVE, NULL);
-		pfree(r->outcomes.data);
+		if (r->outcomes.data != NULL)
+			pfree(r->outcomes.data);
 		pfree(r);
 		held--;
 	}

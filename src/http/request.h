@@ -65,7 +65,7 @@ typedef struct HttpRequest
 	bool		has_body;
 	TimestampTz created_at;
 	int			attempts;		/* made so far, this one included once tried */
-	StringInfoData outcomes;	/* JSON array text: every attempt's outcome */
+	StringInfoData outcomes;	/* JSON array text, unbracketed; data NULL until an attempt fails */
 	/* the outcome of the last attempt */
 	HttpFate	fate;
 	int			status;			/* HTTP status, 0: none */

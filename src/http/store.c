@@ -162,7 +162,9 @@ HttpNewRequest(MemoryContext cxt, int64 id, int32 timeline, const char *endpoint
 		r->body[r->bodylen] = '\0';
 	}
 	r->created_at = created_at;
-	initStringInfo(&r->outcomes);
+	/* Made by the first failed attempt: most requests never fail. */
+	r->outcomes.data = NULL;
+	r->outcomes.len = 0;
 	MemoryContextSwitchTo(old);
 	return r;
 }
@@ -286,7 +288,7 @@ HttpStoreDueRetries(int64 *skip, int nskip, int limit, MemoryContext cxt,
 		outcomes = TextDatumGetCString(SpiGetValue(row, 10, false, NULL, "the http retries read"));
 		/* Kept without its closing bracket, so that attempts append. */
 		old = MemoryContextSwitchTo(cxt);
-		resetStringInfo(&r->outcomes);
+		initStringInfo(&r->outcomes);
 		if (strlen(outcomes) > 2)
 			appendBinaryStringInfo(&r->outcomes, outcomes + 1, strlen(outcomes) - 2);
 		MemoryContextSwitchTo(old);
@@ -329,7 +331,7 @@ HttpOutcomes(HttpRequest *r)
 	StringInfoData s;
 
 	initStringInfo(&s);
-	appendStringInfo(&s, "[%s]", r->outcomes.data);
+	appendStringInfo(&s, "[%s]", r->outcomes.data ? r->outcomes.data : "");
 	return DirectFunctionCall1(jsonb_in, CStringGetDatum(s.data));
 }
 
