@@ -67,6 +67,7 @@ typedef struct BridgeRoute
 	char		key_columns[BRIDGE_VALUE_LEN];
 	char		meta[META_COUNT][64];	/* column per metadata, "" for none */
 	bool		dedupe;
+	bool		deletes;		/* upsert: a tombstone deletes its key */
 	int			batch_size;		/* this route's messages per batch at most */
 	int			batch_delay_ms; /* longest one of them waits; 0: [bridge]'s */
 } BridgeRoute;

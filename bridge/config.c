@@ -7,7 +7,7 @@
  *	                 batch_bytes, batch_delay_ms, writers, metrics_listen
  *	[kafka]          librdkafka consumer properties, passed through
  *	[route NAME]     topics, table, format, column, columns, mode,
- *	                 key_columns, dedupe, *_column (metadata), batch_size,
+ *	                 key_columns, dedupe, deletes, *_column (metadata), batch_size,
  *	                 batch_delay_ms (defaults: [bridge]'s)
  *
  * A file is loaded into a scratch copy and only handed back when all of it
@@ -246,11 +246,14 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 	if (strcasecmp(name, "batch_delay_ms") == 0)
 		return parse_int(value, 1, 3600000, &route->batch_delay_ms) ? 1 :
 			config_reject(load, "batch_delay_ms \"%s\" in section [%s] is not an integer from 1 to 3600000", value, section);
-	if (strcasecmp(name, "dedupe") == 0)
+	if (strcasecmp(name, "dedupe") == 0 || strcasecmp(name, "deletes") == 0)
 	{
+		bool	   *dest = strcasecmp(name, "dedupe") == 0 ? &route->dedupe : &route->deletes;
+
 		if (strcmp(value, "on") != 0 && strcmp(value, "off") != 0)
-			return config_reject(load, "dedupe \"%s\" in section [%s] is not on or off", value, section);
-		route->dedupe = strcmp(value, "on") == 0;
+			return config_reject(load, dest == &route->dedupe ? "dedupe \"%s\" in section [%s] is not on or off" :
+								 "deletes \"%s\" in section [%s] is not on or off", value, section);
+		*dest = strcmp(value, "on") == 0;
 		return 1;
 	}
 	for (m = 0; m < META_COUNT; m++)
@@ -448,6 +451,12 @@ config_validate(const char *path, BridgeConfig *config)
 		if (route->upsert && route->key_columns[0] == '\0')
 		{
 			log_error("%s: route \"%s\" is mode = upsert without key_columns", path, route->name);
+			return false;
+		}
+		if (route->deletes && !route->upsert)
+		{
+			log_error("%s: route \"%s\" has deletes = on without mode = upsert (a tombstone deletes by key_columns)",
+					  path, route->name);
 			return false;
 		}
 		for (t = 0; t < route->ntopics; t++)

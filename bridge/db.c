@@ -50,6 +50,8 @@
 typedef struct RouteSql
 {
 	char	   *insert;			/* $1 route, $2..$3 seq range, $4 route name */
+	char	   *delete;			/* deletes = on: the range's tombstoned keys */
+	char	   *count;			/* upsert: the range's messages applied */
 	char	   *ids;			/* message ids of a range, for dedupe */
 	char	   *copy;			/* direct COPY into the table, or NULL */
 	CopyShape	shape;			/* what that COPY's columns get */
@@ -264,6 +266,7 @@ resolve_table(const BridgeRoute *route, char *table, size_t size)
 
 /* The columns a route writes and the expression of each, as it is built. */
 #define ROUTE_MAX_TARGETS 256
+#define ROUTE_MAX_KEYS 64
 typedef struct RouteTargets
 {
 	const BridgeRoute *route;
@@ -448,40 +451,123 @@ add_value_target(RouteTargets *rt)
 }
 
 /*
- * ON CONFLICT (key_columns) DO UPDATE SET the other targets (or DO
- * NOTHING), appended to insert; false, reported, for an unknown column.
+ * The route's key_columns as indexes into its targets (keys, nkeys); false,
+ * reported, for an unknown column or one the route does not write.
  */
 static bool
-append_upsert(RouteTargets *rt, Buf *insert)
+route_keys(RouteTargets *rt, int *keys, int *nkeys)
 {
 	char		list[BRIDGE_VALUE_LEN];
 	char	   *save = NULL;
 	char	   *tok;
-	const Column *keys[64];
-	int			nkeys = 0;
-	int			k;
 	int			t;
-	int			nset = 0;
 
+	*nkeys = 0;
 	snprintf(list, sizeof(list), "%s", rt->route->key_columns);
-	for (tok = strtok_r(list, ", ", &save); tok && nkeys < 64; tok = strtok_r(NULL, ", ", &save))
+	for (tok = strtok_r(list, ", ", &save); tok && *nkeys < ROUTE_MAX_KEYS; tok = strtok_r(NULL, ", ", &save))
 	{
 		const Column *c = route_column(rt->cols, rt->ncols, tok, rt->route, rt->table);
 
 		if (c == NULL)
 			return false;
-		keys[nkeys++] = c;
+		for (t = 0; t < rt->nt && rt->target[t] != c; t++)
+			;
+		if (t == rt->nt)
+		{
+			log_error("route \"%s\": key column %s of %s is not one the route writes", rt->route->name,
+					  c->quoted, rt->table);
+			return false;
+		}
+		/* A tombstone has only its key: the value's own column cannot be one. */
+		if (rt->route->deletes &&
+			(rt->fields[t] == FIELD_VALUE_TEXT || rt->fields[t] == FIELD_VALUE_BYTEA))
+		{
+			log_error("route \"%s\": with deletes = on, key column %s cannot be the message value's", rt->route->name,
+					  c->quoted);
+			return false;
+		}
+		keys[(*nkeys)++] = t;
 	}
+	return true;
+}
+
+/* A column name as an SQL string literal. */
+static void
+append_literal(Buf *b, const char *s)
+{
+	buf_puts(b, "'");
+	for (; *s; s++)
+		buf_printf(b, "%s", *s == '\'' ? "''" : (char[2]) {*s, '\0'});
+	buf_puts(b, "'");
+}
+
+/*
+ * FROM and WHERE of a route's statements over the staging table: its rows
+ * with seq in $2..$3 ($1 the route; $4 its name, used by dedupe), with r,
+ * for json_columns, the row jsonb_populate_record makes of the value, or
+ * of the key when the value is null (a tombstone: a JSON object holding
+ * the key columns, Debezium's schema/payload wrapping allowed, or with one
+ * key column a JSON scalar, its value).  tombstones: only rows without a
+ * value.
+ */
+static void
+append_source(RouteTargets *rt, const int *keys, int nkeys, Buf *b, bool tombstones, bool with_r)
+{
+	const BridgeRoute *route = rt->route;
+
+	/* With dedupe, only the first of a message id in the batch counts. */
+	if (route->dedupe)
+		buf_puts(b, " FROM (SELECT *, row_number() OVER (PARTITION BY msg_id ORDER BY seq) AS nth"
+				 " FROM pg_temp.infra_bridge_stage WHERE route = $1) s");
+	else
+		buf_puts(b, " FROM pg_temp.infra_bridge_stage s");
+	if (!with_r || route->format != FORMAT_JSON_COLUMNS)
+		;
+	else if (!route->deletes)
+		buf_printf(b, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
+				   rt->table);
+	else
+	{
+		buf_printf(b, ", LATERAL jsonb_populate_record(NULL::%s, CASE WHEN s.val IS NOT NULL"
+				   " THEN convert_from(s.val, 'UTF8')::jsonb ELSE"
+				   " (SELECT CASE WHEN jsonb_typeof(k) <> 'object' AND %d = 1 THEN jsonb_build_object(",
+				   rt->table, nkeys);
+		append_literal(b, nkeys > 0 ? rt->target[keys[0]]->name : "");
+		buf_puts(b, ", k) WHEN jsonb_typeof(k) = 'object' AND k ? 'schema' AND k ? 'payload' THEN k -> 'payload'"
+				 " ELSE k END FROM (SELECT convert_from(s.key, 'UTF8')::jsonb) AS x(k)) END) r");
+	}
+	buf_puts(b, " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3");
+	if (tombstones)
+		buf_puts(b, " AND s.val IS NULL");
+	/* $4, the route's name, is used by dedupe; typed either way. */
+	if (route->dedupe)
+		buf_puts(b, " AND (s.msg_id IS NULL OR (s.nth = 1 AND NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m"
+				 " WHERE m.route = $4::text AND m.msg_id = s.msg_id)))");
+	else
+		buf_puts(b, " AND $4::text IS NOT NULL");
+}
+
+/*
+ * ON CONFLICT (key_columns) DO UPDATE SET the other targets (or DO
+ * NOTHING), appended to insert.
+ */
+static void
+append_upsert(RouteTargets *rt, const int *keys, int nkeys, Buf *insert)
+{
+	int			k;
+	int			t;
+	int			nset = 0;
+
 	buf_puts(insert, " ON CONFLICT (");
 	for (k = 0; k < nkeys; k++)
-		buf_printf(insert, "%s%s", k ? ", " : "", keys[k]->quoted);
+		buf_printf(insert, "%s%s", k ? ", " : "", rt->target[keys[k]]->quoted);
 	buf_puts(insert, ") DO ");
 	for (t = 0; t < rt->nt; t++)
 	{
 		bool		is_key = false;
 
 		for (k = 0; k < nkeys; k++)
-			is_key |= keys[k] == rt->target[t];
+			is_key |= keys[k] == t;
 		if (is_key)
 			continue;
 		buf_printf(insert, "%s%s = EXCLUDED.%s", nset++ ? ", " : "UPDATE SET ",
@@ -489,48 +575,89 @@ append_upsert(RouteTargets *rt, Buf *insert)
 	}
 	if (nset == 0)
 		buf_puts(insert, "NOTHING");
-	return true;
 }
 
 /*
  * The route's INSERT ... SELECT from the staging table ($1 route, $2..$3
- * the range of sequence numbers, $4 the route's name for dedupe) into sql;
- * false, reported, when an upsert key is unknown.
+ * the range of sequence numbers, $4 the route's name for dedupe) into sql,
+ * and with deletes its DELETE of the keys tombstoned in the range into
+ * del; false, reported, when a key column is wrong.
+ *
+ * An upsert applies each key's last message in the range only (the one
+ * that would win were they applied one by one, and ON CONFLICT may touch
+ * a row once per statement); with deletes, the DELETE runs first and
+ * removes every key with a tombstone in the range, so a tombstone then a
+ * new value ends with a fresh row, as in offset order.
  */
 static bool
-build_insert(RouteTargets *rt, char **sql)
+build_insert(RouteTargets *rt, char **sql, char **del, char **count)
 {
 	const BridgeRoute *route = rt->route;
 	Buf			insert = {0};
+	Buf			delete = {0};
+	int			keys[ROUTE_MAX_KEYS];
+	int			nkeys = 0;
 	int			t;
+	int			k;
 
+	*del = NULL;
+	*count = NULL;
+	if (route->upsert && !route_keys(rt, keys, &nkeys))
+		return false;
 	buf_printf(&insert, "INSERT INTO %s (", rt->table);
 	for (t = 0; t < rt->nt; t++)
 		buf_printf(&insert, "%s%s", t ? ", " : "", rt->target[t]->quoted);
+	if (!route->upsert)
+	{
+		buf_puts(&insert, ") SELECT ");
+		for (t = 0; t < rt->nt; t++)
+			buf_printf(&insert, "%s%s", t ? ", " : "", rt->expr[t]);
+		append_source(rt, keys, nkeys, &insert, false, true);
+		buf_puts(&insert, " ORDER BY s.seq");
+		*sql = insert.data;
+		return true;
+	}
 	buf_puts(&insert, ") SELECT ");
 	for (t = 0; t < rt->nt; t++)
-		buf_printf(&insert, "%s%s", t ? ", " : "", rt->expr[t]);
-	/* With dedupe, only the first of a message id in the batch counts. */
-	if (route->dedupe)
-		buf_puts(&insert, " FROM (SELECT *, row_number() OVER (PARTITION BY msg_id ORDER BY seq) AS nth"
-				 " FROM pg_temp.infra_bridge_stage WHERE route = $1) s");
-	else
-		buf_puts(&insert, " FROM pg_temp.infra_bridge_stage s");
-	if (route->format == FORMAT_JSON_COLUMNS)
-		buf_printf(&insert, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
-				   rt->table);
-	buf_puts(&insert, " WHERE s.route = $1 AND s.seq BETWEEN $2 AND $3");
-	/* $4, the route's name, is used by dedupe; typed either way. */
-	if (route->dedupe)
-		buf_puts(&insert, " AND (s.msg_id IS NULL OR (s.nth = 1 AND NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m"
-				 " WHERE m.route = $4::text AND m.msg_id = s.msg_id)))");
-	else
-		buf_puts(&insert, " AND $4::text IS NOT NULL");
-	buf_puts(&insert, " ORDER BY s.seq");
-	if (route->upsert && !append_upsert(rt, &insert))
+		buf_printf(&insert, "%sl.c%d", t ? ", " : "", t);
+	/* A message without its key is one of its own (its insert fails). */
+	buf_puts(&insert, " FROM (SELECT DISTINCT ON (");
+	for (k = 0; k < nkeys; k++)
+		buf_printf(&insert, "%s, ", rt->expr[keys[k]]);
+	buf_puts(&insert, "CASE WHEN ");
+	for (k = 0; k < nkeys; k++)
+		buf_printf(&insert, "%s%s IS NULL", k ? " OR " : "", rt->expr[keys[k]]);
+	buf_puts(&insert, " THEN s.seq END) s.seq, s.val IS NULL AS gone");
+	for (t = 0; t < rt->nt; t++)
+		buf_printf(&insert, ", %s AS c%d", rt->expr[t], t);
+	append_source(rt, keys, nkeys, &insert, false, true);
+	buf_puts(&insert, " ORDER BY ");
+	for (k = 0; k < nkeys; k++)
+		buf_printf(&insert, "%s, ", rt->expr[keys[k]]);
+	buf_puts(&insert, "CASE WHEN ");
+	for (k = 0; k < nkeys; k++)
+		buf_printf(&insert, "%s%s IS NULL", k ? " OR " : "", rt->expr[keys[k]]);
+	buf_puts(&insert, " THEN s.seq END, s.seq DESC) l");
+	buf_puts(&insert, route->deletes ? " WHERE NOT l.gone ORDER BY l.seq" : " ORDER BY l.seq");
+	append_upsert(rt, keys, nkeys, &insert);
+	if (route->deletes)
 	{
-		free(insert.data);
-		return false;
+		buf_printf(&delete, "DELETE FROM %s t USING (SELECT DISTINCT ", rt->table);
+		for (k = 0; k < nkeys; k++)
+			buf_printf(&delete, "%s%s AS k%d", k ? ", " : "", rt->expr[keys[k]], k);
+		append_source(rt, keys, nkeys, &delete, true, true);
+		buf_puts(&delete, ") g WHERE ");
+		for (k = 0; k < nkeys; k++)
+			buf_printf(&delete, "%st.%s = g.k%d", k ? " AND " : "", rt->target[keys[k]]->quoted, k);
+		*del = delete.data;
+	}
+	/* What the range's messages come to (upserts and tombstones, each). */
+	{
+		Buf			c = {0};
+
+		buf_puts(&c, "SELECT count(*)");
+		append_source(rt, keys, nkeys, &c, false, false);
+		*count = c.data;
 	}
 	*sql = insert.data;
 	return true;
@@ -626,6 +753,8 @@ check_route(const BridgeRoute *route, RouteSql *rs)
 	RouteTargets *rt = calloc(1, sizeof(RouteTargets));
 	char		table[600];
 	char	   *insert = NULL;
+	char	   *del = NULL;
+	char	   *count = NULL;
 	PGresult   *res;
 	bool		ok;
 
@@ -634,11 +763,15 @@ check_route(const BridgeRoute *route, RouteSql *rs)
 	ok = resolve_table(route, table, sizeof(table)) && load_columns(rt) &&
 		add_metadata_targets(rt) &&
 		(route->format == FORMAT_JSON_COLUMNS ? add_json_column_targets(rt) : add_value_target(rt)) &&
-		build_insert(rt, &insert);
+		build_insert(rt, &insert, &del, &count);
 	if (ok)
 	{
 		free(rs->insert);
 		rs->insert = insert;
+		free(rs->delete);
+		rs->delete = del;
+		free(rs->count);
+		rs->count = count;
 		build_copy(rt, rs);
 		build_ids(route, rs);
 	}
@@ -656,6 +789,19 @@ check_route(const BridgeRoute *route, RouteSql *rs)
 		return false;
 	}
 	PQclear(res);
+	if (rs->delete != NULL)
+	{
+		res = PQprepare(conn, "", rs->delete, 4, NULL);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			log_error("route \"%s\": the server refuses its DELETE from %s: %s", route->name, table,
+					  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
+			PQclear(res);
+			return false;
+		}
+		PQclear(res);
+		log_debug("route \"%s\": %s", route->name, rs->delete);
+	}
 	log_debug("route \"%s\": %s", route->name, rs->insert);
 	if (rs->copy != NULL)
 		log_debug("route \"%s\": %s", route->name, rs->copy);
@@ -819,6 +965,7 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, long long *wr
 				c[16];
 	const char *params[4] = {a, b, c, config->routes[route].name};
 	PGresult   *res;
+	long long	applied;
 	bool		bad_data;
 
 	snprintf(a, sizeof(a), "%d", route);
@@ -826,10 +973,33 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, long long *wr
 	snprintf(c, sizeof(c), "%d", hi);
 	if (!run("SAVEPOINT infra_bridge_range"))
 		return RANGE_FAILED;
-	res = PQexecParams(conn, route_sql[route].insert, 4, NULL, params, NULL, NULL, 0);
+	res = NULL;
+	applied = -1;
+	/* An upsert writes a row per key: count the messages it applies. */
+	if (route_sql[route].count != NULL)
+	{
+		res = PQexecParams(conn, route_sql[route].count, 4, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_TUPLES_OK)
+		{
+			applied = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+			PQclear(res);
+			res = NULL;
+		}
+	}
+	if (res == NULL && route_sql[route].delete != NULL)
+	{
+		res = PQexecParams(conn, route_sql[route].delete, 4, NULL, params, NULL, NULL, 0);
+		if (PQresultStatus(res) == PGRES_COMMAND_OK)
+		{
+			PQclear(res);
+			res = NULL;
+		}
+	}
+	if (res == NULL)
+		res = PQexecParams(conn, route_sql[route].insert, 4, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) == PGRES_COMMAND_OK)
 	{
-		long long	n = strtoll(PQcmdTuples(res), NULL, 10);
+		long long	n = applied >= 0 ? applied : strtoll(PQcmdTuples(res), NULL, 10);
 
 		PQclear(res);
 		if (route_sql[route].ids != NULL)

@@ -13,6 +13,11 @@
 #     mode; with exactly_once a message is visible once its transaction's
 #     commit marker is written.
 # PostgreSQL runs with production durability (fsync, synchronous_commit).
+# Knobs: BENCH_PG_SETTINGS (more name=value settings for the server, e.g.
+# infra.kafka_batch_size=1000); BENCH_LIBRDKAFKA_DIR, a directory holding
+# another build's librdkafka.so.1 for the server to load instead of
+# Debian's (the README says why and where one comes from);
+# INFRA_KAFKA_JVM_OPTS, the broker's JVM options (test/kafka/broker.sh).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib.sh"
@@ -23,7 +28,12 @@ pairs=${BENCH_PAIRS:-3}
 seconds=${BENCH_LATENCY_SECONDS:-10}
 per_txn=1000
 bench_start_broker
-bench_start_pg "infra.kafka_brokers=$bootstrap" "${bench_logical_settings[@]}"
+if [ -n "${BENCH_LIBRDKAFKA_DIR:-}" ]; then
+	[ -r "$BENCH_LIBRDKAFKA_DIR/librdkafka.so.1" ] || die "no librdkafka.so.1 in $BENCH_LIBRDKAFKA_DIR"
+	export LD_LIBRARY_PATH="$BENCH_LIBRDKAFKA_DIR${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+fi
+# shellcheck disable=SC2086 # BENCH_PG_SETTINGS is a list of words
+bench_start_pg "infra.kafka_brokers=$bootstrap" "${bench_logical_settings[@]}" ${BENCH_PG_SETTINGS:-}
 psql -X -q -c 'CREATE EXTENSION infra'
 bench_set_outbox wal
 
@@ -58,7 +68,7 @@ cpu_ms() {
 	fi
 }
 declare -a ratios
-declare -A cpu_broker cpu_worker cpu_machine
+declare -A cpu_broker cpu_worker cpu_machine txns
 echo "$messages messages of 100 bytes, transactions of $per_txn: first commit to kafka_flush returning"
 for p in $(seq 1 "$pairs"); do
 	declare -A ms
@@ -70,12 +80,14 @@ for p in $(seq 1 "$pairs"); do
 		broker_pid=$(cat "$work/kafka/broker.pid")
 		worker_pid=$(psql -X -qAt -c "SELECT pid FROM pg_stat_activity WHERE backend_type = 'infra worker' AND datname = current_database() LIMIT 1")
 		read -r b0 w0 m0 < <(echo "$(cpu_ms "$broker_pid") $(cpu_ms "$worker_pid") $(cpu_ms)")
+		t0=$(psql -X -qAt -c 'SELECT transactions_committed_total FROM infra.kafka_stats()')
 		start=$(now_ms)
 		flushed=$(psql -X -qAt -o /dev/null -f "$work/send.sql")
 		ms[$mode]=$(($(now_ms) - start))
 		cpu_broker[$mode]=$((${cpu_broker[$mode]:-0} + $(cpu_ms "$broker_pid") - b0))
 		cpu_worker[$mode]=$((${cpu_worker[$mode]:-0} + $(cpu_ms "$worker_pid") - w0))
 		cpu_machine[$mode]=$((${cpu_machine[$mode]:-0} + $(cpu_ms) - m0))
+		txns[$mode]=$((${txns[$mode]:-0} + $(psql -X -qAt -c 'SELECT transactions_committed_total FROM infra.kafka_stats()') - t0))
 		[ "$flushed" = t ] || die "kafka_flush timed out ($mode)"
 		got=$(kcat -C -b "$bootstrap" -t "$topic" -o beginning -e -q -f '%s\n' | grep -vc warmup || true)
 		[ "$got" = "$messages" ] || die "$mode: a read_committed consumer got $got of $messages"
@@ -86,11 +98,14 @@ for p in $(seq 1 "$pairs"); do
 		"${ms[at_least_once]}" "${ms[exactly_once]}" "$ratio"
 	unset ms
 done
+# Which librdkafka the worker ran with (its producers' start line says).
+echo "the infra worker ran $(grep -o 'librdkafka [0-9][0-9.]*' "$work/pg/postgres.log" | tail -1)"
 # What the machine spent: on these 2 cores both modes keep it busy, so the
 # throughput ratio follows the CPU each mode costs.
 for mode in at_least_once exactly_once; do
-	printf 'CPU per %d messages, %-14s broker %4d ms  infra worker %4d ms  machine %4d ms\n' "$messages" "$mode:" \
-		$((cpu_broker[$mode] / pairs)) $((cpu_worker[$mode] / pairs)) $((cpu_machine[$mode] / pairs))
+	printf 'CPU per %d messages, %-14s broker %4d ms  infra worker %4d ms  machine %4d ms  Kafka transactions %d\n' \
+		"$messages" "$mode:" $((cpu_broker[$mode] / pairs)) $((cpu_worker[$mode] / pairs)) $((cpu_machine[$mode] / pairs)) \
+		$((txns[$mode] / pairs))
 done
 median=$(printf '%s\n' "${ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
 printf '%-44s %s x, range %s-%s (target >= 0.9: %s)\n' "exactly_once / at_least_once throughput, median" "$median" \

@@ -111,7 +111,7 @@ launch() {
 	[ -f "$dir/server.properties" ] || configure
 	: >>"$dir/server.log"
 	wc -l <"$dir/server.log" >"$dir/log.mark"
-	nohup java -Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+	nohup java ${INFRA_KAFKA_JVM_OPTS:--Xms128m -Xmx512m -XX:+UseSerialGC -XX:TieredStopAtLevel=1} \
 		-Dlog4j2.configurationFile="$dir/log4j2.properties" \
 		-cp "$KAFKA_LIB/*" kafka.Kafka "$dir/server.properties" \
 		>>"$dir/broker.out" 2>&1 </dev/null &
