@@ -11,6 +11,7 @@
 
 #include <regex.h>
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include <libpq-fe.h>
@@ -130,7 +131,22 @@ extern void db_disconnect(void);
 extern bool db_connected(int slot);
 extern bool db_check_routes(const BridgeConfig *config);
 extern bool db_load_offsets(const BridgeConfig *config, const char *topic, int32_t partition,
-							int64_t *next_offset);
+							int64_t *next_offset, char *seek, size_t seeklen, int64_t *seek_ms);
+extern bool db_resolve_seek(const BridgeConfig *config, const char *topic, int32_t partition,
+							const char *seek, int64_t next);
+extern bool db_seek_requested(const BridgeConfig *config);
+
+/* An assigned partition's position, reported to infra.bridge_positions. */
+typedef struct BridgePosition
+{
+	char		topic[256];
+	int32_t		partition;
+	int64_t		end;			/* high watermark */
+	int64_t		oldest_ms;		/* Kafka timestamp of the oldest unwritten; -1: caught up or not known */
+	int64_t		expected;		/* the next offset this member expects stored; -1: none */
+} BridgePosition;
+
+extern int	db_report_positions(const BridgeConfig *config, const BridgePosition *pos, int n);
 /* A partition a batch moves: its offset must still be expected (-1: no row). */
 typedef struct PartitionWrite
 {
@@ -160,6 +176,7 @@ extern void metrics_db_up(bool up);
 extern void metrics_lag(rd_kafka_t *rk, int64_t (*next_to_write) (const char *topic, int32_t partition),
 						int (*route_of) (const char *topic));
 extern void metrics_written(rd_kafka_message_t *const *msgs, const int *routes, int n);
+extern int	metrics_positions(BridgePosition *pos, int max);
 
 /* A partition whose message timestamps the probe looks up (-1: not that one). */
 typedef struct FreshTarget

@@ -182,12 +182,14 @@ batch_due_in(void)
 }
 
 /*
- * Read a partition's stored offset, reconnecting as long as it takes.
+ * Read a partition's stored offset and a seek by time waiting there,
+ * reconnecting as long as it takes.
  */
 static bool
-stored_offset(const char *topic, int32_t partition, int64_t *next)
+stored_offset(const char *topic, int32_t partition, int64_t *next, char *seek, size_t seeklen,
+			  int64_t *seek_ms)
 {
-	while (!db_load_offsets(cfg, topic, partition, next))
+	while (!db_load_offsets(cfg, topic, partition, next, seek, seeklen, seek_ms))
 	{
 		if (bridge_stop || !db_connect(cfg, 0, false))
 			return false;
@@ -196,16 +198,69 @@ stored_offset(const char *topic, int32_t partition, int64_t *next)
 }
 
 /*
+ * The offset of a partition's first message at or after ms (Kafka
+ * timestamps), its end when it has none; -1 when the broker could not say
+ * before the deadline.
+ */
+static int64_t
+offset_for_time(const char *topic, int32_t partition, int64_t ms, int64_t deadline)
+{
+	rd_kafka_topic_partition_list_t *list = rd_kafka_topic_partition_list_new(1);
+	int64_t		found = -1;
+	int64_t		low;
+	int64_t		high;
+	int			wait = (int) (deadline - now_ms());
+
+	rd_kafka_topic_partition_list_add(list, topic, partition)->offset = ms;
+	if (wait > 0 && rd_kafka_offsets_for_times(rk, list, wait) == RD_KAFKA_RESP_ERR_NO_ERROR &&
+		list->elems[0].err == RD_KAFKA_RESP_ERR_NO_ERROR)
+		found = list->elems[0].offset;
+	rd_kafka_topic_partition_list_destroy(list);
+	/* No message that late: the end. */
+	if (found < 0 && (wait = (int) (deadline - now_ms())) > 0 &&
+		rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, wait) == RD_KAFKA_RESP_ERR_NO_ERROR)
+		found = high;
+	return found;
+}
+
+/*
  * Where a partition of ours resumes: its stored offset (which its next
- * write must still find), else where start_offset says.
+ * write must still find), a seek by time waiting there resolved first
+ * (and stored), else where start_offset says.
  */
 static int64_t
 resume_offset(PartState *ps, int64_t deadline)
 {
 	int64_t		next = -1;
+	int			tries;
 
-	if (!stored_offset(ps->topic, ps->partition, &next))
-		next = -1;
+	for (tries = 0; tries < 3; tries++)
+	{
+		char		seek[64];
+		int64_t		seek_ms;
+		int64_t		to;
+
+		if (!stored_offset(ps->topic, ps->partition, &next, seek, sizeof(seek), &seek_ms))
+		{
+			next = -1;
+			break;
+		}
+		if (seek[0] == '\0')
+			break;
+		to = offset_for_time(ps->topic, ps->partition, seek_ms, now_ms() + 10000);
+		if (to < 0)
+		{
+			/* Its batch's write fails until the seek is resolved: tried again then. */
+			log_warning("%s [%d]: cannot find the offset for the seek to %s yet", ps->topic, ps->partition, seek);
+			break;
+		}
+		if (db_resolve_seek(cfg, ps->topic, ps->partition, seek, to))
+		{
+			log_info("%s [%d]: seek to %s resolved to offset %lld", ps->topic, ps->partition, seek, (long long) to);
+			next = to;
+			break;
+		}
+	}
 	ps->expected = next;
 	if (next < 0)
 		next = start_offset(ps->topic, ps->partition, deadline);
@@ -882,6 +937,54 @@ reload(const char *path)
 	log_info("configuration \"%s\" reloaded", path);
 }
 
+/* How often, between batches, notifications and positions are looked at. */
+#define SEEK_CHECK_MS 100
+#define POSITIONS_MS 5000
+
+/*
+ * Between batches (no write in flight, so the main connection is free):
+ * a seek asked with infra.bridge_seek (a notification; or, every
+ * POSITIONS_MS with the positions report, a stored offset that is not the
+ * one expected, should a notification have been missed) drops what is
+ * gathered and reads every partition again from its stored offset.
+ */
+static void
+between_batches(void)
+{
+	static int64_t seek_at = 0;
+	static int64_t positions_at = 0;
+	bool		seek = false;
+	int64_t		now = now_ms();
+
+	if (now - seek_at >= SEEK_CHECK_MS)
+	{
+		seek_at = now;
+		seek = db_seek_requested(cfg);
+	}
+	if (!seek && now - positions_at >= POSITIONS_MS && nparts > 0)
+	{
+		BridgePosition *pos = calloc((size_t) nparts, sizeof(BridgePosition));
+		int			n = metrics_positions(pos, nparts);
+		int			i;
+
+		positions_at = now;
+		for (i = 0; i < n; i++)
+		{
+			PartState  *ps = part_find(pos[i].topic, pos[i].partition, false);
+
+			pos[i].expected = ps != NULL ? ps->expected : -1;
+		}
+		seek = db_report_positions(cfg, pos, n) > 0;
+		free(pos);
+	}
+	if (seek)
+	{
+		log_info("a stored offset was moved (infra.bridge_seek): reading every partition again from its stored offset");
+		drop_batch();
+		reseek();
+	}
+}
+
 /*
  * The daemon: returns the exit status.
  */
@@ -928,6 +1031,8 @@ bridge_run(BridgeConfig *config, const char *path)
 			else if (timeout > 10)
 				timeout = 10;
 		}
+		if (inflight_n == 0)
+			between_batches();
 		msg = rd_kafka_consumer_poll(rk, timeout);
 		if (msg != NULL)
 		{

@@ -451,6 +451,38 @@ metrics_lag(rd_kafka_t *rk, int64_t (*next_to_write) (const char *topic, int32_t
 	free(next);
 }
 
+/*
+ * The assigned partitions' positions as metrics_lag last saw them: the
+ * end (high watermark) and the Kafka timestamp of the oldest message not
+ * yet written (-1 when caught up; while the probe has not looked, the last
+ * written one's, which is older).  expected is left -1 for the caller.
+ * Returns how many were filled.
+ */
+int
+metrics_positions(BridgePosition *pos, int max)
+{
+	int			i;
+	int			n = 0;
+
+	pthread_mutex_lock(&lock);
+	for (i = 0; i < nlags && n < max; i++)
+	{
+		FreshFigure *f = fresh_find(lags[i].topic, lags[i].partition, false);
+
+		memcpy(pos[n].topic, lags[i].topic, sizeof(pos[n].topic));
+		pos[n].topic[sizeof(pos[n].topic) - 1] = '\0';
+		pos[n].partition = lags[i].partition;
+		pos[n].end = lags[i].high;
+		pos[n].expected = -1;
+		pos[n].oldest_ms = -1;
+		if (lags[i].lag > 0 && f != NULL)
+			pos[n].oldest_ms = f->next_ts >= 0 ? f->next_ts : f->written_ts;
+		n++;
+	}
+	pthread_mutex_unlock(&lock);
+	return n;
+}
+
 /* A label value, escaped for the text format. */
 static const char *
 label(const char *value, char *buf, size_t size)

@@ -1905,3 +1905,129 @@ REVOKE ALL ON FUNCTION infra.http_endpoints_resilience() FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_retry_dead_letters(text, bigint[]) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_enable_endpoint(text) FROM PUBLIC;
 REVOKE ALL ON FUNCTION infra.http_publish() FROM PUBLIC;
+
+/* ---------------------------------------------------------------------------
+ * infra-bridge: replay from SQL and each partition's position.
+ * bridge_seek moves a group's stored offsets in the caller's transaction and
+ * tells the running bridges (NOTIFY infra_bridge_seek, sent at commit); a
+ * batch in flight meanwhile fails its compare-and-set and is read again from
+ * the new position.  A seek by time waits in seek_to_time until a bridge
+ * that owns the partition resolves it with Kafka's offsets for times.
+ * ------------------------------------------------------------------------- */
+
+ALTER TABLE infra.bridge_offsets
+    ADD COLUMN seek_to_time timestamptz,
+    ADD COLUMN end_offset bigint,
+    ADD COLUMN end_seen_at timestamptz,
+    ADD COLUMN oldest_unwritten_at timestamptz;
+
+COMMENT ON COLUMN infra.bridge_offsets.seek_to_time IS
+'A seek by time (infra.bridge_seek) not yet resolved: the bridge owning the partition resumes at the first message at or after it.';
+COMMENT ON COLUMN infra.bridge_offsets.end_offset IS
+'The partition''s end (high watermark) as the bridge last saw it, reported every few seconds.';
+COMMENT ON COLUMN infra.bridge_offsets.end_seen_at IS
+'When the bridge last reported end_offset.';
+COMMENT ON COLUMN infra.bridge_offsets.oldest_unwritten_at IS
+'Kafka timestamp of the oldest message not yet written when the bridge last reported (NULL: caught up, or not known).';
+
+CREATE FUNCTION infra.bridge_seek(consumer_group text, topic text, partition integer, to_offset bigint)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    moved integer;
+BEGIN
+    IF consumer_group IS NULL OR topic IS NULL OR to_offset IS NULL THEN
+        RAISE EXCEPTION 'consumer_group, topic and to_offset must not be null'
+            USING ERRCODE = '22004', HINT = 'Pass partition => NULL to move every partition of the topic.';
+    END IF;
+    IF to_offset < 0 THEN
+        RAISE EXCEPTION 'offset % is negative', to_offset
+            USING ERRCODE = '22023', HINT = 'Kafka offsets start at 0; to replay from a point in time pass a timestamptz.';
+    END IF;
+    IF partition IS NOT NULL AND partition < 0 THEN
+        RAISE EXCEPTION 'partition % is negative', partition
+            USING ERRCODE = '22023', HINT = 'Pass partition => NULL to move every partition of the topic.';
+    END IF;
+    IF partition IS NULL THEN
+        UPDATE infra.bridge_offsets o
+        SET next_offset = to_offset, seek_to_time = NULL, updated_at = now()
+        WHERE o.consumer_group = bridge_seek.consumer_group AND o.topic = bridge_seek.topic;
+    ELSE
+        INSERT INTO infra.bridge_offsets AS o (consumer_group, topic, partition, next_offset)
+        VALUES (bridge_seek.consumer_group, bridge_seek.topic, bridge_seek.partition, to_offset)
+        ON CONFLICT ON CONSTRAINT bridge_offsets_pkey
+        DO UPDATE SET next_offset = EXCLUDED.next_offset, seek_to_time = NULL, updated_at = now();
+    END IF;
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved = 0 THEN
+        RAISE EXCEPTION 'consumer group "%" has no stored offset for topic "%"', consumer_group, topic
+            USING ERRCODE = '42704',
+                  HINT = 'infra.bridge_positions lists what each group has stored; name a partition to seek one the group has not written yet.';
+    END IF;
+    PERFORM pg_notify('infra_bridge_seek', consumer_group);
+    RETURN moved;
+END
+$$;
+
+COMMENT ON FUNCTION infra.bridge_seek(text, text, integer, bigint) IS
+'Move a consumer group''s next offset for one partition of a topic (partition => NULL: every partition it has stored) to to_offset; running bridges of the group re-read from there at their next batch. Commits with the caller''s transaction. Returns the partitions moved.';
+
+CREATE FUNCTION infra.bridge_seek(consumer_group text, topic text, partition integer, to_time timestamptz)
+RETURNS integer
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    moved integer;
+BEGIN
+    IF consumer_group IS NULL OR topic IS NULL OR to_time IS NULL THEN
+        RAISE EXCEPTION 'consumer_group, topic and to_time must not be null'
+            USING ERRCODE = '22004', HINT = 'Pass partition => NULL to move every partition of the topic.';
+    END IF;
+    IF partition IS NOT NULL AND partition < 0 THEN
+        RAISE EXCEPTION 'partition % is negative', partition
+            USING ERRCODE = '22023', HINT = 'Pass partition => NULL to move every partition of the topic.';
+    END IF;
+    IF to_time IN ('infinity', '-infinity') THEN
+        RAISE EXCEPTION 'to_time must be a point in time, not %', to_time
+            USING ERRCODE = '22008', HINT = 'Kafka looks up offsets by a message timestamp.';
+    END IF;
+    UPDATE infra.bridge_offsets o
+    SET seek_to_time = to_time, updated_at = now()
+    WHERE o.consumer_group = bridge_seek.consumer_group AND o.topic = bridge_seek.topic
+      AND (bridge_seek.partition IS NULL OR o.partition = bridge_seek.partition);
+    GET DIAGNOSTICS moved = ROW_COUNT;
+    IF moved = 0 THEN
+        RAISE EXCEPTION 'consumer group "%" has no stored offset for topic "%"%', consumer_group, topic,
+            CASE WHEN partition IS NULL THEN '' ELSE format(' partition %s', partition) END
+            USING ERRCODE = '42704',
+                  HINT = 'A seek by time moves partitions the group has written; seek one it has not by offset.';
+    END IF;
+    PERFORM pg_notify('infra_bridge_seek', consumer_group);
+    RETURN moved;
+END
+$$;
+
+COMMENT ON FUNCTION infra.bridge_seek(text, text, integer, timestamptz) IS
+'Move a consumer group''s position for one partition of a topic (partition => NULL: every partition it has stored) to the first message at or after to_time (Kafka timestamps; past the newest: the end); the bridge owning each partition resolves it at its next batch. Commits with the caller''s transaction. Returns the partitions moved.';
+
+CREATE VIEW infra.bridge_positions AS
+SELECT o.consumer_group, o.topic, o.partition, o.next_offset, o.end_offset,
+       CASE WHEN o.end_offset IS NULL THEN NULL ELSE greatest(o.end_offset - o.next_offset, 0) END AS lag,
+       CASE WHEN o.end_offset IS NULL THEN NULL
+            WHEN o.end_offset <= o.next_offset THEN 0::double precision
+            WHEN o.oldest_unwritten_at IS NULL THEN NULL
+            ELSE greatest(extract(epoch FROM now() - o.oldest_unwritten_at)::double precision, 0) END AS lag_seconds,
+       o.seek_to_time AS seek_pending,
+       o.updated_at, o.end_seen_at
+FROM infra.bridge_offsets o;
+
+COMMENT ON VIEW infra.bridge_positions IS
+'Each consumer group''s position per partition: the next offset to write, the end the bridge last reported (end_seen_at), the lag in messages and in seconds (age of the oldest message not yet written, 0 when caught up), and a seek by time not yet resolved.';
+
+REVOKE ALL ON FUNCTION infra.bridge_seek(text, text, integer, bigint) FROM PUBLIC;
+REVOKE ALL ON FUNCTION infra.bridge_seek(text, text, integer, timestamptz) FROM PUBLIC;
+REVOKE ALL ON infra.bridge_positions FROM PUBLIC;
+GRANT SELECT ON infra.bridge_positions TO pg_monitor;
