@@ -61,7 +61,9 @@ typedef struct BridgeRoute
 	regex_t		patterns[BRIDGE_MAX_TOPICS];	/* compiled ^regex entries */
 	bool		is_pattern[BRIDGE_MAX_TOPICS];
 	char		table[256];
+	char		handler[256];	/* a function or procedure taking infra.bridge_message[] */
 	RouteFormat format;
+	bool		shape_set;		/* format or column given */
 	char		column[64];		/* json, text, bytea: the value's column */
 	char		columns[BRIDGE_VALUE_LEN];	/* json_columns: explicit list */
 	bool		upsert;

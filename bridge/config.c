@@ -195,6 +195,13 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 		}
 		return 1;
 	}
+	if (strcasecmp(name, "handler") == 0)
+	{
+		if (!valid_name(value, true) || strlen(value) >= sizeof(route->handler))
+			return config_reject(load, "invalid handler \"%s\" in section [%s]", value, section);
+		snprintf(route->handler, sizeof(route->handler), "%s", value);
+		return 1;
+	}
 	if (strcasecmp(name, "table") == 0)
 	{
 		if (!valid_name(value, true) || strlen(value) >= sizeof(route->table))
@@ -204,6 +211,7 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 	}
 	if (strcasecmp(name, "format") == 0)
 	{
+		route->shape_set = true;
 		if (strcmp(value, "json") == 0)
 			route->format = FORMAT_JSON;
 		else if (strcmp(value, "json_columns") == 0)
@@ -219,6 +227,7 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 	}
 	if (strcasecmp(name, "column") == 0)
 	{
+		route->shape_set = true;
 		if (!valid_name(value, false) || strlen(value) >= sizeof(route->column))
 			return config_reject(load, "invalid column \"%s\" in section [%s]", value, section);
 		snprintf(route->column, sizeof(route->column), "%s", value);
@@ -399,6 +408,30 @@ hide_conninfo_words(const char *message, char *out, size_t size)
 		PQconninfoFree(keywords);
 }
 /*
+ * A handler route takes the messages as they are: nothing that shapes rows
+ * for a table applies to it.
+ */
+static bool
+handler_route_ok(const char *path, const BridgeRoute *route)
+{
+	int			m;
+	const char *bad = NULL;
+
+	if (route->upsert || route->key_columns[0] || route->deletes)
+		bad = "mode, key_columns and deletes";
+	else if (route->columns[0] || route->shape_set)
+		bad = "format, column and columns";
+	for (m = 0; m < META_COUNT && bad == NULL; m++)
+		if (route->meta[m][0] != '\0')
+			bad = "metadata columns";
+	if (bad == NULL)
+		return true;
+	log_error("%s: route \"%s\" has a handler: %s do not apply (the handler gets every field of each message)",
+			  path, route->name, bad);
+	return false;
+}
+
+/*
  * Checks that need the whole file.
  */
 static bool
@@ -438,11 +471,13 @@ config_validate(const char *path, BridgeConfig *config)
 		int			o;
 		int			q;
 
-		if (route->ntopics == 0 || route->table[0] == '\0')
+		if (route->ntopics == 0 || (route->table[0] == '\0') == (route->handler[0] == '\0'))
 		{
-			log_error("%s: route \"%s\" needs topics and table", path, route->name);
+			log_error("%s: route \"%s\" needs topics, and a table or a handler (not both)", path, route->name);
 			return false;
 		}
+		if (route->handler[0] != '\0' && !handler_route_ok(path, route))
+			return false;
 		/* Batch limits not given for the route are the [bridge] ones. */
 		if (route->batch_size == 0)
 			route->batch_size = config->batch_size;

@@ -430,14 +430,16 @@ run(const char *sql)
 	return ok;
 }
 
-/* Is this error the data's fault (a bad message), not the system's? */
+/* Is this error the data's fault (a bad message), not the system's? handler: a handler route's. */
 static bool
-data_error(const PGresult *res)
+data_error(const PGresult *res, bool handler)
 {
 	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
 
+	/* A handler's RAISE (class P0) refuses a message too. */
 	return state != NULL && (strncmp(state, "22", 2) == 0 || strncmp(state, "23", 2) == 0 ||
-							 strcmp(state, "42804") == 0 || strcmp(state, "21000") == 0);
+							 strcmp(state, "42804") == 0 || strcmp(state, "21000") == 0 ||
+							 (handler && strncmp(state, "P0", 2) == 0));
 }
 
 typedef enum RangeResult
@@ -477,6 +479,12 @@ apply_range(int route, const char *const *params, long long *applied)
 		PQclear(res);
 	}
 	res = PQexecParams(conn, rs->insert, 4, NULL, params, NULL, NULL, 0);
+	/* A handler called with SELECT returns its row: that went well too. */
+	if (PQresultStatus(res) == PGRES_TUPLES_OK)
+	{
+		PQclear(res);
+		res = PQmakeEmptyPGresult(conn, PGRES_COMMAND_OK);
+	}
 	if (PQresultStatus(res) == PGRES_COMMAND_OK && *applied < 0)
 		*applied = strtoll(PQcmdTuples(res), NULL, 10);
 	return res;
@@ -522,7 +530,7 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, long long *wr
 		*written += n;
 		return run("RELEASE SAVEPOINT infra_bridge_range") ? RANGE_OK : RANGE_FAILED;
 	}
-	bad_data = data_error(res);
+	bad_data = data_error(res, config->routes[route].handler[0] != '\0');
 	if (!bad_data)
 	{
 		log_warning("route \"%s\": %s", config->routes[route].name, PQerrorMessage(conn));
@@ -631,7 +639,7 @@ copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_
 		PQclear(res);
 		return DIRECT_WRITTEN;
 	}
-	if (res == NULL || !data_error(res))
+	if (res == NULL || !data_error(res, false))
 	{
 		log_warning("route \"%s\": cannot COPY: %s", config->routes[r].name, PQerrorMessage(conn));
 		PQclear(res);

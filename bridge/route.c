@@ -614,6 +614,107 @@ build_ids(const BridgeRoute *route, RouteSql *rs)
  * INSERT prepared once so that anything the server would refuse (a type
  * that does not fit, ON CONFLICT without a unique index) is reported now.
  */
+/*
+ * Have the server prepare the route's statements once, so that anything it
+ * would refuse (a type that does not fit, ON CONFLICT without a unique
+ * index, a handler's call) is reported now; target names the table or
+ * handler.
+ */
+static bool
+prepare_route(const BridgeRoute *route, RouteSql *rs, const char *target)
+{
+	const char *stmts[2] = {rs->delete, rs->insert};
+	int			i;
+
+	for (i = 0; i < 2; i++)
+	{
+		PGresult   *res;
+
+		if (stmts[i] == NULL)
+			continue;
+		res = PQprepare(conn, "", stmts[i], 4, NULL);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			log_error("route \"%s\": the server refuses its statement for %s: %s (%s)", route->name, target,
+					  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), stmts[i]);
+			PQclear(res);
+			return false;
+		}
+		PQclear(res);
+		log_debug("route \"%s\": %s", route->name, stmts[i]);
+	}
+	if (rs->copy != NULL)
+		log_debug("route \"%s\": %s", route->name, rs->copy);
+	return true;
+}
+
+/*
+ * A handler route: its routine (a function or a procedure of one argument
+ * of type infra.bridge_message[]) looked up under the role's own
+ * search_path, then called by its qualified name with the range's messages
+ * (infra.bridge_batch reads them from the staging table, in offset order,
+ * dedupe applied).  False, reported, when there is no such routine.
+ */
+static bool
+check_handler(const BridgeRoute *route, RouteSql *rs)
+{
+	const char *params[1];
+	char		sig[300];
+	char		name[600] = "";
+	char		kind = 'f';
+	PGresult   *res;
+	RouteTargets rt = {.route = route};
+	Buf			call = {0};
+	Buf			count = {0};
+
+	params[0] = user_search_path;
+	PQclear(PQexecParams(conn, "SELECT pg_catalog.set_config('search_path', $1, false)",
+						 1, NULL, params, NULL, NULL, 0));
+	snprintf(sig, sizeof(sig), "%s(infra.bridge_message[])", route->handler);
+	params[0] = sig;
+	res = PQexecParams(conn, "SELECT pg_catalog.to_regprocedure($1)::pg_catalog.oid", 1, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1 && !PQgetisnull(res, 0, 0))
+		snprintf(name, sizeof(name), "%s", PQgetvalue(res, 0, 0));
+	PQclear(res);
+	res = PQexec(conn, "SET search_path = pg_catalog, pg_temp");
+	PQclear(res);
+	if (name[0] == '\0')
+	{
+		log_error("route \"%s\": no function or procedure %s: write one taking (messages infra.bridge_message[])",
+				  route->name, sig);
+		return false;
+	}
+	/* Under the pinned path, regproc prints the schema too. */
+	params[0] = name;
+	res = PQexecParams(conn, "SELECT p.oid::pg_catalog.regproc::pg_catalog.text, p.prokind FROM pg_catalog.pg_proc p"
+					   " WHERE p.oid = $1::pg_catalog.oid", 1, NULL, params, NULL, NULL, 0);
+	if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1)
+	{
+		log_error("route \"%s\": cannot read handler %s: %s", route->name, sig, PQerrorMessage(conn));
+		PQclear(res);
+		return false;
+	}
+	snprintf(name, sizeof(name), "%s", PQgetvalue(res, 0, 0));
+	kind = PQgetvalue(res, 0, 1)[0];
+	PQclear(res);
+	/* $4, the route's name, is for dedupe; typed either way. */
+	buf_printf(&call, "%s %s(infra.bridge_batch($1::integer, $2::integer, $3::integer, %s))",
+			   kind == 'p' ? "CALL" : "SELECT", name,
+			   route->dedupe ? "$4::text" : "CASE WHEN $4::text IS NULL THEN NULL::text END");
+	buf_puts(&count, "SELECT count(*)");
+	append_source(&rt, NULL, 0, &count, false, false);
+	free(rs->insert);
+	rs->insert = call.data;
+	free(rs->count);
+	rs->count = count.data;
+	free(rs->delete);
+	rs->delete = NULL;
+	free(rs->copy);
+	rs->copy = NULL;
+	build_ids(route, rs);
+	return true;
+}
+
 bool
 route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql *rs)
 {
@@ -622,11 +723,15 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 	char	   *insert = NULL;
 	char	   *del = NULL;
 	char	   *count = NULL;
-	PGresult   *res;
 	bool		ok;
 
 	conn = c;
 	user_search_path = user_path;
+	if (route->handler[0] != '\0')
+	{
+		free(rt);
+		return check_handler(route, rs) && prepare_route(route, rs, route->handler);
+	}
 	rt->route = route;
 	rt->table = table;
 	ok = resolve_table(route, table, sizeof(table)) && load_columns(rt) &&
@@ -649,31 +754,6 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 	if (!ok)
 		return false;
 
-	res = PQprepare(conn, "", rs->insert, 4, NULL);
-	if (PQresultStatus(res) != PGRES_COMMAND_OK)
-	{
-		log_error("route \"%s\": the server refuses its INSERT into %s: %s", route->name, table,
-				  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-		PQclear(res);
-		return false;
-	}
-	PQclear(res);
-	if (rs->delete != NULL)
-	{
-		res = PQprepare(conn, "", rs->delete, 4, NULL);
-		if (PQresultStatus(res) != PGRES_COMMAND_OK)
-		{
-			log_error("route \"%s\": the server refuses its DELETE from %s: %s", route->name, table,
-					  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-			PQclear(res);
-			return false;
-		}
-		PQclear(res);
-		log_debug("route \"%s\": %s", route->name, rs->delete);
-	}
-	log_debug("route \"%s\": %s", route->name, rs->insert);
-	if (rs->copy != NULL)
-		log_debug("route \"%s\": %s", route->name, rs->copy);
-	return true;
+	return prepare_route(route, rs, table);
 }
 

@@ -2031,3 +2031,46 @@ REVOKE ALL ON FUNCTION infra.bridge_seek(text, text, integer, bigint) FROM PUBLI
 REVOKE ALL ON FUNCTION infra.bridge_seek(text, text, integer, timestamptz) FROM PUBLIC;
 REVOKE ALL ON infra.bridge_positions FROM PUBLIC;
 GRANT SELECT ON infra.bridge_positions TO pg_monitor;
+
+/* ---------------------------------------------------------------------------
+ * infra-bridge handlers: a route may hand its messages to a function or
+ * procedure taking infra.bridge_message[], run in the batch's transaction.
+ * ------------------------------------------------------------------------- */
+
+CREATE TYPE infra.bridge_message AS (
+    topic text,
+    partition integer,
+    "offset" bigint,
+    key bytea,
+    value bytea,
+    headers jsonb,
+    "timestamp" timestamptz
+);
+
+COMMENT ON TYPE infra.bridge_message IS
+'One Kafka message as infra-bridge hands it to a route''s handler: value NULL for a tombstone, headers a JSON object of strings (a value that is not UTF-8 as \x hex; the last of a repeated name wins), NULL when it has none.';
+
+CREATE FUNCTION infra.bridge_batch(route integer, first_seq integer, last_seq integer, dedupe_route text)
+RETURNS infra.bridge_message[]
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF to_regclass('pg_temp.infra_bridge_stage') IS NULL THEN
+        RAISE EXCEPTION 'no infra-bridge batch in this session'
+            USING ERRCODE = '55000', HINT = 'infra-bridge calls this for a route''s handler; it is of no use elsewhere.';
+    END IF;
+    RETURN ARRAY(
+        SELECT ROW(s.topic, s.part, s.off, s.key, s.val, s.headers, s.ts)::infra.bridge_message
+        FROM (SELECT st.*, row_number() OVER (PARTITION BY st.msg_id ORDER BY st.seq) AS nth
+              FROM pg_temp.infra_bridge_stage st WHERE st.route = bridge_batch.route) s
+        WHERE s.seq BETWEEN first_seq AND last_seq
+          AND (dedupe_route IS NULL OR s.msg_id IS NULL
+               OR (s.nth = 1 AND NOT EXISTS (SELECT 1 FROM infra.bridge_message_ids m
+                                             WHERE m.route = dedupe_route AND m.msg_id = s.msg_id)))
+        ORDER BY s.seq);
+END
+$$;
+
+COMMENT ON FUNCTION infra.bridge_batch(integer, integer, integer, text) IS
+'infra-bridge''s own: the messages of a range of its batch, in offset order (with dedupe_route, those not written before), for a route''s handler.';
