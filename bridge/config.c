@@ -162,6 +162,31 @@ valid_name_list(const char *value)
 	return value[0] != '\0';
 }
 
+/* A route's topics: names, or patterns starting with ^. */
+static int
+config_route_topics(ConfigLoad *load, BridgeRoute *route, const char *section, const char *value)
+{
+	char		copy[BRIDGE_VALUE_LEN];
+	char	   *save = NULL;
+	char	   *tok;
+
+	snprintf(copy, sizeof(copy), "%s", value);
+	for (tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
+	{
+		int			t = route->ntopics;
+
+		if (t >= BRIDGE_MAX_TOPICS || strlen(tok) >= sizeof(route->topics[0]))
+			return config_reject(load, "too many or too long topics in section [%s]%s", section, "");
+		snprintf(route->topics[t], sizeof(route->topics[t]), "%s", tok);
+		route->is_pattern[t] = tok[0] == '^';
+		if (route->is_pattern[t] &&
+			regcomp(&route->patterns[t], tok, REG_EXTENDED | REG_NOSUB) != 0)
+			return config_reject(load, "invalid topic pattern \"%s\" in section [%s]", tok, section);
+		route->ntopics++;
+	}
+	return 1;
+}
+
 /*
  * One key of a [route NAME] section.  One branch per key, in the order of
  * the documentation: longer than most functions, kept whole so that the
@@ -174,39 +199,16 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 	int			m;
 
 	if (strcasecmp(name, "topics") == 0)
+		return config_route_topics(load, route, section, value);
+	if (strcasecmp(name, "table") == 0 || strcasecmp(name, "handler") == 0)
 	{
-		char		copy[BRIDGE_VALUE_LEN];
-		char	   *save = NULL;
-		char	   *tok;
+		bool		table = strcasecmp(name, "table") == 0;
+		char	   *dest = table ? route->table : route->handler;
 
-		snprintf(copy, sizeof(copy), "%s", value);
-		for (tok = strtok_r(copy, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
-		{
-			int			t = route->ntopics;
-
-			if (t >= BRIDGE_MAX_TOPICS || strlen(tok) >= sizeof(route->topics[0]))
-				return config_reject(load, "too many or too long topics in section [%s]%s", section, "");
-			snprintf(route->topics[t], sizeof(route->topics[t]), "%s", tok);
-			route->is_pattern[t] = tok[0] == '^';
-			if (route->is_pattern[t] &&
-				regcomp(&route->patterns[t], tok, REG_EXTENDED | REG_NOSUB) != 0)
-				return config_reject(load, "invalid topic pattern \"%s\" in section [%s]", tok, section);
-			route->ntopics++;
-		}
-		return 1;
-	}
-	if (strcasecmp(name, "handler") == 0)
-	{
-		if (!valid_name(value, true) || strlen(value) >= sizeof(route->handler))
-			return config_reject(load, "invalid handler \"%s\" in section [%s]", value, section);
-		snprintf(route->handler, sizeof(route->handler), "%s", value);
-		return 1;
-	}
-	if (strcasecmp(name, "table") == 0)
-	{
 		if (!valid_name(value, true) || strlen(value) >= sizeof(route->table))
-			return config_reject(load, "invalid table \"%s\" in section [%s]", value, section);
-		snprintf(route->table, sizeof(route->table), "%s", value);
+			return config_reject(load, table ? "invalid table \"%s\" in section [%s]" :
+								 "invalid handler \"%s\" in section [%s]", value, section);
+		snprintf(dest, sizeof(route->table), "%s", value);
 		return 1;
 	}
 	if (strcasecmp(name, "format") == 0)

@@ -90,6 +90,6 @@ like($err, qr/syntax\.ini:1: /, 'at the right line');
 # The documented example configuration is valid as shipped.
 ($rc, $out, $err) = bridge('--check-config', '--config', src_path('bridge/infra-bridge.ini.example'));
 is($rc, 0, 'bridge/infra-bridge.ini.example passes --check-config') or diag($err);
-like($out, qr/2 routes/, 'with both its routes');
+like($out, qr/3 routes/, 'with its three routes');
 
 done_testing();
