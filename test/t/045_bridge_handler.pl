@@ -191,7 +191,39 @@ is($node->safe_psql('postgres', q{SELECT n FROM app.totals WHERE name = 'message
 $h->signal('TERM');
 $h->finish;
 
-# 3. Configurations that cannot work.
+# 3. With dedupe: a message whose infra-msg-id was handled before (in
+# the batch or in an earlier one) is not handed over again, also after a
+# replay from offset 0.
+$node->safe_psql('postgres', q{
+TRUNCATE app.handled;
+UPDATE app.totals SET n = 0;
+GRANT SELECT, INSERT ON infra.bridge_message_ids TO bridge_app});
+my $dd = "handler_dedupe_$run";
+kafka_create_topic($dd, 1);
+for my $m ([ 'd1', 'x1', 'one' ], [ 'd2', 'x1', 'again' ], [ 'd3', 'x2', 'three' ])
+{
+	my ($out, $err);
+	IPC::Run::run([ 'kcat', '-P', '-b', $bootstrap, '-t', $dd, '-K', '|', '-H', "infra-msg-id=$m->[1]" ],
+		'<', \"$m->[0]|{\"word\":\"$m->[2]\"}\n", '>', \$out, '2>', \$err) or die "kcat: $err";
+}
+my $dedupe_routes = "[route dd]\ntopics = $dd\nhandler = app.on_events\ndedupe = on\n";
+$h = bridge_spawn(ini('dedupe', $dedupe_routes), "$dir/dedupe.log");
+ok(wait_until(sub { $node->safe_psql('postgres',
+	"SELECT coalesce(sum(next_offset), 0) FROM infra.bridge_offsets WHERE consumer_group = 'dedupe_$run'") == 3 }, 120),
+	'dedupe: the three messages read') or diag(slurp_file("$dir/dedupe.log"));
+is($node->safe_psql('postgres', q{SELECT string_agg(k || ':' || shout, ',' ORDER BY k) FROM app.handled}),
+	'd1:ONE,d3:THREE', 'the repeated infra-msg-id was not handed to the handler');
+$node->safe_psql('postgres', "SELECT infra.bridge_seek('dedupe_$run', '$dd', NULL, 0)");
+ok(wait_until(sub { slurp_file("$dir/dedupe.log") =~ /a stored offset was moved/ }, 60), 'a replay from 0');
+ok(wait_until(sub { $node->safe_psql('postgres',
+	"SELECT next_offset FROM infra.bridge_offsets WHERE consumer_group = 'dedupe_$run'") == 3 }, 60),
+	'read through again');
+is($node->safe_psql('postgres', q{SELECT n FROM app.totals WHERE name = 'messages'}), 2,
+	'and nothing handed over twice: the ids are remembered');
+$h->signal('TERM');
+$h->finish;
+
+# 4. Configurations that cannot work.
 my ($out, $err);
 $file = ini('bad1', "[route x]\ntopics = $events\nhandler = app.nosuch");
 IPC::Run::run([ 'infra-bridge', '--config', $file ], '>', \$out, '2>', \$err, IPC::Run::timeout(60));
