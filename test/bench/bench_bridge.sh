@@ -24,12 +24,8 @@ psql -X -q -c 'CREATE EXTENSION infra' \
 
 
 as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" bench_bridge 4
-# About 100 bytes of JSON each, keyed so they spread over the partitions.
-awk -v n="$messages" 'BEGIN { for (i = 1; i <= n; i++)
-	printf "k%d:{\"id\":%d,\"kind\":\"order.created\",\"amount\":%d.%02d,\"note\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n",
-		i, i, i % 1000, i % 100 }' >"$work/messages.txt"
-kcat -P -b "$bootstrap" -t bench_bridge -K : -l "$work/messages.txt" -X linger.ms=50 -X batch.num.messages=10000
-echo "produced $messages messages ($(($(wc -c <"$work/messages.txt") / messages)) bytes a line, key included)"
+bench_produce_orders bench_bridge "$messages"
+echo "produced $messages messages ($(($(wc -c <"$work/orders_bench_bridge.txt") / messages)) bytes a line, key included)"
 
 # The broker creates its group-offsets topic at the first use of any consumer
 # group: do that before timing (a one-time broker setup, not the bridge's).
@@ -61,16 +57,10 @@ table = via_bridge
 format = json
 column = payload
 INI
-# One psql session watches the stored offsets (a psql started every poll
-# would cost the machine more CPU than the thing being measured).
 t0=$(now_ms)
 "$PG_BINDIR/infra-bridge" --config "$work/bridge.ini" 2>"$work/bridge.log" &
 bridge_pid=$!
-while read -r line; do
-	[ "$line" = "$messages" ] && break
-	kill -0 "$bridge_pid" 2>/dev/null || { cat "$work/bridge.log"; exit 1; }
-done < <(printf "SELECT coalesce(sum(next_offset), 0) FROM infra.bridge_offsets WHERE consumer_group = 'bench'\n\\watch 0.05\n" |
-	psql -X -A -t -q 2>/dev/null)
+bench_bridge_wait bench "$messages" "$bridge_pid" "$work/bridge.log"
 t1=$(now_ms)
 bridge_ms=$((t1 - t0))
 # Seconds from the bridge's start to its partitions' assignment (group join).

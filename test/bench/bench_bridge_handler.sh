@@ -36,10 +36,7 @@ psql -X -q -c 'CREATE EXTENSION infra' -c 'CREATE SCHEMA app' \
 	    END \$\$"
 
 as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" bench_handler 4
-awk -v n="$messages" 'BEGIN { for (i = 1; i <= n; i++)
-	printf "k%d:{\"id\":%d,\"kind\":\"order.created\",\"amount\":%d.%02d,\"note\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n",
-		i, i, i % 1000, i % 100 }' >"$work/messages.txt"
-kcat -P -b "$bootstrap" -t bench_handler -K : -l "$work/messages.txt" -X linger.ms=50 -X batch.num.messages=10000
+bench_produce_orders bench_handler "$messages"
 echo "produced $messages messages"
 timeout 60 kcat -b "$bootstrap" -G bench_warmup -X auto.offset.reset=earliest -c 1 -q -o beginning bench_handler >/dev/null 2>&1 || true
 
@@ -71,11 +68,7 @@ INI
 	t0=$(now_ms)
 	"$PG_BINDIR/infra-bridge" --config "$work/$name.ini" 2>"$work/$name.log" &
 	bridge_pid=$!
-	while read -r line; do
-		[ "$line" = "$messages" ] && break
-		kill -0 "$bridge_pid" 2>/dev/null || { cat "$work/$name.log"; exit 1; }
-	done < <(printf "SELECT coalesce(sum(next_offset), 0) FROM infra.bridge_offsets WHERE consumer_group = 'bench_$name'\n\\watch 0.05\n" |
-		psql -X -A -t -q 2>/dev/null)
+	bench_bridge_wait "bench_$name" "$messages" "$bridge_pid" "$work/$name.log"
 	ms=$(($(now_ms) - t0))
 	# The bridge's sessions end with it: their CPU is counted before.
 	cpu=$(($(pg_cpu_ms) - c0))

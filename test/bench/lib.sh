@@ -65,3 +65,27 @@ bench_set_outbox() {
 bench_receipt_ms() {
 	awk '{ d = ($1 - $2 / 1000000) * 1000; if (d < 0) d = 0; print d }' "$1" | sort -n
 }
+
+# bench_produce_orders TOPIC N: N JSON messages of about 100 bytes
+# ({"id", "kind", "amount", "note"}), keyed k1..kN so that they spread over
+# the topic's partitions, produced with kcat.
+bench_produce_orders() {
+	awk -v n="$2" 'BEGIN { for (i = 1; i <= n; i++)
+		printf "k%d:{\"id\":%d,\"kind\":\"order.created\",\"amount\":%d.%02d,\"note\":\"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"}\n",
+			i, i, i % 1000, i % 100 }' >"$work/orders_$1.txt"
+	kcat -P -b "$bootstrap" -t "$1" -K : -l "$work/orders_$1.txt" -X linger.ms=50 -X batch.num.messages=10000
+}
+
+# bench_bridge_wait GROUP N PID LOG: until infra-bridge (process PID, its
+# stderr in LOG) has stored offsets adding up to N for consumer group GROUP,
+# watched from one psql session (a psql started every poll would cost the
+# machine more CPU than the thing measured); exits, showing LOG, if the
+# bridge dies first.
+bench_bridge_wait() {
+	local line
+	while read -r line; do
+		[ "$line" = "$2" ] && return
+		kill -0 "$3" 2>/dev/null || { cat "$4"; exit 1; }
+	done < <(printf "SELECT coalesce(sum(next_offset), 0) FROM infra.bridge_offsets WHERE consumer_group = '%s'\n\\\\watch 0.05\n" "$1" |
+		psql -X -A -t -q 2>/dev/null)
+}
