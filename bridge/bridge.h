@@ -37,8 +37,35 @@ typedef enum RouteFormat
 	FORMAT_JSON,				/* the value into one json/jsonb column */
 	FORMAT_JSON_COLUMNS,		/* the value's keys onto columns */
 	FORMAT_TEXT,
-	FORMAT_BYTEA
+	FORMAT_BYTEA,
+	FORMAT_DEBEZIUM				/* Debezium change events applied to a keyed table */
 } RouteFormat;
+
+/*
+ * How a Debezium connector encoded what a message's schema does not say:
+ * its decimal.handling.mode, time.precision.mode and binary.handling.mode.
+ */
+typedef enum DebeziumDecimal
+{
+	DBZ_DECIMAL_PRECISE,		/* bytes of the unscaled value, base64 */
+	DBZ_DECIMAL_STRING,
+	DBZ_DECIMAL_DOUBLE
+} DebeziumDecimal;
+
+typedef enum DebeziumTime
+{
+	DBZ_TIME_ADAPTIVE,			/* by the column's precision: ms, us */
+	DBZ_TIME_ADAPTIVE_US,		/* adaptive_time_microseconds */
+	DBZ_TIME_CONNECT,			/* milliseconds */
+	DBZ_TIME_ISOSTRING
+} DebeziumTime;
+
+typedef enum DebeziumBinary
+{
+	DBZ_BINARY_BASE64,			/* bytes (as the JSON converter writes them), base64 */
+	DBZ_BINARY_BASE64_URL,
+	DBZ_BINARY_HEX
+} DebeziumBinary;
 
 /* Metadata a route may store next to the value. */
 typedef enum RouteMeta
@@ -67,10 +94,16 @@ typedef struct BridgeRoute
 	char		column[64];		/* json, text, bytea: the value's column */
 	char		columns[BRIDGE_VALUE_LEN];	/* json_columns: explicit list */
 	bool		upsert;
+	bool		mode_set;		/* mode given */
 	char		key_columns[BRIDGE_VALUE_LEN];
 	char		meta[META_COUNT][64];	/* column per metadata, "" for none */
 	bool		dedupe;
 	bool		deletes;		/* upsert: a tombstone deletes its key */
+	bool		deletes_set;	/* deletes given */
+	DebeziumDecimal dbz_decimal;	/* format = debezium, schemaless: */
+	DebeziumTime dbz_time;
+	DebeziumBinary dbz_binary;
+	char		dbz_placeholder[128];	/* unavailable.value.placeholder */
 	int			batch_size;		/* this route's messages per batch at most */
 	int			batch_delay_ms; /* longest one of them waits; 0: [bridge]'s */
 } BridgeRoute;

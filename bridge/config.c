@@ -8,7 +8,9 @@
  *	[kafka]          librdkafka consumer properties, passed through
  *	[route NAME]     topics, table, format, column, columns, mode,
  *	                 key_columns, dedupe, deletes, *_column (metadata), batch_size,
- *	                 batch_delay_ms (defaults: [bridge]'s)
+ *	                 batch_delay_ms (defaults: [bridge]'s); format = debezium:
+ *	                 decimal_handling_mode, time_precision_mode,
+ *	                 binary_handling_mode, unavailable_value_placeholder
  *
  * A file is loaded into a scratch copy and only handed back when all of it
  * is valid, so a reload with a bad file keeps the configuration in force.
@@ -188,6 +190,69 @@ config_route_topics(ConfigLoad *load, BridgeRoute *route, const char *section, c
 }
 
 /*
+ * Value s is one of the names (NULL-terminated): its index, or -1.
+ */
+static int
+one_of(const char *s, const char *const *names)
+{
+	int			i;
+
+	for (i = 0; names[i] != NULL; i++)
+		if (strcmp(s, names[i]) == 0)
+			return i;
+	return -1;
+}
+
+/*
+ * A format = debezium key: how the connector encoded what a schemaless
+ * message does not say, named after its own settings.
+ */
+static int
+config_debezium_key(ConfigLoad *load, BridgeRoute *route, const char *section,
+					const char *name, const char *value)
+{
+	static const char *const decimal[] = {"precise", "string", "double", NULL};
+	static const char *const time[] = {"adaptive", "adaptive_time_microseconds", "connect", "isostring", NULL};
+	static const char *const binary[] = {"bytes", "base64", "base64-url-safe", "hex", NULL};
+	int			i;
+
+	if (strcasecmp(name, "decimal_handling_mode") == 0)
+	{
+		if ((i = one_of(value, decimal)) < 0)
+			return config_reject(load, "decimal_handling_mode \"%s\" in section [%s] is not one of precise, string,"
+								 " double", value, section);
+		route->dbz_decimal = (DebeziumDecimal) i;
+		return 1;
+	}
+	if (strcasecmp(name, "time_precision_mode") == 0)
+	{
+		if ((i = one_of(value, time)) < 0)
+			return config_reject(load, "time_precision_mode \"%s\" in section [%s] is not one of adaptive,"
+								 " adaptive_time_microseconds, connect, isostring", value, section);
+		route->dbz_time = (DebeziumTime) i;
+		return 1;
+	}
+	if (strcasecmp(name, "binary_handling_mode") == 0)
+	{
+		if ((i = one_of(value, binary)) < 0)
+			return config_reject(load, "binary_handling_mode \"%s\" in section [%s] is not one of bytes, base64,"
+								 " base64-url-safe, hex", value, section);
+		/* bytes and base64 read alike in JSON */
+		route->dbz_binary = i <= 1 ? DBZ_BINARY_BASE64 : i == 2 ? DBZ_BINARY_BASE64_URL : DBZ_BINARY_HEX;
+		return 1;
+	}
+	if (strcasecmp(name, "unavailable_value_placeholder") == 0)
+	{
+		if (value[0] == '\0' || strlen(value) >= sizeof(route->dbz_placeholder))
+			return config_reject(load, "unavailable_value_placeholder \"%s\" in section [%s] is empty or longer than"
+								 " 127 bytes", value, section);
+		snprintf(route->dbz_placeholder, sizeof(route->dbz_placeholder), "%s", value);
+		return 1;
+	}
+	return config_reject(load, "unknown key \"%s\" in section [%s]", name, section);
+}
+
+/*
  * One key of a [route NAME] section.  One branch per key, in the order of
  * the documentation: longer than most functions, kept whole so that the
  * keys read as one table.
@@ -222,9 +287,11 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 			route->format = FORMAT_TEXT;
 		else if (strcmp(value, "bytea") == 0)
 			route->format = FORMAT_BYTEA;
+		else if (strcmp(value, "debezium") == 0)
+			route->format = FORMAT_DEBEZIUM;
 		else
-			return config_reject(load, "format \"%s\" in section [%s] is not one of json, json_columns, text, bytea",
-								 value, section);
+			return config_reject(load, "format \"%s\" in section [%s] is not one of json, json_columns, text, bytea,"
+								 " debezium", value, section);
 		return 1;
 	}
 	if (strcasecmp(name, "column") == 0)
@@ -249,6 +316,7 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 		if (strcmp(value, "insert") != 0 && strcmp(value, "upsert") != 0)
 			return config_reject(load, "mode \"%s\" in section [%s] is not one of insert, upsert", value, section);
 		route->upsert = strcmp(value, "upsert") == 0;
+		route->mode_set = true;
 		return 1;
 	}
 	if (strcasecmp(name, "batch_size") == 0)
@@ -265,8 +333,12 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 			return config_reject(load, dest == &route->dedupe ? "dedupe \"%s\" in section [%s] is not on or off" :
 								 "deletes \"%s\" in section [%s] is not on or off", value, section);
 		*dest = strcmp(value, "on") == 0;
+		route->deletes_set |= dest == &route->deletes;
 		return 1;
 	}
+	if (strncasecmp(name, "decimal_", 8) == 0 || strncasecmp(name, "time_", 5) == 0 ||
+		strncasecmp(name, "binary_", 7) == 0 || strncasecmp(name, "unavailable_", 12) == 0)
+		return config_debezium_key(load, route, section, name, value);
 	for (m = 0; m < META_COUNT; m++)
 		if (strcasecmp(name, meta_keys[m]) == 0)
 		{
@@ -360,6 +432,7 @@ config_handle_line(void *user, const char *section, const char *name,
 			route = &config->routes[config->nroutes++];
 			snprintf(route->name, sizeof(route->name), "%s", rname);
 			snprintf(route->column, sizeof(route->column), "payload");
+			snprintf(route->dbz_placeholder, sizeof(route->dbz_placeholder), "__debezium_unavailable_value");
 		}
 		return config_route_key(load, route, section, name, value);
 	}
@@ -434,6 +507,26 @@ handler_route_ok(const char *path, const BridgeRoute *route)
 }
 
 /*
+ * A format = debezium route applies change events: an upsert by key (the
+ * table's primary key unless key_columns says), deletes on unless set off;
+ * the value is no one column's.
+ */
+static bool
+debezium_route_ok(const char *path, const BridgeRoute *route)
+{
+	const char *bad = NULL;
+
+	if (route->mode_set && !route->upsert)
+		bad = "mode = insert (change events are applied by key: mode is upsert)";
+	else if (strcmp(route->column, "payload") != 0)
+		bad = "column (the event's columns are the table's; columns = lists those written)";
+	if (bad == NULL)
+		return true;
+	log_error("%s: route \"%s\" is format = debezium: %s does not apply", path, route->name, bad);
+	return false;
+}
+
+/*
  * Checks that need the whole file.
  */
 static bool
@@ -485,10 +578,17 @@ config_validate(const char *path, BridgeConfig *config)
 			route->batch_size = config->batch_size;
 		if (route->batch_delay_ms == 0)
 			route->batch_delay_ms = config->batch_delay_ms;
-		if (route->upsert && route->key_columns[0] == '\0')
+		if (route->format == FORMAT_DEBEZIUM && !debezium_route_ok(path, route))
+			return false;
+		if (route->upsert && route->key_columns[0] == '\0' && route->format != FORMAT_DEBEZIUM)
 		{
 			log_error("%s: route \"%s\" is mode = upsert without key_columns", path, route->name);
 			return false;
+		}
+		if (route->format == FORMAT_DEBEZIUM)
+		{
+			route->upsert = true;
+			route->deletes = route->deletes || !route->deletes_set;
 		}
 		if (route->deletes && !route->upsert)
 		{

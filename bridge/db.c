@@ -459,26 +459,46 @@ static PGresult *
 apply_range(int route, const char *const *params, long long *applied)
 {
 	const RouteSql *rs = &route_sql[route];
+	const char *p[4] = {params[0], params[1], params[2], params[3]};
+	char		after_truncate[24];
 	PGresult   *res;
 
 	*applied = -1;
 	/* An upsert writes a row per key: count the messages it applies. */
 	if (rs->count != NULL)
 	{
-		res = PQexecParams(conn, rs->count, 4, NULL, params, NULL, NULL, 0);
+		res = PQexecParams(conn, rs->count, 4, NULL, p, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_TUPLES_OK)
 			return res;
 		*applied = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		/* Debezium's truncate event: the table emptied, what came before it moot. */
+		if (rs->truncate != NULL && PQnfields(res) > 1 && !PQgetisnull(res, 0, 1))
+		{
+			snprintf(after_truncate, sizeof(after_truncate), "%ld", strtol(PQgetvalue(res, 0, 1), NULL, 10) + 1);
+			p[1] = after_truncate;
+			PQclear(res);
+			log_debug("a truncate event: %s, then the range from seq %s", rs->truncate, after_truncate);
+			res = PQexec(conn, rs->truncate);
+			if (PQresultStatus(res) != PGRES_COMMAND_OK)
+				return res;
+		}
 		PQclear(res);
 	}
 	if (rs->delete != NULL)
 	{
-		res = PQexecParams(conn, rs->delete, 4, NULL, params, NULL, NULL, 0);
+		res = PQexecParams(conn, rs->delete, 4, NULL, p, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK)
 			return res;
 		PQclear(res);
 	}
-	res = PQexecParams(conn, rs->insert, 4, NULL, params, NULL, NULL, 0);
+	if (rs->merge != NULL)
+	{
+		res = PQexecParams(conn, rs->merge, 4, NULL, p, NULL, NULL, 0);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+			return res;
+		PQclear(res);
+	}
+	res = PQexecParams(conn, rs->insert, 4, NULL, p, NULL, NULL, 0);
 	/* A handler called with SELECT returns its row: that went well too. */
 	if (PQresultStatus(res) == PGRES_TUPLES_OK)
 	{

@@ -34,15 +34,6 @@ static const char *user_search_path = "";
  * ---------------------------------------------------------------------------
  */
 
-typedef struct Column
-{
-	char		name[64];		/* as in the catalog */
-	char		quoted[140];	/* quote_ident */
-	char		type[64];		/* format_type */
-	char		typtype;		/* pg_type's: b base, d domain, e enum, ... */
-	char		typcategory;	/* pg_type's: A array, ... */
-	bool		has_default;
-} Column;
 
 /* Lower-case an unquoted identifier, as SQL folds it. */
 static void
@@ -72,7 +63,7 @@ find_column(const Column *cols, int n, const char *name)
  * A column of the route's table the configuration names; NULL, said in
  * the log, when the table has none of that name.
  */
-static const Column *
+const Column *
 route_column(const Column *cols, int n, const char *name, const BridgeRoute *route, const char *table)
 {
 	const Column *c = find_column(cols, n, name);
@@ -86,8 +77,8 @@ route_column(const Column *cols, int n, const char *name, const BridgeRoute *rou
  * The qualified name of the route's table, looked up under the role's own
  * search_path (then pinned again); false, reported, when there is none.
  */
-static bool
-resolve_table(const BridgeRoute *route, char *table, size_t size)
+bool
+route_resolve_table(const BridgeRoute *route, char *table, size_t size)
 {
 	const char *params[1];
 	char		oid[32] = "";
@@ -131,38 +122,28 @@ resolve_table(const BridgeRoute *route, char *table, size_t size)
 	return true;
 }
 
-/* The columns a route writes and the expression of each, as it is built. */
-#define ROUTE_MAX_TARGETS 256
-#define ROUTE_MAX_KEYS 64
-typedef struct RouteTargets
-{
-	const BridgeRoute *route;
-	const char *table;			/* qualified name */
-	Column	   *cols;			/* every column of the table */
-	int			ncols;
-	const Column *target[ROUTE_MAX_TARGETS];
-	char		expr[ROUTE_MAX_TARGETS][200];
-	CopyField	fields[ROUTE_MAX_TARGETS];
-	int			nt;
-} RouteTargets;
 
 /*
  * The table's columns (name, quoted name, type, whether it has a default)
  * into rt->cols; false, reported, when they cannot be read.
  */
-static bool
-load_columns(RouteTargets *rt)
+bool
+route_load_columns(RouteTargets *rt)
 {
 	const char *params[1] = {rt->table};
 	PGresult   *res;
 	int			i;
 
 	res = PQexecParams(conn,
-					   "SELECT attname, quote_ident(attname), format_type(atttypid, atttypmod),"
-					   " atthasdef OR attidentity <> '' OR attgenerated <> '', typtype, typcategory"
-					   " FROM pg_attribute JOIN pg_type ON pg_type.oid = atttypid"
-					   " WHERE attrelid = $1::regclass AND attnum > 0"
-					   " AND NOT attisdropped ORDER BY attnum",
+					   "SELECT a.attname, quote_ident(a.attname), format_type(a.atttypid, a.atttypmod),"
+					   " a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> '', t.typtype, t.typcategory,"
+					   " a.attgenerated, a.attidentity, coalesce(pg_get_expr(d.adbin, d.adrelid), ''),"
+					   " EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indisprimary"
+					   " AND a.attnum = ANY (i.indkey))"
+					   " FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid"
+					   " LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum"
+					   " WHERE a.attrelid = $1::regclass AND a.attnum > 0"
+					   " AND NOT a.attisdropped ORDER BY a.attnum",
 					   1, NULL, params, NULL, NULL, 0);
 	if (PQresultStatus(res) != PGRES_TUPLES_OK)
 	{
@@ -183,6 +164,11 @@ load_columns(RouteTargets *rt)
 		c->has_default = strcmp(PQgetvalue(res, i, 3), "t") == 0;
 		c->typtype = PQgetvalue(res, i, 4)[0];
 		c->typcategory = PQgetvalue(res, i, 5)[0];
+		c->generated = PQgetvalue(res, i, 6)[0];
+		c->identity = PQgetvalue(res, i, 7)[0];
+		if (strlen(PQgetvalue(res, i, 8)) < sizeof(c->defexpr))
+			snprintf(c->defexpr, sizeof(c->defexpr), "%s", PQgetvalue(res, i, 8));
+		c->pkey = strcmp(PQgetvalue(res, i, 9), "t") == 0;
 	}
 	PQclear(res);
 	return true;
@@ -192,8 +178,8 @@ load_columns(RouteTargets *rt)
  * Add column col, filled by the expression fmt, as written by field;
  * false, reported, past ROUTE_MAX_TARGETS.
  */
-static bool
-add_target(RouteTargets *rt, const Column *col, CopyField field, const char *fmt, ...)
+bool
+route_add_target(RouteTargets *rt, const Column *col, CopyField field, const char *fmt, ...)
 {
 	va_list		ap;
 
@@ -215,8 +201,8 @@ add_target(RouteTargets *rt, const Column *col, CopyField field, const char *fmt
  * The metadata columns (topic, partition, offset, key, timestamp,
  * headers), first: they win over a same-named JSON key.
  */
-static bool
-add_metadata_targets(RouteTargets *rt)
+bool
+route_add_metadata_targets(RouteTargets *rt)
 {
 	static const char *const meta_exprs[META_COUNT] = {
 		"s.topic", "s.part", "s.off", NULL, "s.ts", NULL
@@ -238,13 +224,13 @@ add_metadata_targets(RouteTargets *rt)
 			return false;
 		if (m == META_KEY)
 			ok = strcmp(c->type, "bytea") == 0 ?
-				add_target(rt, c, FIELD_KEY_BYTEA, "s.key") :
-				add_target(rt, c, FIELD_KEY_TEXT, "convert_from(s.key, 'UTF8')");
+				route_add_target(rt, c, FIELD_KEY_BYTEA, "s.key") :
+				route_add_target(rt, c, FIELD_KEY_TEXT, "convert_from(s.key, 'UTF8')");
 		else if (m == META_HEADERS)
-			ok = add_target(rt, c, FIELD_HEADERS, "s.headers::%s",
+			ok = route_add_target(rt, c, FIELD_HEADERS, "s.headers::%s",
 							strcmp(c->type, "json") == 0 ? "json" : "jsonb");
 		else
-			ok = add_target(rt, c, meta_fields[m], "%s", meta_exprs[m]);
+			ok = route_add_target(rt, c, meta_fields[m], "%s", meta_exprs[m]);
 		if (!ok)
 			return false;
 	}
@@ -271,7 +257,7 @@ add_json_column_targets(RouteTargets *rt)
 		{
 			const Column *c = route_column(rt->cols, rt->ncols, tok, rt->route, rt->table);
 
-			if (c == NULL || !add_target(rt, c, FIELD_JSON_KEY, "r.%s", c->quoted))
+			if (c == NULL || !route_add_target(rt, c, FIELD_JSON_KEY, "r.%s", c->quoted))
 				return false;
 		}
 		return true;
@@ -284,7 +270,7 @@ add_json_column_targets(RouteTargets *rt)
 			taken |= rt->target[t] == &rt->cols[i];
 		/* Columns with defaults keep them unless listed. */
 		if (!rt->cols[i].has_default && !taken &&
-			!add_target(rt, &rt->cols[i], FIELD_JSON_KEY, "r.%s", rt->cols[i].quoted))
+			!route_add_target(rt, &rt->cols[i], FIELD_JSON_KEY, "r.%s", rt->cols[i].quoted))
 			return false;
 	}
 	return true;
@@ -311,10 +297,10 @@ add_value_target(RouteTargets *rt)
 		return false;
 	}
 	if (route->format == FORMAT_JSON)
-		return add_target(rt, c, FIELD_VALUE_TEXT, "convert_from(s.val, 'UTF8')::%s", c->type);
+		return route_add_target(rt, c, FIELD_VALUE_TEXT, "convert_from(s.val, 'UTF8')::%s", c->type);
 	if (route->format == FORMAT_TEXT)
-		return add_target(rt, c, FIELD_VALUE_TEXT, "convert_from(s.val, 'UTF8')");
-	return add_target(rt, c, FIELD_VALUE_BYTEA, "s.val");
+		return route_add_target(rt, c, FIELD_VALUE_TEXT, "convert_from(s.val, 'UTF8')");
+	return route_add_target(rt, c, FIELD_VALUE_BYTEA, "s.val");
 }
 
 /*
@@ -359,8 +345,8 @@ route_keys(RouteTargets *rt, int *keys, int *nkeys)
 }
 
 /* A column name as an SQL string literal. */
-static void
-append_literal(Buf *b, const char *s)
+void
+route_append_literal(Buf *b, const char *s)
 {
 	buf_puts(b, "'");
 	for (; *s; s++)
@@ -377,8 +363,8 @@ append_literal(Buf *b, const char *s)
  * key column a JSON scalar, its value).  tombstones: only rows without a
  * value.
  */
-static void
-append_source(RouteTargets *rt, const int *keys, int nkeys, Buf *b, bool tombstones, bool with_r)
+void
+route_append_source(RouteTargets *rt, const int *keys, int nkeys, Buf *b, bool tombstones, bool with_r)
 {
 	const BridgeRoute *route = rt->route;
 
@@ -388,7 +374,9 @@ append_source(RouteTargets *rt, const int *keys, int nkeys, Buf *b, bool tombsto
 				 " FROM pg_temp.infra_bridge_stage WHERE route = $1) s");
 	else
 		buf_puts(b, " FROM pg_temp.infra_bridge_stage s");
-	if (!with_r || route->format != FORMAT_JSON_COLUMNS)
+	if (with_r && rt->lateral != NULL)
+		buf_puts(b, rt->lateral);
+	else if (!with_r || route->format != FORMAT_JSON_COLUMNS)
 		;
 	else if (!route->deletes)
 		buf_printf(b, ", LATERAL jsonb_populate_record(NULL::%s, convert_from(s.val, 'UTF8')::jsonb) r",
@@ -399,7 +387,7 @@ append_source(RouteTargets *rt, const int *keys, int nkeys, Buf *b, bool tombsto
 				   " THEN convert_from(s.val, 'UTF8')::jsonb ELSE"
 				   " (SELECT CASE WHEN jsonb_typeof(k) <> 'object' AND %d = 1 THEN jsonb_build_object(",
 				   rt->table, nkeys);
-		append_literal(b, nkeys > 0 ? rt->target[keys[0]]->name : "");
+		route_append_literal(b, nkeys > 0 ? rt->target[keys[0]]->name : "");
 		buf_puts(b, ", k) WHEN jsonb_typeof(k) = 'object' AND k ? 'schema' AND k ? 'payload' THEN k -> 'payload'"
 				 " ELSE k END FROM (SELECT convert_from(s.key, 'UTF8')::jsonb) AS x(k)) END) r");
 	}
@@ -418,8 +406,8 @@ append_source(RouteTargets *rt, const int *keys, int nkeys, Buf *b, bool tombsto
  * ON CONFLICT (key_columns) DO UPDATE SET the other targets (or DO
  * NOTHING), appended to insert.
  */
-static void
-append_upsert(RouteTargets *rt, const int *keys, int nkeys, Buf *insert)
+void
+route_append_upsert(RouteTargets *rt, const int *keys, int nkeys, Buf *insert)
 {
 	int			k;
 	int			t;
@@ -479,7 +467,7 @@ build_insert(RouteTargets *rt, char **sql, char **del, char **count)
 		buf_puts(&insert, ") SELECT ");
 		for (t = 0; t < rt->nt; t++)
 			buf_printf(&insert, "%s%s", t ? ", " : "", rt->expr[t]);
-		append_source(rt, keys, nkeys, &insert, false, true);
+		route_append_source(rt, keys, nkeys, &insert, false, true);
 		buf_puts(&insert, " ORDER BY s.seq");
 		*sql = insert.data;
 		return true;
@@ -497,7 +485,7 @@ build_insert(RouteTargets *rt, char **sql, char **del, char **count)
 	buf_puts(&insert, " THEN s.seq END) s.seq, s.val IS NULL AS gone");
 	for (t = 0; t < rt->nt; t++)
 		buf_printf(&insert, ", %s AS c%d", rt->expr[t], t);
-	append_source(rt, keys, nkeys, &insert, false, true);
+	route_append_source(rt, keys, nkeys, &insert, false, true);
 	buf_puts(&insert, " ORDER BY ");
 	for (k = 0; k < nkeys; k++)
 		buf_printf(&insert, "%s, ", rt->expr[keys[k]]);
@@ -506,13 +494,13 @@ build_insert(RouteTargets *rt, char **sql, char **del, char **count)
 		buf_printf(&insert, "%s%s IS NULL", k ? " OR " : "", rt->expr[keys[k]]);
 	buf_puts(&insert, " THEN s.seq END, s.seq DESC) l");
 	buf_puts(&insert, route->deletes ? " WHERE NOT l.gone ORDER BY l.seq" : " ORDER BY l.seq");
-	append_upsert(rt, keys, nkeys, &insert);
+	route_append_upsert(rt, keys, nkeys, &insert);
 	if (route->deletes)
 	{
 		buf_printf(&delete, "DELETE FROM %s t USING (SELECT DISTINCT ", rt->table);
 		for (k = 0; k < nkeys; k++)
 			buf_printf(&delete, "%s%s AS k%d", k ? ", " : "", rt->expr[keys[k]], k);
-		append_source(rt, keys, nkeys, &delete, true, true);
+		route_append_source(rt, keys, nkeys, &delete, true, true);
 		buf_puts(&delete, ") g WHERE ");
 		for (k = 0; k < nkeys; k++)
 			buf_printf(&delete, "%st.%s = g.k%d", k ? " AND " : "", rt->target[keys[k]]->quoted, k);
@@ -523,7 +511,7 @@ build_insert(RouteTargets *rt, char **sql, char **del, char **count)
 		Buf			c = {0};
 
 		buf_puts(&c, "SELECT count(*)");
-		append_source(rt, keys, nkeys, &c, false, false);
+		route_append_source(rt, keys, nkeys, &c, false, false);
 		*count = c.data;
 	}
 	*sql = insert.data;
@@ -597,8 +585,8 @@ build_copy(RouteTargets *rt, RouteSql *rs)
 /*
  * With dedupe: the statement remembering a range's message ids.
  */
-static void
-build_ids(const BridgeRoute *route, RouteSql *rs)
+void
+route_build_ids(const BridgeRoute *route, RouteSql *rs)
 {
 	free(rs->ids);
 	rs->ids = NULL;
@@ -623,10 +611,10 @@ build_ids(const BridgeRoute *route, RouteSql *rs)
 static bool
 prepare_route(const BridgeRoute *route, RouteSql *rs, const char *target)
 {
-	const char *stmts[2] = {rs->delete, rs->insert};
+	const char *stmts[3] = {rs->delete, rs->insert, rs->merge};
 	int			i;
 
-	for (i = 0; i < 2; i++)
+	for (i = 0; i < 3; i++)
 	{
 		PGresult   *res;
 
@@ -702,16 +690,20 @@ check_handler(const BridgeRoute *route, RouteSql *rs)
 			   kind == 'p' ? "CALL" : "SELECT", name,
 			   route->dedupe ? "$4::text" : "CASE WHEN $4::text IS NULL THEN NULL::text END");
 	buf_puts(&count, "SELECT count(*)");
-	append_source(&rt, NULL, 0, &count, false, false);
+	route_append_source(&rt, NULL, 0, &count, false, false);
 	free(rs->insert);
 	rs->insert = call.data;
 	free(rs->count);
 	rs->count = count.data;
 	free(rs->delete);
 	rs->delete = NULL;
+	free(rs->merge);
+	rs->merge = NULL;
+	free(rs->truncate);
+	rs->truncate = NULL;
 	free(rs->copy);
 	rs->copy = NULL;
-	build_ids(route, rs);
+	route_build_ids(route, rs);
 	return true;
 }
 
@@ -734,9 +726,16 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 	}
 	rt->route = route;
 	rt->table = table;
-	ok = resolve_table(route, table, sizeof(table)) && load_columns(rt) &&
-		add_metadata_targets(rt) &&
-		(route->format == FORMAT_JSON_COLUMNS ? add_json_column_targets(rt) : add_value_target(rt)) &&
+	ok = route_resolve_table(route, table, sizeof(table)) && route_load_columns(rt) &&
+		route_add_metadata_targets(rt);
+	if (ok && route->format == FORMAT_DEBEZIUM)
+	{
+		ok = debezium_build(rt, rs);
+		free(rt->cols);
+		free(rt);
+		return ok && prepare_route(route, rs, table);
+	}
+	ok = ok && (route->format == FORMAT_JSON_COLUMNS ? add_json_column_targets(rt) : add_value_target(rt)) &&
 		build_insert(rt, &insert, &del, &count);
 	if (ok)
 	{
@@ -746,8 +745,12 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 		rs->delete = del;
 		free(rs->count);
 		rs->count = count;
+		free(rs->merge);
+		rs->merge = NULL;
+		free(rs->truncate);
+		rs->truncate = NULL;
 		build_copy(rt, rs);
-		build_ids(route, rs);
+		route_build_ids(route, rs);
 	}
 	free(rt->cols);
 	free(rt);
@@ -757,3 +760,10 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 	return prepare_route(route, rs, table);
 }
 
+
+/* The connection route_check is working on, for debezium.c. */
+PGconn *
+route_conn(void)
+{
+	return conn;
+}

@@ -1044,3 +1044,34 @@ $$;
 
 COMMENT ON FUNCTION infra.bridge_batch(integer, integer, integer, text) IS
 'infra-bridge''s own: the messages of a range of its batch, in offset order (with dedupe_route, those not written before), for a route''s handler.';
+
+/* -------------------------------------------------------------------------
+ * infra-bridge's format = debezium: helpers of the statements it makes.
+ * ------------------------------------------------------------------------- */
+
+CREATE FUNCTION infra.debezium_decimal(unscaled bytea, scale integer)
+RETURNS numeric
+LANGUAGE sql IMMUTABLE STRICT PARALLEL SAFE
+SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT round((sum(get_byte(unscaled, i)::numeric * 256::numeric ^ (length(unscaled) - 1 - i))
+                  - CASE WHEN get_byte(unscaled, 0) >= 128 THEN 256::numeric ^ length(unscaled) ELSE 0 END)
+                 * 10::numeric ^ (-scale), greatest(scale, 0))
+    FROM generate_series(0, length(unscaled) - 1) AS i
+$$;
+
+COMMENT ON FUNCTION infra.debezium_decimal(bytea, integer) IS
+'The number of a Kafka Connect Decimal: its unscaled value (big-endian two''s complement bytes, as Debezium''s decimal.handling.mode = precise sends it) and its scale.';
+
+CREATE FUNCTION infra.bridge_refuse(message text, hint text)
+RETURNS integer
+LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RAISE EXCEPTION '%', message USING ERRCODE = '22023', HINT = hint;
+END
+$$;
+
+COMMENT ON FUNCTION infra.bridge_refuse(text, text) IS
+'infra-bridge''s own: raises invalid_parameter_value with the message and hint given, for a message its route cannot apply (it becomes a dead letter).';

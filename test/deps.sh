@@ -39,6 +39,9 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 "$here/kafka/broker.sh" fetch
+# Kafka Connect and Debezium's connectors: TAP 047 streams a real source
+# through Debezium into the bridge (and the Debezium benchmarks use them).
+"$here/debezium/connect.sh" fetch
 
 # Test-only Python tools in a virtualenv of the cache: the OpenTelemetry
 # protobuf definitions the OTLP test receiver parses payloads with.
