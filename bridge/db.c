@@ -179,7 +179,9 @@ db_check_routes(const BridgeConfig *config)
 	}
 	PQclear(res);
 	for (r = 0; r < config->nroutes; r++)
-		if (!route_check(conn, user_search_path, &config->routes[r], &route_sql[r]))
+		if (!(config->routes[r].format == FORMAT_DEBEZIUM && config->routes[r].handler[0] == '\0' ?
+			  debezium_check(conn, user_search_path, &config->routes[r], &route_sql[r]) :
+			  route_check(conn, user_search_path, &config->routes[r], &route_sql[r])))
 			return false;
 	return true;
 }

@@ -379,9 +379,10 @@ placeholder_forms(Buf *b, const BridgeRoute *route, bool ph)
 static void
 append_events(RouteTargets *rt, Buf *b, bool need_f)
 {
+	/* OFFSET 0: each message parsed once, not once per use of its parts. */
 	rt->lateral = " LEFT JOIN LATERAL (SELECT CASE WHEN v ? 'schema' AND v ? 'payload' THEN v -> 'payload' ELSE v END,"
 		" CASE WHEN v ? 'schema' AND v ? 'payload' THEN v -> 'schema' END"
-		" FROM (SELECT convert_from(s.val, 'UTF8')::jsonb) q(v)) x(p, sch) ON true";
+		" FROM (SELECT convert_from(s.val, 'UTF8')::jsonb OFFSET 0) q(v) OFFSET 0) x(p, sch) ON true";
 	buf_puts(b, " FROM (SELECT s.seq, s.topic, s.part, s.off, s.key, s.ts, s.headers, s.val IS NULL AS tomb,"
 			 " x.p ->> 'op' AS op, x.p -> 'after' AS a, x.p -> 'before' AS b, ");
 	if (need_f)
@@ -702,7 +703,7 @@ may_truncate(const RouteTargets *rt)
 	return ok;
 }
 
-bool
+static bool
 debezium_build(RouteTargets *rt, RouteSql *rs)
 {
 	int			keys[ROUTE_MAX_KEYS];
@@ -736,4 +737,17 @@ debezium_build(RouteTargets *rt, RouteSql *rs)
 	rs->copy = NULL;
 	route_build_ids(rt->route, rs);
 	return true;
+}
+
+bool
+debezium_check(PGconn *conn, const char *user_search_path, const BridgeRoute *route, RouteSql *rs)
+{
+	RouteTargets *rt = calloc(1, sizeof(RouteTargets));
+	char		table[600];
+	bool		ok;
+
+	ok = route_targets(conn, user_search_path, route, rt, table, sizeof(table)) && debezium_build(rt, rs);
+	free(rt->cols);
+	free(rt);
+	return ok && route_prepare(route, rs, table);
 }

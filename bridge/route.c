@@ -707,6 +707,29 @@ check_handler(const BridgeRoute *route, RouteSql *rs)
 	return true;
 }
 
+/*
+ * The start of every table route's check: its table looked up (its
+ * qualified name into table), its columns read, its metadata targets
+ * added, on connection c with the role's own search_path user_path.
+ */
+bool
+route_targets(PGconn *c, const char *user_path, const BridgeRoute *route, RouteTargets *rt, char *table,
+			  size_t size)
+{
+	conn = c;
+	user_search_path = user_path;
+	rt->route = route;
+	rt->table = table;
+	return route_resolve_table(route, table, size) && route_load_columns(rt) && route_add_metadata_targets(rt);
+}
+
+/* The end of every route's check: its statements prepared by the server. */
+bool
+route_prepare(const BridgeRoute *route, RouteSql *rs, const char *target)
+{
+	return prepare_route(route, rs, target);
+}
+
 bool
 route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql *rs)
 {
@@ -717,24 +740,14 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 	char	   *count = NULL;
 	bool		ok;
 
-	conn = c;
-	user_search_path = user_path;
 	if (route->handler[0] != '\0')
 	{
 		free(rt);
+		conn = c;
+		user_search_path = user_path;
 		return check_handler(route, rs) && prepare_route(route, rs, route->handler);
 	}
-	rt->route = route;
-	rt->table = table;
-	ok = route_resolve_table(route, table, sizeof(table)) && route_load_columns(rt) &&
-		route_add_metadata_targets(rt);
-	if (ok && route->format == FORMAT_DEBEZIUM)
-	{
-		ok = debezium_build(rt, rs);
-		free(rt->cols);
-		free(rt);
-		return ok && prepare_route(route, rs, table);
-	}
+	ok = route_targets(c, user_path, route, rt, table, sizeof(table));
 	ok = ok && (route->format == FORMAT_JSON_COLUMNS ? add_json_column_targets(rt) : add_value_target(rt)) &&
 		build_insert(rt, &insert, &del, &count);
 	if (ok)

@@ -73,7 +73,11 @@ extern void route_append_upsert(RouteTargets *rt, const int *keys, int nkeys, Bu
 extern void route_build_ids(const BridgeRoute *route, RouteSql *rs);
 extern PGconn *route_conn(void);
 
-/* debezium.c: a format = debezium route's statements */
-extern bool debezium_build(RouteTargets *rt, RouteSql *rs);
+extern bool route_targets(PGconn *c, const char *user_path, const BridgeRoute *route, RouteTargets *rt,
+						  char *table, size_t size);
+extern bool route_prepare(const BridgeRoute *route, RouteSql *rs, const char *target);
+
+/* debezium.c: a format = debezium route checked and its statements made */
+extern bool debezium_check(PGconn *conn, const char *user_search_path, const BridgeRoute *route, RouteSql *rs);
 
 #endif							/* INFRA_BRIDGE_ROUTE_H */

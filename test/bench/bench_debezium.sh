@@ -17,6 +17,10 @@
 #  Sink: infra-bridge against Debezium's JDBC sink connector and COPY FROM a
 #  file, 1,000,000 JSON messages, into jsonb and onto typed columns, with
 #  PostgreSQL's CPU per row (debezium/sink.sh).
+#  Changes (issue 29): 1,000,000 Debezium change events (70% updates, 10%
+#  deletes) applied to a keyed table by infra-bridge's format = debezium
+#  and by the JDBC sink tuned for throughput, PostgreSQL's CPU per event,
+#  each table checked against the rows the events leave (debezium/changes.sh).
 #  Faults: each tool SIGKILLed mid-stream and restarted (and infra's worker
 #  stopped with pg_terminate_backend); lost and duplicated messages / rows
 #  counted; what killing the worker costs the other sessions
@@ -26,7 +30,7 @@
 #  exactly-once source support; throughput, p99 and a SIGKILL's duplicates
 #  as a read_committed consumer sees them (debezium/eos.sh).
 # Prints the ratios against the targets.  BENCH_PARTS picks parts (default
-# "outbox sink faults eos").
+# "outbox sink changes faults eos").
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/../lib.sh"
@@ -183,11 +187,48 @@ sink_messages() {
 }'
 }
 
+# The sink parts' measures (debezium/sink.sh, debezium/changes.sh).
+# pg_cpu [PID]: clock ticks used by the server's processes so far, PID's
+# backend left out (exited children count through the postmaster).
+pg_cpu() {
+	local pm p
+	pm=$(head -n 1 "$work/pg/data/postmaster.pid")
+	{
+		cat "/proc/$pm/stat"
+		for p in $(pgrep -P "$pm"); do
+			[ "$p" = "${1:-}" ] || cat "/proc/$p/stat" 2>/dev/null || true
+		done
+	} | awk -v pm="$pm" '{ t += $14 + $15; if ($1 == pm) t += $16 + $17 } END { print t }'
+}
+
+# sink_start: a checkpoint first, so that each run pays for its own; then
+# cpu0 and t0.
+sink_start() {
+	psql -X -q -c CHECKPOINT
+	cpu0=$(pg_cpu)
+	t0=$(now_ms)
+}
+
+# sink_done LABEL TABLE T0_MS CPU0: records rows, time and server CPU.
+sink_done() {
+	local end cpu rows
+	cpu=$(($(pg_cpu "$poll_pid") - $4))
+	end=$(psql -X -qAt -c "SELECT (extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) * 1000)::bigint FROM $2")
+	rows=$(psql -X -qAt -c "SELECT count(*) FROM $2")
+	echo "sink $1 $rows $((end - $3)) $cpu" >>"$work/results"
+}
+
+# rest METHOD [PATH [FILE]]: Kafka Connect's REST API.
+rest() {
+	curl -fsS -X "$1" -H 'Content-Type: application/json' \
+		"http://127.0.0.1:$connect_port/connectors${2:-}" ${3:+--data-binary "@$3"}
+}
+
 # get KIND LABEL FIELD: a field of a result line; ratio A B: A / B.
 get() { awk -v k="$1" -v l="$2" -v f="$3" '$1 == k && $2 == l { print $f }' "$work/results"; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 
-for part in ${BENCH_PARTS:-outbox sink faults eos}; do
+for part in ${BENCH_PARTS:-outbox sink changes faults eos}; do
 	. "$here/debezium/$part.sh"
 	echo
 done

@@ -225,7 +225,41 @@ run_all('one_by_one', 1, scalar @phase1);
 my $log = run_all('all_at_once', 1000, scalar @phase1);
 like($log, qr/batch of ${\ scalar @phase1} messages: 14 written, 2 dead letters/, 'all the events came in one batch');
 like($log, qr/TRUNCATE public\.all_at_once|DELETE FROM public\.all_at_once t USING/, 'the route deletes by key');
-for my $table ('one_by_one', 'all_at_once')
+# As a role with only the documented grants, its own schema first on its
+# search_path with a decode() of its own (the bridge's statements must not
+# call it).
+$node->safe_psql('postgres', q{
+CREATE TABLE as_role (LIKE one_by_one INCLUDING ALL);
+CREATE ROLE bridge_dbz LOGIN;
+GRANT USAGE ON SCHEMA infra TO bridge_dbz;
+GRANT SELECT, INSERT, UPDATE ON infra.bridge_offsets TO bridge_dbz;
+GRANT INSERT ON infra.bridge_dead_letters TO bridge_dbz;
+GRANT USAGE ON SEQUENCE infra.bridge_dead_letters_id_seq TO bridge_dbz;
+GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON as_role TO bridge_dbz;
+CREATE SCHEMA bridge_dbz AUTHORIZATION bridge_dbz;
+CREATE FUNCTION bridge_dbz.decode(text, text) RETURNS bytea LANGUAGE sql AS $$ SELECT '\xdeadbeef'::bytea $$;
+ALTER FUNCTION bridge_dbz.decode(text, text) OWNER TO bridge_dbz;
+ALTER ROLE bridge_dbz SET search_path = bridge_dbz, public});
+{
+	my $file = ini('as_role', 1000, "table = as_role\nformat = debezium");
+	my $text = slurp_file($file);
+	$text =~ s/^(conninfo = .*)$/$1 user=bridge_dbz/m;
+	open my $fh, '>', $file or die;
+	print $fh $text;
+	close $fh;
+	my $h = bridge_spawn($file, "$file.log");
+	my $ok = wait_until(
+		sub {
+			$node->safe_psql('postgres',
+				"SELECT coalesce(max(next_offset), 0) FROM infra.bridge_offsets WHERE consumer_group = 'as_role_$run'")
+			  >= scalar @phase1;
+		},
+		120);
+	$h->signal('TERM');
+	$h->finish;
+	ok($ok, 'as_role: read as a role with the documented grants') or diag(slurp_file("$file.log"));
+}
+for my $table ('one_by_one', 'all_at_once', 'as_role')
 {
 	same_rows($table, 'the rows offset order gives');
 	my $dead = $node->safe_psql('postgres',
@@ -234,6 +268,13 @@ for my $table ('one_by_one', 'all_at_once')
 	like($dead, qr/^12 22023: not a Debezium change event \(op missing\)$/m, "$table: a value that is no event: a dead letter");
 	like($dead, qr/^13 22007: invalid input syntax for type date: "not a date"$/m, "$table: a bad date: a dead letter");
 }
+
+# deletes = off keeps every row: deletes and tombstones are skipped.
+$node->safe_psql('postgres', 'CREATE TABLE keep_all (LIKE one_by_one INCLUDING ALL)');
+run_all('keep_all', 1000, scalar @phase1, "table = keep_all\nformat = debezium\ndeletes = off");
+$node->safe_psql('postgres', 'INSERT INTO expected VALUES ' . expect(2) . ', ' . expect(3));
+same_rows('keep_all', 'deletes = off: the deleted rows kept');
+$node->safe_psql('postgres', 'DELETE FROM expected WHERE id IN (2, 3)');
 
 # Phase 2: a truncate in the middle; what follows it is applied, an update
 # of a row created after it takes its left-out value from that create.

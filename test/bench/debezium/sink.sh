@@ -15,18 +15,6 @@
 
 sink_n=${BENCH_SINK_MESSAGES:-1000000}
 
-# pg_cpu [PID]: clock ticks used by the server's processes so far, PID's
-# backend left out (exited children count through the postmaster).
-pg_cpu() {
-	local pm p
-	pm=$(head -n 1 "$work/pg/data/postmaster.pid")
-	{
-		cat "/proc/$pm/stat"
-		for p in $(pgrep -P "$pm"); do
-			[ "$p" = "${1:-}" ] || cat "/proc/$p/stat" 2>/dev/null || true
-		done
-	} | awk -v pm="$pm" '{ t += $14 + $15; if ($1 == pm) t += $16 + $17 } END { print t }'
-}
 
 # sink_wait TABLE N WHO: returns when TABLE has N rows; sets poll_pid to the
 # poller's backend.  Fails if sink_tool_pid (when set) exits meanwhile.
@@ -41,22 +29,7 @@ sink_wait() {
 	die "polling $1 ended"
 }
 
-# sink_start: a checkpoint first, so that each run pays for its own; then
-# cpu0 and t0.
-sink_start() {
-	psql -X -q -c CHECKPOINT
-	cpu0=$(pg_cpu)
-	t0=$(now_ms)
-}
 
-# sink_done LABEL TABLE T0_MS CPU0: records rows, time and server CPU.
-sink_done() {
-	local end cpu rows
-	cpu=$(($(pg_cpu "$poll_pid") - $4))
-	end=$(psql -X -qAt -c "SELECT (extract(epoch FROM max(pg_xact_commit_timestamp(xmin))) * 1000)::bigint FROM $2")
-	rows=$(psql -X -qAt -c "SELECT count(*) FROM $2")
-	echo "sink $1 $rows $((end - $3)) $cpu" >>"$work/results"
-}
 
 # --- the messages ------------------------------------------------------------------
 sink_messages "$sink_n"
@@ -104,10 +77,6 @@ for path in json typed; do
 done
 
 # --- Debezium's JDBC sink ---------------------------------------------------------------
-rest() {
-	curl -fsS -X "$1" -H 'Content-Type: application/json' \
-		"http://127.0.0.1:$connect_port/connectors${2:-}" ${3:+--data-binary "@$3"}
-}
 
 # Connect with a warm-up sink: 20,000 typed rows through the whole path.
 as_test_user mkdir -p "$work/connect"
