@@ -491,6 +491,37 @@ append_check(Buf *b, const RouteTargets *rt, const int *keys)
 			 " message key.') END AS chk");
 }
 
+/* INSERT INTO the table (its targets) SELECT each target's value from s. */
+static void
+append_insert(Buf *b, const RouteTargets *rt, bool identity)
+{
+	int			t;
+
+	buf_printf(b, "INSERT INTO %s (", rt->table);
+	for (t = 0; t < rt->nt; t++)
+		buf_printf(b, "%s%s", t ? ", " : "", rt->target[t]->quoted);
+	buf_printf(b, ")%s SELECT ", identity ? " OVERRIDING SYSTEM VALUE" : "");
+	for (t = 0; t < rt->nt; t++)
+	{
+		buf_puts(b, t ? ", " : "");
+		target_value(b, rt, t);
+	}
+}
+
+/* An event without one of its key columns (on its own: its insert fails). */
+static void
+append_key_missing(Buf *b, const RouteTargets *rt, const int *keys, int nkeys)
+{
+	int			k;
+
+	for (k = 0; k < nkeys; k++)
+	{
+		buf_puts(b, k ? " OR " : "");
+		key_value(b, rt, rt->target[keys[k]]);
+		buf_puts(b, " IS NULL");
+	}
+}
+
 /*
  * 3. Each key's last event, when a create, read or update with every
  * column: INSERT ... ON CONFLICT DO UPDATE.
@@ -499,27 +530,12 @@ static char *
 build_upsert(RouteTargets *rt, const int *keys, int nkeys, bool need_f, bool identity)
 {
 	Buf			b = {0};
-	int			t;
-	int			k;
 
-	buf_printf(&b, "INSERT INTO %s (", rt->table);
-	for (t = 0; t < rt->nt; t++)
-		buf_printf(&b, "%s%s", t ? ", " : "", rt->target[t]->quoted);
-	buf_printf(&b, ")%s SELECT ", identity ? " OVERRIDING SYSTEM VALUE" : "");
-	for (t = 0; t < rt->nt; t++)
-	{
-		buf_puts(&b, t ? ", " : "");
-		target_value(&b, rt, t);
-	}
+	append_insert(&b, rt, identity);
 	buf_puts(&b, " FROM (SELECT DISTINCT ON (");
 	append_keys(&b, rt, keys, nkeys, false);
 	buf_puts(&b, ", CASE WHEN ");
-	for (k = 0; k < nkeys; k++)
-	{
-		buf_puts(&b, k ? " OR " : "");
-		key_value(&b, rt, rt->target[keys[k]]);
-		buf_puts(&b, " IS NULL");
-	}
+	append_key_missing(&b, rt, keys, nkeys);
 	buf_puts(&b, " THEN s.seq END) s.*, ");
 	append_check(&b, rt, keys);
 	append_events(rt, &b, need_f);
@@ -528,19 +544,9 @@ build_upsert(RouteTargets *rt, const int *keys, int nkeys, bool need_f, bool ide
 	buf_puts(&b, " ORDER BY ");
 	append_keys(&b, rt, keys, nkeys, false);
 	buf_puts(&b, ", CASE WHEN ");
-	for (k = 0; k < nkeys; k++)
-	{
-		buf_puts(&b, k ? " OR " : "");
-		key_value(&b, rt, rt->target[keys[k]]);
-		buf_puts(&b, " IS NULL");
-	}
+	append_key_missing(&b, rt, keys, nkeys);
 	buf_puts(&b, " THEN s.seq END, s.seq DESC) s WHERE NOT s.tomb AND s.op IN ('c', 'r', 'u') AND (NOT s.ph OR ");
-	for (k = 0; k < nkeys; k++)
-	{
-		buf_puts(&b, k ? " OR " : "");
-		key_value(&b, rt, rt->target[keys[k]]);
-		buf_puts(&b, " IS NULL");
-	}
+	append_key_missing(&b, rt, keys, nkeys);
 	buf_puts(&b, ") ORDER BY s.seq");
 	route_append_upsert(rt, keys, nkeys, &b);
 	return b.data;
@@ -650,15 +656,8 @@ build_merge(RouteTargets *rt, const int *keys, int nkeys, bool need_f, bool iden
 	buf_puts(&b, " RETURNING ");
 	for (k = 0; k < nkeys; k++)
 		buf_printf(&b, "%st.%s AS k%d", k ? ", " : "", rt->target[keys[k]]->quoted, k);
-	buf_printf(&b, ") INSERT INTO %s (", rt->table);
-	for (t = 0; t < rt->nt; t++)
-		buf_printf(&b, "%s%s", t ? ", " : "", rt->target[t]->quoted);
-	buf_printf(&b, ")%s SELECT ", identity ? " OVERRIDING SYSTEM VALUE" : "");
-	for (t = 0; t < rt->nt; t++)
-	{
-		buf_puts(&b, t ? ", " : "");
-		target_value(&b, rt, t);
-	}
+	buf_puts(&b, ") ");
+	append_insert(&b, rt, identity);
 	buf_puts(&b, " FROM s WHERE NOT EXISTS (SELECT 1 FROM u WHERE ");
 	keys_equal(&b, rt, keys, nkeys, "u", "s", true);
 	buf_puts(&b, ")");
@@ -722,19 +721,11 @@ debezium_build(RouteTargets *rt, RouteSql *rs)
 		need_f |= rt->fields[t] == FIELD_JSON_KEY && needs_schema(rt->target[t]);
 		identity |= rt->target[t]->identity == 'a';
 	}
-	free(rs->insert);
-	rs->insert = build_upsert(rt, keys, nkeys, need_f, identity);
-	free(rs->delete);
-	rs->delete = rt->route->deletes ? build_delete(rt, keys, nkeys, need_f) : NULL;
-	free(rs->merge);
-	rs->merge = build_merge(rt, keys, nkeys, need_f, identity);
-	free(rs->count);
-	rs->count = build_count(rt);
-	buf_printf(&truncate, "TRUNCATE %s", rt->table);
-	free(rs->truncate);
-	rs->truncate = rt->route->deletes ? truncate.data : (free(truncate.data), NULL);
-	free(rs->copy);
-	rs->copy = NULL;
+	if (rt->route->deletes)
+		buf_printf(&truncate, "TRUNCATE %s", rt->table);
+	route_set_statements(rs, build_upsert(rt, keys, nkeys, need_f, identity),
+						 rt->route->deletes ? build_delete(rt, keys, nkeys, need_f) : NULL, build_count(rt),
+						 build_merge(rt, keys, nkeys, need_f, identity), truncate.data);
 	route_build_ids(rt->route, rs);
 	return true;
 }

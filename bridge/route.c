@@ -608,8 +608,8 @@ route_build_ids(const BridgeRoute *route, RouteSql *rs)
  * index, a handler's call) is reported now; target names the table or
  * handler.
  */
-static bool
-prepare_route(const BridgeRoute *route, RouteSql *rs, const char *target)
+bool
+route_prepare(const BridgeRoute *route, RouteSql *rs, const char *target)
 {
 	const char *stmts[3] = {rs->delete, rs->insert, rs->merge};
 	int			i;
@@ -634,6 +634,27 @@ prepare_route(const BridgeRoute *route, RouteSql *rs, const char *target)
 	if (rs->copy != NULL)
 		log_debug("route \"%s\": %s", route->name, rs->copy);
 	return true;
+}
+
+/*
+ * Replace a route's statements with those given (each taken over, NULL
+ * for none); the direct COPY is made apart.
+ */
+void
+route_set_statements(RouteSql *rs, char *insert, char *delete, char *count, char *merge, char *truncate)
+{
+	free(rs->insert);
+	rs->insert = insert;
+	free(rs->delete);
+	rs->delete = delete;
+	free(rs->count);
+	rs->count = count;
+	free(rs->merge);
+	rs->merge = merge;
+	free(rs->truncate);
+	rs->truncate = truncate;
+	free(rs->copy);
+	rs->copy = NULL;
 }
 
 /*
@@ -691,18 +712,7 @@ check_handler(const BridgeRoute *route, RouteSql *rs)
 			   route->dedupe ? "$4::text" : "CASE WHEN $4::text IS NULL THEN NULL::text END");
 	buf_puts(&count, "SELECT count(*)");
 	route_append_source(&rt, NULL, 0, &count, false, false);
-	free(rs->insert);
-	rs->insert = call.data;
-	free(rs->count);
-	rs->count = count.data;
-	free(rs->delete);
-	rs->delete = NULL;
-	free(rs->merge);
-	rs->merge = NULL;
-	free(rs->truncate);
-	rs->truncate = NULL;
-	free(rs->copy);
-	rs->copy = NULL;
+	route_set_statements(rs, call.data, NULL, count.data, NULL, NULL);
 	route_build_ids(route, rs);
 	return true;
 }
@@ -723,13 +733,6 @@ route_targets(PGconn *c, const char *user_path, const BridgeRoute *route, RouteT
 	return route_resolve_table(route, table, size) && route_load_columns(rt) && route_add_metadata_targets(rt);
 }
 
-/* The end of every route's check: its statements prepared by the server. */
-bool
-route_prepare(const BridgeRoute *route, RouteSql *rs, const char *target)
-{
-	return prepare_route(route, rs, target);
-}
-
 bool
 route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql *rs)
 {
@@ -745,23 +748,14 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 		free(rt);
 		conn = c;
 		user_search_path = user_path;
-		return check_handler(route, rs) && prepare_route(route, rs, route->handler);
+		return check_handler(route, rs) && route_prepare(route, rs, route->handler);
 	}
 	ok = route_targets(c, user_path, route, rt, table, sizeof(table));
 	ok = ok && (route->format == FORMAT_JSON_COLUMNS ? add_json_column_targets(rt) : add_value_target(rt)) &&
 		build_insert(rt, &insert, &del, &count);
 	if (ok)
 	{
-		free(rs->insert);
-		rs->insert = insert;
-		free(rs->delete);
-		rs->delete = del;
-		free(rs->count);
-		rs->count = count;
-		free(rs->merge);
-		rs->merge = NULL;
-		free(rs->truncate);
-		rs->truncate = NULL;
+		route_set_statements(rs, insert, del, count, NULL, NULL);
 		build_copy(rt, rs);
 		route_build_ids(route, rs);
 	}
@@ -770,7 +764,7 @@ route_check(PGconn *c, const char *user_path, const BridgeRoute *route, RouteSql
 	if (!ok)
 		return false;
 
-	return prepare_route(route, rs, table);
+	return route_prepare(route, rs, table);
 }
 
 

@@ -76,6 +76,7 @@ extern PGconn *route_conn(void);
 extern bool route_targets(PGconn *c, const char *user_path, const BridgeRoute *route, RouteTargets *rt,
 						  char *table, size_t size);
 extern bool route_prepare(const BridgeRoute *route, RouteSql *rs, const char *target);
+extern void route_set_statements(RouteSql *rs, char *insert, char *delete, char *count, char *merge, char *truncate);
 
 /* debezium.c: a format = debezium route checked and its statements made */
 extern bool debezium_check(PGconn *conn, const char *user_search_path, const BridgeRoute *route, RouteSql *rs);
