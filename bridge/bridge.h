@@ -104,6 +104,7 @@ typedef struct BridgeRoute
 	DebeziumTime dbz_time;
 	DebeziumBinary dbz_binary;
 	char		dbz_placeholder[128];	/* unavailable.value.placeholder */
+	bool		dbz_set;		/* one of those four given */
 	int			batch_size;		/* this route's messages per batch at most */
 	int			batch_delay_ms; /* longest one of them waits; 0: [bridge]'s */
 } BridgeRoute;

@@ -216,6 +216,8 @@ config_debezium_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 	static const char *const binary[] = {"bytes", "base64", "base64-url-safe", "hex", NULL};
 	int			i;
 
+	route->dbz_set = true;
+
 	if (strcasecmp(name, "decimal_handling_mode") == 0)
 	{
 		if ((i = one_of(value, decimal)) < 0)
@@ -580,6 +582,12 @@ config_validate(const char *path, BridgeConfig *config)
 			route->batch_delay_ms = config->batch_delay_ms;
 		if (route->format == FORMAT_DEBEZIUM && !debezium_route_ok(path, route))
 			return false;
+		if (route->format != FORMAT_DEBEZIUM && route->dbz_set)
+		{
+			log_error("%s: route \"%s\": decimal_handling_mode, time_precision_mode, binary_handling_mode and"
+					  " unavailable_value_placeholder apply to format = debezium only", path, route->name);
+			return false;
+		}
 		if (route->upsert && route->key_columns[0] == '\0' && route->format != FORMAT_DEBEZIUM)
 		{
 			log_error("%s: route \"%s\" is mode = upsert without key_columns", path, route->name);

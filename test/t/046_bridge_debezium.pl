@@ -352,6 +352,11 @@ $node->safe_psql('postgres', q{
 	like($err, qr/time_precision_mode \\"nanos\\" in section \[route r_refused2\] is not one of adaptive/,
 		'time_precision_mode is one of the connector\'s');
 
+	$file = ini('refused2b', 10, "table = one_by_one\nformat = json_columns\ndecimal_handling_mode = string");
+	IPC::Run::run([ 'infra-bridge', '--check-config', '--config', $file ], '>', \$out, '2>', \$err);
+	isnt($?, 0, 'a Debezium mode on another format: refused');
+	like($err, qr/route \\"r_refused2b\\": decimal_handling_mode, .* apply to format = debezium only/, 'it says why');
+
 	$file = ini('refused3', 10, "table = no_key\nformat = debezium");
 	IPC::Run::run([ 'infra-bridge', '--config', $file ], '>', \$out, '2>', \$err, IPC::Run::timeout(60));
 	is($? >> 8, 1, 'a table without a primary key nor key_columns: exit 1');
