@@ -463,6 +463,7 @@ apply_range(int route, const char *const *params, long long *applied)
 	const RouteSql *rs = &route_sql[route];
 	const char *p[4] = {params[0], params[1], params[2], params[3]};
 	char		after_truncate[24];
+	bool		left_out = true;	/* debezium: the range may leave columns out */
 	PGresult   *res;
 
 	*applied = -1;
@@ -473,6 +474,8 @@ apply_range(int route, const char *const *params, long long *applied)
 		if (PQresultStatus(res) != PGRES_TUPLES_OK)
 			return res;
 		*applied = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+		if (PQnfields(res) > 2)
+			left_out = strcmp(PQgetvalue(res, 0, 2), "t") == 0;
 		/* Debezium's truncate event: the table emptied, what came before it moot. */
 		if (rs->truncate != NULL && PQnfields(res) > 1 && !PQgetisnull(res, 0, 1))
 		{
@@ -493,7 +496,7 @@ apply_range(int route, const char *const *params, long long *applied)
 			return res;
 		PQclear(res);
 	}
-	if (rs->merge != NULL)
+	if (rs->merge != NULL && left_out)
 	{
 		res = PQexecParams(conn, rs->merge, 4, NULL, p, NULL, NULL, 0);
 		if (PQresultStatus(res) != PGRES_COMMAND_OK)

@@ -665,8 +665,9 @@ build_merge(RouteTargets *rt, const int *keys, int nkeys, bool need_f, bool iden
 }
 
 /*
- * 1. The range's messages, and (deletes on) its last truncate event: the
- * messages that may be one parsed only.
+ * 1. The range's messages, (deletes on) its last truncate event (the
+ * messages that may be one parsed only), and whether any message may hold
+ * the placeholder (found in the bytes, nothing parsed).
  */
 static char *
 build_count(RouteTargets *rt)
@@ -676,9 +677,13 @@ build_count(RouteTargets *rt)
 	if (rt->route->deletes)
 		buf_puts(&b, "SELECT count(*), max(s.seq) FILTER (WHERE s.val IS NOT NULL AND position('\\x227422'::bytea IN s.val) > 0"
 				 " AND (SELECT CASE WHEN v ? 'schema' AND v ? 'payload' THEN v -> 'payload' ELSE v END ->> 'op'"
-				 " FROM (SELECT convert_from(s.val, 'UTF8')::jsonb) q(v)) = 't')");
+				 " FROM (SELECT convert_from(s.val, 'UTF8')::jsonb) q(v)) = 't'), ");
 	else
-		buf_puts(&b, "SELECT count(*), NULL::integer");
+		buf_puts(&b, "SELECT count(*), NULL::integer, ");
+	/* Whether a message may hold the placeholder: else step 4 is skipped. */
+	buf_puts(&b, "coalesce(bool_or(");
+	placeholder_forms(&b, rt->route, true);
+	buf_puts(&b, "), false)");
 	route_append_source(rt, NULL, 0, &b, false, false);
 	return b.data;
 }
