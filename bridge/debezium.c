@@ -435,24 +435,24 @@ debezium_targets(RouteTargets *rt, int *keys, int *nkeys)
 			if (!taken && !route_add_target(rt, &rt->cols[i], FIELD_JSON_KEY, "%s", ""))
 				return false;
 		}
-	*nkeys = 0;
-	snprintf(list, sizeof(list), "%s", route->key_columns);
-	for (t = 0; t < rt->nt && *nkeys < ROUTE_MAX_KEYS; t++)
+	/* key_columns as every keyed route reads them, else the primary key. */
+	if (route->key_columns[0] != '\0')
 	{
-		bool		listed = false;
-
-		save = NULL;
-		if (route->key_columns[0] != '\0')
-		{
-			snprintf(list, sizeof(list), "%s", route->key_columns);
-			for (tok = strtok_r(list, ", ", &save); tok; tok = strtok_r(NULL, ", ", &save))
-				listed |= route_column(rt->cols, rt->ncols, tok, route, rt->table) == rt->target[t];
-		}
-		else
-			listed = rt->target[t]->pkey;
-		if (listed && rt->fields[t] == FIELD_JSON_KEY)
-			keys[(*nkeys)++] = t;
+		if (!route_keys(rt, keys, nkeys))
+			return false;
+		for (t = 0; t < *nkeys; t++)
+			if (rt->fields[keys[t]] != FIELD_JSON_KEY)
+			{
+				log_error("route \"%s\": key column %s is a metadata column: an event's key is in its fields",
+						  route->name, rt->target[keys[t]]->quoted);
+				return false;
+			}
+		return true;
 	}
+	*nkeys = 0;
+	for (t = 0; t < rt->nt && *nkeys < ROUTE_MAX_KEYS; t++)
+		if (rt->target[t]->pkey && rt->fields[t] == FIELD_JSON_KEY)
+			keys[(*nkeys)++] = t;
 	if (*nkeys == 0)
 	{
 		log_error("route \"%s\": %s has no primary key among the columns the route writes: give key_columns",

@@ -307,7 +307,7 @@ add_value_target(RouteTargets *rt)
  * The route's key_columns as indexes into its targets (keys, nkeys); false,
  * reported, for an unknown column or one the route does not write.
  */
-static bool
+bool
 route_keys(RouteTargets *rt, int *keys, int *nkeys)
 {
 	char		list[BRIDGE_VALUE_LEN];

@@ -67,6 +67,7 @@ extern bool route_load_columns(RouteTargets *rt);
 extern bool route_add_target(RouteTargets *rt, const Column *col, CopyField field, const char *fmt,...)
 			__attribute__((format(printf, 4, 5)));
 extern bool route_add_metadata_targets(RouteTargets *rt);
+extern bool route_keys(RouteTargets *rt, int *keys, int *nkeys);
 extern void route_append_literal(Buf *b, const char *s);
 extern void route_append_source(RouteTargets *rt, const int *keys, int nkeys, Buf *b, bool tombstones, bool with_r);
 extern void route_append_upsert(RouteTargets *rt, const int *keys, int nkeys, Buf *insert);
