@@ -117,7 +117,7 @@ mkdir -p "$work/tap"
 			PG_REGRESS="$PG_PGXS_DIR/test/regress/pg_regress" \
 			INFRA_SRC=$src INFRA_PYTHON=$INFRA_PYTHON PGHOST= PGPORT= PGUSER= \
 			prove -I "$PG_TAP_PERL" -I "$src/test/perl" \
-			${PROVE_FLAGS:-} ${INFRA_TAP:-test/t/*.pl}
+			--timer ${PROVE_FLAGS:-} ${INFRA_TAP:-test/t/*.pl}
 ) 2>&1 | tee "$work/tap.out"
 tap_rc=${PIPESTATUS[0]}
 # TAP counts assertions: prove's total, less failed ones; a script that died
