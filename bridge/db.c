@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "bridge.h"
+#include "change.h"
 #include "buf.h"
 #include "encode.h"
 #include "route.h"
@@ -125,6 +126,7 @@ db_connect(const BridgeConfig *config, int slot, bool once)
 		return false;
 	}
 	PQclear(res);
+	change_forget(slot);
 	/* infra.bridge_seek says so at commit (db_seek_requested). */
 	if (slot == 0 && !run("LISTEN infra_bridge_seek"))
 		return false;
@@ -608,6 +610,7 @@ write_range(const BridgeConfig *config, int route, int lo, int hi, long long *wr
 typedef enum DirectResult
 {
 	DIRECT_WRITTEN,
+	DIRECT_STAGED,				/* nothing run: the route goes staged */
 	DIRECT_BAD_DATA,			/* a bad message: the route goes staged */
 	DIRECT_FAILED				/* anything else: the batch is retried */
 } DirectResult;
@@ -673,6 +676,37 @@ copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_
 	log_debug("route \"%s\": COPY met a bad message (%s): sorting the batch out row by row",
 			  config->routes[r].name, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
 	PQclear(res);
+	return DIRECT_BAD_DATA;
+}
+
+/*
+ * A format = debezium route's range applied by change.c, when it can: its
+ * events decoded and reduced in the bridge, typed rows deleted and upserted.
+ */
+static DirectResult
+change_direct(const BridgeConfig *config, int slot, int r, int lo, int hi, rd_kafka_message_t **messages,
+			  const int *routes, long long *written)
+{
+	PGresult   *failed = NULL;
+
+	switch (change_apply(conn, slot, r, route_sql[r].change, messages, routes, lo, hi, written, &failed))
+	{
+		case CHANGE_WRITTEN:
+			return DIRECT_WRITTEN;
+		case CHANGE_STAGED:
+			return DIRECT_STAGED;
+		case CHANGE_FAILED:
+			break;
+	}
+	if (failed == NULL || !data_error(failed, false))
+	{
+		log_warning("route \"%s\": cannot apply change events: %s", config->routes[r].name, PQerrorMessage(conn));
+		PQclear(failed);
+		return DIRECT_FAILED;
+	}
+	log_debug("route \"%s\": a change event the server refused (%s): the range goes through the staging table",
+			  config->routes[r].name, PQresultErrorField(failed, PG_DIAG_MESSAGE_PRIMARY));
+	PQclear(failed);
 	return DIRECT_BAD_DATA;
 }
 
@@ -793,7 +827,7 @@ db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messag
 		lo[r] = -1;
 		done[r] = false;
 		written[r] = dead[r] = 0;
-		staged_only[r] = route_sql[r].copy == NULL;
+		staged_only[r] = route_sql[r].copy == NULL && route_sql[r].change == NULL;
 	}
 	conn = conns[slot];
 	if (conn == NULL || PQstatus(conn) != CONNECTION_OK)
@@ -820,14 +854,20 @@ again:
 	{
 		if (lo[r] < 0 || staged_only[r])
 			continue;
-		switch (copy_direct(config, r, lo[r], hi[r], messages, routes, &copy, &scratch, &written[r]))
+		switch (route_sql[r].change != NULL ?
+				change_direct(config, slot, r, lo[r], hi[r], messages, routes, &written[r]) :
+				copy_direct(config, r, lo[r], hi[r], messages, routes, &copy, &scratch, &written[r]))
 		{
 			case DIRECT_WRITTEN:
 				done[r] = true;
 				break;
+			case DIRECT_STAGED:
+				staged_only[r] = true;
+				break;
 			case DIRECT_FAILED:
 				goto retry;
 			case DIRECT_BAD_DATA:
+				change_forget(slot);	/* a stage made in this transaction is gone */
 				if (!run("ROLLBACK"))
 					goto retry;
 				staged_only[r] = true;
@@ -839,6 +879,7 @@ again:
 	result = move_offsets(config, parts, nparts);
 	if (result == WRITE_CONFLICT)
 	{
+		change_forget(slot);
 		free(copy.data);
 		return WRITE_CONFLICT;
 	}
@@ -848,6 +889,7 @@ again:
 	return WRITE_OK;
 
 retry:
+	change_forget(slot);
 	free(copy.data);
 	free(scratch.data);
 	if (conn != NULL && PQstatus(conn) == CONNECTION_OK && PQtransactionStatus(conn) != PQTRANS_IDLE)

@@ -32,22 +32,8 @@
 
 #include "bridge.h"
 #include "buf.h"
+#include "change.h"
 #include "route.h"
-
-/* How a column's value is read from the event's JSON. */
-typedef enum ColumnKind
-{
-	KIND_PLAIN,					/* the JSON scalar's text, cast */
-	KIND_JSON,
-	KIND_JSONB,
-	KIND_BYTEA,
-	KIND_NUMERIC,				/* numeric, money */
-	KIND_DATE,
-	KIND_TIMESTAMP,				/* without time zone */
-	KIND_TIME,					/* without time zone */
-	KIND_INTERVAL,
-	KIND_ARRAY
-} ColumnKind;
 
 /*
  * A column's kind, and for numeric its scale (-1: none), for timestamp and
@@ -707,6 +693,113 @@ may_truncate(const RouteTargets *rt)
 	return ok;
 }
 
+/* A key column's class for change.c, false when its text may not compare as its value. */
+static bool
+key_class(const RouteTargets *rt, const Column *c, KeyClass *cls)
+{
+	const char *params[2] = {rt->table, c->name};
+	PGresult   *res;
+	bool		ok;
+
+	if (strcmp(c->type, "smallint") == 0 || strcmp(c->type, "integer") == 0 || strcmp(c->type, "bigint") == 0)
+	{
+		*cls = KEY_INT;
+		return true;
+	}
+	if (strcmp(c->type, "uuid") == 0)
+	{
+		*cls = KEY_UUID;
+		return true;
+	}
+	if (strcmp(c->type, "text") != 0 && strncmp(c->type, "character varying", 17) != 0)
+		return false;
+	*cls = KEY_TEXT;
+	/* A nondeterministic collation makes other texts equal. */
+	res = PQexecParams(route_conn(), "SELECT coalesce((SELECT l.collisdeterministic FROM pg_attribute a"
+					   " JOIN pg_collation l ON l.oid = a.attcollation WHERE a.attrelid = $1::regclass"
+					   " AND a.attname = $2), true)", 2, NULL, params, NULL, NULL, 0);
+	ok = PQresultStatus(res) == PGRES_TUPLES_OK && strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+	PQclear(res);
+	return ok;
+}
+
+/*
+ * change.c's plan for the route, when it can apply the route's events in
+ * the bridge: no metadata column, no dedupe, no money, keys whose text
+ * compares as their value.  NULL otherwise (the staging path alone).
+ */
+static ChangePlan *
+change_plan(RouteTargets *rt, const int *keys, int nkeys, bool identity)
+{
+	static int	generation = 0;
+	const BridgeRoute *route = rt->route;
+	ChangePlan *plan;
+	Buf			b = {0};
+	char		stage[64];
+	int			t;
+	int			k;
+
+	if (!change_direct_enabled() || route->dedupe || rt->nt > CHANGE_MAX_COLUMNS || nkeys > CHANGE_MAX_KEYS)
+		return NULL;
+	for (t = 0; t < rt->nt; t++)
+		if (rt->fields[t] != FIELD_JSON_KEY || strcmp(rt->target[t]->type, "money") == 0)
+			return NULL;
+	plan = calloc(1, sizeof(ChangePlan));
+	plan->route = route;
+	plan->ncols = rt->nt;
+	plan->nkeys = nkeys;
+	for (k = 0; k < nkeys; k++)
+	{
+		plan->keys[k] = keys[k];
+		if (!key_class(rt, rt->target[keys[k]], &plan->key_class[k]))
+		{
+			free(plan);
+			return NULL;
+		}
+	}
+	for (t = 0; t < rt->nt; t++)
+	{
+		const Column *c = rt->target[t];
+
+		snprintf(plan->cols[t].name, sizeof(plan->cols[t].name), "%s", c->name);
+		plan->cols[t].kind = column_kind(c, &plan->cols[t].n);
+		plan->cols[t].by_default = c->defexpr[0] != '\0' && c->generated == '\0';
+	}
+	snprintf(plan->forms[0], sizeof(plan->forms[0]), "%s", route->dbz_placeholder);
+	base64(plan->forms[1], route->dbz_placeholder);
+	for (k = 0; route->dbz_placeholder[k] && k < 127; k++)
+		snprintf(plan->forms[2] + 2 * k, 3, "%02x", (unsigned char) route->dbz_placeholder[k]);
+	plan->gen = ++generation;
+	snprintf(stage, sizeof(stage), "pg_temp.infra_bridge_change_%d", plan->gen);
+	buf_printf(&b, "CREATE TEMP TABLE IF NOT EXISTS %s (seq integer, d boolean", stage);
+	for (t = 0; t < rt->nt; t++)
+		buf_printf(&b, ", c%d text", t);
+	buf_puts(&b, ") ON COMMIT DELETE ROWS");
+	plan->create = b.data;
+	b = (Buf) {0};
+	buf_printf(&b, "COPY %s FROM STDIN", stage);
+	plan->copy = b.data;
+	b = (Buf) {0};
+	buf_printf(&b, "DELETE FROM %s t USING %s s WHERE s.d", rt->table, stage);
+	for (k = 0; k < nkeys; k++)
+		buf_printf(&b, " AND t.%s = s.c%d::%s", rt->target[keys[k]]->quoted, keys[k], rt->target[keys[k]]->type);
+	plan->delete = b.data;
+	b = (Buf) {0};
+	buf_printf(&b, "INSERT INTO %s (", rt->table);
+	for (t = 0; t < rt->nt; t++)
+		buf_printf(&b, "%s%s", t ? ", " : "", rt->target[t]->quoted);
+	buf_printf(&b, ")%s SELECT ", identity ? " OVERRIDING SYSTEM VALUE" : "");
+	for (t = 0; t < rt->nt; t++)
+		buf_printf(&b, "%s(s.c%d)::%s", t ? ", " : "", t, rt->target[t]->type);
+	buf_printf(&b, " FROM %s s WHERE NOT s.d ORDER BY s.seq", stage);
+	route_append_upsert(rt, keys, nkeys, &b);
+	plan->upsert = b.data;
+	b = (Buf) {0};
+	buf_printf(&b, "TRUNCATE %s", rt->table);
+	plan->truncate = b.data;
+	return plan;
+}
+
 static bool
 debezium_build(RouteTargets *rt, RouteSql *rs)
 {
@@ -732,6 +825,16 @@ debezium_build(RouteTargets *rt, RouteSql *rs)
 						 rt->route->deletes ? build_delete(rt, keys, nkeys, need_f) : NULL, build_count(rt),
 						 build_merge(rt, keys, nkeys, need_f, identity), truncate.data);
 	route_build_ids(rt->route, rs);
+	if (rs->change != NULL)
+	{
+		free(rs->change->create);
+		free(rs->change->copy);
+		free(rs->change->delete);
+		free(rs->change->upsert);
+		free(rs->change->truncate);
+		free(rs->change);
+	}
+	rs->change = change_plan(rt, keys, nkeys, identity);
 	return true;
 }
 

@@ -63,7 +63,7 @@ binary_form(CopyField field, const char *type)
 }
 
 /* COPY text format: escape backslash and the delimiters. */
-static void
+void
 copy_text(Buf *b, const char *s, size_t n)
 {
 	size_t		i;

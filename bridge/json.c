@@ -247,3 +247,202 @@ json_pick(const char *json, size_t len, const char *const *keys, const bool *raw
 	InfraJsonLexFree(lex);
 	return err == JSON_SUCCESS && st.ok && st.top_object;
 }
+
+/*
+ * A whole JSON document as a tree (json_tree), for format = debezium
+ * routes that apply change events in the bridge.  The same contract as
+ * json_pick: false whenever the server might read the text otherwise.
+ */
+typedef struct TreeState
+{
+	JsonLexContext *lex;
+	JsonTree   *t;
+	const char *src;
+	int			stack[JSON_MAX_DEPTH + 1];	/* the open containers */
+	int			depth;
+	bool		has_key;		/* a field name waits for its value */
+	size_t		key;
+	size_t		key_len;
+	bool		ok;
+} TreeState;
+
+/* A new node under the open container (with the waiting field name). */
+static int
+tree_add(TreeState *st, JsonNodeType type)
+{
+	JsonTree   *t = st->t;
+	JsonNode   *n;
+	int			i;
+
+	if (t->n == t->cap)
+	{
+		t->cap = t->cap ? t->cap * 2 : 64;
+		t->nodes = realloc(t->nodes, sizeof(JsonNode) * t->cap);
+		if (t->nodes == NULL)
+		{
+			fprintf(stderr, "infra-bridge: out of memory\n");
+			exit(1);
+		}
+	}
+	i = t->n++;
+	n = &t->nodes[i];
+	n->type = type;
+	n->first = n->last = n->next = -1;
+	n->key = st->key;
+	n->key_len = st->has_key ? st->key_len : 0;
+	n->has_key = st->has_key;
+	n->val = n->len = 0;
+	st->has_key = false;
+	if (st->depth > 0)
+	{
+		JsonNode   *parent = &t->nodes[st->stack[st->depth - 1]];
+
+		if (parent->last >= 0)
+			t->nodes[parent->last].next = i;
+		else
+			parent->first = i;
+		parent->last = i;
+	}
+	return i;
+}
+
+/* Text kept in the tree, NUL-terminated; its offset. */
+static size_t
+tree_keep(JsonTree *t, const char *s, size_t len)
+{
+	size_t		off = t->text.len;
+
+	buf_append(&t->text, s, len);
+	buf_append(&t->text, "", 1);
+	return off;
+}
+
+static InfraJsonCallbackResult
+tree_open(TreeState *st, JsonNodeType type)
+{
+	int			i = tree_add(st, type);
+
+	st->t->nodes[i].val = (size_t) (st->lex->token_start - st->src);
+	st->stack[st->depth++] = i;
+	INFRA_JSON_CALLBACK_DONE;
+}
+
+static InfraJsonCallbackResult
+tree_object_start(void *state)
+{
+	return tree_open(state, JSON_NODE_OBJECT);
+}
+
+static InfraJsonCallbackResult
+tree_array_start(void *state)
+{
+	return tree_open(state, JSON_NODE_ARRAY);
+}
+
+static InfraJsonCallbackResult
+tree_end(void *state)
+{
+	TreeState  *st = state;
+	JsonNode   *n = &st->t->nodes[st->stack[--st->depth]];
+
+	n->len = (size_t) (st->lex->prev_token_terminator - st->src) - n->val;
+	INFRA_JSON_CALLBACK_DONE;
+}
+
+static InfraJsonCallbackResult
+tree_field_start(void *state, char *fname, bool isnull)
+{
+	TreeState  *st = state;
+
+	st->key_len = strlen(fname);
+	st->key = tree_keep(st->t, fname, st->key_len);
+	st->has_key = true;
+	pfree(fname);
+	INFRA_JSON_CALLBACK_DONE;
+}
+
+static InfraJsonCallbackResult
+tree_scalar(void *state, char *token, JsonTokenType type)
+{
+	TreeState  *st = state;
+	JsonNodeType nt = type == JSON_TOKEN_STRING ? JSON_NODE_STRING :
+		type == JSON_TOKEN_NUMBER ? JSON_NODE_NUMBER :
+		type == JSON_TOKEN_NULL ? JSON_NODE_NULL : JSON_NODE_BOOL;
+	int			i = tree_add(st, nt);
+
+	if (type == JSON_TOKEN_NUMBER &&
+		(strpbrk(token, "eE") != NULL || strlen(token) > JSON_MAX_NUMBER))
+		st->ok = false;
+	st->t->nodes[i].len = strlen(token);
+	st->t->nodes[i].val = tree_keep(st->t, token, st->t->nodes[i].len);
+	pfree(token);
+	INFRA_JSON_CALLBACK_DONE;
+}
+
+/*
+ * Parse one JSON document (valid UTF-8, nested at most JSON_MAX_DEPTH, no
+ * number with an exponent or longer than JSON_MAX_NUMBER, no \u0000) into
+ * t, reused across calls: node 0 is the root.  False otherwise.
+ */
+bool
+json_tree(const char *json, size_t len, JsonTree *t)
+{
+	JsonLexContext storage;
+	JsonLexContext *lex;
+	JsonSemAction sem = {
+		.object_start = tree_object_start,
+		.object_end = tree_end,
+		.array_start = tree_array_start,
+		.array_end = tree_end,
+		.object_field_start = tree_field_start,
+		.scalar = tree_scalar,
+	};
+	TreeState	st = {.t = t, .src = json, .ok = true};
+	JsonParseErrorType err;
+
+	t->n = 0;
+	t->text.len = 0;
+	t->src = json;
+	if (json == NULL || len > INT32_MAX || !json_utf8(json, len) || nesting(json, len) > JSON_MAX_DEPTH)
+		return false;
+	lex = InfraJsonLexMake(storage, (char *) json, (int) len);
+	st.lex = lex;
+	sem.semstate = &st;
+	err = pg_parse_json(lex, &sem);
+	InfraJsonLexFree(lex);
+	return err == JSON_SUCCESS && st.ok && t->n > 0;
+}
+
+/* The last child of object node named key (the one jsonb keeps), or -1. */
+int
+json_child(const JsonTree *t, int node, const char *key)
+{
+	int			found = -1;
+	int			i;
+
+	if (node < 0 || t->nodes[node].type != JSON_NODE_OBJECT)
+		return -1;
+	for (i = t->nodes[node].first; i >= 0; i = t->nodes[i].next)
+		if (strcmp(t->text.data + t->nodes[i].key, key) == 0)
+			found = i;
+	return found;
+}
+
+/* A scalar's text (a string's unescaped), or a container's JSON text. */
+const char *
+json_text(const JsonTree *t, int node, size_t *len)
+{
+	const JsonNode *n = &t->nodes[node];
+
+	*len = n->len;
+	if (n->type == JSON_NODE_OBJECT || n->type == JSON_NODE_ARRAY)
+		return t->src + n->val;
+	return t->text.data + n->val;
+}
+
+/* Valid UTF-8, as the server checks it. */
+bool
+json_utf8(const char *s, size_t len)
+{
+	return len <= INT32_MAX && pg_encoding_verifymbstr(PG_UTF8, s, (int) len) == (int) len;
+}

@@ -24,6 +24,7 @@ typedef struct RouteSql
 	char	   *truncate;		/* debezium: TRUNCATE the table */
 	char	   *ids;			/* message ids of a range, for dedupe */
 	char	   *copy;			/* direct COPY into the table, or NULL */
+	struct ChangePlan *change;	/* debezium: change.c's plan, or NULL */
 	CopyShape	shape;			/* what that COPY's columns get */
 } RouteSql;
 

@@ -77,7 +77,7 @@ sub run_sqlsmith
 	cmp_ok($node->safe_psql('postgres', $xacts) - $before, '>=', $queries / 2,
 		"sqlsmith as $role ran its queries");
 }
-my $queries = $ENV{INFRA_SQLSMITH_QUERIES} // 20000;
+my $queries = $ENV{INFRA_SQLSMITH_QUERIES} // 6000;
 run_sqlsmith('fuzzer', $queries);
 run_sqlsmith($_, int($queries / 4)) for 'owns_nothing', 'creator';
 

@@ -263,7 +263,7 @@ like((received_at('/ok/traced'))[0]{headers}{traceparent}, qr/^00-4bf92f3577b34d
 # --- crashes lose nothing ---------------------------------------------------------
 # Counting a path's requests from the raw log: thousands of lines, read often.
 sub count_path { my ($p) = @_; return 0 unless -f $rlog; my $n = () = slurp_file($rlog) =~ /"path": "\Q$p\E"/g; return $n; }
-my $nreq = $ENV{INFRA_HTTP_CRASH_REQUESTS} // 10000;
+my $nreq = $ENV{INFRA_HTTP_CRASH_REQUESTS} // 4000;
 sql("INSERT INTO infra.http_endpoints (name, url, concurrency) VALUES ('crash', '$base/slow/5', 16)");
 sql("SELECT infra.http_send(NULL, i::text, endpoint => 'crash') FROM generate_series(1, $nreq) i");
 ok(wait_until(sub { count_path('/slow/5') >= $nreq / 20 }, 60), 'delivery under way');
