@@ -294,14 +294,28 @@ skip_value(const char *s, size_t i, size_t len)
 	return depth == 0 && !in_string ? i : 0;
 }
 
+/* The end of a schema part at s[i]: a text parsed before ends where it did (no scan). */
+static size_t
+skip_schema(const Range *rg, const char *s, size_t i, size_t len)
+{
+	int			k;
+
+	for (k = rg->nschemas - 1; k >= 0; k--)
+		if (len - i > rg->schemas[k].len && memcmp(s + i, rg->schemas[k].text, rg->schemas[k].len) == 0)
+			return i + rg->schemas[k].len;
+	return skip_value(s, i, len);
+}
+
 /*
  * The JSON converter's wrapping, {"schema": S, "payload": P} and nothing
  * else (names without escapes): S's and P's spans.  False for any other
  * text (then parsed whole).  What is skipped here is parsed afterwards: P
- * every time, S once per distinct text.
+ * every time, S once per distinct text (a complete JSON value: the same
+ * bytes again are the same value).  P after S is taken up to the last
+ * closing brace, unscanned: its parse fails if anything else is there.
  */
 static bool
-wrapped(const char *s, size_t len, size_t *so, size_t *sl, size_t *po, size_t *pl)
+wrapped(const Range *rg, const char *s, size_t len, size_t *so, size_t *sl, size_t *po, size_t *pl)
 {
 	size_t		i = skip_space(s, 0, len);
 	bool		seen_s = false,
@@ -325,7 +339,19 @@ wrapped(const char *s, size_t len, size_t *so, size_t *sl, size_t *po, size_t *p
 		if (i >= len || s[i++] != ':')
 			return false;
 		i = skip_space(s, i, len);
-		if ((end = skip_value(s, i, len)) == 0 || end == i)
+		if (!is_s && seen_s)
+		{
+			for (end = len; end > i && strchr(" \t\n\r", s[end - 1]) != NULL; end--)
+				;
+			if (end <= i + 1 || s[end - 1] != '}')
+				return false;
+			for (end--; end > i && strchr(" \t\n\r", s[end - 1]) != NULL; end--)
+				;
+			*po = i;
+			*pl = end - i;
+			return true;
+		}
+		if ((end = is_s ? skip_schema(rg, s, i, len) : skip_value(s, i, len)) == 0 || end == i)
 			return false;
 		*(is_s ? so : po) = i;
 		*(is_s ? sl : pl) = end - i;
@@ -607,7 +633,7 @@ take_event(Range *rg, const rd_kafka_message_t *m)
 		return !plan->route->deletes || tombstone(rg, m);
 	if (may_hold_placeholder(plan, m))
 		return refuse(rg, "it may hold the unavailable-value placeholder");
-	if (wrapped(m->payload, m->len, &so, &sl, &po, &pl))
+	if (wrapped(rg, m->payload, m->len, &so, &sl, &po, &pl))
 	{
 		/* The bytes between S and P are ASCII, checked; S and P are parsed. */
 		if ((si = schema_info(rg, (const char *) m->payload + so, sl)) == NULL)
@@ -721,9 +747,19 @@ stage_rows(const Range *rg, Buf *copy, int *ndeleted, int *nupserted)
 		if (upserted[i])
 		{
 			size_t		end = i + 1 < rg->nrows ? rg->row_off[i + 1] : rg->rows.len;
+			char		seq[16];
+			int			k = sizeof(seq);
+			int			v = i + 1;
 
 			(*nupserted)++;
-			buf_printf(copy, "%d\tf", i + 1);
+			seq[--k] = 'f';
+			seq[--k] = '\t';
+			do
+			{
+				seq[--k] = (char) ('0' + v % 10);
+				v /= 10;
+			} while (v > 0);
+			buf_append(copy, seq + k, sizeof(seq) - k);
 			buf_append(copy, rg->rows.data + rg->row_off[i], end - rg->row_off[i]);
 		}
 	free(upserted);
@@ -821,8 +857,9 @@ change_apply(PGconn *conn, int slot, int route, const ChangePlan *plan, rd_kafka
 	ok = ok && (!rg.truncate || exec(conn, plan->truncate, failed));
 	ok = ok && (ndeleted == 0 || exec(conn, plan->delete, failed));
 	ok = ok && (nupserted == 0 || exec(conn, plan->upsert, failed));
-	log_debug("route \"%s\": %lld change events applied in the bridge: %s%d keys deleted, %d rows upserted%s",
-			  plan->route->name, n, rg.truncate ? "a truncate, " : "", ndeleted, nupserted, ok ? "" : " (failed)");
+	if (ok)
+		log_debug("route \"%s\": %lld change events applied in the bridge: %s%d keys deleted, %d rows upserted",
+				  plan->route->name, n, rg.truncate ? "a truncate, " : "", ndeleted, nupserted);
 	range_free(&rg);
 	free(copy.data);
 	if (!ok)

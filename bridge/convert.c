@@ -218,6 +218,26 @@ floor_div(int64_t a, int64_t b)
 	return a / b - (a % b != 0 && (a < 0) != (b < 0));
 }
 
+/* v (>= 0) in at least width digits, zero-padded (no printf: this is per value). */
+static void
+digits(Buf *b, int64_t v, int width)
+{
+	char		tmp[24];
+	int			n = 0;
+
+	do
+	{
+		tmp[n++] = (char) ('0' + v % 10);
+		v /= 10;
+	} while (v > 0);
+	while (n < width)
+		tmp[n++] = '0';
+	buf_reserve(b, (size_t) n);
+	while (n > 0)
+		b->data[b->len++] = tmp[--n];
+	b->data[b->len] = '\0';
+}
+
 /* A date's text, years 1 to 9999 only. */
 static bool
 date_text(Buf *b, int64_t days)
@@ -231,7 +251,11 @@ date_text(Buf *b, int64_t days)
 	civil(days, &y, &m, &d);
 	if (y < 1 || y > 9999)
 		return false;
-	buf_printf(b, "%04d-%02d-%02d", y, m, d);
+	digits(b, y, 4);
+	buf_append(b, "-", 1);
+	digits(b, m, 2);
+	buf_append(b, "-", 1);
+	digits(b, d, 2);
 	return true;
 }
 
@@ -253,8 +277,13 @@ micros(long long v, int64_t units, int64_t *us)
 static void
 clock_text(Buf *b, int64_t us)
 {
-	buf_printf(b, "%02d:%02d:%02d.%06d", (int) (us / (3600 * USECS_PER_SEC)), (int) (us / (60 * USECS_PER_SEC) % 60),
-			   (int) (us / USECS_PER_SEC % 60), (int) (us % USECS_PER_SEC));
+	digits(b, us / (3600 * USECS_PER_SEC), 2);
+	buf_append(b, ":", 1);
+	digits(b, us / (60 * USECS_PER_SEC) % 60, 2);
+	buf_append(b, ":", 1);
+	digits(b, us / USECS_PER_SEC % 60, 2);
+	buf_append(b, ".", 1);
+	digits(b, us % USECS_PER_SEC, 6);
 }
 
 static bool

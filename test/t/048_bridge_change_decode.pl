@@ -125,7 +125,9 @@ sub event
 {
 	my ($op, $before, $after, $with_schema) = @_;
 	my $payload = { before => $before, after => $after, op => $op, ts_ms => 1709210096000 };
-	return $json->encode($with_schema ? { schema => $schema, payload => $payload } : $payload);
+	# As the JSON converter writes it: the schema part first.
+	return $with_schema ? '{"schema":' . $json->encode($schema) . ',"payload":' . $json->encode($payload) . '}'
+	  : $json->encode($payload);
 }
 
 sub key { return $json->encode({ id => $_[0] }) }
@@ -311,6 +313,10 @@ my @main2 = (
 	key(66) . '|' . event('c', undef, { %{ row(66, 1) }, code => 'x' x 30 }, 1),
 	key(67) . '|' . event('c', undef, { %{ row(67, 1) }, flag => 'maybe' }, 1),
 	'{"id":68}|{"hello":"world"}',
+	# the wrapping written otherwise: payload first, spaces, another key
+	key(69) . '|{"payload":' . $json->encode({ after => row(69, 1), op => 'c' }) . ',"schema":' . $json->encode($schema) . '}',
+	key(70) . '| { "schema" : ' . $json->encode($schema) . ' , "payload" : ' . $json->encode({ after => row(70, 1), op => 'c' }) . ' } ',
+	key(71) . '|{"schema":' . $json->encode($schema) . ',"payload":' . $json->encode({ after => row(71, 1), op => 'c' }) . ',"x":1}',
 	random_events(5));
 produce($topics{main}, 'main2', @main2);
 for my $t (@tables)
@@ -327,5 +333,15 @@ is( $node->safe_psql('postgres', q{SELECT string_agg(DISTINCT split_part(error, 
 	FROM infra.bridge_dead_letters WHERE route LIKE '%\_server'}),
 	'22023,22P02', 'server: the bad base64, boolean and non-event are dead letters');
 is($node->safe_psql('postgres', q{SELECT note FROM bridge_1000 WHERE id = 63}), 'fresh', 'a left-out column takes its default');
+is($node->safe_psql('postgres', q{SELECT string_agg(id::text, ',' ORDER BY id) FROM bridge_1 WHERE id BETWEEN 69 AND 71}),
+	'69,70,71', 'the wrapping in another order, with spaces, with another key: applied');
+{
+	my %off = map { my $id = $_; ($id => @main1 + (grep { $main2[$_] =~ /^\{"id":$id\}\|/ } 0 .. $#main2)[0]) } 69 .. 71;
+	my ($o69, $o70, $o71) = @off{ 69 .. 71 };
+	unlike($logs{bridge_1}, qr/offset (?:$o69|$o70) is for the staging path/,
+		'bridge_1: the wrapping payload first, or with spaces, decoded in the bridge');
+	like($logs{bridge_1}, qr/offset $o71 is for the staging path \(its payload's JSON\)/,
+		'bridge_1: the wrapping with another key left to the server');
+}
 
 done_testing();
