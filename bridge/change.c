@@ -69,7 +69,6 @@ typedef struct Range
 	Buf			keys;			/* the keys' texts */
 	Buf			rows;			/* upserted rows, COPY text (without seq, d) */
 	size_t	   *row_off;
-	int		   *row_seq;
 	int			nrows;
 	int			row_cap;
 	KeyEntry   *map;			/* open addressing, cap a power of two */

@@ -326,6 +326,7 @@ kafka_conf(bool member)
 	rd_kafka_conf_t *conf = rd_kafka_conf_new();
 	char		errstr[512];
 	char		probe_group[BRIDGE_VALUE_LEN + 32];
+	char		queued_kb[24];
 	int			i;
 	/*
 	 * The probe assigns partitions itself and commits nothing: its group id
@@ -351,9 +352,19 @@ kafka_conf(bool member)
 		/* Throughput. */
 		{"queued.min.messages", member ? "1000000" : "1"},
 		{"fetch.wait.max.ms", "100"},
+		/*
+		 * The next batch fetched while the writers write this one: room for
+		 * two batches (librdkafka's 64 MB holds half of one at the default
+		 * batch_bytes), each partition's fetch up to 16 MB instead of 1 MB.
+		 */
+		{"queued.max.messages.kbytes", queued_kb},
+		{"max.partition.fetch.bytes", "16777216"},
 	};
 
 	snprintf(probe_group, sizeof(probe_group), "%s.freshness-probe", cfg->group);
+	/* librdkafka takes at most 2097151 (2 GB). */
+	snprintf(queued_kb, sizeof(queued_kb), "%d",
+			 !member ? 65536 : cfg->batch_bytes / 512 > 2097151 ? 2097151 : cfg->batch_bytes / 512);
 	for (i = 0; i < (int) (sizeof(fixed) / sizeof(fixed[0])); i++)
 		if (rd_kafka_conf_set(conf, fixed[i][0], fixed[i][1], errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK)
 		{

@@ -175,10 +175,10 @@ on_scalar(void *state, char *token, JsonTokenType type)
 
 /*
  * How deep brackets nest outside strings, counted before the parser (which
- * recurses) sees the text; JSON_MAX_DEPTH + 1 when deeper than that.
+ * recurses) sees the text; max + 1 when deeper than that.
  */
 static int
-nesting(const char *s, size_t len)
+nesting(const char *s, size_t len, int max)
 {
 	int			depth = 0;
 	bool		in_string = false;
@@ -197,7 +197,7 @@ nesting(const char *s, size_t len)
 		}
 		else if (c == '"')
 			in_string = true;
-		else if ((c == '{' || c == '[') && ++depth > JSON_MAX_DEPTH)
+		else if ((c == '{' || c == '[') && ++depth > max)
 			return depth;
 		else if (c == '}' || c == ']')
 			depth--;
@@ -236,7 +236,7 @@ json_pick(const char *json, size_t len, const char *const *keys, const bool *raw
 
 	if (json == NULL || len > INT32_MAX ||
 		pg_encoding_verifymbstr(PG_UTF8, json, (int) len) != (int) len ||
-		nesting(json, len) > JSON_MAX_DEPTH)
+		nesting(json, len, JSON_MAX_DEPTH) > JSON_MAX_DEPTH)
 		return false;
 	for (i = 0; i < nkeys; i++)
 		picks[i].kind = JSON_PICK_MISSING;
@@ -249,6 +249,13 @@ json_pick(const char *json, size_t len, const char *const *keys, const bool *raw
 }
 
 /*
+ * A tree's documents may nest deeper than json_pick's (the parser's
+ * recursion stays far inside a thread's stack), so that a document no
+ * longer than this needs no scan first: it cannot nest deeper.
+ */
+#define TREE_MAX_DEPTH 1024
+
+/*
  * A whole JSON document as a tree (json_tree), for format = debezium
  * routes that apply change events in the bridge.  The same contract as
  * json_pick: false whenever the server might read the text otherwise.
@@ -258,7 +265,7 @@ typedef struct TreeState
 	JsonLexContext *lex;
 	JsonTree   *t;
 	const char *src;
-	int			stack[JSON_MAX_DEPTH + 1];	/* the open containers */
+	int			stack[TREE_MAX_DEPTH + 1];	/* the open containers */
 	int			depth;
 	bool		has_key;		/* a field name waits for its value */
 	size_t		key;
@@ -380,7 +387,7 @@ tree_scalar(void *state, char *token, JsonTokenType type)
 }
 
 /*
- * Parse one JSON document (valid UTF-8, nested at most JSON_MAX_DEPTH, no
+ * Parse one JSON document (valid UTF-8, nested at most TREE_MAX_DEPTH, no
  * number with an exponent or longer than JSON_MAX_NUMBER, no \u0000) into
  * t, reused across calls: node 0 is the root.  False otherwise.
  */
@@ -403,7 +410,8 @@ json_tree(const char *json, size_t len, JsonTree *t)
 	t->n = 0;
 	t->text.len = 0;
 	t->src = json;
-	if (json == NULL || len > INT32_MAX || !json_utf8(json, len) || nesting(json, len) > JSON_MAX_DEPTH)
+	if (json == NULL || len > INT32_MAX || !json_utf8(json, len) ||
+		(len > TREE_MAX_DEPTH && nesting(json, len, TREE_MAX_DEPTH) > TREE_MAX_DEPTH))
 		return false;
 	lex = InfraJsonLexMake(storage, (char *) json, (int) len);
 	st.lex = lex;

@@ -316,6 +316,8 @@ my @main2 = (
 	# the wrapping written otherwise: payload first, spaces, another key
 	key(69) . '|{"payload":' . $json->encode({ after => row(69, 1), op => 'c' }) . ',"schema":' . $json->encode($schema) . '}',
 	key(70) . '| { "schema" : ' . $json->encode($schema) . ' , "payload" : ' . $json->encode({ after => row(70, 1), op => 'c' }) . ' } ',
+	# a jsonb column given a JSON object nested 200 deep, as it is
+	key(72) . '|' . event('c', undef, { %{ row(72, 1) }, doc2 => (sub { my $v = 1; $v = { a => $v } for 1 .. 200; $v })->() }, 1),
 	key(71) . '|{"schema":' . $json->encode($schema) . ',"payload":' . $json->encode({ after => row(71, 1), op => 'c' }) . ',"x":1}',
 	random_events(5));
 produce($topics{main}, 'main2', @main2);
@@ -335,11 +337,13 @@ is( $node->safe_psql('postgres', q{SELECT string_agg(DISTINCT split_part(error, 
 is($node->safe_psql('postgres', q{SELECT note FROM bridge_1000 WHERE id = 63}), 'fresh', 'a left-out column takes its default');
 is($node->safe_psql('postgres', q{SELECT string_agg(id::text, ',' ORDER BY id) FROM bridge_1 WHERE id BETWEEN 69 AND 71}),
 	'69,70,71', 'the wrapping in another order, with spaces, with another key: applied');
+is($node->safe_psql('postgres', q{SELECT doc2 #>> '{a,a,a}' IS NOT NULL AND length(doc2::text) > 1000 FROM bridge_1 WHERE id = 72}),
+	't', 'a value nested 200 deep: written whole');
 {
-	my %off = map { my $id = $_; ($id => @main1 + (grep { $main2[$_] =~ /^\{"id":$id\}\|/ } 0 .. $#main2)[0]) } 69 .. 71;
-	my ($o69, $o70, $o71) = @off{ 69 .. 71 };
-	unlike($logs{bridge_1}, qr/offset (?:$o69|$o70) is for the staging path/,
-		'bridge_1: the wrapping payload first, or with spaces, decoded in the bridge');
+	my %off = map { my $id = $_; ($id => @main1 + (grep { $main2[$_] =~ /^\{"id":$id\}\|/ } 0 .. $#main2)[0]) } 69 .. 72;
+	my ($o69, $o70, $o71, $o72) = @off{ 69 .. 72 };
+	unlike($logs{bridge_1}, qr/offset (?:$o69|$o70|$o72) is for the staging path/,
+		'bridge_1: the wrapping payload first, or with spaces, and deep nesting, decoded in the bridge');
 	like($logs{bridge_1}, qr/offset $o71 is for the staging path \(its payload's JSON\)/,
 		'bridge_1: the wrapping with another key left to the server');
 }
