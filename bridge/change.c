@@ -404,7 +404,7 @@ key_comparable(KeyClass cls, const JsonTree *t, int node, const char *s, size_t 
 	switch (cls)
 	{
 		case KEY_INT:
-			return t->nodes[node].type == JSON_NODE_NUMBER && convert_integer(s, &v) && !convert_negative_zero(s);
+			return t->nodes[node].type == JSON_NODE_NUMBER && convert_integer(s, &v) && !json_negative_zero(s);
 		case KEY_TEXT:
 			return t->nodes[node].type == JSON_NODE_STRING;
 		case KEY_UUID:
@@ -811,9 +811,9 @@ copy_stage(PGconn *conn, const char *sql, const Buf *copy, PGresult **failed)
 /*
  * Apply route's messages among messages[lo..hi] (routes[i] == route) in
  * the open transaction on conn (writer slot): CHANGE_STAGED, nothing run,
- * when the staging path must decide; CHANGE_BAD_DATA or CHANGE_FAILED with
- * *failed the statement's result when one did not go through (the caller
- * tells which); else the messages applied in *written.
+ * when the staging path must decide; CHANGE_FAILED with *failed the result
+ * of the statement that did not go through (the caller tells a bad row
+ * from a failure); else the messages applied in *written.
  */
 ChangeResult
 change_apply(PGconn *conn, int slot, int route, const ChangePlan *plan, rd_kafka_message_t **messages,

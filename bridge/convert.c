@@ -17,6 +17,7 @@
 
 #include "buf.h"
 #include "convert.h"
+#include "encode.h"
 
 #define USECS_PER_SEC INT64_C(1000000)
 #define USECS_PER_DAY (INT64_C(86400) * USECS_PER_SEC)
@@ -32,17 +33,6 @@ convert_integer(const char *s, long long *v)
 		return false;
 	*v = strtoll(s, &end, 10);
 	return *end == '\0' && *v > INT64_MIN / 2 && *v < INT64_MAX / 2;
-}
-
-bool
-convert_negative_zero(const char *s)
-{
-	if (*s++ != '-')
-		return false;
-	for (; *s; s++)
-		if (*s != '0' && *s != '.')
-			return false;
-	return true;
 }
 
 static int
@@ -113,18 +103,8 @@ hex_digit(char c)
 static void
 bytea_text(Buf *b, const unsigned char *p, size_t n)
 {
-	static const char hex[] = "0123456789abcdef";
-	size_t		i;
-
-	buf_reserve(b, 2 * n + 3);
-	b->data[b->len++] = '\\';
-	b->data[b->len++] = 'x';
-	for (i = 0; i < n; i++)
-	{
-		b->data[b->len++] = hex[p[i] >> 4];
-		b->data[b->len++] = hex[p[i] & 15];
-	}
-	b->data[b->len] = '\0';
+	buf_append(b, "\\x", 2);
+	hex_append(b, p, n);
 }
 
 /*
@@ -332,7 +312,7 @@ array_text(Buf *b, const JsonTree *t, int node)
 			continue;
 		}
 		if (t->nodes[i].type == JSON_NODE_OBJECT || t->nodes[i].type == JSON_NODE_ARRAY ||
-			(t->nodes[i].type == JSON_NODE_NUMBER && convert_negative_zero(s)))
+			(t->nodes[i].type == JSON_NODE_NUMBER && json_negative_zero(s)))
 			return false;
 		buf_puts(b, "\"");
 		for (k = 0; k < len; k++)
@@ -506,7 +486,7 @@ convert_value(const ChangePlan *plan, Buf *scratch, const ChangeColumn *c, const
 		case KIND_JSON:
 		case KIND_PLAIN:
 			if (n->type == JSON_NODE_OBJECT || n->type == JSON_NODE_ARRAY ||
-				(n->type == JSON_NODE_NUMBER && convert_negative_zero(s)))
+				(n->type == JSON_NODE_NUMBER && json_negative_zero(s)))
 				return false;
 			buf_append(out, s, len);
 			return true;

@@ -29,6 +29,5 @@ typedef struct FieldInfo
 extern bool convert_value(const ChangePlan *plan, Buf *scratch, const ChangeColumn *c, const FieldInfo *f,
 						  bool has_f, const JsonTree *t, int node, Buf *out, bool *null);
 extern bool convert_integer(const char *s, long long *v);
-extern bool convert_negative_zero(const char *s);
 
 #endif							/* INFRA_BRIDGE_CONVERT_H */

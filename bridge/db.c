@@ -616,6 +616,27 @@ typedef enum DirectResult
 } DirectResult;
 
 /*
+ * What a route's direct write that did not go through (res, its failed
+ * result, taken over; NULL when there is none) comes to: a bad message
+ * (the route goes staged), else a failure (the batch is retried).
+ */
+static DirectResult
+direct_failure(const BridgeConfig *config, int r, PGresult *res, const char *doing, const char *bad,
+			   const char *then)
+{
+	if (res == NULL || !data_error(res, false))
+	{
+		log_warning("route \"%s\": cannot %s: %s", config->routes[r].name, doing, PQerrorMessage(conn));
+		PQclear(res);
+		return DIRECT_FAILED;
+	}
+	log_debug("route \"%s\": %s (%s): %s", config->routes[r].name, bad,
+			  PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY), then);
+	PQclear(res);
+	return DIRECT_BAD_DATA;
+}
+
+/*
  * COPY route r's messages (among lo..hi) straight into its table, streamed
  * in COPY_PIECE pieces, binary or text as its statement says.
  */
@@ -667,16 +688,7 @@ copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_
 		PQclear(res);
 		return DIRECT_WRITTEN;
 	}
-	if (res == NULL || !data_error(res, false))
-	{
-		log_warning("route \"%s\": cannot COPY: %s", config->routes[r].name, PQerrorMessage(conn));
-		PQclear(res);
-		return DIRECT_FAILED;
-	}
-	log_debug("route \"%s\": COPY met a bad message (%s): sorting the batch out row by row",
-			  config->routes[r].name, PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY));
-	PQclear(res);
-	return DIRECT_BAD_DATA;
+	return direct_failure(config, r, res, "COPY", "COPY met a bad message", "sorting the batch out row by row");
 }
 
 /*
@@ -698,16 +710,8 @@ change_direct(const BridgeConfig *config, int slot, int r, int lo, int hi, rd_ka
 		case CHANGE_FAILED:
 			break;
 	}
-	if (failed == NULL || !data_error(failed, false))
-	{
-		log_warning("route \"%s\": cannot apply change events: %s", config->routes[r].name, PQerrorMessage(conn));
-		PQclear(failed);
-		return DIRECT_FAILED;
-	}
-	log_debug("route \"%s\": a change event the server refused (%s): the range goes through the staging table",
-			  config->routes[r].name, PQresultErrorField(failed, PG_DIAG_MESSAGE_PRIMARY));
-	PQclear(failed);
-	return DIRECT_BAD_DATA;
+	return direct_failure(config, r, failed, "apply change events", "a change event the server refused",
+						  "the range goes through the staging table");
 }
 
 /*

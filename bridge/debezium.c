@@ -711,7 +711,8 @@ key_class(const RouteTargets *rt, const Column *c, KeyClass *cls)
 		*cls = KEY_UUID;
 		return true;
 	}
-	if (strcmp(c->type, "text") != 0 && strncmp(c->type, "character varying", 17) != 0)
+	/* varchar(n): the SQL's cast cuts a longer key, which then equals another. */
+	if (strcmp(c->type, "text") != 0 && strcmp(c->type, "character varying") != 0)
 		return false;
 	*cls = KEY_TEXT;
 	/* A nondeterministic collation makes other texts equal. */

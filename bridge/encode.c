@@ -83,29 +83,34 @@ copy_text(Buf *b, const char *s, size_t n)
 	b->data[b->len] = '\0';
 }
 
-/* A bytea field: \\x and hex (the backslash itself escaped for COPY). */
-static void
-copy_bytea(Buf *b, const void *data, size_t n)
+/* n bytes as lower-case hex. */
+void
+hex_append(Buf *b, const void *data, size_t n)
 {
 	static const char hex[] = "0123456789abcdef";
 	const unsigned char *p = data;
 	size_t		i;
 
-	if (data == NULL)
-	{
-		buf_puts(b, "\\N");
-		return;
-	}
-	buf_reserve(b, 3 + n * 2);
-	b->data[b->len++] = '\\';
-	b->data[b->len++] = '\\';
-	b->data[b->len++] = 'x';
+	buf_reserve(b, n * 2);
 	for (i = 0; i < n; i++)
 	{
 		b->data[b->len++] = hex[p[i] >> 4];
 		b->data[b->len++] = hex[p[i] & 15];
 	}
 	b->data[b->len] = '\0';
+}
+
+/* A bytea field: \\x and hex (the backslash itself escaped for COPY). */
+static void
+copy_bytea(Buf *b, const void *data, size_t n)
+{
+	if (data == NULL)
+	{
+		buf_puts(b, "\\N");
+		return;
+	}
+	buf_append(b, "\\\\x", 3);
+	hex_append(b, data, n);
 }
 
 /* Is this valid UTF-8 without NUL bytes? */

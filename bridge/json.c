@@ -140,8 +140,9 @@ on_field_end(void *state, char *fname, bool isnull)
 	INFRA_JSON_CALLBACK_DONE;
 }
 
-static bool
-negative_zero(const char *s)
+/* A JSON number that is a negative zero (numeric prints it without the sign). */
+bool
+json_negative_zero(const char *s)
 {
 	if (*s++ != '-')
 		return false;
@@ -163,7 +164,7 @@ on_scalar(void *state, char *token, JsonTokenType type)
 		st->ok = false;			/* a scalar document, not an object */
 	else if (st->depth == 1 && st->field >= 0 && !st->raw[st->field])
 	{
-		if (type == JSON_TOKEN_NUMBER && negative_zero(token))
+		if (type == JSON_TOKEN_NUMBER && json_negative_zero(token))
 			st->ok = false;
 		else if (type != JSON_TOKEN_NULL)
 			keep(st, st->field, token, strlen(token));

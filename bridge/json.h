@@ -66,6 +66,7 @@ extern bool json_tree(const char *json, size_t len, JsonTree *t);
 extern int	json_child(const JsonTree *t, int node, const char *key);
 extern const char *json_text(const JsonTree *t, int node, size_t *len);
 extern bool json_utf8(const char *s, size_t len);
+extern bool json_negative_zero(const char *s);
 
 extern bool json_pick(const char *json, size_t len, const char *const *keys, const bool *raw,
 					  int nkeys, JsonPick *picks, Buf *out);
