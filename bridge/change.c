@@ -445,10 +445,8 @@ event_values(Range *rg, const SchemaInfo *si, const JsonTree *t, int obj, bool k
 	{
 		bool		null;
 		int			node;
-		bool		is_key = false;
+		bool		is_key = plan->key_of[c] >= 0;
 
-		for (k = 0; k < plan->nkeys; k++)
-			is_key |= plan->keys[k] == c;
 		if (keys_only && !is_key)
 			continue;
 		node = json_child(t, obj, plan->cols[c].name);
@@ -463,11 +461,7 @@ event_values(Range *rg, const SchemaInfo *si, const JsonTree *t, int obj, bool k
 			rg->lens[c] = rg->vals.len - rg->spans[c];
 		}
 		if (ok && is_key)
-		{
-			for (k = 0; plan->keys[k] != c; k++)
-				;
-			ok = !null && key_comparable(plan->key_class[k], t, node, one.data, one.len);
-		}
+			ok = !null && key_comparable(plan->key_class[plan->key_of[c]], t, node, one.data, one.len);
 		if (!ok)
 			snprintf(rg->why, sizeof(rg->why), "the value of column \"%s\"%s", plan->cols[c].name,
 					 is_key ? " (a key)" : node < 0 ? " (left out, with a default)" : "");
@@ -721,12 +715,10 @@ stage_rows(const Range *rg, Buf *copy, int *ndeleted, int *nupserted)
 		k = rg->keys.data + e->key;
 		for (c = 0; c < plan->ncols; c++)
 		{
-			int			n;
+			int			n = plan->key_of[c];
 
-			for (n = 0; n < plan->nkeys && plan->keys[n] != c; n++)
-				;
 			buf_puts(copy, "\t");
-			if (n == plan->nkeys)
+			if (n < 0)
 				buf_puts(copy, "\\N");
 			else
 			{

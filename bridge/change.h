@@ -63,6 +63,7 @@ typedef struct ChangePlan
 	int			nkeys;
 	int			keys[CHANGE_MAX_KEYS];	/* indexes into cols */
 	KeyClass	key_class[CHANGE_MAX_KEYS];
+	int			key_of[CHANGE_MAX_COLUMNS];	/* per column: its index in keys, or -1 */
 	char		forms[3][400];	/* the placeholder, its base64 and hex */
 	int			gen;			/* the stage's generation, in its name */
 	char	   *create;			/* CREATE TEMP TABLE the stage */

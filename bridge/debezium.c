@@ -317,6 +317,18 @@ base64(char *out, const char *s)
 	out[o] = '\0';
 }
 
+/* The placeholder's bytes in base64 (b64, 200 bytes) and hex (hex, 300). */
+static void
+placeholder_texts(const char *p, char *b64, char *hex)
+{
+	size_t		i;
+
+	base64(b64, p);
+	for (i = 0; p[i] && i < 127; i++)
+		snprintf(hex + 2 * i, 3, "%02x", (unsigned char) p[i]);
+	hex[2 * i] = '\0';
+}
+
 /*
  * The placeholder's forms in JSON: the string, an array of it, its bytes
  * in base64 and hex.  ph: as bytes to find in a message (ph), or as jsonb
@@ -328,12 +340,8 @@ placeholder_forms(Buf *b, const BridgeRoute *route, bool ph)
 	const char *p = route->dbz_placeholder;
 	char		b64[200];
 	char		hex[300];
-	size_t		i;
 
-	base64(b64, p);
-	for (i = 0; p[i] && i < 127; i++)
-		snprintf(hex + 2 * i, 3, "%02x", (unsigned char) p[i]);
-	hex[2 * i] = '\0';
+	placeholder_texts(p, b64, hex);
 	if (ph)
 	{
 		buf_puts(b, "(position(");
@@ -749,9 +757,12 @@ change_plan(RouteTargets *rt, const int *keys, int nkeys, bool identity)
 	plan->route = route;
 	plan->ncols = rt->nt;
 	plan->nkeys = nkeys;
+	for (t = 0; t < rt->nt; t++)
+		plan->key_of[t] = -1;
 	for (k = 0; k < nkeys; k++)
 	{
 		plan->keys[k] = keys[k];
+		plan->key_of[keys[k]] = k;
 		if (!key_class(rt, rt->target[keys[k]], &plan->key_class[k]))
 		{
 			free(plan);
@@ -767,9 +778,7 @@ change_plan(RouteTargets *rt, const int *keys, int nkeys, bool identity)
 		plan->cols[t].by_default = c->defexpr[0] != '\0' && c->generated == '\0';
 	}
 	snprintf(plan->forms[0], sizeof(plan->forms[0]), "%s", route->dbz_placeholder);
-	base64(plan->forms[1], route->dbz_placeholder);
-	for (k = 0; route->dbz_placeholder[k] && k < 127; k++)
-		snprintf(plan->forms[2] + 2 * k, 3, "%02x", (unsigned char) route->dbz_placeholder[k]);
+	placeholder_texts(route->dbz_placeholder, plan->forms[1], plan->forms[2]);
 	plan->gen = ++generation;
 	snprintf(stage, sizeof(stage), "pg_temp.infra_bridge_change_%d", plan->gen);
 	buf_printf(&b, "CREATE TEMP TABLE IF NOT EXISTS %s (seq integer, d boolean", stage);
