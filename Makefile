@@ -71,7 +71,7 @@ LIBPQ_CONFIG ?= /usr/bin/pg_config
 BRIDGE_CFLAGS = -std=c99 -D_POSIX_C_SOURCE=200809L -O2 -g -Wall -Wextra \
 	-Wno-unused-parameter -Werror -I$(shell $(LIBPQ_CONFIG) --includedir) \
 	-I$(shell $(LIBPQ_CONFIG) --includedir-server)
-BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lpthread \
+BRIDGE_LIBS = -lrdkafka -linih -lmicrohttpd -lavro -lcurl -lpthread \
 	-L$(shell $(LIBPQ_CONFIG) --pkglibdir) -lpgcommon -lpgport \
 	-L$(shell $(LIBPQ_CONFIG) --libdir) -lpq
 

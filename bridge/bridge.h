@@ -105,6 +105,9 @@ typedef struct BridgeRoute
 	DebeziumBinary dbz_binary;
 	char		dbz_placeholder[128];	/* unavailable.value.placeholder */
 	bool		dbz_set;		/* one of those four given */
+	bool		avro;			/* format = avro, or debezium with encoding = avro: Confluent's wire format */
+	bool		avro_format;	/* format = avro given */
+	bool		avro_encoding;	/* format = debezium, encoding = avro */
 	int			batch_size;		/* this route's messages per batch at most */
 	int			batch_delay_ms; /* longest one of them waits; 0: [bridge]'s */
 } BridgeRoute;
@@ -117,6 +120,7 @@ typedef struct BridgeConfig
 	char		group[BRIDGE_VALUE_LEN];	/* consumer group id */
 	char		log_level[BRIDGE_VALUE_LEN];	/* error|warning|info|debug */
 	char		metrics_listen[BRIDGE_VALUE_LEN];	/* host:port, "" for none */
+	char		schema_registry[BRIDGE_VALUE_LEN];	/* Confluent-API base URL, "" for none */
 	int			batch_size;		/* messages per transaction at most */
 	int			batch_bytes;	/* and bytes of keys and values in a batch */
 	int			batch_delay_ms; /* longest a message waits for its batch */

@@ -382,7 +382,7 @@ contains(const char *s, size_t n, const char *needle)
 
 /* The message holds one of the placeholder's forms (the SQL's ph). */
 static bool
-may_hold_placeholder(const ChangePlan *plan, const rd_kafka_message_t *m)
+may_hold_placeholder(const ChangePlan *plan, const MsgBody *m)
 {
 	int			k;
 
@@ -589,7 +589,7 @@ refuse(Range *rg, const char *why)
 
 /* A tombstone: its key (the JSON converter's wrapping allowed) deleted. */
 static bool
-tombstone(Range *rg, const rd_kafka_message_t *m)
+tombstone(Range *rg, const MsgBody *m)
 {
 	JsonTree   *t = &rg->key_tree;
 	int			root = 0;
@@ -607,7 +607,7 @@ tombstone(Range *rg, const rd_kafka_message_t *m)
 
 /* One change event of the range taken in: false when the staging path must decide. */
 static bool
-take_event(Range *rg, const rd_kafka_message_t *m)
+take_event(Range *rg, const MsgBody *m)
 {
 	const ChangePlan *plan = rg->plan;
 	JsonTree   *t = &rg->tree;
@@ -809,7 +809,7 @@ copy_stage(PGconn *conn, const char *sql, const Buf *copy, PGresult **failed)
  */
 ChangeResult
 change_apply(PGconn *conn, int slot, int route, const ChangePlan *plan, rd_kafka_message_t **messages,
-			 const int *routes, int lo, int hi, long long *written, PGresult **failed)
+			 const MsgBody *bodies, const int *routes, int lo, int hi, long long *written, PGresult **failed)
 {
 	Range		rg = {.plan = plan};
 	Buf			copy = {0};
@@ -825,7 +825,7 @@ change_apply(PGconn *conn, int slot, int route, const ChangePlan *plan, rd_kafka
 	for (i = lo; i <= hi && ok; i++)
 		if (routes[i] == route)
 		{
-			ok = take_event(&rg, messages[i]);
+			ok = take_event(&rg, &bodies[i]);
 			n++;
 			if (!ok)
 				log_debug("route \"%s\": message at %s [%d] offset %lld is for the staging path (%s): its range"

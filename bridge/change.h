@@ -15,6 +15,7 @@
 #include <librdkafka/rdkafka.h>
 
 #include "bridge.h"
+#include "encode.h"
 
 /* How a column's value is read from an event's JSON (by the column's type). */
 typedef enum ColumnKind
@@ -81,7 +82,8 @@ typedef enum ChangeResult
 } ChangeResult;
 
 extern ChangeResult change_apply(PGconn *conn, int slot, int route, const ChangePlan *plan,
-								 rd_kafka_message_t **messages, const int *routes, int lo, int hi,
+								 rd_kafka_message_t **messages, const MsgBody *bodies, const int *routes,
+								 int lo, int hi,
 								 long long *written, PGresult **failed);
 extern void change_forget(int slot);
 extern bool change_direct_enabled(void);

@@ -4,13 +4,15 @@
  *		infra-bridge configuration: an INI file read by inih.
  *
  *	[bridge]         conninfo, brokers, group, log_level, batch_size,
- *	                 batch_bytes, batch_delay_ms, writers, metrics_listen
+ *	                 batch_bytes, batch_delay_ms, writers, metrics_listen,
+ *	                 schema_registry
  *	[kafka]          librdkafka consumer properties, passed through
  *	[route NAME]     topics, table, format, column, columns, mode,
  *	                 key_columns, dedupe, deletes, *_column (metadata), batch_size,
  *	                 batch_delay_ms (defaults: [bridge]'s); format = debezium:
  *	                 decimal_handling_mode, time_precision_mode,
- *	                 binary_handling_mode, unavailable_value_placeholder
+ *	                 binary_handling_mode, unavailable_value_placeholder,
+ *	                 encoding
  *
  * A file is loaded into a scratch copy and only handed back when all of it
  * is valid, so a reload with a bad file keeps the configuration in force.
@@ -42,6 +44,7 @@ static const ConfigKey bridge_keys[] = {
 	{"group", offsetof(BridgeConfig, group), "infra-bridge", false},
 	{"log_level", offsetof(BridgeConfig, log_level), "info", false},
 	{"metrics_listen", offsetof(BridgeConfig, metrics_listen), "", false},
+	{"schema_registry", offsetof(BridgeConfig, schema_registry), "", true},	/* may hold a password */
 };
 
 #define NUM_BRIDGE_KEYS (sizeof(bridge_keys) / sizeof(bridge_keys[0]))
@@ -218,6 +221,13 @@ config_debezium_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 
 	route->dbz_set = true;
 
+	if (strcasecmp(name, "encoding") == 0)
+	{
+		if (strcmp(value, "avro") != 0 && strcmp(value, "json") != 0)
+			return config_reject(load, "encoding \"%s\" in section [%s] is not one of json, avro", value, section);
+		route->avro_encoding = strcmp(value, "avro") == 0;
+		return 1;
+	}
 	if (strcasecmp(name, "decimal_handling_mode") == 0)
 	{
 		if ((i = one_of(value, decimal)) < 0)
@@ -281,6 +291,7 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 	if (strcasecmp(name, "format") == 0)
 	{
 		route->shape_set = true;
+		route->avro_format = strcmp(value, "avro") == 0;
 		if (strcmp(value, "json") == 0)
 			route->format = FORMAT_JSON;
 		else if (strcmp(value, "json_columns") == 0)
@@ -291,9 +302,11 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 			route->format = FORMAT_BYTEA;
 		else if (strcmp(value, "debezium") == 0)
 			route->format = FORMAT_DEBEZIUM;
+		else if (strcmp(value, "avro") == 0)
+			route->format = FORMAT_JSON_COLUMNS;	/* as json_columns, once decoded */
 		else
 			return config_reject(load, "format \"%s\" in section [%s] is not one of json, json_columns, text, bytea,"
-								 " debezium", value, section);
+								 " debezium, avro", value, section);
 		return 1;
 	}
 	if (strcasecmp(name, "column") == 0)
@@ -339,7 +352,8 @@ config_route_key(ConfigLoad *load, BridgeRoute *route, const char *section,
 		return 1;
 	}
 	if (strncasecmp(name, "decimal_", 8) == 0 || strncasecmp(name, "time_", 5) == 0 ||
-		strncasecmp(name, "binary_", 7) == 0 || strncasecmp(name, "unavailable_", 12) == 0)
+		strncasecmp(name, "binary_", 7) == 0 || strncasecmp(name, "unavailable_", 12) == 0 ||
+		strcasecmp(name, "encoding") == 0)
 		return config_debezium_key(load, route, section, name, value);
 	for (m = 0; m < META_COUNT; m++)
 		if (strcasecmp(name, meta_keys[m]) == 0)
@@ -582,10 +596,19 @@ config_validate(const char *path, BridgeConfig *config)
 			route->batch_delay_ms = config->batch_delay_ms;
 		if (route->format == FORMAT_DEBEZIUM && !debezium_route_ok(path, route))
 			return false;
+		route->avro = route->avro_format || route->avro_encoding;
+		if (route->avro && strncasecmp(config->schema_registry, "http://", 7) != 0 &&
+			strncasecmp(config->schema_registry, "https://", 8) != 0)
+		{
+			log_error("%s: route \"%s\" reads Avro: [bridge] needs schema_registry, the registry's http:// or"
+					  " https:// URL", path, route->name);
+			return false;
+		}
 		if (route->format != FORMAT_DEBEZIUM && route->dbz_set)
 		{
-			log_error("%s: route \"%s\": decimal_handling_mode, time_precision_mode, binary_handling_mode and"
-					  " unavailable_value_placeholder apply to format = debezium only", path, route->name);
+			log_error("%s: route \"%s\": decimal_handling_mode, time_precision_mode, binary_handling_mode,"
+					  " unavailable_value_placeholder and encoding apply to format = debezium only (format = avro"
+					  " reads Avro records onto columns)", path, route->name);
 			return false;
 		}
 		if (route->upsert && route->key_columns[0] == '\0' && route->format != FORMAT_DEBEZIUM)

@@ -112,7 +112,7 @@ bytea_text(Buf *b, const unsigned char *p, size_t n)
  * bytes of the unscaled value, and its scale (as infra.debezium_decimal:
  * exactly scale digits after the point).
  */
-static bool
+bool
 decimal_text(Buf *b, const unsigned char *bytes, size_t n, int scale)
 {
 	unsigned char mag[DECIMAL_MAX_BYTES];
@@ -219,7 +219,7 @@ digits(Buf *b, int64_t v, int width)
 }
 
 /* A date's text, years 1 to 9999 only. */
-static bool
+bool
 date_text(Buf *b, int64_t days)
 {
 	int			y,
@@ -254,7 +254,7 @@ micros(long long v, int64_t units, int64_t *us)
 	return true;
 }
 
-static void
+void
 clock_text(Buf *b, int64_t us)
 {
 	digits(b, us / (3600 * USECS_PER_SEC), 2);
@@ -266,7 +266,7 @@ clock_text(Buf *b, int64_t us)
 	digits(b, us % USECS_PER_SEC, 6);
 }
 
-static bool
+bool
 timestamp_text(Buf *b, int64_t us)
 {
 	int64_t		days = floor_div(us, USECS_PER_DAY);

@@ -30,4 +30,10 @@ extern bool convert_value(const ChangePlan *plan, Buf *scratch, const ChangeColu
 						  bool has_f, const JsonTree *t, int node, Buf *out, bool *null);
 extern bool convert_integer(const char *s, long long *v);
 
+/* PostgreSQL's text of a Decimal's bytes at scale, days since 1970, microseconds of a day or since 1970 */
+extern bool decimal_text(Buf *b, const unsigned char *bytes, size_t n, int scale);
+extern bool date_text(Buf *b, int64_t days);
+extern void clock_text(Buf *b, int64_t us);
+extern bool timestamp_text(Buf *b, int64_t us);
+
 #endif							/* INFRA_BRIDGE_CONVERT_H */

@@ -49,6 +49,7 @@
 #include "buf.h"
 #include "encode.h"
 #include "route.h"
+#include "avrodec.h"
 
 
 /*
@@ -642,7 +643,7 @@ direct_failure(const BridgeConfig *config, int r, PGresult *res, const char *doi
  */
 static DirectResult
 copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_t **messages,
-			const int *routes, Buf *copy, Buf *scratch, long long *written)
+			const MsgBody *bodies, const int *routes, Buf *copy, Buf *scratch, long long *written)
 {
 	const RouteSql *rs = &route_sql[r];
 	bool		json = config->routes[r].format == FORMAT_JSON_COLUMNS;
@@ -660,10 +661,10 @@ copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_
 			if (routes[i] != r)
 				continue;
 			if (rs->shape.binary)
-				binary_row(copy, scratch, &rs->shape, messages[i]);
+				binary_row(copy, scratch, &rs->shape, messages[i], &bodies[i]);
 			else if (!json)
-				direct_row(copy, scratch, &rs->shape, messages[i]);
-			else if (!json_columns_row(copy, scratch, &picked, &rs->shape, messages[i]))
+				direct_row(copy, scratch, &rs->shape, messages[i], &bodies[i]);
+			else if (!json_columns_row(copy, scratch, &picked, &rs->shape, messages[i], &bodies[i]))
 			{
 				/* Not certain to read as the server would: it decides. */
 				free(picked.data);
@@ -697,11 +698,11 @@ copy_direct(const BridgeConfig *config, int r, int lo, int hi, rd_kafka_message_
  */
 static DirectResult
 change_direct(const BridgeConfig *config, int slot, int r, int lo, int hi, rd_kafka_message_t **messages,
-			  const int *routes, long long *written)
+			  const MsgBody *bodies, const int *routes, long long *written)
 {
 	PGresult   *failed = NULL;
 
-	switch (change_apply(conn, slot, r, route_sql[r].change, messages, routes, lo, hi, written, &failed))
+	switch (change_apply(conn, slot, r, route_sql[r].change, messages, bodies, routes, lo, hi, written, &failed))
 	{
 		case CHANGE_WRITTEN:
 			return DIRECT_WRITTEN;
@@ -720,7 +721,8 @@ change_direct(const BridgeConfig *config, int slot, int r, int lo, int hi, rd_ka
  * messages isolated by write_range.  False when the batch must be retried.
  */
 static bool
-write_staged(const BridgeConfig *config, rd_kafka_message_t **messages, int n, const int *routes,
+write_staged(const BridgeConfig *config, rd_kafka_message_t **messages, const MsgBody *bodies, int n,
+			 const int *routes,
 			 const int *lo, const int *hi, const bool *done, Buf *copy, Buf *scratch,
 			 long long *written, long long *dead)
 {
@@ -731,7 +733,7 @@ write_staged(const BridgeConfig *config, rd_kafka_message_t **messages, int n, c
 	copy->len = 0;
 	for (i = 0; i < n; i++)
 		if (routes[i] >= 0 && !done[routes[i]])
-			stage_row(copy, scratch, i, routes[i], messages[i]);
+			stage_row(copy, scratch, i, routes[i], messages[i], &bodies[i]);
 	free(scratch->data);
 	scratch->data = NULL;
 	if (copy->len == 0)
@@ -802,6 +804,155 @@ move_offsets(const BridgeConfig *config, const PartitionWrite *parts, int nparts
 	return WRITE_OK;
 }
 
+/* A message the bridge could not decode (an Avro route's): a dead letter. */
+typedef struct Undecoded
+{
+	int			i;
+	char		why[400];
+} Undecoded;
+
+/*
+ * The undecodable messages as dead letters, in the open transaction, with
+ * their bytes as they came and why (SQLSTATE 22P02).  False on a failure.
+ */
+static bool
+undecoded_dead_letters(const BridgeConfig *config, rd_kafka_message_t **messages, const int *routes,
+					   const Undecoded *bad, int nbad, long long *dead)
+{
+	Buf			headers = {0};
+	int			k;
+
+	for (k = 0; k < nbad; k++)
+	{
+		const rd_kafka_message_t *m = messages[bad[k].i];
+		int			r = routes[bad[k].i];
+		char		part[16],
+					off[32],
+					error[420];
+		const void *id;
+		size_t		id_size;
+		const char *values[8];
+		int			lengths[8] = {0};
+		int			formats[8] = {0, 0, 0, 0, 1, 1, 0, 0};
+		PGresult   *res;
+
+		snprintf(part, sizeof(part), "%d", (int) m->partition);
+		snprintf(off, sizeof(off), "%lld", (long long) m->offset);
+		snprintf(error, sizeof(error), "22P02: %s", bad[k].why);
+		values[0] = config->routes[r].name;
+		values[1] = rd_kafka_topic_name(m->rkt);
+		values[2] = part;
+		values[3] = off;
+		values[4] = m->key;
+		lengths[4] = (int) m->key_len;
+		values[5] = m->payload;
+		lengths[5] = (int) m->len;
+		values[6] = headers_json(&headers, m, &id, &id_size) ? headers.data : NULL;
+		values[7] = error;
+		res = PQexecParams(conn, "INSERT INTO infra.bridge_dead_letters"
+						   " (route, topic, partition, \"offset\", key, payload, headers, error)"
+						   " VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb, $8)", 8, NULL, values, lengths, formats, 0);
+		if (PQresultStatus(res) != PGRES_COMMAND_OK)
+		{
+			log_warning("cannot write a dead letter: %s", PQerrorMessage(conn));
+			PQclear(res);
+			free(headers.data);
+			return false;
+		}
+		PQclear(res);
+		dead[r]++;
+	}
+	free(headers.data);
+	return true;
+}
+
+/*
+ * One message's key or value decoded from Avro into decoded (at *off, *len
+ * bytes); a key not in Confluent's wire format is left as it is (off -1).
+ */
+static AvroResult
+decode_part(const BridgeConfig *config, int slot, const void *data, size_t len, AvroShape shape, bool key,
+			Buf *decoded, size_t *off, size_t *dlen, char *why, size_t whylen)
+{
+	AvroResult	res;
+
+	*off = (size_t) -1;
+	if (data == NULL || (key && (len < 5 || ((const unsigned char *) data)[0] != 0)))
+		return AVRO_DECODED;
+	*off = decoded->len;
+	res = avro_decode(config->schema_registry, slot, data, len, shape, decoded, why, whylen);
+	*dlen = decoded->len - *off;
+	if (res != AVRO_DECODED)
+		decoded->len = *off;
+	return res;
+}
+
+/*
+ * Each message's key and value as its route reads them (bodies): its own,
+ * or for a route reading Avro the JSON decoded into decoded.  A message
+ * that cannot be decoded gets route -1 in rts and an entry in bad.  False
+ * when the registry could not be asked: the batch is tried again.
+ */
+static bool
+decode_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n, const int *routes,
+			 MsgBody *bodies, int *rts, Undecoded *bad, int *nbad, Buf *decoded)
+{
+	size_t	   *at = calloc((size_t) n * 4 + 1, sizeof(size_t));
+	int			i;
+
+	if (at == NULL)
+		abort();
+	for (i = 0; i < n; i++)
+	{
+		const rd_kafka_message_t *m = messages[i];
+		const BridgeRoute *route = routes[i] >= 0 ? &config->routes[routes[i]] : NULL;
+		bool		dbz;
+		AvroResult	res;
+		char	   *why = bad[*nbad].why;
+
+		bodies[i] = (MsgBody) {m->payload, m->len, m->key, m->key_len};
+		rts[i] = routes[i];
+		at[4 * i] = at[4 * i + 2] = (size_t) -1;
+		if (route == NULL || !route->avro)
+			continue;
+		dbz = route->format == FORMAT_DEBEZIUM;
+		res = decode_part(config, slot, m->payload, m->len, dbz ? AVRO_CONNECT : AVRO_COLUMNS, false, decoded,
+						  &at[4 * i], &at[4 * i + 1], why, sizeof(bad->why));
+		if (res == AVRO_DECODED)
+			res = decode_part(config, slot, m->key, m->key_len, dbz ? AVRO_CONNECT_PAYLOAD : AVRO_COLUMNS, true,
+							  decoded, &at[4 * i + 2], &at[4 * i + 3], why, sizeof(bad->why));
+		if (res == AVRO_RETRY)
+		{
+			log_warning("route \"%s\": %s: the batch is tried again", route->name, why);
+			free(at);
+			return false;
+		}
+		if (res == AVRO_BAD)
+		{
+			log_debug("route \"%s\": message at %s [%d] offset %lld is a dead letter: %s", route->name,
+					  rd_kafka_topic_name(m->rkt), (int) m->partition, (long long) m->offset, why);
+			bad[(*nbad)++].i = i;
+			rts[i] = -1;
+		}
+	}
+	/* decoded has stopped moving: point into it */
+	for (i = 0; i < n; i++)
+	{
+		if (at[4 * i] != (size_t) -1)
+		{
+			bodies[i].payload = decoded->data + at[4 * i];
+			bodies[i].len = at[4 * i + 1];
+		}
+		if (at[4 * i + 2] != (size_t) -1)
+		{
+			bodies[i].key = decoded->data + at[4 * i + 2];
+			bodies[i].key_len = at[4 * i + 3];
+		}
+	}
+	free(at);
+	return true;
+}
+
 /*
  * Write n messages (routes[i] the route of message i, -1 for none) and
  * move the offsets of the partitions they came from, all in one
@@ -811,10 +962,10 @@ move_offsets(const BridgeConfig *config, const PartitionWrite *parts, int nparts
  * and when the COPY meets one the transaction starts over with that route
  * through the staging table.
  */
-WriteResult
-db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n,
-			   const int *routes, const PartitionWrite *parts, int nparts,
-			   long long *written, long long *dead)
+static WriteResult
+write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, const MsgBody *bodies, int n,
+			const int *routes, const Undecoded *bad, int nbad, const int *bad_routes,
+			const PartitionWrite *parts, int nparts, long long *written, long long *dead)
 {
 	Buf			copy = {0};
 	Buf			scratch = {0};
@@ -854,13 +1005,15 @@ again:
 		done[r] = false;
 		written[r] = dead[r] = 0;
 	}
+	if (nbad > 0 && !undecoded_dead_letters(config, messages, bad_routes, bad, nbad, dead))
+		goto retry;
 	for (r = 0; r < config->nroutes; r++)
 	{
 		if (lo[r] < 0 || staged_only[r])
 			continue;
 		switch (route_sql[r].change != NULL ?
-				change_direct(config, slot, r, lo[r], hi[r], messages, routes, &written[r]) :
-				copy_direct(config, r, lo[r], hi[r], messages, routes, &copy, &scratch, &written[r]))
+				change_direct(config, slot, r, lo[r], hi[r], messages, bodies, routes, &written[r]) :
+				copy_direct(config, r, lo[r], hi[r], messages, bodies, routes, &copy, &scratch, &written[r]))
 		{
 			case DIRECT_WRITTEN:
 				done[r] = true;
@@ -878,7 +1031,7 @@ again:
 				goto again;
 		}
 	}
-	if (!write_staged(config, messages, n, routes, lo, hi, done, &copy, &scratch, written, dead))
+	if (!write_staged(config, messages, bodies, n, routes, lo, hi, done, &copy, &scratch, written, dead))
 		goto retry;
 	result = move_offsets(config, parts, nparts);
 	if (result == WRITE_CONFLICT)
@@ -901,4 +1054,43 @@ retry:
 	for (r = 0; r < config->nroutes; r++)
 		written[r] = dead[r] = 0;
 	return WRITE_RETRY;
+}
+
+/*
+ * Write n messages (routes[i] the route of message i, -1 for none) and
+ * move the offsets of the partitions they came from, all in one
+ * transaction (write_batch); messages of routes reading Avro are decoded
+ * first.
+ */
+WriteResult
+db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n,
+			   const int *routes, const PartitionWrite *parts, int nparts,
+			   long long *written, long long *dead)
+{
+	MsgBody    *bodies = malloc(sizeof(MsgBody) * (size_t) (n + 1));
+	int		   *rts = malloc(sizeof(int) * (size_t) (n + 1));
+	Undecoded  *bad = NULL;
+	int			nbad = 0;
+	Buf			decoded = {0};
+	WriteResult result = WRITE_RETRY;
+	int			i;
+	bool		avro = false;
+
+	if (bodies == NULL || rts == NULL)
+		abort();
+	for (i = 0; i < n && !avro; i++)
+		avro = routes[i] >= 0 && config->routes[routes[i]].avro;
+	if (avro && (bad = malloc(sizeof(Undecoded) * (size_t) (n + 1))) == NULL)
+		abort();
+	if (!avro)
+		for (i = 0; i < n; i++)
+			bodies[i] = (MsgBody) {messages[i]->payload, messages[i]->len, messages[i]->key, messages[i]->key_len};
+	if (!avro || decode_batch(config, slot, messages, n, routes, bodies, rts, bad, &nbad, &decoded))
+		result = write_batch(config, slot, messages, bodies, n, avro ? rts : routes, bad, nbad, routes, parts,
+							 nparts, written, dead);
+	free(bodies);
+	free(rts);
+	free(bad);
+	free(decoded.data);
+	return result;
 }

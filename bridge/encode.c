@@ -134,7 +134,7 @@ utf8_ok(const unsigned char *s, size_t n)
 }
 
 /* A JSON string (escaped for COPY afterwards by the caller's copy_text). */
-static void
+void
 json_string(Buf *b, const char *s, size_t n)
 {
 	size_t		i;
@@ -199,7 +199,7 @@ copy_timestamp(Buf *b, const rd_kafka_message_t *msg)
  * \x hex) in json; false when the message has none.  *id gets
  * infra-msg-id's value, if any.
  */
-static bool
+bool
 headers_json(Buf *json, const rd_kafka_message_t *msg, const void **id, size_t *id_size)
 {
 	rd_kafka_headers_t *headers = NULL;
@@ -253,7 +253,7 @@ copy_headers(Buf *b, Buf *scratch, const rd_kafka_message_t *msg, const void **i
  * timestamp, headers, infra-msg-id.
  */
 void
-stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg)
+stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg, const MsgBody *body)
 {
 	const char *topic = rd_kafka_topic_name(msg->rkt);
 	const void *id_value;
@@ -269,9 +269,9 @@ stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *ms
 	buf_puts(b, "\t");
 	buf_int(b, msg->offset);
 	buf_puts(b, "\t");
-	copy_bytea(b, msg->key, msg->key_len);
+	copy_bytea(b, body->key, body->key_len);
 	buf_puts(b, "\t");
-	copy_bytea(b, msg->payload, msg->len);
+	copy_bytea(b, body->payload, body->len);
 	buf_puts(b, "\t");
 	copy_timestamp(b, msg);
 	buf_puts(b, "\t");
@@ -286,7 +286,7 @@ stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *ms
 
 /* One metadata or whole-value field of a direct COPY row, text format. */
 static void
-direct_field(Buf *b, Buf *scratch, CopyField field, const rd_kafka_message_t *msg)
+direct_field(Buf *b, Buf *scratch, CopyField field, const rd_kafka_message_t *msg, const MsgBody *body)
 {
 	const void *id;
 	size_t		id_size;
@@ -294,13 +294,13 @@ direct_field(Buf *b, Buf *scratch, CopyField field, const rd_kafka_message_t *ms
 	switch (field)
 	{
 		case FIELD_VALUE_TEXT:
-			if (msg->payload == NULL)
+			if (body->payload == NULL)
 				buf_puts(b, "\\N");
 			else
-				copy_text(b, msg->payload, msg->len);
+				copy_text(b, body->payload, body->len);
 			break;
 		case FIELD_VALUE_BYTEA:
-			copy_bytea(b, msg->payload, msg->len);
+			copy_bytea(b, body->payload, body->len);
 			break;
 		case FIELD_TOPIC:
 			{
@@ -316,13 +316,13 @@ direct_field(Buf *b, Buf *scratch, CopyField field, const rd_kafka_message_t *ms
 			buf_int(b, msg->offset);
 			break;
 		case FIELD_KEY_TEXT:
-			if (msg->key == NULL)
+			if (body->key == NULL)
 				buf_puts(b, "\\N");
 			else
-				copy_text(b, msg->key, msg->key_len);
+				copy_text(b, body->key, body->key_len);
 			break;
 		case FIELD_KEY_BYTEA:
-			copy_bytea(b, msg->key, msg->key_len);
+			copy_bytea(b, body->key, body->key_len);
 			break;
 		case FIELD_TIMESTAMP:
 			copy_timestamp(b, msg);
@@ -340,7 +340,7 @@ direct_field(Buf *b, Buf *scratch, CopyField field, const rd_kafka_message_t *ms
  * One row of a route's direct COPY: its columns, in their order.
  */
 void
-direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg)
+direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg, const MsgBody *body)
 {
 	int			f;
 
@@ -348,7 +348,7 @@ direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *
 	{
 		if (f > 0)
 			buf_puts(b, "\t");
-		direct_field(b, scratch, rs->fields[f], msg);
+		direct_field(b, scratch, rs->fields[f], msg, body);
 	}
 	buf_puts(b, "\n");
 }
@@ -359,20 +359,21 @@ direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *
  * the message must go through the staging path (json.c says when).
  */
 bool
-json_columns_row(Buf *b, Buf *scratch, Buf *picked, const CopyShape *rs, const rd_kafka_message_t *msg)
+json_columns_row(Buf *b, Buf *scratch, Buf *picked, const CopyShape *rs, const rd_kafka_message_t *msg,
+				 const MsgBody *body)
 {
 	JsonPick	picks[SHAPE_MAX_FIELDS];
 	int			f;
 
 	picked->len = 0;
-	if (!json_pick(msg->payload, msg->len, rs->keys, rs->raw, rs->nkeys, picks, picked))
+	if (!json_pick(body->payload, body->len, rs->keys, rs->raw, rs->nkeys, picks, picked))
 		return false;
 	for (f = 0; f < rs->nfields; f++)
 	{
 		if (f > 0)
 			buf_puts(b, "\t");
 		if (rs->fields[f] != FIELD_JSON_KEY)
-			direct_field(b, scratch, rs->fields[f], msg);
+			direct_field(b, scratch, rs->fields[f], msg, body);
 		else if (picks[rs->key_of[f]].kind == JSON_PICK_VALUE)
 			copy_text(b, picked->data + picks[rs->key_of[f]].off, picks[rs->key_of[f]].len);
 		else
@@ -435,7 +436,7 @@ binary_header(Buf *b)
  * route has a binary form, see binary_form).
  */
 void
-binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg)
+binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg, const MsgBody *body)
 {
 	int			f;
 
@@ -450,7 +451,7 @@ binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *
 		{
 			case FIELD_VALUE_TEXT:
 			case FIELD_VALUE_BYTEA:
-				binary_bytes(b, form, msg->payload, msg->len);
+				binary_bytes(b, form, body->payload, body->len);
 				break;
 			case FIELD_TOPIC:
 				{
@@ -467,7 +468,7 @@ binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *
 				break;
 			case FIELD_KEY_TEXT:
 			case FIELD_KEY_BYTEA:
-				binary_bytes(b, form, msg->key, msg->key_len);
+				binary_bytes(b, form, body->key, body->key_len);
 				break;
 			case FIELD_TIMESTAMP:
 				{

@@ -17,6 +17,18 @@
 #include "bridge.h"
 #include "buf.h"
 
+/*
+ * A message's key and value as the routes read them: the message's own, or
+ * what the bridge decoded them to (format = avro: JSON, see avrodec.c).
+ */
+typedef struct MsgBody
+{
+	const void *payload;		/* NULL: a tombstone */
+	size_t		len;
+	const void *key;			/* NULL: none */
+	size_t		key_len;
+} MsgBody;
+
 /* What a column of a direct COPY gets from a message. */
 typedef enum CopyField
 {
@@ -71,11 +83,16 @@ extern void buf_be(Buf *b, uint64_t v, int bytes);
 extern void copy_text(Buf *b, const char *s, size_t n);
 extern void hex_append(Buf *b, const void *data, size_t n);
 extern BinaryForm binary_form(CopyField field, const char *type);
-extern void stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg);
-extern void direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg);
+extern void stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg,
+					  const MsgBody *body);
+extern void direct_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg,
+					   const MsgBody *body);
 extern bool json_columns_row(Buf *b, Buf *scratch, Buf *picked, const CopyShape *rs,
-							 const rd_kafka_message_t *msg);
+							 const rd_kafka_message_t *msg, const MsgBody *body);
 extern void binary_header(Buf *b);
-extern void binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg);
+extern void binary_row(Buf *b, Buf *scratch, const CopyShape *rs, const rd_kafka_message_t *msg,
+					   const MsgBody *body);
+extern bool headers_json(Buf *json, const rd_kafka_message_t *msg, const void **id, size_t *id_size);
+extern void json_string(Buf *b, const char *s, size_t n);
 
 #endif							/* BRIDGE_ENCODE_H */

@@ -14,7 +14,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 packages=(
 	build-essential
 	postgresql-15 postgresql-client-15 postgresql-server-dev-15 postgresql-contrib
-	libpq-dev librdkafka-dev libcurl4-openssl-dev libmicrohttpd-dev libinih-dev
+	libpq-dev librdkafka-dev libcurl4-openssl-dev libmicrohttpd-dev libinih-dev libavro-dev
 	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith procps
 	openjdk-17-jre-headless maven
 	python3 python3-venv unzip
@@ -43,6 +43,10 @@ fi
 # through Debezium into the bridge (and the Debezium benchmarks use them).
 "$here/debezium/connect.sh" fetch
 
+# Apicurio Registry (a schema registry serving Confluent's API): TAP 049
+# reads Avro with the schemas it serves.
+"$here/registry/registry.sh" fetch
+
 # Test-only Python tools in a virtualenv of the cache: the OpenTelemetry
 # protobuf definitions the OTLP test receiver parses payloads with.
 if ! "$INFRA_PYTHON" -c 'import opentelemetry.proto.collector.trace.v1.trace_service_pb2' 2>/dev/null; then
@@ -60,6 +64,15 @@ if ! "$INFRA_PYTHON" -c 'import standardwebhooks' 2>/dev/null; then
 	say "installing standardwebhooks $STANDARDWEBHOOKS_VERSION into $INFRA_CACHE/python"
 	"$INFRA_CACHE/python/bin/pip" install -q --disable-pip-version-check \
 		"standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+	chmod -R a+rX "$INFRA_CACHE/python"
+fi
+
+# A real Avro producer for TAP 049: confluent-kafka's AvroSerializer
+# (Confluent's wire format, schemas registered in the registry).
+if ! "$INFRA_PYTHON" -c 'import confluent_kafka.schema_registry.avro, fastavro' 2>/dev/null; then
+	say "installing confluent-kafka $CONFLUENT_KAFKA_VERSION and fastavro $FASTAVRO_VERSION into $INFRA_CACHE/python"
+	"$INFRA_CACHE/python/bin/pip" install -q --disable-pip-version-check \
+		"confluent-kafka[avro,schemaregistry]==$CONFLUENT_KAFKA_VERSION" "fastavro==$FASTAVRO_VERSION"
 	chmod -R a+rX "$INFRA_CACHE/python"
 fi
 

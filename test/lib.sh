@@ -52,6 +52,8 @@ KAFKA_LIB=$INFRA_CACHE/kafka-$KAFKA_VERSION/lib
 # Python of the test-only tools (test/deps.sh installs them).
 OTEL_PROTO_VERSION=1.45.2
 STANDARDWEBHOOKS_VERSION=1.3.0
+CONFLUENT_KAFKA_VERSION=2.16.1
+FASTAVRO_VERSION=1.13.1
 INFRA_PYTHON=$INFRA_CACHE/python/bin/python3
 
 # PostgreSQL refuses to run as root: the harness runs as this user instead.

@@ -18,7 +18,7 @@ use Time::HiRes qw(time usleep);
 
 our @EXPORT = qw(infra_node worker_pid worker_status wait_until kafka_bootstrap kafka_ctl
   kafka_create_topic kafka_consume bridge_spawn slurp_log_since src_path plugins_conf kafka_cluster
-  kafka_cluster_leaders kafka_cluster_kill_leader);
+  kafka_cluster_leaders kafka_cluster_kill_leader bridge_ini);
 
 # Path of a file in the test copy of the source tree.
 sub src_path
@@ -132,6 +132,25 @@ sub bridge_spawn
 {
 	my ($ini, $log) = @_;
 	return IPC::Run::start([ 'infra-bridge', '--config', $ini ], '<', \undef, '>>', $log, '2>>', $log);
+}
+
+# bridge_ini(FILE, CONNINFO, GROUP, ROUTES, BATCH_SIZE, BATCH_DELAY_MS[, MORE]):
+# write an infra-bridge configuration for a test and return FILE: [bridge]
+# on the test broker with that group, batch limits and log_level debug
+# (MORE: further [bridge] lines), [kafka] with session.timeout.ms = 6000
+# (a SIGKILLed member's partitions move on within seconds), then ROUTES,
+# the text of the route sections.
+sub bridge_ini
+{
+	my ($file, $conninfo, $group, $routes, $batch, $delay, $more) = @_;
+	my $bootstrap = kafka_bootstrap();
+	open my $fh, '>', $file or die "cannot write $file: $!";
+	print $fh "[bridge]\nconninfo = $conninfo\nbrokers = $bootstrap\ngroup = $group\nbatch_size = $batch\n"
+	  . "batch_delay_ms = $delay\nlog_level = debug\n"
+	  . ($more // '')
+	  . "\n[kafka]\nsession.timeout.ms = 6000\n\n$routes";
+	close $fh;
+	return $file;
 }
 
 # plugins_conf([POSTGRES]): the postgresql.conf line the WAL outbox needs

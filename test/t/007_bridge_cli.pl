@@ -66,6 +66,32 @@ append_to_file("$dir/badroute.ini", "[route r]\ntopics = t\ntable = x\nformat = 
 is($rc, 1, 'an unknown format fails');
 like($err, qr/format \\"xml\\" in section \[route r\] is not one of json, json_columns, text, bytea/, 'listing the formats');
 
+# Avro: a registry is needed; encoding is for format = debezium.
+append_to_file("$dir/avro_noreg.ini", "[route r]\ntopics = t\ntable = x\nformat = avro\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/avro_noreg.ini");
+is($rc, 1, 'format = avro without schema_registry fails');
+like($err, qr/route \\"r\\" reads Avro: \[bridge\] needs schema_registry/, 'and says what is missing');
+append_to_file("$dir/avro_file.ini", "[bridge]\nschema_registry = file:///etc\n[route r]\ntopics = t\ntable = x\nformat = avro\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/avro_file.ini");
+is($rc, 1, 'a schema_registry that is not an http(s) URL fails');
+like($err, qr/needs schema_registry, the registry's http:\/\/ or https:\/\/ URL/, 'and says which URLs');
+append_to_file("$dir/avro_ok.ini",
+	"[bridge]\nschema_registry = http://u:secret\@127.0.0.1:1/apis/ccompat/v6\n[route r]\ntopics = t\ntable = x\nformat = avro\n"
+	  . "[route d]\ntopics = u\ntable = y\nformat = debezium\nencoding = avro\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/avro_ok.ini");
+is($rc, 0, 'format = avro and debezium with encoding = avro, with a registry, pass') or diag($err);
+unlike($out . $err, qr/secret/, 'the registry URL (it may hold a password) is not printed');
+append_to_file("$dir/avro_enc.ini",
+	"[bridge]\nschema_registry = http://127.0.0.1:1\n[route r]\ntopics = t\ntable = x\nformat = json_columns\nencoding = avro\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/avro_enc.ini");
+is($rc, 1, 'encoding on a route that is not format = debezium fails');
+like($err, qr/encoding apply to format = debezium only \(format = avro reads Avro records onto columns\)/,
+	'and points at format = avro');
+append_to_file("$dir/avro_bad.ini", "[route r]\ntopics = t\ntable = x\nformat = debezium\nencoding = protobuf\n");
+($rc, $out, $err) = bridge('--check-config', '--config', "$dir/avro_bad.ini");
+is($rc, 1, 'an unknown encoding fails');
+like($err, qr/encoding \\"protobuf\\" in section \[route r\] is not one of json, avro/, 'listing the encodings');
+
 append_to_file("$dir/upsert.ini", "[route r]\ntopics = t\ntable = x\nmode = upsert\n");
 ($rc, $out, $err) = bridge('--check-config', '--config', "$dir/upsert.ini");
 is($rc, 1, 'upsert without key columns fails');
@@ -86,6 +112,19 @@ append_to_file("$dir/syntax.ini", "[bridge\nbrokers = x:1\n");
 ($rc, $out, $err) = bridge('--config', "$dir/syntax.ini");
 is($rc, 1, 'a syntax error fails');
 like($err, qr/syntax\.ini:1: /, 'at the right line');
+
+# Each ```ini block of docs/bridge.md is a valid configuration (a route
+# alone gets the [bridge] defaults).
+{
+	my @blocks = slurp_file(src_path('docs/bridge.md')) =~ /^```ini\n(.*?)^```$/msg;
+	cmp_ok(scalar @blocks, '>=', 3, 'docs/bridge.md has ini examples');
+	for my $k (0 .. $#blocks)
+	{
+		append_to_file("$dir/doc$k.ini", $blocks[$k]);
+		($rc, $out, $err) = bridge('--check-config', '--config', "$dir/doc$k.ini");
+		is($rc, 0, "docs/bridge.md's ini example " . ($k + 1) . ' passes --check-config') or diag("$blocks[$k]$err");
+	}
+}
 
 # The documented example configuration is valid as shipped.
 ($rc, $out, $err) = bridge('--check-config', '--config', src_path('bridge/infra-bridge.ini.example'));
