@@ -93,27 +93,8 @@ system('kcat', '-P', '-b', $bootstrap, '-t', $topic, '-l', "$dir/messages") == 0
 sub ini
 {
 	my ($name, $route) = @_;
-	my $file = "$dir/$name.ini";
-	open my $fh, '>', $file or die;
-	print $fh <<"INI";
-[bridge]
-conninfo = $connstr
-brokers = $bootstrap
-group = ${name}_$run
-batch_size = 1
-batch_delay_ms = 20
-log_level = debug
-
-[kafka]
-session.timeout.ms = 6000
-
-[route r]
-topics = $topic
-offset_column = off
-$route
-INI
-	close $fh;
-	return $file;
+	return bridge_ini("$dir/$name.ini", $connstr, "${name}_$run", "[route r]\ntopics = $topic\noffset_column = off\n$route\n",
+		1, 20);
 }
 
 sub run_until

@@ -69,26 +69,7 @@ is( join(',', map { $_->[0] } kafka_consume($topic, '%S\t%o\n')),
 sub ini
 {
 	my ($name, $batch, $route) = @_;
-	my $file = "$dir/$name.ini";
-	open my $fh, '>', $file or die;
-	print $fh <<"INI";
-[bridge]
-conninfo = $connstr
-brokers = $bootstrap
-group = ${name}_$run
-batch_size = $batch
-batch_delay_ms = 2000
-log_level = debug
-
-[kafka]
-session.timeout.ms = 6000
-
-[route r_$name]
-topics = $topic
-$route
-INI
-	close $fh;
-	return $file;
+	return bridge_ini("$dir/$name.ini", $connstr, "${name}_$run", "[route r_$name]\ntopics = $topic\n$route\n", $batch, 2000);
 }
 
 # Run the bridge until every message is written or a dead letter.

@@ -161,26 +161,7 @@ sub produce
 sub ini
 {
 	my ($name, $batch, $route) = @_;
-	my $file = "$dir/$name.ini";
-	open my $fh, '>', $file or die;
-	print $fh <<"INI";
-[bridge]
-conninfo = $connstr
-brokers = $bootstrap
-group = ${name}_$run
-batch_size = $batch
-batch_delay_ms = 2000
-log_level = debug
-
-[kafka]
-session.timeout.ms = 6000
-
-[route r_$name]
-topics = $topic
-$route
-INI
-	close $fh;
-	return $file;
+	return bridge_ini("$dir/$name.ini", $connstr, "${name}_$run", "[route r_$name]\ntopics = $topic\n$route\n", $batch, 2000);
 }
 
 # Run the bridge until the topic's n messages are written or dead letters.

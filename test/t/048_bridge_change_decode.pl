@@ -166,20 +166,7 @@ sub produce
 sub ini
 {
 	my ($table, $batch) = @_;
-	my $file = "$dir/$table.ini";
-	open my $fh, '>', $file or die;
-	print $fh <<"INI";
-[bridge]
-conninfo = $connstr
-brokers = $bootstrap
-group = ${table}_$run
-batch_size = $batch
-batch_delay_ms = 1000
-log_level = debug
-
-[kafka]
-session.timeout.ms = 6000
-
+	return bridge_ini("$dir/$table.ini", $connstr, "${table}_$run", <<"INI", $batch, 1000);
 [route main_$table]
 topics = $topics{main}
 table = $table
@@ -193,8 +180,6 @@ decimal_handling_mode = string
 time_precision_mode = connect
 binary_handling_mode = base64-url-safe
 INI
-	close $fh;
-	return $file;
 }
 
 # Run table's bridge until it has read n messages of each topic.
