@@ -847,7 +847,15 @@ entry_for(const char *registry, int32_t id, AvroResult *res, char *why, size_t w
 		(e->iface = avro_generic_class_from_schema(e->schema)) == NULL || !json_tree(e->text, len, &e->tree))
 	{
 		snprintf(why, whylen, "schema id %d: avro-c cannot read it: %s", (int) id, avro_strerror());
-		/* kept out of the cache: a partly made entry is let go (rare: the registry checked it) */
+		/* kept out of the cache and let go (rare: the registry checked it) */
+		if (e->iface != NULL)
+			avro_value_iface_decref(e->iface);
+		if (e->schema != NULL)
+			avro_schema_decref(e->schema);
+		free(e->tree.nodes);
+		free(e->tree.text.data);
+		free(e->text);
+		free(e);
 		e = NULL;
 		goto out;
 	}
