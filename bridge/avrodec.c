@@ -61,7 +61,6 @@ typedef struct SchemaEntry
 	JsonTree	tree;			/* parsed */
 	TypeName   *names;
 	int			nnames;
-	bool		connect_made;
 	bool		connect_ok;		/* Connect can say it */
 	Buf			connect;		/* the schema part of AVRO_CONNECT */
 	struct SchemaEntry *next;
@@ -69,6 +68,15 @@ typedef struct SchemaEntry
 
 static SchemaEntry *entries = NULL;
 static pthread_mutex_t entries_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * Per writer slot, read and written by its writer alone: the entries it
+ * used last (each with a value of the slot's), found without the lock, and
+ * its reader.  An entry never changes once made nor goes away.
+ */
+#define SLOT_RECENT 4
+static SchemaEntry *recent[BRIDGE_MAX_WRITERS][SLOT_RECENT];
+static avro_reader_t readers[BRIDGE_MAX_WRITERS];
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 
 typedef enum Logical
@@ -477,36 +485,6 @@ refuse(Render *r, const char *what)
 }
 
 static void
-base64_append(Buf *b, const unsigned char *p, size_t n)
-{
-	static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t		i;
-
-	buf_puts(b, "\"");
-	for (i = 0; i + 2 < n; i += 3)
-	{
-		char		q[4] = {digits[p[i] >> 2], digits[((p[i] & 3) << 4) | (p[i + 1] >> 4)],
-		digits[((p[i + 1] & 15) << 2) | (p[i + 2] >> 6)], digits[p[i + 2] & 63]};
-
-		buf_append(b, q, 4);
-	}
-	if (n - i == 1)
-	{
-		char		q[4] = {digits[p[i] >> 2], digits[(p[i] & 3) << 4], '=', '='};
-
-		buf_append(b, q, 4);
-	}
-	else if (n - i == 2)
-	{
-		char		q[4] = {digits[p[i] >> 2], digits[((p[i] & 3) << 4) | (p[i + 1] >> 4)],
-		digits[(p[i + 1] & 15) << 2], '='};
-
-		buf_append(b, q, 4);
-	}
-	buf_puts(b, "\"");
-}
-
-static void
 double_append(Buf *b, double d, bool is_float)
 {
 	if (isnan(d))
@@ -568,7 +546,9 @@ bytes_value(Render *r, int node, Logical lt, const unsigned char *p, size_t n)
 
 	if (r->shape != AVRO_COLUMNS)
 	{
+		buf_puts(b, "\"");
 		base64_append(b, p, n);
+		buf_puts(b, "\"");
 		return true;
 	}
 	if (lt == LT_DECIMAL)
@@ -860,6 +840,7 @@ entry_for(const char *registry, int32_t id, AvroResult *res, char *why, size_t w
 		goto out;
 	}
 	collect_names(e, 0, "", 0);
+	e->connect_ok = connect_schema(e, 0, false, NULL, &e->connect, 0);
 	e->next = entries;
 	entries = e;
 	*res = AVRO_DECODED;
@@ -867,6 +848,38 @@ out:
 	free(body.data);
 	free(reply.nodes);
 	free(reply.text.data);
+	return e;
+}
+
+/*
+ * The entry of schema id for a writer slot, with a value of the slot's:
+ * from the slot's recent ones, else under the lock (fetched if new).
+ */
+static SchemaEntry *
+slot_entry(const char *registry, int slot, int32_t id, AvroResult *res, char *why, size_t whylen)
+{
+	SchemaEntry **mine = recent[slot];
+	SchemaEntry *e;
+	int			k;
+
+	for (k = 0; k < SLOT_RECENT; k++)
+		if (mine[k] != NULL && mine[k]->id == id)
+			return mine[k];
+	pthread_mutex_lock(&entries_lock);
+	e = entry_for(registry, id, res, why, whylen);
+	if (e != NULL && !e->have[slot])
+		e->have[slot] = avro_generic_value_new(e->iface, &e->values[slot]) == 0;
+	pthread_mutex_unlock(&entries_lock);
+	if (e == NULL)
+		return NULL;
+	if (!e->have[slot])
+	{
+		snprintf(why, whylen, "avro-c cannot make a value of schema id %d", (int) id);
+		*res = AVRO_RETRY;
+		return NULL;
+	}
+	memmove(&mine[1], &mine[0], sizeof(*mine) * (SLOT_RECENT - 1));
+	mine[0] = e;
 	return e;
 }
 
@@ -882,7 +895,6 @@ avro_decode(const char *registry, int slot, const void *data, size_t len, AvroSh
 	const unsigned char *p = data;
 	SchemaEntry *e;
 	AvroResult	res = AVRO_DECODED;
-	avro_reader_t reader;
 	avro_value_t *value;
 	Render		r = {.shape = shape, .out = out, .why = why, .whylen = whylen};
 	int32_t		id;
@@ -894,23 +906,8 @@ avro_decode(const char *registry, int slot, const void *data, size_t len, AvroSh
 		return AVRO_BAD;
 	}
 	id = (int32_t) ((uint32_t) p[1] << 24 | (uint32_t) p[2] << 16 | (uint32_t) p[3] << 8 | p[4]);
-	pthread_mutex_lock(&entries_lock);
-	e = entry_for(registry, id, &res, why, whylen);
-	if (e != NULL && !e->have[slot])
-		e->have[slot] = avro_generic_value_new(e->iface, &e->values[slot]) == 0;
-	if (e != NULL && shape == AVRO_CONNECT && !e->connect_made)
-	{
-		e->connect_ok = connect_schema(e, 0, false, NULL, &e->connect, 0);
-		e->connect_made = true;
-	}
-	pthread_mutex_unlock(&entries_lock);
-	if (e == NULL)
+	if ((e = slot_entry(registry, slot, id, &res, why, whylen)) == NULL)
 		return res;
-	if (!e->have[slot])
-	{
-		snprintf(why, whylen, "avro-c cannot make a value of schema id %d", (int) id);
-		return AVRO_RETRY;
-	}
 	if (shape == AVRO_CONNECT && !e->connect_ok)
 	{
 		snprintf(why, whylen, "schema id %d has a type Kafka Connect has none of (a union of two types)", (int) id);
@@ -918,9 +915,12 @@ avro_decode(const char *registry, int slot, const void *data, size_t len, AvroSh
 	}
 	value = &e->values[slot];
 	avro_value_reset(value);
-	reader = avro_reader_memory((const char *) p + 5, (int64_t) (len - 5));
-	rc = avro_value_read(reader, value);
-	avro_reader_free(reader);
+	if (readers[slot] == NULL &&
+		(readers[slot] = avro_reader_memory((const char *) p + 5, (int64_t) (len - 5))) == NULL)
+		abort();
+	else
+		avro_reader_memory_set_source(readers[slot], (const char *) p + 5, (int64_t) (len - 5));
+	rc = avro_value_read(readers[slot], value);
 	if (rc != 0)
 	{
 		snprintf(why, whylen, "not an Avro value of schema id %d: %s", (int) id, avro_strerror());

@@ -887,17 +887,26 @@ decode_part(const BridgeConfig *config, int slot, const void *data, size_t len, 
 	return res;
 }
 
+/* Where a message's decoded value and key lie in the batch's buffer (-1: not decoded). */
+typedef struct Decoded
+{
+	size_t		off[2];
+	size_t		len[2];
+} Decoded;
+
 /*
- * Each message's key and value as its route reads them (bodies): its own,
- * or for a route reading Avro the JSON decoded into decoded.  A message
- * that cannot be decoded gets route -1 in rts and an entry in bad.  False
- * when the registry could not be asked: the batch is tried again.
+ * The messages of routes reading Avro decoded into decoded, their bodies
+ * pointed there (bodies holds each message's own bytes on entry).  A
+ * message that cannot be decoded gets route -1 in rts and an entry in
+ * *bad (grown as needed).  False when the registry could not be asked: the
+ * batch is tried again.
  */
 static bool
-decode_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n, const int *routes,
-			 MsgBody *bodies, int *rts, Undecoded *bad, int *nbad, Buf *decoded)
+decode_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages, int n, int *rts,
+			 MsgBody *bodies, Undecoded **bad, int *nbad, Buf *decoded)
 {
-	size_t	   *at = calloc((size_t) n * 4 + 1, sizeof(size_t));
+	Decoded    *at = malloc(sizeof(Decoded) * (size_t) (n + 1));
+	int			cap = 0;
 	int			i;
 
 	if (at == NULL)
@@ -905,22 +914,20 @@ decode_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages
 	for (i = 0; i < n; i++)
 	{
 		const rd_kafka_message_t *m = messages[i];
-		const BridgeRoute *route = routes[i] >= 0 ? &config->routes[routes[i]] : NULL;
+		const BridgeRoute *route = rts[i] >= 0 ? &config->routes[rts[i]] : NULL;
 		bool		dbz;
 		AvroResult	res;
-		char	   *why = bad[*nbad].why;
+		char		why[sizeof((*bad)->why)];
 
-		bodies[i] = (MsgBody) {m->payload, m->len, m->key, m->key_len};
-		rts[i] = routes[i];
-		at[4 * i] = at[4 * i + 2] = (size_t) -1;
+		at[i].off[0] = at[i].off[1] = (size_t) -1;
 		if (route == NULL || !route->avro)
 			continue;
 		dbz = route->format == FORMAT_DEBEZIUM;
 		res = decode_part(config, slot, m->payload, m->len, dbz ? AVRO_CONNECT : AVRO_COLUMNS, false, decoded,
-						  &at[4 * i], &at[4 * i + 1], why, sizeof(bad->why));
+						  &at[i].off[0], &at[i].len[0], why, sizeof(why));
 		if (res == AVRO_DECODED)
 			res = decode_part(config, slot, m->key, m->key_len, dbz ? AVRO_CONNECT_PAYLOAD : AVRO_COLUMNS, true,
-							  decoded, &at[4 * i + 2], &at[4 * i + 3], why, sizeof(bad->why));
+							  decoded, &at[i].off[1], &at[i].len[1], why, sizeof(why));
 		if (res == AVRO_RETRY)
 		{
 			log_warning("route \"%s\": %s: the batch is tried again", route->name, why);
@@ -931,22 +938,26 @@ decode_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages
 		{
 			log_debug("route \"%s\": message at %s [%d] offset %lld is a dead letter: %s", route->name,
 					  rd_kafka_topic_name(m->rkt), (int) m->partition, (long long) m->offset, why);
-			bad[(*nbad)++].i = i;
+			if (*nbad == cap && (*bad = realloc(*bad, sizeof(Undecoded) * (size_t) (cap = cap * 2 + 8))) == NULL)
+				abort();
+			(*bad)[*nbad].i = i;
+			memcpy((*bad)[*nbad].why, why, sizeof(why));
+			(*nbad)++;
 			rts[i] = -1;
 		}
 	}
 	/* decoded has stopped moving: point into it */
 	for (i = 0; i < n; i++)
 	{
-		if (at[4 * i] != (size_t) -1)
+		if (at[i].off[0] != (size_t) -1)
 		{
-			bodies[i].payload = decoded->data + at[4 * i];
-			bodies[i].len = at[4 * i + 1];
+			bodies[i].payload = decoded->data + at[i].off[0];
+			bodies[i].len = at[i].len[0];
 		}
-		if (at[4 * i + 2] != (size_t) -1)
+		if (at[i].off[1] != (size_t) -1)
 		{
-			bodies[i].key = decoded->data + at[4 * i + 2];
-			bodies[i].key_len = at[4 * i + 3];
+			bodies[i].key = decoded->data + at[i].off[1];
+			bodies[i].key_len = at[i].len[1];
 		}
 	}
 	free(at);
@@ -954,9 +965,10 @@ decode_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messages
 }
 
 /*
- * Write n messages (routes[i] the route of message i, -1 for none) and
- * move the offsets of the partitions they came from, all in one
- * transaction.  parts lists those partitions with the offset each must
+ * Write n messages (routes[i] the route of message i, -1 for none; each
+ * one's key and value as bodies[i]) and the nbad undecodable ones as dead
+ * letters (of bad_routes' routes), and move the offsets of the partitions
+ * they came from, all in one transaction.  parts lists those partitions with the offset each must
  * still have (expected, -1: no row yet) and its new one.  Routes that can
  * take a plain COPY go first, without a savepoint: bad messages are rare,
  * and when the COPY meets one the transaction starts over with that route
@@ -1068,7 +1080,7 @@ db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messag
 			   long long *written, long long *dead)
 {
 	MsgBody    *bodies = malloc(sizeof(MsgBody) * (size_t) (n + 1));
-	int		   *rts = malloc(sizeof(int) * (size_t) (n + 1));
+	int		   *rts = NULL;
 	Undecoded  *bad = NULL;
 	int			nbad = 0;
 	Buf			decoded = {0};
@@ -1076,16 +1088,20 @@ db_write_batch(const BridgeConfig *config, int slot, rd_kafka_message_t **messag
 	int			i;
 	bool		avro = false;
 
-	if (bodies == NULL || rts == NULL)
+	if (bodies == NULL)
 		abort();
-	for (i = 0; i < n && !avro; i++)
-		avro = routes[i] >= 0 && config->routes[routes[i]].avro;
-	if (avro && (bad = malloc(sizeof(Undecoded) * (size_t) (n + 1))) == NULL)
-		abort();
-	if (!avro)
-		for (i = 0; i < n; i++)
-			bodies[i] = (MsgBody) {messages[i]->payload, messages[i]->len, messages[i]->key, messages[i]->key_len};
-	if (!avro || decode_batch(config, slot, messages, n, routes, bodies, rts, bad, &nbad, &decoded))
+	for (i = 0; i < n; i++)
+	{
+		bodies[i] = (MsgBody) {messages[i]->payload, messages[i]->len, messages[i]->key, messages[i]->key_len};
+		avro |= routes[i] >= 0 && config->routes[routes[i]].avro;
+	}
+	if (avro)
+	{
+		if ((rts = malloc(sizeof(int) * (size_t) (n + 1))) == NULL)
+			abort();
+		memcpy(rts, routes, sizeof(int) * (size_t) n);
+	}
+	if (!avro || decode_batch(config, slot, messages, n, rts, bodies, &bad, &nbad, &decoded))
 		result = write_batch(config, slot, messages, bodies, n, avro ? rts : routes, bad, nbad, routes, parts,
 							 nparts, written, dead);
 	free(bodies);

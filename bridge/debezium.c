@@ -294,39 +294,18 @@ bytea_literal(Buf *b, const char *s, size_t len)
 	buf_puts(b, "'::bytea");
 }
 
-/* Standard base64 of s, padded. */
-static void
-base64(char *out, const char *s)
-{
-	static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-	size_t		len = strlen(s);
-	size_t		i;
-	size_t		o = 0;
-
-	for (i = 0; i < len; i += 3)
-	{
-		unsigned	v = (unsigned char) s[i] << 16;
-
-		v |= i + 1 < len ? (unsigned char) s[i + 1] << 8 : 0;
-		v |= i + 2 < len ? (unsigned char) s[i + 2] : 0;
-		out[o++] = digits[(v >> 18) & 63];
-		out[o++] = digits[(v >> 12) & 63];
-		out[o++] = i + 1 < len ? digits[(v >> 6) & 63] : '=';
-		out[o++] = i + 2 < len ? digits[v & 63] : '=';
-	}
-	out[o] = '\0';
-}
-
-/* The placeholder's bytes in base64 (b64, 200 bytes) and hex (hex, 300). */
+/* The placeholder's bytes in base64 (b64, 200 bytes) and hex (hex, 300); it has 127 at most. */
 static void
 placeholder_texts(const char *p, char *b64, char *hex)
 {
-	size_t		i;
+	Buf			b = {0};
 
-	base64(b64, p);
-	for (i = 0; p[i] && i < 127; i++)
-		snprintf(hex + 2 * i, 3, "%02x", (unsigned char) p[i]);
-	hex[2 * i] = '\0';
+	base64_append(&b, p, strlen(p));
+	snprintf(b64, 200, "%s", b.data);
+	b.len = 0;
+	hex_append(&b, p, strlen(p));
+	snprintf(hex, 300, "%s", b.data);
+	free(b.data);
 }
 
 /*

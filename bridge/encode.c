@@ -100,6 +100,27 @@ hex_append(Buf *b, const void *data, size_t n)
 	b->data[b->len] = '\0';
 }
 
+/* n bytes as standard base64, padded. */
+void
+base64_append(Buf *b, const void *data, size_t n)
+{
+	static const char digits[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+	const unsigned char *p = data;
+	size_t		i;
+
+	buf_reserve(b, (n + 2) / 3 * 4);
+	for (i = 0; i < n; i += 3)
+	{
+		unsigned	v = (unsigned) p[i] << 16 | (i + 1 < n ? (unsigned) p[i + 1] << 8 : 0) | (i + 2 < n ? p[i + 2] : 0);
+
+		b->data[b->len++] = digits[(v >> 18) & 63];
+		b->data[b->len++] = digits[(v >> 12) & 63];
+		b->data[b->len++] = i + 1 < n ? digits[(v >> 6) & 63] : '=';
+		b->data[b->len++] = i + 2 < n ? digits[v & 63] : '=';
+	}
+	b->data[b->len] = '\0';
+}
+
 /* A bytea field: \\x and hex (the backslash itself escaped for COPY). */
 static void
 copy_bytea(Buf *b, const void *data, size_t n)

@@ -82,6 +82,7 @@ extern void buf_be(Buf *b, uint64_t v, int bytes);
 
 extern void copy_text(Buf *b, const char *s, size_t n);
 extern void hex_append(Buf *b, const void *data, size_t n);
+extern void base64_append(Buf *b, const void *data, size_t n);
 extern BinaryForm binary_form(CopyField field, const char *type);
 extern void stage_row(Buf *b, Buf *scratch, int seq, int route, const rd_kafka_message_t *msg,
 					  const MsgBody *body);

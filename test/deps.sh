@@ -10,12 +10,13 @@ here=$(cd "$(dirname "$0")" && pwd)
 # Failover test: Patroni and etcd.
 # Test: kcat, promtool (prometheus), sqlsmith (the fuzz test), Perl's
 # IPC::Run for TAP, redis (the rate-limit benchmark's baseline), Java +
-# Maven for the Kafka broker, Python for test-only tools.
+# Maven for the Kafka broker (and the schema registry), Python for test-only
+# tools, curl (whether the registry is up).
 packages=(
 	build-essential
 	postgresql-15 postgresql-client-15 postgresql-server-dev-15 postgresql-contrib
 	libpq-dev librdkafka-dev libcurl4-openssl-dev libmicrohttpd-dev libinih-dev libavro-dev
-	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith procps
+	kcat prometheus libipc-run-perl perl redis-server redis-tools sqlsmith procps curl
 	openjdk-17-jre-headless maven
 	python3 python3-venv unzip
 	debhelper postgresql-server-dev-all lintian

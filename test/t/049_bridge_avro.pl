@@ -29,7 +29,6 @@ use warnings;
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
-use IO::Socket::INET;
 use InfraTest;
 
 plan skip_all => 'the registry runs with PostgreSQL 18 only; this run is another version'
@@ -45,7 +44,7 @@ my $run = $$;
 my $python = "$cache/python/bin/python3";
 my $registry_sh = src_path('test/registry/registry.sh');
 
-my $port = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1', LocalPort => 0, ReuseAddr => 1)->sockport;
+my $port = PostgreSQL::Test::Cluster::get_free_port();
 system($registry_sh, 'start', "$dir/registry", $port) == 0 or BAIL_OUT('the registry did not start');
 END { system($registry_sh, 'stop', "$dir/registry") if defined $dir && -d "$dir/registry" }
 my $registry = "http://127.0.0.1:$port/apis/ccompat/v6";
@@ -206,7 +205,7 @@ is($node->safe_psql('postgres', q{SELECT count(*) FROM infra.bridge_dead_letters
 
 # --- a registry that cannot be reached ------------------------------------
 {
-	my $closed = IO::Socket::INET->new(Listen => 1, LocalAddr => '127.0.0.1', LocalPort => 0, ReuseAddr => 1)->sockport;
+	my $closed = PostgreSQL::Test::Cluster::get_free_port();
 	$node->safe_psql('postgres', "CREATE TABLE unreachable ($plain_columns)");
 	my $file = ini('unreachable', $ptopic, "table = unreachable\nformat = avro", 1000, "http://127.0.0.1:$closed");
 	my $h = bridge_spawn($file, "$file.log");
