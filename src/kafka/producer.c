@@ -87,6 +87,14 @@
 #define KAFKA_BATCH_BYTES (16 * 1024 * 1024)
 /* Exactly once: the most messages of a table-outbox round (its progress record lists their ids). */
 #define KAFKA_TXN_TABLE_ROUND 10000
+/*
+ * Exactly once, a backlog: after a WAL round of KAFKA_TXN_CARRY_MIN
+ * messages the next goes on with its Kafka transaction (KafkaWalPipeline)
+ * until it holds KAFKA_TXN_CARRY_MAX or is KAFKA_TXN_CARRY_MS old (txn.c):
+ * a transaction costs milliseconds whatever its size.
+ */
+#define KAFKA_TXN_CARRY_MIN 1000
+#define KAFKA_TXN_CARRY_MAX 100000
 
 /* While a producer exists the idle worker polls it this often (statistics). */
 #define KAFKA_IDLE_POLL_MS 5000
@@ -659,9 +667,12 @@ KafkaProduceMessages(KafkaRound *round)
 	 */
 	gettimeofday(&tv, NULL);
 	round->timestamp_ms = (int64) tv.tv_sec * 1000 + tv.tv_usec / 1000;
-	/* Exactly once: the round is one Kafka transaction (txn.c). */
-	round->producer = 0;
-	if (KafkaTxnEnabled() && round->n > 0)
+	/* Exactly once: a Kafka transaction (txn.c), or the round before it's. */
+	if (round->carried_in)
+		round->in_txn = true;
+	else
+		round->producer = 0;
+	if (!round->carried_in && KafkaTxnEnabled() && round->n > 0)
 	{
 		round->in_txn = true;
 		round->producer = KafkaTxnBegin();
@@ -748,7 +759,14 @@ KafkaRoundEndTxn(KafkaRound *round)
 	char		why[KAFKA_ERROR_LEN] = "the transaction could not begin";
 	int			i;
 
-	if (!round->txn_failed)
+	if (round->txn_gone)
+	{
+		/* Aborted with the round before it: its messages were purged. */
+		strlcpy(why, "the transaction before it was aborted", sizeof(why));
+		outcome = KAFKA_TXN_ABORTED;
+		KafkaAwaitReports(round);
+	}
+	else if (!round->txn_failed)
 	{
 		if (round->must_abort)
 			strlcpy(why, round->first_error[0] ? round->first_error :
@@ -783,16 +801,47 @@ KafkaRoundEndTxn(KafkaRound *round)
 }
 
 /*
- * Wait until the round is acknowledged: its transaction ended, or every
- * delivery report in.
+ * Exactly once, a round whose transaction goes on with the next round
+ * (produced into it already): every report in.  If one failed (or its
+ * producer was closed), the transaction ends here after all: aborted,
+ * with the next round's messages.
+ */
+static void
+KafkaRoundCarry(KafkaRound *round)
+{
+	KafkaAwaitReports(round);
+	if (KafkaRoundFailing(round))
+	{
+		round->carried_on = false;
+		KafkaRoundEndTxn(round);
+	}
+}
+
+/*
+ * Wait until the round is acknowledged: its transaction ended (or going
+ * on, every report in), or every delivery report in.
  */
 static void
 KafkaRoundWait(KafkaRound *round)
 {
-	if (round->in_txn)
+	if (round->in_txn && round->carried_on)
+		KafkaRoundCarry(round);
+	else if (round->in_txn)
 		KafkaRoundEndTxn(round);
 	else
 		KafkaAwaitReports(round);
+}
+
+/*
+ * Exactly once: may the next round go on with this WAL round's Kafka
+ * transaction (KAFKA_TXN_CARRY_MIN)?  Not once anything of it failed.
+ */
+static bool
+KafkaRoundMayCarry(KafkaRound *round)
+{
+	return round->in_txn && round->wal && !round->txn_failed && !round->must_abort &&
+		round->n >= KAFKA_TXN_CARRY_MIN && round->carried_ok + round->n < KAFKA_TXN_CARRY_MAX &&
+		!KafkaRoundFailing(round) && KafkaTxnYoung(round->producer, round->generation);
 }
 
 static void
@@ -889,6 +938,8 @@ KafkaSettleRound(KafkaRound *round)
 				KafkaTxnRememberDead(round->messages[i].id);
 		wal_read_again = true;
 	}
+	else if (round->wal && round->carried_on)
+		KafkaWalRelease(round->wal_batch);	/* the next round's commit covers it */
 	else if (round->wal)
 		KafkaWalConfirm(round->wal_batch);
 	else
@@ -923,9 +974,13 @@ KafkaAccountRound(KafkaRound *round, int64 pending)
 	long		backoff = KAFKA_RETRY_MIN_MS;
 	int			i;
 
+	/* Exactly once: counted when (and if) the transaction commits. */
+	int64		delivered = round->carried_on ? 0 :
+		round->nok + (round->txn_failed ? 0 : round->carried_ok);
+
 	SpinLockAcquire(&my_stats->mutex);
 	my_stats->in_flight = 0;
-	my_stats->delivered_total += round->nok;
+	my_stats->delivered_total += delivered;
 	my_stats->failed_attempts_total += round->nbad;
 	my_stats->dead_lettered_total += round->ndead;
 	my_stats->batches_total++;
@@ -934,7 +989,7 @@ KafkaAccountRound(KafkaRound *round, int64 pending)
 	if (pending == 0)
 		my_stats->oldest_pending_at = 0;
 	my_stats->produce_latency_ms = (double) (InfraMonotonicNs() - round->start_ns) / 1e6;
-	if (round->nok > 0)
+	if (delivered > 0)
 		my_stats->last_delivery_at = GetCurrentTimestamp();
 	strlcpy(my_stats->broker_state, round->nbad == 0 ? "up" : "failing",
 			sizeof(my_stats->broker_state));
@@ -963,11 +1018,12 @@ KafkaAccountRound(KafkaRound *round, int64 pending)
 
 /*
  * A new round from the WAL outbox in slot `slot`, read and produced
- * without waiting for its acknowledgements; NULL when there is none to
+ * without waiting for its acknowledgements, in the Kafka transaction of
+ * round carry_from if not NULL (exactly once); NULL when there is none to
  * produce now (sleep_ms says how long).
  */
 static KafkaRound *
-KafkaWalStartRound(int slot, long *sleep_ms)
+KafkaWalStartRound(int slot, const KafkaRound *carry_from, long *sleep_ms)
 {
 	KafkaRound *round = &wal_rounds[slot];
 
@@ -981,6 +1037,11 @@ KafkaWalStartRound(int slot, long *sleep_ms)
 	if (!KafkaWalReadRound(round, slot, sleep_ms))
 		return NULL;
 	MemoryContextSwitchTo(wal_round_contexts[slot]);
+	if (carry_from != NULL)
+	{
+		round->carried_in = true;
+		round->producer = carry_from->producer;
+	}
 	KafkaOrderMessages(round);
 	KafkaProduceMessages(round);
 	return round;
@@ -1010,29 +1071,39 @@ KafkaWalFinishRound(int slot)
  * Exactly once, the next round goes to another producer (txn.c): only
  * once every message of the older one is acknowledged (no order holds
  * between two producers), and it is aborted when the older one's
- * transaction does not commit.
+ * transaction does not commit.  While a backlog lasts
+ * (KafkaRoundMayCarry) it goes on with the older one's transaction
+ * instead, on its producer, without that wait; the older one is then
+ * settled without its commit, and its read confirmed with the newer one's.
  */
 static long
 KafkaWalPipeline(bool start_next)
 {
 	int			older = wal_in_flight;
 	int			newer = 1 - older;
+	KafkaRound *o = &wal_rounds[older];
 	KafkaRound *next = NULL;
 	long		sleep_ms = 0;
 	long		next_sleep_ms;
+	bool		carry;
 
 	KafkaPoll(0);
 	KafkaAbsorbStats();
-	if (wal_rounds[older].in_txn && !wal_rounds[older].txn_failed)
-		KafkaAwaitReports(&wal_rounds[older]);
-	if (start_next && !wal_rounds[older].txn_failed && !wal_rounds[older].must_abort &&
-		!KafkaRoundFailing(&wal_rounds[older]))
-		next = KafkaWalStartRound(newer, &next_sleep_ms);
+	carry = start_next && KafkaRoundMayCarry(o);
+	if (o->in_txn && !o->txn_failed && !carry)
+		KafkaAwaitReports(o);
+	if (start_next && !o->txn_failed && !o->must_abort && !KafkaRoundFailing(o))
+		next = KafkaWalStartRound(newer, carry ? o : NULL, &next_sleep_ms);
+	o->carried_on = next != NULL && carry;
 	sleep_ms = KafkaWalFinishRound(older);
+	/* Still going on (nothing of it failed): the newer round counts it at its commit. */
+	if (o->carried_on)
+		wal_rounds[newer].carried_ok = o->carried_ok + o->nok;
 	wal_in_flight = next ? newer : -1;
-	if (next && (wal_rounds[older].nbad > 0 || wal_rounds[older].txn_failed))
+	if (next && (o->nbad > 0 || o->txn_failed))
 	{
-		wal_rounds[newer].must_abort |= wal_rounds[older].txn_failed;
+		wal_rounds[newer].must_abort |= o->txn_failed;
+		wal_rounds[newer].txn_gone = wal_rounds[newer].carried_in && o->txn_failed;
 		sleep_ms = KafkaWalFinishRound(newer);
 		wal_in_flight = -1;
 	}
@@ -1157,7 +1228,7 @@ KafkaWorkerServe(void)
 	{
 		int			slot = Max(KafkaWalHeldBatch(), 0);
 
-		KafkaRound *started = KafkaWalStartRound(slot, &sleep_ms);
+		KafkaRound *started = KafkaWalStartRound(slot, NULL, &sleep_ms);
 
 		if (started != NULL)
 		{

@@ -88,6 +88,10 @@ typedef struct KafkaRound
 	bool		in_txn;			/* produced in a Kafka transaction (exactly once) */
 	bool		txn_failed;		/* which did not commit */
 	bool		must_abort;		/* the round before it did not commit: nor may it */
+	bool		carried_in;		/* produced into the Kafka transaction of the round before it */
+	bool		carried_on;		/* its transaction goes on with the next round: not ended here */
+	bool		txn_gone;		/* its transaction was aborted with the round before it */
+	int64		carried_ok;		/* delivered by earlier rounds of its transaction */
 	bool		topics_pending; /* infra.topics has some to create */
 	bool		table_empty;	/* the read found no row */
 	bool		wal;			/* read from the WAL outbox, in commit order */

@@ -30,7 +30,12 @@
  * while that round's transaction commits; transactions commit in read
  * order, and when one does not, the next is aborted too.  So a committed
  * progress record means every round before it committed, and the progress
- * is the highest committed record.
+ * is the highest committed record.  While a backlog lasts a transaction
+ * goes on from round to round on one producer (producer.c, at most
+ * KAFKA_TXN_CARRY_MS): each round adds its own progress record, the last
+ * one says how far the transaction reaches, and all commit or abort
+ * together (a transaction costs the broker about the same whatever it
+ * holds).
  *
  * When the producers are made (start, reload, after a fatal error):
  * init_transactions fences any earlier producer with the same id (a killed
@@ -86,6 +91,11 @@
 /* The progress topic's name: prefix, system identifier, database oid. */
 #define KAFKA_PROGRESS_PREFIX "__infra_progress"
 #define KAFKA_PROGRESS_KEY "progress"
+/*
+ * The longest a Kafka transaction goes on from round to round while a
+ * backlog lasts (producer.c): every read_committed consumer waits for it.
+ */
+#define KAFKA_TXN_CARRY_MS 100
 /* The most message ids a progress record may list (two table rounds' worth, and more). */
 #define KAFKA_TXN_MAX_IDS 1000000
 
@@ -666,6 +676,18 @@ KafkaTxnProgress(int which, XLogRecPtr upto, const KafkaTxnId *ids, int nids, ch
 		return true;
 	snprintf(why, whylen, "progress record: %s", rd_kafka_err2str(err));
 	return false;
+}
+
+/*
+ * Is producer `which` (of that generation) in a transaction begun less
+ * than KAFKA_TXN_CARRY_MS ago, which a round may go on with?
+ */
+bool
+KafkaTxnYoung(int which, uint64 generation)
+{
+	return which >= 0 && which < KafkaProducerCount() && txn_open[which] &&
+		txn_generation[which] == generation && generation == KafkaProducerGeneration() &&
+		!TimestampDifferenceExceeds(txn_began[which], GetCurrentTimestamp(), KAFKA_TXN_CARRY_MS);
 }
 
 /*

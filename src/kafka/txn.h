@@ -37,6 +37,7 @@ extern void KafkaTxnProgressTopic(char *buf, size_t len);
 extern int	KafkaTxnBegin(void);
 extern bool KafkaTxnProgress(int which, XLogRecPtr upto, const KafkaTxnId *ids, int nids,
 							 char *why, size_t whylen);
+extern bool KafkaTxnYoung(int which, uint64 generation);
 extern KafkaTxnOutcome KafkaTxnEnd(int which, bool commit, XLogRecPtr upto, char *why, size_t whylen);
 extern void KafkaTxnAbandon(void);
 extern void KafkaTxnRememberDead(int64 id);

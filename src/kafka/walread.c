@@ -425,6 +425,18 @@ KafkaWalConfirm(int batch)
 }
 
 /*
+ * Let go of what the round of this batch read without confirming it
+ * (exactly once: its Kafka transaction goes on with the next round, read
+ * after it, whose confirmation covers it; if that transaction aborts,
+ * decoding starts again from the slot, before it).
+ */
+void
+KafkaWalRelease(int batch)
+{
+	KafkaWalForget(&batches[batch]);
+}
+
+/*
  * The varlena of n data bytes at *p, in place (KafkaWalWrite aligned it);
  * step past it and its padding.
  */

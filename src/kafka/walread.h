@@ -16,6 +16,7 @@
 extern bool KafkaWalWanted(void);
 extern int	KafkaWalRead(KafkaRound *round, int batch);
 extern void KafkaWalConfirm(int batch);
+extern void KafkaWalRelease(int batch);
 extern XLogRecPtr KafkaWalUpto(int batch);
 extern int	KafkaWalHeldBatch(void);
 extern void KafkaWalStop(void);

@@ -154,6 +154,45 @@ stop_sender();
 ok(flush_ok(180), 'after four switches, everything committed is delivered');
 check_exactly_once('modes switched live');
 
+# --- a backlog: one Kafka transaction carried across rounds -------------------------
+# Delivery stopped (no brokers), 30 transactions of 1,000 messages are
+# committed and, among them, one the broker refuses for good (2 MB, over
+# its message.max.bytes; librdkafka is let send it).  Delivered again, the
+# backlog goes in rounds of up to infra.kafka_batch_size that carry one
+# Kafka transaction on (more rounds than transactions); the refused
+# message aborts the transaction it is in, with the rounds before it that
+# the transaction carried, and they are read again without it.
+sub kafka_stats
+{
+	my @v = split /\|/, $node->safe_psql('postgres',
+		'SELECT batches_total, transactions_committed_total, transactions_aborted_total, delivered_total, dead_lettered_total FROM infra.kafka_stats()');
+	return (rounds => $v[0], committed => $v[1], aborted => $v[2], delivered => $v[3], dead => $v[4]);
+}
+$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_config = 'message.max.bytes=10000000'; ALTER SYSTEM SET infra.kafka_brokers = ''; SELECT pg_reload_conf()");
+ok(wait_until(sub { $node->safe_psql('postgres', 'SELECT broker_state FROM infra.kafka_stats()') eq 'not configured' }, 30),
+	'delivery stopped');
+my %before = kafka_stats();
+$node->safe_psql('postgres', join "\n", ('SELECT send_batch(1000);') x 15,
+	"SELECT infra.kafka_send('$t', repeat('x', 2000000), 'big');", ('SELECT send_batch(1000);') x 15);
+# The rounds' messages are stamped (CreateTime) when they are produced.
+my $since_ms = $node->safe_psql('postgres', 'SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint');
+$node->safe_psql('postgres', "ALTER SYSTEM SET infra.kafka_brokers = '$bootstrap'; SELECT pg_reload_conf()");
+ok(flush_ok(180), 'the backlog is delivered');
+my %after = kafka_stats();
+check_exactly_once('a backlog in transactions carried across rounds');
+is($after{delivered} - $before{delivered}, 30000, 'kafka_stats counts each of the 30,000 once, when its transaction commits');
+is($after{dead} - $before{dead}, 1, 'the refused message is a dead letter');
+like($node->safe_psql('postgres', "SELECT error FROM infra.kafka_dead_letters WHERE key = 'big'"),
+	qr/MSG_SIZE_TOO_LARGE|MESSAGE_TOO_LARGE/, "with the broker's error");
+cmp_ok($after{aborted} - $before{aborted}, '>=', 1, 'it aborted the transaction it was in');
+cmp_ok($after{rounds} - $before{rounds}, '>', ($after{committed} + $after{aborted}) - ($before{committed} + $before{aborted}),
+	sprintf('transactions carried across rounds (%d rounds, %d committed, %d aborted)',
+		$after{rounds} - $before{rounds}, $after{committed} - $before{committed}, $after{aborted} - $before{aborted}));
+my $backlog_copies = () = consume($t, '-X', 'isolation.level=read_uncommitted', '-o', "s\@$since_ms");
+cmp_ok($backlog_copies, '>', 30000,
+	'a read_uncommitted consumer sees the aborted copies of the rounds it carried');
+$node->safe_psql('postgres', 'ALTER SYSTEM RESET infra.kafka_config; SELECT pg_reload_conf()');
+
 # --- the table outbox ---------------------------------------------------------------
 # With infra.kafka_outbox = table a round's progress record lists its
 # message ids; a worker killed after the Kafka commit but before the rows'
