@@ -5,13 +5,22 @@
 #  1. 100,000 messages of 100 bytes committed in transactions of 1,000:
 #     time from the first commit to kafka_flush returning (with
 #     exactly_once: the last Kafka transaction committed), BENCH_PAIRS
-#     pairs (default 3); the ratio of the pair's throughputs.
+#     pairs (default 9: one pair takes a quarter of a second, and this
+#     machine is noisy); the ratio of the pair's throughputs, median.
 #  2. Single-row commits at a steady 1,000 msg/s (pgbench -R) for
 #     BENCH_LATENCY_SECONDS (default 10): latency from the commit (the
 #     value is clock_timestamp() at the send) to a read_committed consumer
 #     (kcat, librdkafka's default) receiving the message, p50 and p99, each
 #     mode; with exactly_once a message is visible once its transaction's
 #     commit marker is written.
+#  3. Kafka alone, no PostgreSQL (test/bench/kafka/eos_probe.c, the same
+#     librdkafka): an idempotent producer against transactions, each with a
+#     progress record, on three transactional producers in turn, committed
+#     one after the other; (a) 100,000 messages of 100 bytes in as many
+#     transactions as exactly_once used in part 1, BENCH_PAIRS pairs; (b)
+#     1,000 msg/s for BENCH_LATENCY_SECONDS, due to visible by the same
+#     read_committed consumer.  What the protocol itself costs on this
+#     machine, beside what infra's modes cost.
 # PostgreSQL runs with production durability (fsync, synchronous_commit).
 # Knobs: BENCH_PG_SETTINGS (more name=value settings for the server, e.g.
 # infra.kafka_batch_size=1000); BENCH_LIBRDKAFKA_DIR, a directory holding
@@ -24,7 +33,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 . "$here/lib.sh"
 
 messages=${BENCH_MESSAGES:-100000}
-pairs=${BENCH_PAIRS:-3}
+pairs=${BENCH_PAIRS:-9}
 seconds=${BENCH_LATENCY_SECONDS:-10}
 per_txn=1000
 bench_start_broker
@@ -113,34 +122,94 @@ printf '%-44s %s x, range %s-%s (target >= 0.9: %s)\n' "exactly_once / at_least_
 	"$(awk -v r="$median" 'BEGIN { print (r >= 0.9 ? "meets" : "BELOW") }')"
 
 # --- 2. commit to visible at 1,000 msg/s ---------------------------------------
-# latency MODE: p50 p99 n of commit-to-receipt by a read_committed consumer.
-latency() {
-	local mode=$1 topic="bench_eos_latency_$1" consumer
-	set_delivery "$mode"
-	printf 'warmup\n' | kcat -P -b "$bootstrap" -t "$topic" 2>/dev/null
-	psql -X -qAt -c "SELECT infra.kafka_send('$topic', '0')" -c "SELECT infra.kafka_flush('60 s')" >/dev/null
-	kcat -C -b "$bootstrap" -t "$topic" -o end -u -q -f '%s\n' |
+# consumer_start TOPIC: a read_committed consumer (kcat, librdkafka's
+# default) stamping each value (microseconds since the epoch) on arrival.
+consumer_start() {
+	consumer_topic=$1
+	kcat -C -b "$bootstrap" -t "$consumer_topic" -o end -u -q -f '%s\n' |
 		perl -MTime::HiRes=time -ne '$| = 1; chomp; printf "%.6f %s\n", time, $_ if /^\d{10,}$/' >"$work/received" &
 	consumer=$!
 	sleep 2
-	echo "SELECT infra.kafka_send('$topic', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text);" >"$work/latency.sql"
-	pgbench -n -R 1000 -c 4 -j 2 -T "$seconds" -f "$work/latency.sql" >/dev/null 2>&1
-	psql -X -qAt -c "SELECT infra.kafka_flush('120 s')" | grep -q t
+}
+# consumer_stop: stop it; print p50 p99 n of its latencies in ms.
+consumer_stop() {
 	sleep 1
 	kill "$consumer" 2>/dev/null || true
-	pkill -f "kcat -C -b $bootstrap -t $topic" 2>/dev/null || true
+	pkill -f "kcat -C -b $bootstrap -t $consumer_topic" 2>/dev/null || true
 	wait "$consumer" 2>/dev/null || true
 	bench_receipt_ms "$work/received" >"$work/latency"
 	awk '{ v[NR] = $1 } END { printf "%s %s %d\n", v[int(NR * 0.50) + 1], v[int(NR * 0.99) + 1], NR }' "$work/latency"
 }
+# latency MODE: p50 p99 n of commit-to-receipt by a read_committed consumer.
+latency() {
+	local mode=$1 topic="bench_eos_latency_$1"
+	set_delivery "$mode"
+	printf 'warmup\n' | kcat -P -b "$bootstrap" -t "$topic" 2>/dev/null
+	psql -X -qAt -c "SELECT infra.kafka_send('$topic', '0')" -c "SELECT infra.kafka_flush('60 s')" >/dev/null
+	consumer_start "$topic"
+	echo "SELECT infra.kafka_send('$topic', (extract(epoch FROM clock_timestamp()) * 1000000)::bigint::text);" >"$work/latency.sql"
+	pgbench -n -R 1000 -c 4 -j 2 -T "$seconds" -f "$work/latency.sql" >/dev/null 2>&1
+	psql -X -qAt -c "SELECT infra.kafka_flush('120 s')" | grep -q t
+	consumer_stop
+}
+# p99_of FUNCTION BASELINE MODE: FUNCTION (printing p50 p99 n) run for the
+# baseline, then the mode, each printed; p99_ratio is the mode's p99 over
+# the baseline's.
+p99_of() {
+	local f=$1 m p50 p99v count
+	local -A got
+	for m in "$2" "$3"; do
+		read -r p50 p99v count < <("$f" "$m")
+		got[$m]=$p99v
+		printf '%-16s p50 %6.1f ms  p99 %6.1f ms  (%d messages)\n' "$m" "$p50" "$p99v" "$count"
+	done
+	p99_ratio=$(awk -v e="${got[$3]}" -v a="${got[$2]}" 'BEGIN { printf "%.2f", e / a }')
+}
 echo
 echo "single-row commits at 1,000 msg/s for ${seconds}s: commit to receipt by a read_committed consumer"
-declare -A p99
-for mode in at_least_once exactly_once; do
-	read -r p50 p99v count < <(latency "$mode")
-	p99[$mode]=$p99v
-	printf '%-16s p50 %6.1f ms  p99 %6.1f ms  (%d messages)\n' "$mode" "$p50" "$p99v" "$count"
-done
-ratio=$(awk -v e="${p99[exactly_once]}" -v a="${p99[at_least_once]}" 'BEGIN { printf "%.2f", e / a }')
+p99_of latency at_least_once exactly_once
+ratio=$p99_ratio
 printf '%-44s %s x (target <= 1.5: %s)\n' "p99 exactly_once / at_least_once" "$ratio" \
 	"$(awk -v r="$ratio" 'BEGIN { print (r <= 1.5 ? "meets" : "ABOVE") }')"
+eos_p99_ratio=$ratio
+
+# --- 3. Kafka alone -------------------------------------------------------------
+# The same broker and librdkafka, no PostgreSQL: what Kafka's transactions
+# cost by themselves, with as many transactions per 100,000 as part 1's
+# exactly_once rounds made.
+psql -X -q -c "ALTER SYSTEM SET infra.kafka_delivery = 'at_least_once'" -c 'SELECT pg_reload_conf()' >/dev/null
+cc -O2 -o "$work/eos_probe" "$here/kafka/eos_probe.c" -lrdkafka
+as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" bench_probe_progress 1 cleanup.policy=compact >/dev/null
+per_probe_txn=$((messages / (txns[exactly_once] / pairs > 0 ? txns[exactly_once] / pairs : 1)))
+echo
+echo "Kafka alone (no PostgreSQL): $messages messages of 100 bytes, transactions of $per_probe_txn (three producers in turn)"
+declare -a probe_ratios
+for p in $(seq 1 "$pairs"); do
+	declare -A pms
+	for mode in idem txn; do
+		topic="bench_probe_${mode}_$p"
+		printf 'warmup\n' | kcat -P -b "$bootstrap" -t "$topic" 2>/dev/null
+		pms[$mode]=$("$work/eos_probe" throughput "$bootstrap" "$topic" "$messages" "$per_probe_txn" "$mode" bench_probe_progress)
+		got=$(kcat -C -b "$bootstrap" -t "$topic" -o beginning -e -q -f '%s\n' | grep -vc warmup || true)
+		[ "$got" = "$messages" ] || die "probe $mode: a read_committed consumer got $got of $messages"
+	done
+	ratio=$(awk -v a="${pms[idem]}" -v e="${pms[txn]}" 'BEGIN { printf "%.2f", a / e }')
+	probe_ratios+=("$ratio")
+	printf 'pair %d: idempotent %5d ms  transactional %5d ms  throughput ratio %s\n' "$p" "${pms[idem]}" "${pms[txn]}" "$ratio"
+	unset pms
+done
+median=$(printf '%s\n' "${probe_ratios[@]}" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }')
+printf '%-44s %s x, range %s-%s\n' "Kafka alone, transactional / idempotent" "$median" \
+	"$(printf '%s\n' "${probe_ratios[@]}" | sort -n | head -1)" "$(printf '%s\n' "${probe_ratios[@]}" | sort -n | tail -1)"
+echo
+echo "Kafka alone: 1,000 msg/s for ${seconds}s, due to receipt by a read_committed consumer"
+# probe_latency MODE: p50 p99 n of due-to-receipt, the probe producing.
+probe_latency() {
+	local topic="bench_probe_latency_$1"
+	printf 'warmup\n' | kcat -P -b "$bootstrap" -t "$topic" 2>/dev/null
+	consumer_start "$topic"
+	"$work/eos_probe" latency "$bootstrap" "$topic" 1000 "$seconds" "$1" bench_probe_progress
+	consumer_stop
+}
+p99_of probe_latency idem txn
+printf '%-44s %s x (infra: %s x)\n' "Kafka alone, p99 transactional / idempotent" "$p99_ratio" "$eos_p99_ratio"
