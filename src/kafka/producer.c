@@ -1092,7 +1092,8 @@ KafkaWalPipeline(bool start_next)
 	carry = start_next && KafkaRoundMayCarry(o);
 	if (o->in_txn && !o->txn_failed && !carry)
 		KafkaAwaitReports(o);
-	if (start_next && !o->txn_failed && !o->must_abort && !KafkaRoundFailing(o))
+	/* Carried on, the older one was just found sound (KafkaRoundMayCarry). */
+	if (carry || (start_next && !o->txn_failed && !o->must_abort && !KafkaRoundFailing(o)))
 		next = KafkaWalStartRound(newer, carry ? o : NULL, &next_sleep_ms);
 	o->carried_on = next != NULL && carry;
 	sleep_ms = KafkaWalFinishRound(older);

@@ -176,7 +176,8 @@ eos_p99_ratio=$ratio
 # --- 3. Kafka alone -------------------------------------------------------------
 # The same broker and librdkafka, no PostgreSQL: what Kafka's transactions
 # cost by themselves, with as many transactions per 100,000 as part 1's
-# exactly_once rounds made.
+# exactly_once rounds made.  The worker goes back to one idle producer
+# (its three transactional ones would share the machine with the probe).
 psql -X -q -c "ALTER SYSTEM SET infra.kafka_delivery = 'at_least_once'" -c 'SELECT pg_reload_conf()' >/dev/null
 cc -O2 -o "$work/eos_probe" "$here/kafka/eos_probe.c" -lrdkafka
 as_test_user "$here/../kafka/broker.sh" create-topic "$work/kafka" bench_probe_progress 1 cleanup.policy=compact >/dev/null
